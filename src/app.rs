@@ -1,0 +1,98 @@
+//! The broker application: built from validated settings on an already-bound listener, run until a
+//! shutdown future completes. `main` binds and waits for signals; tests bind `127.0.0.1:0` and call the
+//! same code.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::BrokerSettings;
+use crate::http::{self, AppState};
+use crate::iam::IamClient;
+use crate::metrics::Metrics;
+use crate::token::broker::Broker;
+use crate::token::policy::RefreshPolicy;
+
+/// A broker ready to run.
+pub struct Application {
+    listener: TcpListener,
+    settings: BrokerSettings,
+    broker: Broker,
+}
+
+impl Application {
+    /// Builds the IAM client and the broker. Nothing runs until [`Application::run_until`].
+    pub fn build(
+        settings: BrokerSettings,
+        listener: TcpListener,
+        policy: RefreshPolicy,
+    ) -> Result<Self, String> {
+        let iam = IamClient::new(&settings.iam_url, settings.iam_timeouts)?;
+        let entities = settings
+            .entities
+            .iter()
+            .map(|e| (e.id.clone(), e.secret.clone()))
+            .collect();
+        let broker = Broker::new(entities, iam, policy, Arc::new(Metrics::new()));
+        Ok(Self {
+            listener,
+            settings,
+            broker,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    /// Starts the refreshers (each fetches at once) and serves until `shutdown` completes; then stops
+    /// accepting, lets requests in flight finish (up to the grace period) and stops the refreshers.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) {
+        let Application {
+            listener,
+            settings,
+            broker,
+        } = self;
+        log_start(&settings, listener.local_addr().ok());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut refreshers = broker.spawn_refreshers(stop_rx);
+        let state = Arc::new(AppState {
+            broker,
+            guard: settings.guard.clone(),
+        });
+        let router = http::router(state, settings.request_timeout);
+        http::server::serve(listener, router, settings.limits.clone(), shutdown).await;
+        let _ = stop_tx.send(true);
+        while refreshers.join_next().await.is_some() {}
+        tracing::info!("stopped");
+    }
+}
+
+fn log_start(settings: &BrokerSettings, addr: Option<SocketAddr>) {
+    let ids: Vec<&str> = settings.entities.iter().map(|e| e.id.as_str()).collect();
+    tracing::info!(
+        listen = %addr.map_or_else(|| settings.listen.to_string(), |a| a.to_string()),
+        iam = %settings.iam_url,
+        entities = %ids.join(","),
+        version = env!("CARGO_PKG_VERSION"),
+        "aa-token-broker serving"
+    );
+    for entity in &settings.entities {
+        tracing::info!(entity = %entity.id, secret = %entity.secret.describe(), "entity configured");
+    }
+    if !settings.guard.require_metadata_header {
+        tracing::warn!(
+            "the `Metadata: true` header requirement is OFF: any local process that can be tricked into a GET (SSRF) can obtain tokens"
+        );
+    }
+    if let Some(addr) = addr.filter(|a| !a.ip().is_loopback()) {
+        tracing::warn!(%addr, "listening on a non-loopback address: tokens are reachable from outside this host or pod, guarded only by the Host and Metadata checks");
+    }
+}

@@ -1,0 +1,129 @@
+//! The TOML configuration file (`--config`). It can hold every setting and, above all, several entities:
+//!
+//! ```toml
+//! environment = "sandbox"          # or iam_url = "https://…/iam"
+//! listen = "127.0.0.1:7373"
+//!
+//! [[entities]]
+//! id = "FIU-ONE"
+//! secret_file = "/var/run/secrets/fiu-one/secret"
+//!
+//! [[entities]]
+//! id = "FIU-TWO"
+//! secret_file = "/var/run/secrets/fiu-two/secret"
+//! ```
+//!
+//! Unknown keys are errors, so a typo cannot silently fall back to a default.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::ConfigError;
+
+/// Largest config file read.
+const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub iam_url: Option<String>,
+    pub environment: Option<String>,
+    pub iam_connect_timeout: Option<f64>,
+    pub iam_timeout: Option<f64>,
+    pub listen: Option<String>,
+    pub allowed_hosts: Option<Vec<String>>,
+    pub require_metadata_header: Option<bool>,
+    pub max_connections: Option<usize>,
+    pub worker_threads: Option<usize>,
+    pub shutdown_grace: Option<f64>,
+    #[serde(default)]
+    pub entities: Vec<FileEntity>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEntity {
+    pub id: String,
+    pub secret_file: PathBuf,
+}
+
+const SETTING: &str = "--config (AA_BROKER_CONFIG)";
+
+/// Reads and parses the file. Errors name the file and, for syntax errors, the line.
+pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+    let meta = std::fs::metadata(path).map_err(|e| {
+        ConfigError::new(
+            SETTING,
+            format!("cannot read {}: {}", path.display(), e.kind()),
+        )
+    })?;
+    if !meta.is_file() || meta.len() > MAX_CONFIG_BYTES {
+        return Err(ConfigError::new(
+            SETTING,
+            format!("{} is not a regular file under 1 MiB", path.display()),
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new(
+            SETTING,
+            format!("cannot read {}: {}", path.display(), e.kind()),
+        )
+    })?;
+    parse(&text)
+        .map_err(|reason| ConfigError::new(SETTING, format!("{}: {reason}", path.display())))
+}
+
+/// Parses TOML text; the error is one line with the line number.
+pub fn parse(text: &str) -> Result<FileConfig, String> {
+    toml::from_str(text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+        let message = e.message().replace('\n', " ");
+        match line {
+            Some(line) => format!("line {line}: {message}"),
+            None => message,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_several_entities() {
+        let config = parse(
+            r#"
+environment = "sandbox"
+[[entities]]
+id = "FIU-ONE"
+secret_file = "/s/one"
+[[entities]]
+id = "FIU-TWO"
+secret_file = "/s/two"
+"#,
+        )
+        .unwrap();
+        assert_eq!(config.entities.len(), 2);
+        assert_eq!(config.entities[1].id, "FIU-TWO");
+    }
+
+    #[test]
+    fn errors_are_one_line_with_a_line_number() {
+        let err = parse("environment = \"sandbox\"\nlisten = [\n").unwrap_err();
+        assert!(
+            err.starts_with("line 2") || err.starts_with("line 3"),
+            "{err}"
+        );
+        assert!(!err.contains('\n'));
+        let err = parse("environmnet = \"sandbox\"\n").unwrap_err();
+        assert!(err.contains("unknown field"), "{err}");
+        assert!(
+            parse("[[entities]]\nid = \"X\"\n")
+                .unwrap_err()
+                .contains("secret_file")
+        );
+    }
+}

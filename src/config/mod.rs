@@ -1,0 +1,366 @@
+//! Configuration: the command line ([`cli`]), environment fallbacks, and the TOML file ([`file`]), merged
+//! and validated once at start into typed settings.
+//!
+//! Precedence is flag, then environment variable, then the file, then the default. Every mistake becomes a
+//! [`ConfigError`] naming the setting, which `main` prints as one line before exiting with code 2 —
+//! before anything listens or calls the IAM.
+
+pub mod cli;
+pub mod file;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+use crate::entity::{EntityId, SecretSource, read_secret_file};
+use crate::http::GuardSettings;
+use crate::http::server::ServerLimits;
+use crate::iam::{IamTimeouts, environment_base_url};
+use cli::{EntityArgs, IamArgs, ListenArgs, LogArgs};
+
+/// The environment variable that may hold an entity secret when no secret file is given.
+pub const ENV_ENTITY_SECRET: &str = "AA_BROKER_ENTITY_SECRET";
+/// Default listen address: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7373";
+/// Default runtime worker threads. A sidecar serving a localhost GET rarely needs more.
+pub const DEFAULT_WORKER_THREADS: usize = 2;
+
+/// A setting that is missing or wrong. Displayed as one line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The flag and its variable, e.g. `--secret-file (AA_BROKER_SECRET_FILE)`.
+    pub setting: String,
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub fn new(setting: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            setting: setting.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid setting {}: {}",
+            self.setting,
+            self.reason.replace('\n', " ")
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// One entity the broker serves.
+#[derive(Debug, Clone)]
+pub struct EntitySettings {
+    pub id: EntityId,
+    pub secret: SecretSource,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub json: bool,
+    pub filter: String,
+}
+
+/// Everything `serve` needs, validated.
+#[derive(Debug, Clone)]
+pub struct BrokerSettings {
+    pub iam_url: String,
+    pub iam_timeouts: IamTimeouts,
+    pub entities: Vec<EntitySettings>,
+    pub listen: SocketAddr,
+    pub guard: GuardSettings,
+    pub limits: ServerLimits,
+    /// Bound on handling one request, including a cold fetch.
+    pub request_timeout: Duration,
+    pub worker_threads: usize,
+    pub log: LogSettings,
+}
+
+const S_IAM_URL: &str = "--iam-url (AA_BROKER_IAM_URL)";
+const S_ENVIRONMENT: &str = "--environment (AA_BROKER_ENVIRONMENT)";
+const S_ENTITY_ID: &str = "--entity-id (AA_BROKER_ENTITY_ID)";
+const S_SECRET_FILE: &str = "--secret-file (AA_BROKER_SECRET_FILE)";
+const S_CONFIG: &str = "--config (AA_BROKER_CONFIG)";
+const S_LOG_FORMAT: &str = "--log-format (AA_BROKER_LOG_FORMAT)";
+const S_LOG_LEVEL: &str = "--log-level (AA_BROKER_LOG)";
+
+/// Validates the log settings alone (every subcommand has them).
+pub fn log_settings(args: &LogArgs) -> Result<LogSettings, ConfigError> {
+    let json = match args.log_format.as_deref().map(str::trim) {
+        None | Some("text") => false,
+        Some("json") => true,
+        Some(other) => {
+            return Err(ConfigError::new(
+                S_LOG_FORMAT,
+                format!("{other:?} is neither text nor json"),
+            ));
+        }
+    };
+    let filter = args.log_level.clone().unwrap_or_else(|| "info".into());
+    tracing_subscriber::EnvFilter::try_new(&filter).map_err(|e| {
+        ConfigError::new(S_LOG_LEVEL, format!("{filter:?} is not a log filter: {e}"))
+    })?;
+    Ok(LogSettings { json, filter })
+}
+
+/// Validates `serve`'s settings. `entity_secret_env` is the value of [`ENV_ENTITY_SECRET`], passed in so
+/// tests need not touch the process environment.
+pub fn broker_settings(
+    iam: &IamArgs,
+    entity: &EntityArgs,
+    listen: &ListenArgs,
+    log: &LogArgs,
+    entity_secret_env: Option<SecretString>,
+) -> Result<BrokerSettings, ConfigError> {
+    let log = log_settings(log)?;
+    let file = match &entity.config {
+        Some(path) => file::load(path)?,
+        None => file::FileConfig::default(),
+    };
+    let iam_url = resolve_iam_url(
+        iam.iam_url.as_deref().or(file.iam_url.as_deref()),
+        iam.environment.as_deref().or(file.environment.as_deref()),
+        iam.iam_url.is_some() || iam.environment.is_some(),
+    )?;
+    let iam_timeouts = IamTimeouts {
+        connect: seconds(
+            "--iam-connect-timeout (AA_BROKER_IAM_CONNECT_TIMEOUT)",
+            iam.iam_connect_timeout.or(file.iam_connect_timeout),
+            5.0,
+        )?,
+        request: seconds(
+            "--iam-timeout (AA_BROKER_IAM_TIMEOUT)",
+            iam.iam_timeout.or(file.iam_timeout),
+            10.0,
+        )?,
+    };
+    let entities = resolve_entities(entity, &file, entity_secret_env)?;
+    let listen_addr = match (listen.listen, &file.listen) {
+        (Some(addr), _) => addr,
+        (None, Some(raw)) => raw.parse().map_err(|_| {
+            ConfigError::new(
+                "listen (in --config)",
+                format!("{raw:?} is not an address like 127.0.0.1:7373"),
+            )
+        })?,
+        (None, None) => DEFAULT_LISTEN
+            .parse()
+            .map_err(|_| ConfigError::new("--listen", "bad default"))?,
+    };
+    let mut allowed_hosts: Vec<String> = if listen.allow_hosts.is_empty() {
+        file.allowed_hosts.clone().unwrap_or_default()
+    } else {
+        listen.allow_hosts.clone()
+    };
+    for host in &mut allowed_hosts {
+        *host = host.trim().trim_end_matches('.').to_ascii_lowercase();
+        if host.is_empty() || host.contains(['/', ' ', '@']) {
+            return Err(ConfigError::new(
+                "--allow-host (AA_BROKER_ALLOW_HOSTS)",
+                "host names must be plain names without port",
+            ));
+        }
+    }
+    allowed_hosts.retain(|h| !h.is_empty());
+    let require_metadata_header =
+        !listen.no_metadata_header && file.require_metadata_header.unwrap_or(true);
+    let max_connections = listen
+        .max_connections
+        .or(file.max_connections)
+        .unwrap_or(1024);
+    if !(1..=65_536).contains(&max_connections) {
+        return Err(ConfigError::new(
+            "--max-connections (AA_BROKER_MAX_CONNECTIONS)",
+            "must be between 1 and 65536",
+        ));
+    }
+    let worker_threads = listen
+        .worker_threads
+        .or(file.worker_threads)
+        .unwrap_or(DEFAULT_WORKER_THREADS);
+    if !(1..=64).contains(&worker_threads) {
+        return Err(ConfigError::new(
+            "--worker-threads (AA_BROKER_WORKER_THREADS)",
+            "must be between 1 and 64",
+        ));
+    }
+    let shutdown_grace = seconds(
+        "--shutdown-grace (AA_BROKER_SHUTDOWN_GRACE)",
+        listen.shutdown_grace.or(file.shutdown_grace),
+        10.0,
+    )?;
+    let limits = ServerLimits {
+        max_connections,
+        shutdown_grace,
+        ..ServerLimits::default()
+    };
+    Ok(BrokerSettings {
+        request_timeout: iam_timeouts.request + Duration::from_secs(5),
+        iam_url,
+        iam_timeouts,
+        entities,
+        listen: listen_addr,
+        guard: GuardSettings {
+            require_metadata_header,
+            allowed_hosts,
+        },
+        limits,
+        worker_threads,
+        log,
+    })
+}
+
+fn seconds(setting: &str, value: Option<f64>, default: f64) -> Result<Duration, ConfigError> {
+    let value = value.unwrap_or(default);
+    if !(value.is_finite() && value > 0.0 && value <= 3600.0) {
+        return Err(ConfigError::new(
+            setting,
+            "must be a number of seconds between 0 and 3600",
+        ));
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+/// Checks an IAM base URL: http(s), a host, no credentials, query or fragment. Returns it without a
+/// trailing slash.
+pub fn resolve_iam_url(
+    url: Option<&str>,
+    environment: Option<&str>,
+    from_cli: bool,
+) -> Result<String, ConfigError> {
+    let raw = match (url, environment) {
+        (Some(_), Some(_)) if from_cli => {
+            return Err(ConfigError::new(
+                S_IAM_URL,
+                "give either --iam-url or --environment, not both",
+            ));
+        }
+        (Some(url), _) => url.trim().to_string(),
+        (None, Some(env)) => environment_base_url(env.trim())
+            .ok_or_else(|| {
+                ConfigError::new(
+                    S_ENVIRONMENT,
+                    format!("{env:?} is not one of sandbox, uat, production"),
+                )
+            })?
+            .to_string(),
+        (None, None) => {
+            return Err(ConfigError::new(
+                S_IAM_URL,
+                "no IAM given; set --iam-url or --environment sandbox|uat|production",
+            ));
+        }
+    };
+    let parsed = reqwest::Url::parse(&raw)
+        .map_err(|e| ConfigError::new(S_IAM_URL, format!("{raw:?} is not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(ConfigError::new(
+            S_IAM_URL,
+            "the scheme must be https (or http for a local simulator)",
+        ));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(ConfigError::new(S_IAM_URL, "the URL has no host"));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(ConfigError::new(
+            S_IAM_URL,
+            "the URL must not carry credentials",
+        ));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(ConfigError::new(
+            S_IAM_URL,
+            "the URL must not have a query or fragment",
+        ));
+    }
+    Ok(parsed.as_str().trim_end_matches('/').to_string())
+}
+
+fn resolve_entities(
+    args: &EntityArgs,
+    file: &file::FileConfig,
+    entity_secret_env: Option<SecretString>,
+) -> Result<Vec<EntitySettings>, ConfigError> {
+    let mut entities = Vec::new();
+    for (index, entry) in file.entities.iter().enumerate() {
+        let setting = format!("entities[{index}] (in --config)");
+        let id =
+            EntityId::parse(&entry.id).map_err(|e| ConfigError::new(format!("{setting}.id"), e))?;
+        check_secret_file(&format!("{setting}.secret_file"), &entry.secret_file)?;
+        entities.push(EntitySettings {
+            id,
+            secret: SecretSource::File(entry.secret_file.clone()),
+        });
+    }
+    if let Some(raw) = &args.entity_id {
+        let id = EntityId::parse(raw.trim()).map_err(|e| ConfigError::new(S_ENTITY_ID, e))?;
+        let listed = entities.iter().any(|e| e.id == id);
+        let secret = match (&args.secret_file, entity_secret_env) {
+            (Some(path), _) => {
+                check_secret_file(S_SECRET_FILE, path)?;
+                Some(SecretSource::File(path.clone()))
+            }
+            (None, Some(secret)) => Some(SecretSource::Inline(Arc::new(secret))),
+            (None, None) => None,
+        };
+        match (listed, secret) {
+            // `--entity-id` naming an entity of the file selects it (for `token`).
+            (true, None) => {}
+            (true, Some(_)) => {
+                return Err(ConfigError::new(
+                    S_ENTITY_ID,
+                    format!("{id} is also listed in --config; configure it in one place"),
+                ));
+            }
+            (false, Some(secret)) => entities.push(EntitySettings { id, secret }),
+            (false, None) => {
+                return Err(ConfigError::new(
+                    S_SECRET_FILE,
+                    format!(
+                        "no secret for entity {id}; give --secret-file or set {ENV_ENTITY_SECRET}"
+                    ),
+                ));
+            }
+        }
+    } else if args.secret_file.is_some() {
+        return Err(ConfigError::new(
+            S_ENTITY_ID,
+            "--secret-file is given but no --entity-id",
+        ));
+    }
+    if entities.is_empty() {
+        return Err(ConfigError::new(
+            S_ENTITY_ID,
+            "no entity configured; give --entity-id with --secret-file, or --config listing [[entities]]",
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for entity in &entities {
+        if !seen.insert(entity.id.clone()) {
+            return Err(ConfigError::new(
+                S_CONFIG,
+                format!("entity {} is listed twice", entity.id),
+            ));
+        }
+    }
+    Ok(entities)
+}
+
+fn check_secret_file(setting: &str, path: &Path) -> Result<(), ConfigError> {
+    read_secret_file(path)
+        .map(drop)
+        .map_err(|e| ConfigError::new(setting, e.to_string()))
+}

@@ -1,0 +1,234 @@
+//! The entity id and the entity secret.
+//!
+//! An [`EntityId`] can only hold a well-formed id, so everything downstream (cache keys, metric labels, log
+//! fields) can trust it. The secret is never a `String`: it is read fresh from its [`SecretSource`] on every
+//! fetch, held in a [`SecretString`] whose `Debug` redacts it, and only ever logged as a [`fingerprint`].
+
+use std::fmt;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use secrecy::{ExposeSecret, SecretString};
+
+/// Longest entity id accepted. Central Registry ids are short (`FIU-EXAMPLE`); the bound keeps hostile
+/// request paths and config files from creating huge keys or metric labels.
+pub const MAX_ENTITY_ID_LEN: usize = 128;
+
+/// Largest secret file read. A real secret is tens of bytes; anything bigger is a mistake (or `/dev/zero`).
+pub const MAX_SECRET_FILE_BYTES: u64 = 4096;
+
+/// A Central Registry entity id (the Keycloak client id), e.g. `FIU-EXAMPLE`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EntityId(Arc<str>);
+
+impl EntityId {
+    /// Accepts 1..=128 characters from `[A-Za-z0-9._@:-]`.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        if raw.is_empty() {
+            return Err("entity id is empty".into());
+        }
+        if raw.len() > MAX_ENTITY_ID_LEN {
+            return Err(format!(
+                "entity id is longer than {MAX_ENTITY_ID_LEN} characters"
+            ));
+        }
+        if let Some(bad) = raw
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@' | ':')))
+        {
+            return Err(format!(
+                "entity id contains {bad:?}; allowed are letters, digits and . _ - @ :"
+            ));
+        }
+        Ok(Self(Arc::from(raw)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for EntityId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for EntityId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EntityId({})", self.0)
+    }
+}
+
+/// Where an entity secret comes from.
+#[derive(Clone)]
+pub enum SecretSource {
+    /// A file, re-read on every fetch so that a rotated secret (including a Kubernetes Secret volume's
+    /// symlink swap) is picked up without a restart.
+    File(PathBuf),
+    /// A value given at start (the `AA_BROKER_ENTITY_SECRET` variable, or the demo).
+    Inline(Arc<SecretString>),
+}
+
+impl fmt::Debug for SecretSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File(path) => write!(f, "File({})", path.display()),
+            Self::Inline(_) => f.write_str("Inline([REDACTED])"),
+        }
+    }
+}
+
+impl SecretSource {
+    /// Loads the current secret. File reads happen on the blocking pool: they are tiny, but a slow or hung
+    /// volume must never stall the runtime threads that serve tokens.
+    pub async fn load(&self) -> Result<SecretString, SecretError> {
+        match self {
+            Self::Inline(secret) => Ok(SecretString::from(secret.expose_secret())),
+            Self::File(path) => {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || read_secret_file(&path))
+                    .await
+                    .map_err(|e| SecretError::Io {
+                        path: PathBuf::new(),
+                        reason: format!("secret reader task failed: {e}"),
+                    })?
+            }
+        }
+    }
+
+    /// A short description for logs and errors (never the value).
+    pub fn describe(&self) -> String {
+        match self {
+            Self::File(path) => format!("file {}", path.display()),
+            Self::Inline(_) => "inline value".into(),
+        }
+    }
+}
+
+/// Why a secret could not be loaded. Carries paths and reasons, never content.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SecretError {
+    #[error("secret file {path} cannot be read: {reason}")]
+    Io { path: PathBuf, reason: String },
+    #[error("secret file {path} is not a regular file")]
+    NotAFile { path: PathBuf },
+    #[error("secret file {path} is larger than {MAX_SECRET_FILE_BYTES} bytes")]
+    TooLarge { path: PathBuf },
+    #[error("secret file {path} is not valid UTF-8")]
+    NotUtf8 { path: PathBuf },
+    #[error("secret file {path} is empty")]
+    Empty { path: PathBuf },
+}
+
+/// Reads a secret file: a regular file (symlinks followed) of at most [`MAX_SECRET_FILE_BYTES`], UTF-8,
+/// surrounding whitespace ignored, not empty.
+pub fn read_secret_file(path: &Path) -> Result<SecretString, SecretError> {
+    let io_err = |e: std::io::Error| SecretError::Io {
+        path: path.to_path_buf(),
+        reason: e.kind().to_string(),
+    };
+    let file = File::open(path).map_err(io_err)?;
+    let meta = file.metadata().map_err(io_err)?;
+    if !meta.is_file() {
+        return Err(SecretError::NotAFile {
+            path: path.to_path_buf(),
+        });
+    }
+    let mut raw = Vec::with_capacity(64);
+    // Read one byte past the limit so an oversized file is detected even if it grew after `metadata`.
+    file.take(MAX_SECRET_FILE_BYTES + 1)
+        .read_to_end(&mut raw)
+        .map_err(io_err)?;
+    if raw.len() as u64 > MAX_SECRET_FILE_BYTES {
+        return Err(SecretError::TooLarge {
+            path: path.to_path_buf(),
+        });
+    }
+    // Wrapped at once so the untrimmed copy is zeroized when it goes out of scope.
+    let text = SecretString::from(String::from_utf8(raw).map_err(|_| SecretError::NotUtf8 {
+        path: path.to_path_buf(),
+    })?);
+    let secret = SecretString::from(text.expose_secret().trim());
+    if secret.expose_secret().is_empty() {
+        return Err(SecretError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(secret)
+}
+
+/// A short, stable, non-reversible label for a secret or token, for logs: `sha256:` and 8 hex digits.
+/// Lets an operator tell "the secret changed" from "it did not" without the value ever being written.
+pub fn fingerprint(value: &SecretString) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, value.expose_secret().as_bytes());
+    let hex: String = digest.as_ref()[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("sha256:{hex}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entity_ids_are_validated() {
+        assert!(EntityId::parse("FIU-EXAMPLE").is_ok());
+        assert!(EntityId::parse("fiu@acme.in").is_ok());
+        assert!(EntityId::parse("").is_err());
+        assert!(EntityId::parse("a/b").is_err());
+        assert!(EntityId::parse("..%2f").is_err());
+        assert!(EntityId::parse(&"x".repeat(129)).is_err());
+        assert!(EntityId::parse(&"x".repeat(128)).is_ok());
+    }
+
+    #[test]
+    fn secret_file_is_trimmed_and_checked() {
+        let dir = std::env::temp_dir().join(format!("aa-broker-entity-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("secret");
+        std::fs::write(&path, "  s3cr3t\n").unwrap();
+        assert_eq!(read_secret_file(&path).unwrap().expose_secret(), "s3cr3t");
+        std::fs::write(&path, " \n\t").unwrap();
+        assert!(matches!(
+            read_secret_file(&path),
+            Err(SecretError::Empty { .. })
+        ));
+        std::fs::write(&path, vec![b'a'; 5000]).unwrap();
+        assert!(matches!(
+            read_secret_file(&path),
+            Err(SecretError::TooLarge { .. })
+        ));
+        std::fs::write(&path, [0xff, 0xfe]).unwrap();
+        assert!(matches!(
+            read_secret_file(&path),
+            Err(SecretError::NotUtf8 { .. })
+        ));
+        assert!(matches!(
+            read_secret_file(&dir),
+            Err(SecretError::NotAFile { .. })
+        ));
+        assert!(matches!(
+            read_secret_file(&dir.join("missing")),
+            Err(SecretError::Io { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn fingerprints_do_not_contain_the_value() {
+        let secret = SecretString::from("abcdef");
+        let fp = fingerprint(&secret);
+        assert!(fp.starts_with("sha256:") && fp.len() == 15);
+        assert!(!fp.contains("abcdef"));
+        assert_eq!(fp, fingerprint(&SecretString::from("abcdef")));
+        assert_eq!(
+            format!("{:?}", SecretSource::Inline(Arc::new(secret))),
+            "Inline([REDACTED])"
+        );
+    }
+}

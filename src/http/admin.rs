@@ -1,0 +1,79 @@
+//! `GET /healthz` (the process is alive), `GET /readyz` (every entity holds a valid token) and
+//! `GET /metrics` (Prometheus). None needs the `Metadata` header and none reveals a token or secret.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use super::{AppState, reply};
+use crate::timefmt;
+
+pub async fn healthz() -> Response {
+    reply::no_store(
+        (
+            StatusCode::OK,
+            axum::Json(serde_json::json!({ "status": "ok" })),
+        )
+            .into_response(),
+    )
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EntityReadiness {
+    ready: bool,
+    stale: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_in: Option<u64>,
+    consecutive_failures: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret_expires_at: Option<String>,
+    secret_in_grace: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iam_message: Option<String>,
+}
+
+/// 200 only when every configured entity holds a token that may be handed out; 503 otherwise, with the
+/// detail per entity either way.
+pub async fn readyz(State(app): State<Arc<AppState>>) -> Response {
+    let status = app.broker.status();
+    let ready = status.iter().all(|e| e.ready);
+    let entities: BTreeMap<String, EntityReadiness> = status
+        .into_iter()
+        .map(|e| {
+            (
+                e.entity_id.to_string(),
+                EntityReadiness {
+                    ready: e.ready,
+                    stale: e.stale,
+                    expires_in: e.expires_in,
+                    consecutive_failures: e.consecutive_failures,
+                    last_error: e.last_error,
+                    secret_expires_at: e.secret_expires_at.map(timefmt::rfc3339_seconds),
+                    secret_in_grace: e.secret_in_grace,
+                    iam_message: e.iam_message,
+                },
+            )
+        })
+        .collect();
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({ "ready": ready, "entities": entities });
+    reply::no_store((code, axum::Json(body)).into_response())
+}
+
+pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
+    let text = app.broker.metrics().render(&app.broker.status());
+    let content_type =
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8");
+    reply::no_store(([(header::CONTENT_TYPE, content_type)], text).into_response())
+}

@@ -1,0 +1,68 @@
+//! The local HTTP surface.
+//!
+//! - [`router`] (this file) wires the routes and layers: `/v1/*` behind the [`guard`], plus `/healthz`,
+//!   `/readyz` and `/metrics`, which need no header.
+//! - [`tokens`]: `GET /v1/token[/{entityId}]` and the forced refresh.
+//! - [`admin`]: health, readiness and metrics.
+//! - [`guard`]: the SSRF / DNS-rebinding defence that cloud metadata servers use.
+//! - [`reply`]: the JSON error shape and the headers every answer carries.
+//! - [`server`]: the accept loop — connection cap, header timeout, graceful shutdown.
+
+pub mod admin;
+pub mod guard;
+pub mod reply;
+pub mod server;
+pub mod tokens;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::token::broker::Broker;
+pub use guard::GuardSettings;
+
+/// Largest request body accepted. Every route takes an empty body.
+pub const MAX_BODY_BYTES: usize = 1024;
+
+/// What the handlers share.
+pub struct AppState {
+    pub broker: Broker,
+    pub guard: GuardSettings,
+}
+
+/// Builds the broker's router. `request_timeout` bounds the whole handling of one request.
+pub fn router(state: Arc<AppState>, request_timeout: Duration) -> Router {
+    let guarded = Router::new()
+        .route("/v1/token", get(tokens::get_default))
+        .route("/v1/token/refresh", post(tokens::refresh_default))
+        .route("/v1/token/{entity_id}", get(tokens::get_one))
+        .route("/v1/token/{entity_id}/refresh", post(tokens::refresh_one))
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            guard::caller_guard,
+        ));
+    Router::new()
+        .merge(guarded)
+        .route("/healthz", get(admin::healthz))
+        .route("/readyz", get(admin::readyz))
+        .route("/metrics", get(admin::metrics))
+        .fallback(|| async { reply::error(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            reply::error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
+        })
+        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            request_timeout,
+        ))
+        .with_state(state)
+}

@@ -1,0 +1,62 @@
+//! The client for the Sahamati Central Registry IAM: the four endpoints of the spec, exactly as documented.
+//!
+//! - [`client`] sends the requests (form bodies for the two token endpoints, JSON plus a bearer user token for
+//!   secret read/reset), with connect and request timeouts and a cap on the size of what it reads back.
+//! - [`wire`] holds the serde shapes of every body, including the lowercase aliases of the first draft.
+//! - [`error`] keeps what a failure was (status, `errorCode`, `errorMsg`, or a sanitized excerpt of a body
+//!   that was not the IAM's envelope) without ever carrying a secret or a token.
+
+pub mod client;
+pub mod error;
+pub mod wire;
+
+pub use client::{IamClient, IamTimeouts, SecretGrant, TokenGrant};
+pub use error::IamError;
+
+/// The documented IAM bases, by environment name.
+pub fn environment_base_url(name: &str) -> Option<&'static str> {
+    match name {
+        "sandbox" => Some("https://api.sandbox.sahamati.org.in/iam"),
+        "uat" => Some("https://api.uat.sahamati.org.in/iam"),
+        "production" | "prod" => Some("https://api.sahamati.org.in/iam"),
+        _ => None,
+    }
+}
+
+/// The four IAM endpoints, for metrics labels, errors and the simulator's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Endpoint {
+    EntityToken,
+    UserToken,
+    SecretRead,
+    SecretReset,
+}
+
+impl Endpoint {
+    pub const ALL: [Endpoint; 4] = [
+        Endpoint::EntityToken,
+        Endpoint::UserToken,
+        Endpoint::SecretRead,
+        Endpoint::SecretReset,
+    ];
+
+    /// The path below the IAM base.
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::EntityToken => "/v1/entity/token/generate",
+            Endpoint::UserToken => "/v1/user/token/generate",
+            Endpoint::SecretRead => "/v1/entity/secret/read",
+            Endpoint::SecretReset => "/v1/entity/secret/reset",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::EntityToken => "entity_token",
+            Endpoint::UserToken => "user_token",
+            Endpoint::SecretRead => "secret_read",
+            Endpoint::SecretReset => "secret_reset",
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! Every metric the broker exports, in one Prometheus registry.
+//!
+//! Counters are bumped where events happen; per-entity gauges (token validity, staleness, seconds left,
+//! clock skew, secret expiry, grace period) are computed from the broker's state when `/metrics` is scraped,
+//! so they can never drift from what `/readyz` reports. Labels are configured entity ids and fixed words:
+//! nothing a client sends becomes a label, and no secret or token ever does.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::entity::EntityId;
+use crate::timefmt;
+use crate::token::broker::EntityStatus;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EntityLabels {
+    entity: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    entity: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IamLabels {
+    entity: String,
+    trigger: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    version: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+fn iam_latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 14))
+}
+
+/// The broker's metrics. Shared behind an `Arc`.
+pub struct Metrics {
+    registry: Registry,
+    token_requests: Family<OutcomeLabels, Counter>,
+    forced_refreshes: Family<OutcomeLabels, Counter>,
+    iam_requests: Family<IamLabels, Counter>,
+    iam_request_seconds: Family<EntityLabels, Histogram, fn() -> Histogram>,
+    iam_warnings: Family<EntityLabels, Counter>,
+    guard_rejections: Family<ReasonLabels, Counter>,
+    token_valid: Family<EntityLabels, Gauge>,
+    token_stale: Family<EntityLabels, Gauge>,
+    token_expires_in: Family<EntityLabels, Gauge>,
+    refresh_failures: Family<EntityLabels, Gauge>,
+    clock_skew: Family<EntityLabels, FloatGauge>,
+    secret_expiry: Family<EntityLabels, FloatGauge>,
+    secret_in_grace: Family<EntityLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("aa_broker");
+        let build_info = Family::<VersionLabels, Gauge>::default();
+        build_info
+            .get_or_create(&VersionLabels {
+                version: env!("CARGO_PKG_VERSION").into(),
+            })
+            .set(1);
+        registry.register("build_info", "Build information", build_info);
+        let m = Self {
+            token_requests: Family::default(),
+            forced_refreshes: Family::default(),
+            iam_requests: Family::default(),
+            iam_request_seconds: Family::new_with_constructor(iam_latency_histogram),
+            iam_warnings: Family::default(),
+            guard_rejections: Family::default(),
+            token_valid: Family::default(),
+            token_stale: Family::default(),
+            token_expires_in: Family::default(),
+            refresh_failures: Family::default(),
+            clock_skew: Family::default(),
+            secret_expiry: Family::default(),
+            secret_in_grace: Family::default(),
+            registry,
+        };
+        let mut m = m;
+        let r = &mut m.registry;
+        r.register(
+            "token_requests",
+            "Token requests served, by outcome (served, stale, unavailable)",
+            m.token_requests.clone(),
+        );
+        r.register(
+            "forced_refreshes",
+            "Forced refresh requests, by outcome (refreshed or rate_limited)",
+            m.forced_refreshes.clone(),
+        );
+        r.register(
+            "iam_requests",
+            "Entity token calls to the IAM, by trigger and outcome",
+            m.iam_requests.clone(),
+        );
+        r.register(
+            "iam_request_duration_seconds",
+            "Duration of entity token calls to the IAM",
+            m.iam_request_seconds.clone(),
+        );
+        r.register(
+            "iam_warnings",
+            "Token responses that carried the IAM's grace-period warning",
+            m.iam_warnings.clone(),
+        );
+        r.register(
+            "guard_rejections",
+            "Requests refused by the caller guard, by reason",
+            m.guard_rejections.clone(),
+        );
+        r.register(
+            "token_valid",
+            "1 when a token that may be handed out is held",
+            m.token_valid.clone(),
+        );
+        r.register(
+            "token_stale",
+            "1 when the held token is valid but its last refresh failed",
+            m.token_stale.clone(),
+        );
+        r.register(
+            "token_expires_in_seconds",
+            "Seconds until the held token expires",
+            m.token_expires_in.clone(),
+        );
+        r.register(
+            "refresh_consecutive_failures",
+            "Upstream failures since the last success",
+            m.refresh_failures.clone(),
+        );
+        r.register(
+            "clock_skew_seconds",
+            "Local wall clock minus the token's iat when it arrived",
+            m.clock_skew.clone(),
+        );
+        r.register(
+            "secret_expiry_timestamp_seconds",
+            "When the entity secret expires (secret-expiry-ts claim), Unix seconds",
+            m.secret_expiry.clone(),
+        );
+        r.register(
+            "secret_in_grace",
+            "1 when the IAM said the entity secret has expired and is in its grace period",
+            m.secret_in_grace.clone(),
+        );
+        m
+    }
+
+    pub fn token_request(&self, entity: &EntityId, outcome: &str) {
+        self.token_requests
+            .get_or_create(&OutcomeLabels {
+                entity: entity.to_string(),
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    pub fn forced_refresh(&self, entity: &EntityId, allowed: bool) {
+        let outcome = if allowed { "refreshed" } else { "rate_limited" };
+        self.forced_refreshes
+            .get_or_create(&OutcomeLabels {
+                entity: entity.to_string(),
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    pub fn iam_request(&self, entity: &EntityId, trigger: &str, outcome: &str, took: Duration) {
+        self.iam_requests
+            .get_or_create(&IamLabels {
+                entity: entity.to_string(),
+                trigger: trigger.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+        self.iam_request_seconds
+            .get_or_create(&EntityLabels {
+                entity: entity.to_string(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn iam_warning(&self, entity: &EntityId) {
+        self.iam_warnings
+            .get_or_create(&EntityLabels {
+                entity: entity.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn guard_rejection(&self, reason: &'static str) {
+        self.guard_rejections
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// Renders the registry in the OpenMetrics text format, after setting the state gauges from `status`.
+    pub fn render(&self, status: &[EntityStatus]) -> String {
+        for entity in status {
+            let labels = EntityLabels {
+                entity: entity.entity_id.to_string(),
+            };
+            self.token_valid
+                .get_or_create(&labels)
+                .set(i64::from(entity.ready));
+            self.token_stale
+                .get_or_create(&labels)
+                .set(i64::from(entity.stale));
+            self.token_expires_in.get_or_create(&labels).set(
+                entity
+                    .expires_in
+                    .map_or(0, |s| i64::try_from(s).unwrap_or(i64::MAX)),
+            );
+            self.refresh_failures
+                .get_or_create(&labels)
+                .set(i64::from(entity.consecutive_failures));
+            if let Some(skew) = entity.clock_skew_seconds {
+                self.clock_skew.get_or_create(&labels).set(skew);
+            }
+            if let Some(at) = entity.secret_expires_at {
+                self.secret_expiry
+                    .get_or_create(&labels)
+                    .set(timefmt::unix_seconds(at));
+            }
+            self.secret_in_grace
+                .get_or_create(&labels)
+                .set(i64::from(entity.secret_in_grace));
+        }
+        let mut out = String::with_capacity(4096);
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

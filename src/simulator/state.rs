@@ -1,0 +1,197 @@
+//! The simulator's world: entities and their secrets, admin users and their sessions, settings, the
+//! injected faults waiting to fire, and the call counters tests read.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::iam::Endpoint;
+
+/// Grace period after a secret's expiry during which tokens are still issued, with a warning (spec §2.3).
+pub const GRACE_PERIOD: Duration = Duration::from_secs(5 * 86_400);
+/// Default and maximum secret validity.
+pub const MAX_SECRET_DAYS: u32 = 180;
+
+/// What a reset does to the previous secret. The spec (§2.3) records both readings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResetMode {
+    /// The old secret stops working at once (observed Oct 2024; the default).
+    #[default]
+    RevokeImmediately,
+    /// The old secret keeps working for the grace period after the reset, with the warning message.
+    GracePeriod,
+}
+
+/// Tunable behaviour, settable at start and through `PUT /_simulator/settings`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct SimSettings {
+    /// Entity token lifetime (`expiresIn`), seconds.
+    pub token_lifetime_secs: u64,
+    /// User (admin) token lifetime, seconds.
+    pub user_token_lifetime_secs: u64,
+    /// Added before every answer, milliseconds.
+    pub latency_ms: u64,
+    pub reset_mode: ResetMode,
+    /// Shifts the simulator's wall clock (secret expiry, `iat`/`exp`), seconds; may be negative.
+    pub clock_offset_secs: i64,
+    /// Cap a reset secret's validity by the remaining life of the admin token that asked (spec §2.3).
+    pub cap_secret_by_user_token: bool,
+}
+
+impl Default for SimSettings {
+    fn default() -> Self {
+        Self {
+            token_lifetime_secs: 86_400,
+            user_token_lifetime_secs: 86_400,
+            latency_ms: 0,
+            reset_mode: ResetMode::default(),
+            clock_offset_secs: 0,
+            cap_secret_by_user_token: true,
+        }
+    }
+}
+
+/// One injected fault.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Fault {
+    /// Only this endpoint; every endpoint when absent.
+    #[serde(default)]
+    pub endpoint: Option<Endpoint>,
+    pub kind: FaultKind,
+    /// How many requests it applies to; until cleared when absent.
+    #[serde(default)]
+    pub times: Option<u32>,
+}
+
+/// The ways the simulator can misbehave.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase", deny_unknown_fields)]
+pub enum FaultKind {
+    /// An error status with the IAM's envelope (or `body` verbatim), optionally with `Retry-After`.
+    #[serde(rename_all = "camelCase")]
+    Status {
+        status: u16,
+        #[serde(default)]
+        retry_after_secs: Option<u64>,
+        #[serde(default)]
+        body: Option<String>,
+    },
+    /// Waits, then answers normally.
+    Delay { ms: u64 },
+    /// Accepts the request and never answers.
+    Hang,
+    /// A gateway's HTML error page.
+    Html { status: u16 },
+    /// A status with an empty body.
+    Empty { status: u16 },
+    /// 200 with JSON cut off in the middle (after the token has started).
+    TruncatedJson,
+    /// 200 with well-formed JSON of the wrong types.
+    WrongTypes,
+    /// 200 with the last token issued to this entity, again.
+    RepeatToken,
+    /// 200 with a valid token issued to a different entity.
+    ForeignToken,
+    /// 200 with a body of 1 MiB.
+    HugeBody,
+    /// 200 with a token whose `expiresIn` and `exp` are one second.
+    ShortLived,
+}
+
+#[derive(Debug, Clone)]
+pub struct SimEntity {
+    pub secret: String,
+    pub expires_on: SystemTime,
+    pub role: String,
+    /// After a reset in grace-period mode: the old secret and until when it still works.
+    pub previous: Option<(String, SystemTime)>,
+    pub last_token: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SimUser {
+    pub password: String,
+    pub entities: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct UserSession {
+    pub email: String,
+    pub expires: SystemTime,
+}
+
+/// Everything behind the simulator's one lock.
+#[derive(Default)]
+pub struct World {
+    pub settings: SimSettings,
+    pub entities: HashMap<String, SimEntity>,
+    pub users: HashMap<String, SimUser>,
+    pub sessions: HashMap<String, UserSession>,
+    pub faults: VecDeque<Fault>,
+}
+
+impl World {
+    /// The simulator's wall clock.
+    pub fn now(&self) -> SystemTime {
+        let offset = Duration::from_secs(self.settings.clock_offset_secs.unsigned_abs());
+        if self.settings.clock_offset_secs >= 0 {
+            SystemTime::now() + offset
+        } else {
+            SystemTime::now() - offset
+        }
+    }
+
+    /// Takes the first fault that applies to `endpoint`, consuming one of its uses.
+    pub fn take_fault(&mut self, endpoint: Endpoint) -> Option<FaultKind> {
+        let index = self
+            .faults
+            .iter()
+            .position(|f| f.endpoint.is_none_or(|e| e == endpoint))?;
+        let fault = &mut self.faults[index];
+        let kind = fault.kind.clone();
+        match &mut fault.times {
+            Some(0) | Some(1) => {
+                self.faults.remove(index);
+            }
+            Some(n) => *n -= 1,
+            None => {}
+        }
+        Some(kind)
+    }
+}
+
+/// Per-endpoint request counters plus tokens issued.
+#[derive(Default)]
+pub struct Counters {
+    calls: [AtomicU64; 4],
+    pub entity_tokens_issued: AtomicU64,
+}
+
+impl Counters {
+    fn index(endpoint: Endpoint) -> usize {
+        match endpoint {
+            Endpoint::EntityToken => 0,
+            Endpoint::UserToken => 1,
+            Endpoint::SecretRead => 2,
+            Endpoint::SecretReset => 3,
+        }
+    }
+
+    pub fn record(&self, endpoint: Endpoint) {
+        self.calls[Self::index(endpoint)].fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn calls(&self, endpoint: Endpoint) -> u64 {
+        self.calls[Self::index(endpoint)].load(Ordering::SeqCst)
+    }
+}
+
+/// A random alphanumeric secret of `len` characters.
+pub fn random_secret(len: usize) -> String {
+    (0..len).map(|_| fastrand::alphanumeric()).collect()
+}

@@ -1,0 +1,561 @@
+//! The broker: one moka cache keyed by entity, one upstream flight per entity at a time.
+//!
+//! Three paths reach the IAM, and all of them go through [`Inner::fetch`], which holds the entity's
+//! *fetch gate* (an async mutex) for the duration of the call:
+//! - the background refresher (see [`super::refresher`]), which keeps a token ready so that after warm-up
+//!   no client request waits on the IAM;
+//! - a client request that finds no valid token: it joins moka's `try_get_with`, so concurrent cold
+//!   requests share one call and its result or error, and the call runs in its own task so that a client
+//!   hanging up does not cancel the fetch the others wait on;
+//! - a forced refresh (`POST …/refresh`), rate-limited per entity.
+//!
+//! Whoever takes the gate second finds the generation moved on and returns the new token instead of
+//! calling again. Client-triggered attempts are also limited to one per entity per second while no valid
+//! token exists, so no amount of traffic can turn an outage into a hot loop against the IAM.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use moka::Expiry;
+use moka::future::Cache;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::policy::{AttemptState, RefreshPolicy};
+use super::refresher;
+use super::{Token, TokenRejected};
+use crate::entity::{EntityId, SecretError, SecretSource, fingerprint};
+use crate::iam::{IamClient, IamError};
+use crate::metrics::Metrics;
+
+/// Why an upstream fetch produced no token. Cloneable so that one failure can be shared by every waiter
+/// and kept as the entity's "last error" for `/readyz` and 503 bodies. Never contains a secret.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FetchError {
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error(transparent)]
+    Iam(#[from] IamError),
+    #[error("IAM returned an unusable token: {0}")]
+    Rejected(#[from] TokenRejected),
+    #[error("IAM returned the token already held; treated as not refreshed")]
+    SameToken,
+    #[error("fetch task ended abnormally: {0}")]
+    Internal(String),
+}
+
+impl FetchError {
+    /// Low-cardinality label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FetchError::Secret(_) => "secret_unreadable",
+            FetchError::Iam(e) => e.kind(),
+            FetchError::Rejected(_) => "rejected_token",
+            FetchError::SameToken => "same_token",
+            FetchError::Internal(_) => "internal",
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            FetchError::Iam(e) => e.retry_after(),
+            _ => None,
+        }
+    }
+}
+
+/// What started an upstream call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Background,
+    Client,
+    Forced,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Background => "background",
+            Trigger::Client => "client",
+            Trigger::Forced => "forced",
+        }
+    }
+}
+
+/// A token handed to a caller.
+#[derive(Debug, Clone)]
+pub struct Served {
+    pub token: Arc<Token>,
+    /// The last refresh attempt failed; the token is still valid but the broker is retrying.
+    pub stale: bool,
+}
+
+/// Why a caller got no token.
+#[derive(Debug, Clone)]
+pub enum TokenError {
+    UnknownEntity,
+    /// No valid token; `reason` describes the last upstream failure, without secrets.
+    Unavailable {
+        reason: String,
+        retry_after: Duration,
+    },
+}
+
+/// One entity's view for `/readyz` and `/metrics`.
+#[derive(Debug, Clone)]
+pub struct EntityStatus {
+    pub entity_id: EntityId,
+    pub ready: bool,
+    pub stale: bool,
+    pub expires_in: Option<u64>,
+    pub consecutive_failures: u32,
+    pub last_error: Option<String>,
+    pub clock_skew_seconds: Option<f64>,
+    pub secret_expires_at: Option<SystemTime>,
+    /// The last token response carried the IAM's grace-period warning.
+    pub secret_in_grace: bool,
+    pub iam_message: Option<String>,
+}
+
+/// The entity token broker. Cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    slots: BTreeMap<EntityId, Arc<Slot>>,
+    cache: Cache<EntityId, Arc<Token>>,
+    iam: IamClient,
+    policy: RefreshPolicy,
+    metrics: Arc<Metrics>,
+}
+
+/// Per-entity state. The gate serialises upstream calls; the mutex guards bookkeeping and is never held
+/// across an `.await`.
+struct Slot {
+    id: EntityId,
+    secret: SecretSource,
+    gate: tokio::sync::Mutex<()>,
+    state: Mutex<SlotState>,
+    /// Mirrors "the last attempt failed" for the hot path, which should not take the mutex.
+    stale: AtomicBool,
+    /// Wakes the refresher when a token arrived by another path, so it reschedules.
+    changed: Notify,
+}
+
+#[derive(Default)]
+struct SlotState {
+    latest: Option<Arc<Token>>,
+    generation: u64,
+    attempts: AttemptState,
+    last_attempt_at: Option<Instant>,
+    last_error: Option<FetchError>,
+    last_forced_at: Option<Instant>,
+    secret_fingerprint: Option<String>,
+}
+
+impl Slot {
+    fn state(&self) -> MutexGuard<'_, SlotState> {
+        // A panic while holding this lock would be a bug; the data stays consistent, so keep going.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Entries expire from moka when their token stops being servable.
+struct ServeDeadline;
+
+impl Expiry<EntityId, Arc<Token>> for ServeDeadline {
+    fn expire_after_create(
+        &self,
+        _: &EntityId,
+        token: &Arc<Token>,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(
+            token
+                .schedule
+                .serve_until
+                .saturating_duration_since(Instant::now()),
+        )
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &EntityId,
+        token: &Arc<Token>,
+        _: std::time::Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(
+            token
+                .schedule
+                .serve_until
+                .saturating_duration_since(Instant::now()),
+        )
+    }
+}
+
+impl Broker {
+    pub fn new(
+        entities: Vec<(EntityId, SecretSource)>,
+        iam: IamClient,
+        policy: RefreshPolicy,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let slots = entities
+            .into_iter()
+            .map(|(id, secret)| {
+                let slot = Slot {
+                    id: id.clone(),
+                    secret,
+                    gate: tokio::sync::Mutex::new(()),
+                    state: Mutex::new(SlotState::default()),
+                    stale: AtomicBool::new(false),
+                    changed: Notify::new(),
+                };
+                (id, Arc::new(slot))
+            })
+            .collect::<BTreeMap<_, _>>();
+        let cache = Cache::builder()
+            .max_capacity(slots.len() as u64 + 1)
+            .expire_after(ServeDeadline)
+            .build();
+        Self {
+            inner: Arc::new(Inner {
+                slots,
+                cache,
+                iam,
+                policy,
+                metrics,
+            }),
+        }
+    }
+
+    pub fn entity_ids(&self) -> impl Iterator<Item = &EntityId> {
+        self.inner.slots.keys()
+    }
+
+    /// The only configured entity, if there is exactly one.
+    pub fn single_entity(&self) -> Option<&EntityId> {
+        let mut ids = self.inner.slots.keys();
+        match (ids.next(), ids.next()) {
+            (Some(only), None) => Some(only),
+            _ => None,
+        }
+    }
+
+    pub fn lookup(&self, raw: &str) -> Option<EntityId> {
+        let id = EntityId::parse(raw).ok()?;
+        self.inner.slots.contains_key(&id).then_some(id)
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// Starts one background refresher per entity. Each fetches at once, then follows the policy until
+    /// `shutdown` turns true.
+    pub fn spawn_refreshers(&self, shutdown: watch::Receiver<bool>) -> JoinSet<()> {
+        let mut tasks = JoinSet::new();
+        for slot in self.inner.slots.values() {
+            let inner = Arc::clone(&self.inner);
+            let slot = Arc::clone(slot);
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move {
+                let state_slot = Arc::clone(&slot);
+                let attempt_slot = Arc::clone(&slot);
+                refresher::run(
+                    inner.policy.clone(),
+                    move || state_slot.state().attempts,
+                    &slot.changed,
+                    shutdown,
+                    move || {
+                        let inner = Arc::clone(&inner);
+                        let slot = Arc::clone(&attempt_slot);
+                        async move {
+                            let _ = inner.fetch_and_store(slot, Trigger::Background).await;
+                        }
+                    },
+                )
+                .await;
+            });
+        }
+        tasks
+    }
+
+    /// A valid token for `id`: from the cache, or — when none is held — from one coalesced upstream call.
+    pub async fn token(&self, id: &EntityId) -> Result<Served, TokenError> {
+        let slot = self.inner.slots.get(id).ok_or(TokenError::UnknownEntity)?;
+        if let Some(token) = self.inner.cache.get(id).await {
+            if token.servable(Instant::now()) {
+                return Ok(Served {
+                    token,
+                    stale: slot.stale.load(Ordering::Relaxed),
+                });
+            }
+            // moka's clock and ours can disagree by a hair at the boundary; ours decides.
+            self.inner.cache.invalidate(id).await;
+        }
+        self.cold_fetch(slot).await
+    }
+
+    async fn cold_fetch(&self, slot: &Arc<Slot>) -> Result<Served, TokenError> {
+        if let Some(error) = self.inner.recent_failure(slot, Trigger::Client) {
+            return Err(self.inner.unavailable(&error));
+        }
+        let inner = Arc::clone(&self.inner);
+        let task_slot = Arc::clone(slot);
+        let result = self
+            .inner
+            .cache
+            .try_get_with(slot.id.clone(), async move {
+                // Detached, so a cancelled leader (a client that hung up) does not cancel the upstream call.
+                tokio::spawn(async move { inner.fetch(&task_slot, Trigger::Client).await })
+                    .await
+                    .unwrap_or_else(|e| Err(FetchError::Internal(e.to_string())))
+            })
+            .await;
+        match result {
+            Ok(token) if token.servable(Instant::now()) => Ok(Served {
+                token,
+                stale: slot.stale.load(Ordering::Relaxed),
+            }),
+            Ok(_) => Err(TokenError::Unavailable {
+                reason: "the newest token is past its hand-out deadline".into(),
+                retry_after: Duration::from_secs(1),
+            }),
+            Err(error) => Err(self.inner.unavailable(&error)),
+        }
+    }
+
+    /// Forces a new token for a caller whose token a peer rejected. At most one per entity per
+    /// `forced_refresh_interval`; within that window it waits for any fetch in flight and returns the
+    /// newest token.
+    pub async fn force_refresh(&self, id: &EntityId) -> Result<Served, TokenError> {
+        let slot = self.inner.slots.get(id).ok_or(TokenError::UnknownEntity)?;
+        let now = Instant::now();
+        let allowed = {
+            let mut state = slot.state();
+            let within_window = state.last_forced_at.is_some_and(|at| {
+                now.duration_since(at) < self.inner.policy.forced_refresh_interval
+            });
+            if !within_window {
+                state.last_forced_at = Some(now);
+            }
+            !within_window
+        };
+        self.inner.metrics.forced_refresh(id, allowed);
+        if !allowed {
+            drop(slot.gate.lock().await);
+            return self.token(id).await;
+        }
+        if let Some(error) = self.inner.recent_failure(slot, Trigger::Forced) {
+            return Err(self.inner.unavailable(&error));
+        }
+        let inner = Arc::clone(&self.inner);
+        let task_slot = Arc::clone(slot);
+        match tokio::spawn(async move { inner.fetch_and_store(task_slot, Trigger::Forced).await })
+            .await
+        {
+            Ok(Ok(token)) => Ok(Served {
+                token,
+                stale: false,
+            }),
+            Ok(Err(error)) => Err(self.inner.unavailable(&error)),
+            Err(e) => Err(self.inner.unavailable(&FetchError::Internal(e.to_string()))),
+        }
+    }
+
+    /// Every entity's state, for `/readyz` and `/metrics`.
+    pub fn status(&self) -> Vec<EntityStatus> {
+        let now = Instant::now();
+        self.inner
+            .slots
+            .values()
+            .map(|slot| {
+                let state = slot.state();
+                let valid = state.latest.as_ref().filter(|t| t.servable(now));
+                EntityStatus {
+                    entity_id: slot.id.clone(),
+                    ready: valid.is_some(),
+                    stale: valid.is_some() && state.attempts.consecutive_failures > 0,
+                    expires_in: valid.map(|t| t.seconds_left(now)),
+                    consecutive_failures: state.attempts.consecutive_failures,
+                    last_error: state.last_error.as_ref().map(ToString::to_string),
+                    clock_skew_seconds: state.latest.as_ref().and_then(|t| t.clock_skew_seconds),
+                    secret_expires_at: state.latest.as_ref().and_then(|t| t.secret_expires_at),
+                    secret_in_grace: state
+                        .latest
+                        .as_ref()
+                        .is_some_and(|t| t.iam_message.is_some()),
+                    iam_message: state.latest.as_ref().and_then(|t| t.iam_message.clone()),
+                }
+            })
+            .collect()
+    }
+}
+
+impl Inner {
+    /// Fetches and puts the result in the cache (the moka path inserts by itself).
+    async fn fetch_and_store(
+        &self,
+        slot: Arc<Slot>,
+        trigger: Trigger,
+    ) -> Result<Arc<Token>, FetchError> {
+        let token = self.fetch(&slot, trigger).await?;
+        self.cache.insert(slot.id.clone(), Arc::clone(&token)).await;
+        Ok(token)
+    }
+
+    /// With no valid token, a client or forced attempt within `cold_attempt_interval` of a failed one
+    /// gets that failure back instead of calling the IAM again.
+    fn recent_failure(&self, slot: &Slot, trigger: Trigger) -> Option<FetchError> {
+        if trigger == Trigger::Background {
+            return None;
+        }
+        let state = slot.state();
+        let now = Instant::now();
+        if state.latest.as_ref().is_some_and(|t| t.servable(now)) {
+            return None;
+        }
+        let recent = state
+            .last_attempt_at
+            .is_some_and(|at| now.duration_since(at) < self.policy.cold_attempt_interval);
+        if recent && state.attempts.consecutive_failures > 0 {
+            state.last_error.clone()
+        } else {
+            None
+        }
+    }
+
+    fn unavailable(&self, error: &FetchError) -> TokenError {
+        let retry_after = error
+            .retry_after()
+            .map(|d| d.min(self.policy.retry_after_cap))
+            .unwrap_or(self.policy.cold_attempt_interval)
+            .max(Duration::from_secs(1));
+        TokenError::Unavailable {
+            reason: error.to_string(),
+            retry_after,
+        }
+    }
+
+    /// The one place that calls the IAM for an entity token.
+    async fn fetch(&self, slot: &Slot, trigger: Trigger) -> Result<Arc<Token>, FetchError> {
+        let seen_generation = slot.state().generation;
+        let _gate = slot.gate.lock().await;
+        {
+            let state = slot.state();
+            if state.generation != seen_generation {
+                if let Some(token) = state.latest.as_ref().filter(|t| t.servable(Instant::now())) {
+                    return Ok(Arc::clone(token));
+                }
+            }
+        }
+        if let Some(error) = self.recent_failure(slot, trigger) {
+            return Err(error);
+        }
+        slot.state().last_attempt_at = Some(Instant::now());
+        let started = Instant::now();
+        let result = self.call_iam(slot).await;
+        self.metrics.iam_request(
+            &slot.id,
+            trigger.as_str(),
+            result.as_ref().err().map_or("ok", FetchError::kind),
+            started.elapsed(),
+        );
+        match result {
+            Ok(token) => Ok(self.record_success(slot, token, trigger)),
+            Err(error) => {
+                self.record_failure(slot, &error, trigger);
+                Err(error)
+            }
+        }
+    }
+
+    async fn call_iam(&self, slot: &Slot) -> Result<Token, FetchError> {
+        let secret = slot.secret.load().await?;
+        let secret_fp = fingerprint(&secret);
+        {
+            let mut state = slot.state();
+            if state.secret_fingerprint.as_deref() != Some(secret_fp.as_str()) {
+                if let Some(previous) = &state.secret_fingerprint {
+                    tracing::info!(entity = %slot.id, from = %previous, to = %secret_fp, "entity secret changed");
+                }
+                state.secret_fingerprint = Some(secret_fp);
+            }
+        }
+        let grant = self.iam.entity_token(&slot.id, &secret).await?;
+        drop(secret);
+        let token = Token::from_grant(&slot.id, grant, &self.policy, fastrand::f64())?;
+        if slot
+            .state()
+            .latest
+            .as_ref()
+            .is_some_and(|held| held.same_value_as(&token))
+        {
+            return Err(FetchError::SameToken);
+        }
+        Ok(token)
+    }
+
+    fn record_success(&self, slot: &Slot, token: Token, trigger: Trigger) -> Arc<Token> {
+        let token = Arc::new(token);
+        if let Some(message) = &token.iam_message {
+            tracing::warn!(entity = %slot.id, iam_message = %message, "IAM warning on token response: the entity secret has expired and is inside its grace period");
+            self.metrics.iam_warning(&slot.id);
+        }
+        if let Some(skew) = token.clock_skew_seconds.filter(|s| s.abs() > 60.0) {
+            tracing::warn!(entity = %slot.id, clock_skew_seconds = skew, "local clock differs from the IAM's by more than a minute; lifetimes use the monotonic clock and are unaffected");
+        }
+        {
+            let mut state = slot.state();
+            state.latest = Some(Arc::clone(&token));
+            state.generation += 1;
+            state.attempts.token = Some(token.schedule);
+            state.attempts.consecutive_failures = 0;
+            state.attempts.last_failure_at = None;
+            state.attempts.retry_after = None;
+            state.last_error = None;
+        }
+        slot.stale.store(false, Ordering::Relaxed);
+        slot.changed.notify_one();
+        tracing::info!(
+            entity = %slot.id,
+            trigger = trigger.as_str(),
+            token = %token.fingerprint,
+            lifetime_s = token.lifetime.as_secs(),
+            refresh_in_s = token.schedule.refresh_at.saturating_duration_since(Instant::now()).as_secs(),
+            "entity token obtained"
+        );
+        token
+    }
+
+    fn record_failure(&self, slot: &Slot, error: &FetchError, trigger: Trigger) {
+        let now = Instant::now();
+        let failures = {
+            let mut state = slot.state();
+            state.attempts.consecutive_failures =
+                state.attempts.consecutive_failures.saturating_add(1);
+            state.attempts.last_failure_at = Some(now);
+            state.attempts.retry_after = error.retry_after();
+            state.last_error = Some(error.clone());
+            let has_valid = state.latest.as_ref().is_some_and(|t| t.servable(now));
+            slot.stale.store(has_valid, Ordering::Relaxed);
+            state.attempts.consecutive_failures
+        };
+        tracing::warn!(
+            entity = %slot.id,
+            trigger = trigger.as_str(),
+            consecutive_failures = failures,
+            error = %error,
+            "entity token fetch failed"
+        );
+    }
+}

@@ -1,0 +1,176 @@
+//! Entity access tokens: what one is, how it is checked, when it is refreshed, and who holds it.
+//!
+//! - [`Token`] (this file): a token as the broker holds it — the value in a redacting type, its schedule on
+//!   the monotonic clock, and what its JWT claims say, cross-checked against the IAM's response.
+//! - [`policy`]: the pure refresh/backoff/hand-out rules.
+//! - [`broker`]: the moka cache keyed by entity, the single upstream flight per entity, forced refreshes.
+//! - [`refresher`]: the background task per entity that follows the policy.
+
+pub mod broker;
+pub mod policy;
+pub mod refresher;
+
+use std::time::{Duration, SystemTime};
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use crate::entity::{EntityId, fingerprint};
+use crate::iam::TokenGrant;
+use crate::timefmt;
+use policy::{RefreshPolicy, TokenSchedule};
+
+/// A token the broker may hand out until `schedule.serve_until`.
+pub struct Token {
+    pub entity_id: EntityId,
+    access_token: SecretString,
+    /// `sha256:` + 8 hex digits of the token, for logs.
+    pub fingerprint: String,
+    pub schedule: TokenSchedule,
+    /// The lifetime used (the smaller of `expiresIn` and the JWT's `exp - iat`).
+    pub lifetime: Duration,
+    /// `received_wall + lifetime`: what `expiresAt` reports.
+    pub expires_at_wall: SystemTime,
+    /// Local wall clock minus the JWT's `iat` when the token arrived (positive: our clock is ahead).
+    pub clock_skew_seconds: Option<f64>,
+    /// The JWT's `exp`, for cross-checks.
+    pub jwt_expires_at: Option<SystemTime>,
+    /// The `secret-expiry-ts` claim: when the entity secret expires.
+    pub secret_expires_at: Option<SystemTime>,
+    /// The IAM's warning on this response (secret expired, within the grace period).
+    pub iam_message: Option<String>,
+}
+
+impl Token {
+    /// The bearer token itself. Call sites are the HTTP response body and nothing else.
+    pub fn expose(&self) -> &str {
+        self.access_token.expose_secret()
+    }
+
+    pub fn servable(&self, now: Instant) -> bool {
+        self.schedule.servable(now)
+    }
+
+    /// Whole seconds until the IAM's expiry, as `expiresIn` reports it.
+    pub fn seconds_left(&self, now: Instant) -> u64 {
+        self.schedule
+            .expires_at
+            .saturating_duration_since(now)
+            .as_secs()
+    }
+
+    pub fn same_value_as(&self, other: &Token) -> bool {
+        self.access_token.expose_secret() == other.access_token.expose_secret()
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Token")
+            .field("entity_id", &self.entity_id)
+            .field("fingerprint", &self.fingerprint)
+            .field("lifetime", &self.lifetime)
+            .field("schedule", &self.schedule)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a 200 answer from the IAM was not accepted as a token.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TokenRejected {
+    #[error("accessToken is not a decodable JWT ({0})")]
+    NotAJwt(String),
+    #[error("token was issued to {found:?}, not to this entity")]
+    WrongEntity { found: String },
+    #[error("neither expiresIn nor the JWT's exp/iat give a lifetime")]
+    NoLifetime,
+    #[error("token lifetime of {0:?} is too short to hand out")]
+    TooShort(Duration),
+    #[error("tokenType is {0:?}, not Bearer")]
+    NotBearer(String),
+}
+
+/// The claims the broker reads (spec §3.2). Numbers are read as floats so that an integer or a float both
+/// work; anything else makes the token undecodable.
+#[derive(Debug, Deserialize)]
+struct Claims {
+    #[serde(default)]
+    exp: Option<f64>,
+    #[serde(default)]
+    iat: Option<f64>,
+    #[serde(default)]
+    azp: Option<String>,
+    #[serde(default, rename = "clientId")]
+    client_id: Option<String>,
+    #[serde(default, rename = "secret-expiry-ts")]
+    secret_expiry_ts: Option<String>,
+}
+
+impl Token {
+    /// Checks a grant and schedules it. `jitter` is uniform in `[0, 1)` and places the refresh in its window.
+    pub fn from_grant(
+        entity_id: &EntityId,
+        grant: TokenGrant,
+        policy: &RefreshPolicy,
+        jitter: f64,
+    ) -> Result<Token, TokenRejected> {
+        if let Some(kind) = grant.token_type.as_deref() {
+            if !kind.eq_ignore_ascii_case("bearer") {
+                return Err(TokenRejected::NotBearer(kind.chars().take(32).collect()));
+            }
+        }
+        let claims: Claims =
+            jsonwebtoken::dangerous::insecure_decode_claims(grant.access_token.expose_secret())
+                .map_err(|e| TokenRejected::NotAJwt(e.to_string()))?;
+        for issued_to in [&claims.azp, &claims.client_id].into_iter().flatten() {
+            if issued_to != entity_id.as_str() {
+                return Err(TokenRejected::WrongEntity {
+                    found: issued_to.chars().take(64).collect(),
+                });
+            }
+        }
+        let finite = |v: Option<f64>| v.filter(|x| x.is_finite());
+        let (exp, iat) = (finite(claims.exp), finite(claims.iat));
+        // The JWT's own lifetime is a difference of two server times, so local clock skew cannot distort it.
+        let jwt_lifetime = match (exp, iat) {
+            (Some(exp), Some(iat)) if exp > iat && exp - iat < 1e9 => {
+                Some(Duration::from_secs_f64(exp - iat))
+            }
+            _ => None,
+        };
+        // Take the smaller of the two: a response that claims more life than its own JWT must not make us
+        // hand the token out after its `exp`.
+        let lifetime = match (grant.expires_in, jwt_lifetime) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => return Err(TokenRejected::NoLifetime),
+        };
+        let received_at = Instant::from_std(grant.received_at);
+        let schedule = policy
+            .schedule(received_at, lifetime, jitter)
+            .ok_or(TokenRejected::TooShort(lifetime))?;
+        let as_wall = |secs: f64| {
+            if (0.0..1e12).contains(&secs) {
+                Some(timefmt::from_unix_seconds(secs as i64))
+            } else {
+                None
+            }
+        };
+        Ok(Token {
+            entity_id: entity_id.clone(),
+            fingerprint: fingerprint(&grant.access_token),
+            access_token: grant.access_token,
+            schedule,
+            lifetime,
+            expires_at_wall: grant.received_wall + lifetime,
+            clock_skew_seconds: iat.map(|iat| timefmt::unix_seconds(grant.received_wall) - iat),
+            jwt_expires_at: exp.and_then(as_wall),
+            secret_expires_at: claims
+                .secret_expiry_ts
+                .as_deref()
+                .and_then(timefmt::parse_iam_timestamp),
+            iam_message: grant.message,
+        })
+    }
+}
