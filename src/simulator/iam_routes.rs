@@ -264,7 +264,9 @@ pub async fn entity_token(
             }
         },
     };
-    entity.last_token = Some(token.clone());
+    if spoiler.is_none() {
+        entity.last_token = Some(token.clone());
+    }
     drop(world);
     shared
         .counters

@@ -93,7 +93,7 @@ pub enum FaultKind {
     TruncatedJson,
     /// 200 with well-formed JSON of the wrong types.
     WrongTypes,
-    /// 200 with the last token issued to this entity, again.
+    /// 200 with the last properly issued token of this entity, again.
     RepeatToken,
     /// 200 with a valid token issued to a different entity.
     ForeignToken,

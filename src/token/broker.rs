@@ -452,8 +452,11 @@ impl Inner {
         let _gate = slot.gate.lock().await;
         {
             let state = slot.state();
-            if state.generation != seen_generation {
-                if let Some(token) = state.latest.as_ref().filter(|t| t.servable(Instant::now())) {
+            if let Some(token) = state.latest.as_ref().filter(|t| t.servable(Instant::now())) {
+                // A client came here because it found no valid token; one exists now, so it is served. The
+                // refresher and a forced refresh want a *newer* token than the one they saw: only a token
+                // obtained while they waited for the gate satisfies them.
+                if trigger == Trigger::Client || state.generation != seen_generation {
                     return Ok(Arc::clone(token));
                 }
             }

@@ -1,0 +1,575 @@
+//! The binary as an operator runs it: configuration mistakes exit 2 with one line, `token` prints a token,
+//! `serve` logs nothing secret and drains on SIGTERM, and a TOML file can list several entities.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aa_token_broker::simulator::FaultKind;
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_aa-token-broker");
+
+/// A command with none of the broker's variables inherited from the test's environment.
+fn broker_command() -> Command {
+    let mut command = Command::new(BIN);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("AA_BROKER_") {
+            command.env_remove(key);
+        }
+    }
+    command.stdin(Stdio::null());
+    command
+}
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let output = broker_command()
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn assert_config_error(args: &[&str], env: &[(&str, &str)], names: &str) {
+    let (code, stdout, stderr) = run(args, env);
+    assert_eq!(code, 2, "{args:?}: {stderr}");
+    assert!(stdout.is_empty(), "{args:?}: {stdout}");
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "{args:?}: not one line: {stderr}"
+    );
+    assert!(
+        stderr.contains(names),
+        "{args:?}: does not name {names}: {stderr}"
+    );
+}
+
+#[test]
+fn configuration_mistakes_exit_2_with_one_line_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    write_secret(&secret, SECRET);
+    let secret = secret.to_str().unwrap();
+    let bad_toml = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad_toml,
+        "environment = \"sandbox\"\n[[entities]]\nid = 5\n",
+    )
+    .unwrap();
+    let typo_toml = dir.path().join("typo.toml");
+    std::fs::write(&typo_toml, "enviroment = \"sandbox\"\n").unwrap();
+    let bad_toml = bad_toml.to_str().unwrap();
+    let typo_toml = typo_toml.to_str().unwrap();
+    let url = "http://127.0.0.1:9/iam";
+
+    assert_config_error(&["serve", "--iam-url", url], &[], "--entity-id");
+    assert_config_error(
+        &["serve", "--iam-url", url, "--entity-id", "FIU-A"],
+        &[],
+        "--secret-file",
+    );
+    assert_config_error(
+        &[
+            "serve",
+            "--iam-url",
+            url,
+            "--entity-id",
+            "FIU-A",
+            "--secret-file",
+            "/nonexistent/secret",
+        ],
+        &[],
+        "--secret-file",
+    );
+    assert_config_error(
+        &[
+            "serve",
+            "--iam-url",
+            url,
+            "--entity-id",
+            "FIU-A",
+            "--secret-file",
+            "/tmp",
+        ],
+        &[],
+        "--secret-file",
+    );
+    assert_config_error(
+        &[
+            "serve",
+            "--iam-url",
+            "not a url",
+            "--entity-id",
+            "FIU-A",
+            "--secret-file",
+            secret,
+        ],
+        &[],
+        "--iam-url",
+    );
+    assert_config_error(
+        &[
+            "serve",
+            "--iam-url",
+            "ftp://x/iam",
+            "--entity-id",
+            "FIU-A",
+            "--secret-file",
+            secret,
+        ],
+        &[],
+        "--iam-url",
+    );
+    assert_config_error(
+        &[
+            "serve",
+            "--iam-url",
+            "https://user:pw@x/iam",
+            "--entity-id",
+            "FIU-A",
+            "--secret-file",
+            secret,
+        ],
+        &[],
+        "--iam-url",
+    );
+    assert_config_error(
+        &["serve", "--entity-id", "FIU-A", "--secret-file", secret],
+        &[],
+        "--iam-url",
+    );
+    assert_config_error(
+        &[
+            "serve",
+            "--environment",
+            "staging",
+            "--entity-id",
+            "FIU-A",
+            "--secret-file",
+            secret,
+        ],
+        &[],
+        "--environment",
+    );
+    assert_config_error(
+        &[
+            "serve",
+            "--iam-url",
+            url,
+            "--entity-id",
+            "FIU/A",
+            "--secret-file",
+            secret,
+        ],
+        &[],
+        "--entity-id",
+    );
+    assert_config_error(&["serve", "--config", bad_toml], &[], "--config");
+    assert_config_error(&["serve", "--config", typo_toml], &[], "--config");
+    assert_config_error(&["serve", "--config", "/nonexistent.toml"], &[], "--config");
+    assert_config_error(
+        &[
+            "serve",
+            "--iam-url",
+            url,
+            "--entity-id",
+            "FIU-A",
+            "--secret-file",
+            secret,
+            "--listen",
+            "nowhere",
+        ],
+        &[],
+        "--listen",
+    );
+    assert_config_error(
+        &[
+            "serve",
+            "--iam-url",
+            url,
+            "--entity-id",
+            "FIU-A",
+            "--secret-file",
+            secret,
+            "--log-format",
+            "xml",
+        ],
+        &[],
+        "--log-format",
+    );
+    assert_config_error(&["serve", "--no-such-flag"], &[], "--no-such-flag");
+    // Environment fallbacks are validated the same way, and named.
+    assert_config_error(
+        &["serve"],
+        &[
+            ("AA_BROKER_IAM_URL", "::"),
+            ("AA_BROKER_ENTITY_ID", "FIU-A"),
+            ("AA_BROKER_SECRET_FILE", secret),
+        ],
+        "AA_BROKER_IAM_URL",
+    );
+    // A port already taken is named too.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    assert_config_error(
+        &[
+            "serve",
+            "--iam-url",
+            url,
+            "--entity-id",
+            "FIU-A",
+            "--secret-file",
+            secret,
+            "--listen",
+            &addr,
+        ],
+        &[],
+        "--listen",
+    );
+    // The secret never appears in any of this.
+    let (_, out, err) = run(
+        &["serve", "--iam-url", "bad", "--entity-id", "FIU-A"],
+        &[("AA_BROKER_ENTITY_SECRET", SECRET)],
+    );
+    assert!(!out.contains(SECRET) && !err.contains(SECRET));
+}
+
+#[test]
+fn help_and_version_exit_0() {
+    let (code, stdout, _) = run(&["--help"], &[]);
+    assert_eq!(code, 0);
+    for sub in ["serve", "token", "iam-simulator", "demo"] {
+        assert!(stdout.contains(sub), "{sub} missing from help");
+    }
+    let (code, stdout, _) = run(&["--version"], &[]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains(env!("CARGO_PKG_VERSION")));
+}
+
+#[tokio::test]
+async fn the_token_subcommand_prints_one_token_or_one_reason() {
+    let iam = Iam::start(86_400).await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    write_secret(&secret, SECRET);
+    let url = iam.url.clone();
+    let secret_path = secret.to_str().unwrap().to_string();
+    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        run(
+            &[
+                "token",
+                "--iam-url",
+                &url,
+                "--entity-id",
+                ENTITY,
+                "--secret-file",
+                &secret_path,
+            ],
+            &[],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout.lines().count(), 1);
+    let token = stdout.trim();
+    aa_token_broker::simulator::jwt::verify_with_jwks(token, &iam.sim.jwks())
+        .expect("a real token");
+
+    write_secret(&secret, "wrong-secret-value");
+    let url = iam.url.clone();
+    let secret_path = secret.to_str().unwrap().to_string();
+    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        run(
+            &[
+                "token",
+                "--iam-url",
+                &url,
+                "--entity-id",
+                ENTITY,
+                "--secret-file",
+                &secret_path,
+            ],
+            &[],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 1);
+    assert!(stdout.is_empty());
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("HTTP 401"), "{stderr}");
+    assert!(!stderr.contains("wrong-secret-value"));
+}
+
+/// A `serve` child process whose stderr is collected, and its listen address.
+struct Served {
+    child: Child,
+    log: Arc<Mutex<String>>,
+    addr: String,
+}
+
+fn spawn_serve(args: &[&str], env: &[(&str, &str)]) -> Served {
+    let mut child = broker_command()
+        .arg("serve")
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sink = Arc::clone(&log);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some(at) = line.find("listen") {
+                let rest = &line[at..];
+                let value: String = rest
+                    .trim_start_matches("listen")
+                    .trim_start_matches(['=', '"', ':', ' '])
+                    .chars()
+                    .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                    .collect();
+                if value.contains(':') {
+                    let _ = tx.send(value);
+                }
+            }
+            let mut log = sink.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("serve logs its address");
+    Served { child, log, addr }
+}
+
+fn terminate(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> i32 {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code().unwrap_or(-1);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process did not exit within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn assert_clean_log(log: &str, secrets: &[&str]) {
+    for secret in secrets {
+        assert!(
+            !log.contains(secret),
+            "the log contains a secret or token:\n{log}"
+        );
+    }
+    // No whole JWT either: a token's first two segments never appear together.
+    assert!(
+        !log.contains("eyJhbGciOi"),
+        "the log contains a JWT:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_logs_nothing_secret_and_drains_on_sigterm() {
+    let iam = Iam::start(86_400).await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    write_secret(&secret, SECRET);
+    // The IAM echoes the secret back in an error, as a broken or hostile gateway might.
+    iam.sim.inject_token_fault(
+        FaultKind::Status {
+            status: 401,
+            retry_after_secs: None,
+            body: Some(format!(r#"{{"errorCode":"Unauthorized","errorMsg":"secret {SECRET} rejected","txnId":"t"}}"#)),
+        },
+        Some(1),
+    );
+    for format in ["text", "json"] {
+        let url = iam.url.clone();
+        let secret_path = secret.to_str().unwrap().to_string();
+        let format_owned = format.to_string();
+        let served = tokio::task::spawn_blocking(move || {
+            spawn_serve(
+                &["--listen", "127.0.0.1:0", "--log-format", &format_owned],
+                &[
+                    ("AA_BROKER_IAM_URL", url.as_str()),
+                    ("AA_BROKER_ENTITY_ID", ENTITY),
+                    ("AA_BROKER_SECRET_FILE", secret_path.as_str()),
+                    ("AA_BROKER_LOG", "debug"),
+                ],
+            )
+        })
+        .await
+        .unwrap();
+        let client = http_client();
+        let base = format!("http://{}", served.addr);
+        // The first fetch may have hit the injected 401; wait for a token.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let token = loop {
+            let response = client
+                .get(format!("{base}/v1/token"))
+                .header("Metadata", "true")
+                .send()
+                .await
+                .unwrap();
+            if response.status() == 200 {
+                break response.json::<serde_json::Value>().await.unwrap()["accessToken"]
+                    .as_str()
+                    .unwrap()
+                    .to_string();
+            }
+            assert!(Instant::now() < deadline, "no token from the child broker");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let _ = client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+
+        // SIGTERM while a forced refresh waits on a slow IAM: the request completes with the new token,
+        // then the process exits 0.
+        iam.sim.set_latency(Duration::from_millis(1500));
+        let slow = {
+            let client = client.clone();
+            let base = base.clone();
+            tokio::spawn(async move {
+                client
+                    .post(format!("{base}/v1/token/{ENTITY}/refresh"))
+                    .header("Metadata", "true")
+                    .send()
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut child = served.child;
+        terminate(&child);
+        let code =
+            tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15)))
+                .await
+                .unwrap();
+        assert_eq!(code, 0, "serve exits 0 on SIGTERM");
+        let in_flight = slow
+            .await
+            .unwrap()
+            .expect("the request in flight was answered");
+        assert_eq!(in_flight.status(), 200);
+        let second = in_flight.json::<serde_json::Value>().await.unwrap()["accessToken"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_ne!(second, token);
+        iam.sim.set_latency(Duration::ZERO);
+
+        let log = served.log.lock().unwrap().clone();
+        assert!(log.contains("shutdown signal received"), "{log}");
+        assert!(log.contains("stopped"), "{log}");
+        assert_clean_log(&log, &[SECRET, &token, &second]);
+        if format == "json" {
+            for line in log.lines() {
+                serde_json::from_str::<serde_json::Value>(line)
+                    .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_file_can_list_several_entities() {
+    let iam = Iam::start(86_400).await;
+    iam.sim.add_entity(
+        "FIU-OTHER",
+        "other-secret",
+        Duration::from_secs(86_400 * 30),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    write_secret(&dir.path().join("one"), SECRET);
+    write_secret(&dir.path().join("two"), "other-secret");
+    let config = dir.path().join("broker.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "iam_url = \"{}\"\nlisten = \"127.0.0.1:0\"\n\n[[entities]]\nid = \"{ENTITY}\"\nsecret_file = \"{}\"\n\n[[entities]]\nid = \"FIU-OTHER\"\nsecret_file = \"{}\"\n",
+            iam.url,
+            path_str(&dir.path().join("one")),
+            path_str(&dir.path().join("two")),
+        ),
+    )
+    .unwrap();
+    let config = path_str(&config);
+    let served = tokio::task::spawn_blocking(move || spawn_serve(&["--config", &config], &[]))
+        .await
+        .unwrap();
+    let client = http_client();
+    let base = format!("http://{}", served.addr);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        != 200
+    {
+        assert!(Instant::now() < deadline, "not ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ambiguous = client
+        .get(format!("{base}/v1/token"))
+        .header("Metadata", "true")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ambiguous.status(), 400);
+    for id in [ENTITY, "FIU-OTHER"] {
+        let body: serde_json::Value = client
+            .get(format!("{base}/v1/token/{id}"))
+            .header("Metadata", "true")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(body["entityId"], id);
+    }
+    let mut child = served.child;
+    terminate(&child);
+    let code = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15)))
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    assert_clean_log(&served.log.lock().unwrap(), &[SECRET, "other-secret"]);
+}
+
+fn path_str(path: &Path) -> String {
+    path.to_str().unwrap().to_string()
+}
