@@ -463,3 +463,33 @@ async fn unknown_routes_and_methods_get_json_errors() {
     );
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn a_caller_that_hangs_up_does_not_strand_the_others() {
+    let iam = Iam::start(86_400).await;
+    iam.sim.set_latency(Duration::from_millis(600));
+    let broker = TestBroker::start(&iam.url, BrokerOptions::inline()).await;
+    // The first cold caller gives up long before the IAM answers.
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let url = broker.url("/v1/token");
+    let gave_up = tokio::spawn({
+        let url = url.clone();
+        async move { impatient.get(url).header("Metadata", "true").send().await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let patient = broker.get("/v1/token").await;
+    assert!(
+        gave_up.await.unwrap().is_err(),
+        "the impatient caller timed out"
+    );
+    assert_eq!(
+        patient.status(),
+        200,
+        "the caller still waiting got the token"
+    );
+    assert_eq!(iam.token_calls(), 1, "the abandoned fetch was not repeated");
+    broker.stop().await;
+}
