@@ -13,6 +13,8 @@ use crate::config::BrokerSettings;
 use crate::http::{self, AppState};
 use crate::iam::IamClient;
 use crate::metrics::Metrics;
+use crate::secret::manager::SecretManager;
+use crate::secret::{AdminSession, Rotator, SecretSink};
 use crate::token::broker::Broker;
 use crate::token::policy::RefreshPolicy;
 
@@ -21,6 +23,7 @@ pub struct Application {
     listener: TcpListener,
     settings: BrokerSettings,
     broker: Broker,
+    secret_managers: Vec<SecretManager>,
 }
 
 impl Application {
@@ -36,11 +39,31 @@ impl Application {
             .iter()
             .map(|e| (e.id.clone(), e.secret.clone()))
             .collect();
-        let broker = Broker::new(entities, iam, policy, Arc::new(Metrics::new()));
+        let broker = Broker::new(entities, iam.clone(), policy, Arc::new(Metrics::new()));
+        let mut secret_managers = Vec::new();
+        if let Some(rotation) = &settings.rotation {
+            let admin = AdminSession::new(iam, rotation.admin.clone());
+            let rotator = Arc::new(Rotator::new(admin, rotation.expiry_days));
+            for entity in &settings.entities {
+                let spec = entity
+                    .sink
+                    .clone()
+                    .ok_or_else(|| format!("entity {} has no secret sink", entity.id))?;
+                let sink = SecretSink::new(spec, rotation.kube.as_ref())?;
+                secret_managers.push(SecretManager::new(
+                    entity.id.clone(),
+                    broker.clone(),
+                    Arc::clone(&rotator),
+                    sink,
+                    rotation,
+                ));
+            }
+        }
         Ok(Self {
             listener,
             settings,
             broker,
+            secret_managers,
         })
     }
 
@@ -59,9 +82,17 @@ impl Application {
             listener,
             settings,
             broker,
+            secret_managers,
         } = self;
         log_start(&settings, listener.local_addr().ok());
         let (stop_tx, stop_rx) = watch::channel(false);
+        // Managers subscribe before the refreshers' first fetch, so no event is missed.
+        let mut managers = tokio::task::JoinSet::new();
+        for manager in secret_managers {
+            if let Some(events) = broker.secret_events(manager.entity()) {
+                managers.spawn(manager.run(events, stop_rx.clone()));
+            }
+        }
         let mut refreshers = broker.spawn_refreshers(stop_rx);
         let state = Arc::new(AppState {
             broker,
@@ -71,6 +102,7 @@ impl Application {
         http::server::serve(listener, router, settings.limits.clone(), shutdown).await;
         let _ = stop_tx.send(true);
         while refreshers.join_next().await.is_some() {}
+        while managers.join_next().await.is_some() {}
         tracing::info!("stopped");
     }
 }
@@ -86,6 +118,15 @@ fn log_start(settings: &BrokerSettings, addr: Option<SocketAddr>) {
     );
     for entity in &settings.entities {
         tracing::info!(entity = %entity.id, secret = %entity.secret.describe(), "entity configured");
+    }
+    match &settings.rotation {
+        Some(rotation) => tracing::info!(
+            admin = %rotation.admin.email,
+            rotate_before_days = rotation.rotate_before.as_secs_f64() / 86_400.0,
+            expiry_days = rotation.expiry_days,
+            "automatic secret rotation is on"
+        ),
+        None => tracing::info!("automatic secret rotation is off (no admin credentials)"),
     }
     if !settings.guard.require_metadata_header {
         tracing::warn!(

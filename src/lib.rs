@@ -13,12 +13,13 @@
 //! | [`iam`] | the HTTP client for the four IAM endpoints, their wire formats and their errors |
 //! | [`token`] | the token type, the pure refresh/backoff policy, the moka-backed broker and its background refresher |
 //! | [`http`] | the local HTTP surface: routes, the caller guard, the accept loop with its limits |
+//! | [`secret`] | the secret's lifecycle: admin login, secret read/reset, rotation, sinks, the lock, the manager task |
 //! | [`metrics`] | the Prometheus registry and every metric the broker exports |
 //! | [`simulator`] | a faithful, test-drivable stand-in for the IAM (real RS256 JWTs, JWKS, faults, counters) |
 //! | [`telemetry`] | tracing subscriber set-up (text or JSON) |
 //! | [`timefmt`] | RFC 3339 formatting and the lenient IAM timestamp parser |
 //! | [`app`] | the broker application: built on a bound listener, run until a shutdown future completes |
-//! | [`commands`] | one function per subcommand: `serve`, `token`, `iam-simulator`, `demo` |
+//! | [`commands`] | one function per subcommand: `serve`, `token`, `iam-simulator`, `demo`, `secret`, `rotate` |
 //!
 //! Where is the refresh-ahead decision made? In [`token::policy`], a pure function of times and outcomes.
 //! The task that sleeps and calls the IAM ([`token::refresher`]) only follows it.
@@ -32,6 +33,7 @@ pub mod entity;
 pub mod http;
 pub mod iam;
 pub mod metrics;
+pub mod secret;
 pub mod simulator;
 pub mod telemetry;
 pub mod timefmt;

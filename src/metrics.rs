@@ -6,7 +6,7 @@
 //! nothing a client sends becomes a label, and no secret or token ever does.
 
 use std::sync::atomic::AtomicU64;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -69,6 +69,10 @@ pub struct Metrics {
     clock_skew: Family<EntityLabels, FloatGauge>,
     secret_expiry: Family<EntityLabels, FloatGauge>,
     secret_in_grace: Family<EntityLabels, Gauge>,
+    secret_expires_in: Family<EntityLabels, FloatGauge>,
+    secret_alert: Family<EntityLabels, Gauge>,
+    rotations: Family<OutcomeLabels, Counter>,
+    last_rotation: Family<EntityLabels, FloatGauge>,
 }
 
 impl Default for Metrics {
@@ -101,6 +105,10 @@ impl Metrics {
             clock_skew: Family::default(),
             secret_expiry: Family::default(),
             secret_in_grace: Family::default(),
+            secret_expires_in: Family::default(),
+            secret_alert: Family::default(),
+            rotations: Family::default(),
+            last_rotation: Family::default(),
             registry,
         };
         let mut m = m;
@@ -170,6 +178,26 @@ impl Metrics {
             "1 when the IAM said the entity secret has expired and is in its grace period",
             m.secret_in_grace.clone(),
         );
+        r.register(
+            "secret_expires_in_seconds",
+            "Seconds until the entity secret expires (negative once expired)",
+            m.secret_expires_in.clone(),
+        );
+        r.register(
+            "secret_alert",
+            "1 when a secret-lifecycle problem (e.g. a rotated secret not yet stored) makes the entity not ready",
+            m.secret_alert.clone(),
+        );
+        r.register(
+            "secret_rotations",
+            "Secret rotations, by outcome",
+            m.rotations.clone(),
+        );
+        r.register(
+            "secret_last_rotation_timestamp_seconds",
+            "When the last successful rotation finished, Unix seconds",
+            m.last_rotation.clone(),
+        );
         m
     }
 
@@ -215,6 +243,15 @@ impl Metrics {
             .inc();
     }
 
+    pub fn rotation(&self, entity: &EntityId, outcome: &str) {
+        self.rotations
+            .get_or_create(&OutcomeLabels {
+                entity: entity.to_string(),
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
     pub fn guard_rejection(&self, reason: &'static str) {
         self.guard_rejections
             .get_or_create(&ReasonLabels {
@@ -250,7 +287,18 @@ impl Metrics {
                 self.secret_expiry
                     .get_or_create(&labels)
                     .set(timefmt::unix_seconds(at));
+                self.secret_expires_in
+                    .get_or_create(&labels)
+                    .set(timefmt::unix_seconds(at) - timefmt::unix_seconds(SystemTime::now()));
             }
+            if let Some(at) = entity.last_rotation {
+                self.last_rotation
+                    .get_or_create(&labels)
+                    .set(timefmt::unix_seconds(at));
+            }
+            self.secret_alert
+                .get_or_create(&labels)
+                .set(i64::from(entity.secret_alert.is_some()));
             self.secret_in_grace
                 .get_or_create(&labels)
                 .set(i64::from(entity.secret_in_grace));

@@ -28,6 +28,153 @@ pub enum Command {
     IamSimulator(SimulatorArgs),
     /// Run the simulator and the broker in one process with a demo entity; needs no credentials.
     Demo(DemoArgs),
+    /// Admin operations on the entity secret (needs the admin user's credentials).
+    #[command(subcommand)]
+    Secret(SecretCommand),
+    /// Rotate the entity secret if it expires within the threshold (or --force): reset, store, verify.
+    Rotate(RotateArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Print the secret's expiry (and, only when asked, the secret).
+    Read(SecretReadArgs),
+    /// Reset the secret, store the new one in the sink, then print its expiry.
+    Reset(SecretResetArgs),
+}
+
+/// The entity's admin user.
+#[derive(Debug, Args, Default)]
+pub struct AdminArgs {
+    /// Email of the entity's admin user [env: AA_BROKER_ADMIN_EMAIL]
+    #[arg(
+        long,
+        env = "AA_BROKER_ADMIN_EMAIL",
+        value_name = "EMAIL",
+        hide_env = true
+    )]
+    pub admin_email: Option<String>,
+    /// File holding the admin password (or set AA_BROKER_ADMIN_PASSWORD) [env: AA_BROKER_ADMIN_PASSWORD_FILE]
+    #[arg(
+        long,
+        env = "AA_BROKER_ADMIN_PASSWORD_FILE",
+        value_name = "PATH",
+        hide_env = true
+    )]
+    pub admin_password_file: Option<PathBuf>,
+}
+
+/// When and where to rotate.
+#[derive(Debug, Args, Default)]
+pub struct RotationArgs {
+    /// Rotate when fewer days than this remain (default 15) [env: AA_BROKER_ROTATE_BEFORE_DAYS]
+    #[arg(
+        long,
+        env = "AA_BROKER_ROTATE_BEFORE_DAYS",
+        value_name = "DAYS",
+        hide_env = true
+    )]
+    pub rotate_before_days: Option<f64>,
+    /// Validity to ask for on reset, 1-180 days (default 180) [env: AA_BROKER_SECRET_EXPIRY_DAYS]
+    #[arg(
+        long,
+        env = "AA_BROKER_SECRET_EXPIRY_DAYS",
+        value_name = "DAYS",
+        hide_env = true
+    )]
+    pub secret_expiry_days: Option<u32>,
+    /// Where a new secret goes: file:PATH, kubernetes-secret:NS/NAME[/KEY] or exec:COMMAND (default file:<secret file>) [env: AA_BROKER_SECRET_SINK]
+    #[arg(
+        long,
+        env = "AA_BROKER_SECRET_SINK",
+        value_name = "SINK",
+        hide_env = true
+    )]
+    pub secret_sink: Option<String>,
+    /// Seconds between reads of the secret's expiry in serve (default 21600) [env: AA_BROKER_SECRET_CHECK_INTERVAL]
+    #[arg(
+        long,
+        env = "AA_BROKER_SECRET_CHECK_INTERVAL",
+        value_name = "SECONDS",
+        hide_env = true
+    )]
+    pub secret_check_interval: Option<f64>,
+    /// Kubernetes API server for a kubernetes-secret sink (default from KUBERNETES_SERVICE_HOST/PORT) [env: AA_BROKER_KUBE_API_URL]
+    #[arg(
+        long,
+        env = "AA_BROKER_KUBE_API_URL",
+        value_name = "URL",
+        hide_env = true
+    )]
+    pub kube_api_url: Option<String>,
+    /// Bearer token file for the API server (default: the pod's service account token) [env: AA_BROKER_KUBE_TOKEN_FILE]
+    #[arg(
+        long,
+        env = "AA_BROKER_KUBE_TOKEN_FILE",
+        value_name = "PATH",
+        hide_env = true
+    )]
+    pub kube_token_file: Option<PathBuf>,
+    /// CA bundle of the API server (default: the pod's service account CA) [env: AA_BROKER_KUBE_CA_FILE]
+    #[arg(
+        long,
+        env = "AA_BROKER_KUBE_CA_FILE",
+        value_name = "PATH",
+        hide_env = true
+    )]
+    pub kube_ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct SecretReadArgs {
+    #[command(flatten)]
+    pub iam: IamArgs,
+    #[command(flatten)]
+    pub entity: EntityArgs,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+    /// Also print the secret itself on stdout
+    #[arg(long)]
+    pub show_secret: bool,
+    /// Write the secret to this file (atomically, mode 0600)
+    #[arg(long, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct SecretResetArgs {
+    #[command(flatten)]
+    pub iam: IamArgs,
+    #[command(flatten)]
+    pub entity: EntityArgs,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    #[command(flatten)]
+    pub rotation: RotationArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+    /// Validity to ask for, 1-180 days (overrides --secret-expiry-days)
+    #[arg(long, value_name = "DAYS")]
+    pub expiry_days: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    #[command(flatten)]
+    pub iam: IamArgs,
+    #[command(flatten)]
+    pub entity: EntityArgs,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    #[command(flatten)]
+    pub rotation: RotationArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+    /// Rotate even if the secret is not due
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Where the IAM is and how long to wait for it.
@@ -149,6 +296,10 @@ pub struct ServeArgs {
     pub entity: EntityArgs,
     #[command(flatten)]
     pub listen: ListenArgs,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    #[command(flatten)]
+    pub rotation: RotationArgs,
     #[command(flatten)]
     pub log: LogArgs,
 }

@@ -37,6 +37,11 @@ pub struct FileConfig {
     pub max_connections: Option<usize>,
     pub worker_threads: Option<usize>,
     pub shutdown_grace: Option<f64>,
+    pub admin_email: Option<String>,
+    pub admin_password_file: Option<PathBuf>,
+    pub rotate_before_days: Option<f64>,
+    pub secret_expiry_days: Option<u32>,
+    pub secret_check_interval: Option<f64>,
     #[serde(default)]
     pub entities: Vec<FileEntity>,
 }
@@ -46,6 +51,8 @@ pub struct FileConfig {
 pub struct FileEntity {
     pub id: String,
     pub secret_file: PathBuf,
+    /// Where a rotated secret goes; `file:<secret_file>` when absent.
+    pub secret_sink: Option<String>,
 }
 
 const SETTING: &str = "--config (AA_BROKER_CONFIG)";

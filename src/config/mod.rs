@@ -5,6 +5,7 @@
 //! [`ConfigError`] naming the setting, which `main` prints as one line before exiting with code 2 —
 //! before anything listens or calls the IAM.
 
+pub mod admin;
 pub mod cli;
 pub mod file;
 
@@ -20,7 +21,8 @@ use crate::entity::{EntityId, SecretSource, read_secret_file};
 use crate::http::GuardSettings;
 use crate::http::server::ServerLimits;
 use crate::iam::{IamTimeouts, environment_base_url};
-use cli::{EntityArgs, IamArgs, ListenArgs, LogArgs};
+use crate::secret::{RotationSettings, SinkSpec};
+use cli::{AdminArgs, EntityArgs, IamArgs, ListenArgs, LogArgs, RotationArgs};
 
 /// The environment variable that may hold an entity secret when no secret file is given.
 pub const ENV_ENTITY_SECRET: &str = "AA_BROKER_ENTITY_SECRET";
@@ -64,6 +66,16 @@ impl std::error::Error for ConfigError {}
 pub struct EntitySettings {
     pub id: EntityId,
     pub secret: SecretSource,
+    /// Where a rotated secret goes (rotation needs one).
+    pub sink: Option<SinkSpec>,
+}
+
+/// Secrets that may come from the process environment, read once by `main` and passed in, so that tests
+/// need not touch the environment.
+#[derive(Default, Clone)]
+pub struct EnvSecrets {
+    pub entity_secret: Option<SecretString>,
+    pub admin_password: Option<SecretString>,
 }
 
 /// Logging settings.
@@ -86,6 +98,8 @@ pub struct BrokerSettings {
     pub request_timeout: Duration,
     pub worker_threads: usize,
     pub log: LogSettings,
+    /// Automatic rotation, when admin credentials are configured.
+    pub rotation: Option<RotationSettings>,
 }
 
 const S_IAM_URL: &str = "--iam-url (AA_BROKER_IAM_URL)";
@@ -115,15 +129,29 @@ pub fn log_settings(args: &LogArgs) -> Result<LogSettings, ConfigError> {
     Ok(LogSettings { json, filter })
 }
 
-/// Validates `serve`'s settings. `entity_secret_env` is the value of [`ENV_ENTITY_SECRET`], passed in so
-/// tests need not touch the process environment.
+/// The command-line groups `serve` and `token` are configured from.
+pub struct BrokerArgs<'a> {
+    pub iam: &'a IamArgs,
+    pub entity: &'a EntityArgs,
+    pub listen: &'a ListenArgs,
+    pub log: &'a LogArgs,
+    pub admin: &'a AdminArgs,
+    pub rotation: &'a RotationArgs,
+}
+
+/// Validates `serve`'s (and `token`'s) settings.
 pub fn broker_settings(
-    iam: &IamArgs,
-    entity: &EntityArgs,
-    listen: &ListenArgs,
-    log: &LogArgs,
-    entity_secret_env: Option<SecretString>,
+    args: BrokerArgs<'_>,
+    env: &EnvSecrets,
 ) -> Result<BrokerSettings, ConfigError> {
+    let BrokerArgs {
+        iam,
+        entity,
+        listen,
+        log,
+        admin,
+        rotation,
+    } = args;
     let log = log_settings(log)?;
     let file = match &entity.config {
         Some(path) => file::load(path)?,
@@ -146,7 +174,25 @@ pub fn broker_settings(
             10.0,
         )?,
     };
-    let entities = resolve_entities(entity, &file, entity_secret_env)?;
+    let entities = resolve_entities(
+        entity,
+        rotation.secret_sink.as_deref(),
+        &file,
+        env.entity_secret.clone(),
+    )?;
+    let sinks: Vec<&SinkSpec> = entities.iter().filter_map(|e| e.sink.as_ref()).collect();
+    let rotation = admin::rotation_settings(admin, rotation, &file, env, &sinks)?;
+    if rotation.is_some()
+        && let Some(entity) = entities.iter().find(|e| e.sink.is_none())
+    {
+        return Err(ConfigError::new(
+            admin::S_SINK,
+            format!(
+                "rotation is on (admin credentials are set) but entity {} has no secret file to write to; give --secret-sink",
+                entity.id
+            ),
+        ));
+    }
     let listen_addr = match (listen.listen, &file.listen) {
         (Some(addr), _) => addr,
         (None, Some(raw)) => raw.parse().map_err(|_| {
@@ -219,10 +265,15 @@ pub fn broker_settings(
         limits,
         worker_threads,
         log,
+        rotation,
     })
 }
 
-fn seconds(setting: &str, value: Option<f64>, default: f64) -> Result<Duration, ConfigError> {
+pub(crate) fn seconds(
+    setting: &str,
+    value: Option<f64>,
+    default: f64,
+) -> Result<Duration, ConfigError> {
     let value = value.unwrap_or(default);
     if !(value.is_finite() && value > 0.0 && value <= 3600.0) {
         return Err(ConfigError::new(
@@ -291,6 +342,7 @@ pub fn resolve_iam_url(
 
 fn resolve_entities(
     args: &EntityArgs,
+    cli_sink: Option<&str>,
     file: &file::FileConfig,
     entity_secret_env: Option<SecretString>,
 ) -> Result<Vec<EntitySettings>, ConfigError> {
@@ -300,9 +352,15 @@ fn resolve_entities(
         let id =
             EntityId::parse(&entry.id).map_err(|e| ConfigError::new(format!("{setting}.id"), e))?;
         check_secret_file(&format!("{setting}.secret_file"), &entry.secret_file)?;
+        let sink = admin::sink_for(
+            entry.secret_sink.as_deref(),
+            &format!("{setting}.secret_sink"),
+            Some(&entry.secret_file),
+        )?;
         entities.push(EntitySettings {
             id,
             secret: SecretSource::File(entry.secret_file.clone()),
+            sink,
         });
     }
     if let Some(raw) = &args.entity_id {
@@ -325,7 +383,10 @@ fn resolve_entities(
                     format!("{id} is also listed in --config; configure it in one place"),
                 ));
             }
-            (false, Some(secret)) => entities.push(EntitySettings { id, secret }),
+            (false, Some(secret)) => {
+                let sink = admin::sink_for(cli_sink, admin::S_SINK, args.secret_file.as_deref())?;
+                entities.push(EntitySettings { id, secret, sink });
+            }
             (false, None) => {
                 return Err(ConfigError::new(
                     S_SECRET_FILE,
@@ -340,6 +401,20 @@ fn resolve_entities(
             S_ENTITY_ID,
             "--secret-file is given but no --entity-id",
         ));
+    } else if let Some(raw) = cli_sink {
+        // `--secret-sink` without `--entity-id` names the sink of the file's only entity.
+        match entities.as_mut_slice() {
+            [only] => {
+                only.sink =
+                    Some(SinkSpec::parse(raw).map_err(|e| ConfigError::new(admin::S_SINK, e))?)
+            }
+            _ => {
+                return Err(ConfigError::new(
+                    admin::S_SINK,
+                    "with several entities, set secret_sink per entity in --config",
+                ));
+            }
+        }
     }
     if entities.is_empty() {
         return Err(ConfigError::new(

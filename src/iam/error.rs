@@ -88,10 +88,11 @@ impl fmt::Display for Described<'_> {
         if let Some(msg) = msg {
             write!(f, ": {msg}")?;
         }
-        if code.is_none() && msg.is_none() {
-            if let Some(excerpt) = excerpt {
-                write!(f, " (body: {excerpt:?})")?;
-            }
+        if code.is_none()
+            && msg.is_none()
+            && let Some(excerpt) = excerpt
+        {
+            write!(f, " (body: {excerpt:?})")?;
         }
         Ok(())
     }

@@ -20,7 +20,8 @@ use std::time::{Duration, SystemTime};
 
 use moka::Expiry;
 use moka::future::Cache;
-use tokio::sync::{Notify, watch};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -104,6 +105,17 @@ pub enum TokenError {
     },
 }
 
+/// What the token path tells the secret manager (see [`crate::secret::manager`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretEvent {
+    /// The IAM answered 401 to the configured secret.
+    Rejected,
+    /// A token response carried the grace-period warning.
+    GraceWarning,
+    /// A token's `secret-expiry-ts` claim.
+    ExpiryHint(SystemTime),
+}
+
 /// One entity's view for `/readyz` and `/metrics`.
 #[derive(Debug, Clone)]
 pub struct EntityStatus {
@@ -118,6 +130,10 @@ pub struct EntityStatus {
     /// The last token response carried the IAM's grace-period warning.
     pub secret_in_grace: bool,
     pub iam_message: Option<String>,
+    /// A secret-lifecycle problem that makes the entity not ready (e.g. a rotated secret not yet stored).
+    pub secret_alert: Option<String>,
+    /// When the last rotation succeeded.
+    pub last_rotation: Option<SystemTime>,
 }
 
 /// The entity token broker. Cheap to clone.
@@ -156,6 +172,14 @@ struct SlotState {
     last_error: Option<FetchError>,
     last_forced_at: Option<Instant>,
     secret_fingerprint: Option<String>,
+    /// A secret to use instead of the source's (a rotated secret not yet visible through the source).
+    secret_override: Option<SecretString>,
+    /// Where [`SecretEvent`]s go, when a secret manager listens.
+    events: Option<mpsc::Sender<SecretEvent>>,
+    /// The secret's expiry as `secret read` last reported it.
+    secret_expiry_read: Option<SystemTime>,
+    secret_alert: Option<String>,
+    last_rotation: Option<SystemTime>,
 }
 
 impl Slot {
@@ -164,6 +188,29 @@ impl Slot {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Tells the secret manager, if one listens. A full queue drops the hint: the manager re-reads the
+    /// secret's state on its own schedule anyway.
+    fn notify_secret(&self, event: SecretEvent) {
+        if let Some(events) = &self.state().events {
+            let _ = events.try_send(event);
+        }
+    }
+
+    /// The secret to use: the override while the source does not show it yet, else the source's.
+    async fn current_secret(&self) -> Result<SecretString, SecretError> {
+        let override_secret = self.state().secret_override.clone();
+        let from_source = self.secret.load().await;
+        match (override_secret, from_source) {
+            (Some(pending), Ok(stored)) if pending.expose_secret() == stored.expose_secret() => {
+                // The source caught up (the kubelet synced, the file was written): drop the override.
+                self.state().secret_override = None;
+                Ok(stored)
+            }
+            (Some(pending), _) => Ok(pending),
+            (None, result) => result,
+        }
     }
 }
 
@@ -383,21 +430,87 @@ impl Broker {
                 let valid = state.latest.as_ref().filter(|t| t.servable(now));
                 EntityStatus {
                     entity_id: slot.id.clone(),
-                    ready: valid.is_some(),
+                    ready: valid.is_some() && state.secret_alert.is_none(),
                     stale: valid.is_some() && state.attempts.consecutive_failures > 0,
                     expires_in: valid.map(|t| t.seconds_left(now)),
                     consecutive_failures: state.attempts.consecutive_failures,
                     last_error: state.last_error.as_ref().map(ToString::to_string),
                     clock_skew_seconds: state.latest.as_ref().and_then(|t| t.clock_skew_seconds),
-                    secret_expires_at: state.latest.as_ref().and_then(|t| t.secret_expires_at),
+                    secret_expires_at: state
+                        .secret_expiry_read
+                        .or_else(|| state.latest.as_ref().and_then(|t| t.secret_expires_at)),
                     secret_in_grace: state
                         .latest
                         .as_ref()
                         .is_some_and(|t| t.iam_message.is_some()),
                     iam_message: state.latest.as_ref().and_then(|t| t.iam_message.clone()),
+                    secret_alert: state.secret_alert.clone(),
+                    last_rotation: state.last_rotation,
                 }
             })
             .collect()
+    }
+}
+
+/// The hooks the secret manager uses. Each takes a configured entity id; an unknown one is ignored.
+impl Broker {
+    fn slot(&self, id: &EntityId) -> Option<&Arc<Slot>> {
+        self.inner.slots.get(id)
+    }
+
+    /// Subscribes to an entity's [`SecretEvent`]s (one subscriber per entity; a second replaces the first).
+    pub fn secret_events(&self, id: &EntityId) -> Option<mpsc::Receiver<SecretEvent>> {
+        let slot = self.slot(id)?;
+        let (tx, rx) = mpsc::channel(16);
+        slot.state().events = Some(tx);
+        Some(rx)
+    }
+
+    /// The secret the next fetch will use.
+    pub async fn current_secret(&self, id: &EntityId) -> Option<Result<SecretString, SecretError>> {
+        Some(self.slot(id)?.current_secret().await)
+    }
+
+    /// Uses `secret` for fetches until the entity's secret source shows the same value.
+    pub fn set_secret_override(&self, id: &EntityId, secret: Option<SecretString>) {
+        if let Some(slot) = self.slot(id) {
+            slot.state().secret_override = secret;
+        }
+    }
+
+    /// Marks the entity not ready for a secret-lifecycle reason (or clears it).
+    pub fn set_secret_alert(&self, id: &EntityId, alert: Option<String>) {
+        if let Some(slot) = self.slot(id) {
+            slot.state().secret_alert = alert;
+        }
+    }
+
+    /// Records the secret's expiry as `secret read` reported it.
+    pub fn note_secret_expiry(&self, id: &EntityId, expires_at: Option<SystemTime>) {
+        if let Some(slot) = self.slot(id) {
+            slot.state().secret_expiry_read = expires_at;
+        }
+    }
+
+    /// Records a rotation's outcome for `/metrics` and `/readyz`.
+    pub fn note_rotation(&self, id: &EntityId, outcome: &str) {
+        if let Some(slot) = self.slot(id) {
+            if outcome == "ok" {
+                slot.state().last_rotation = Some(SystemTime::now());
+            }
+            self.inner.metrics.rotation(id, outcome);
+        }
+    }
+
+    /// Fetches a new token now (after the secret changed), bypassing the forced-refresh rate limit.
+    pub async fn refresh_now(&self, id: &EntityId) -> Result<Arc<Token>, FetchError> {
+        let Some(slot) = self.slot(id).cloned() else {
+            return Err(FetchError::Internal("unknown entity".into()));
+        };
+        let inner = Arc::clone(&self.inner);
+        tokio::spawn(async move { inner.fetch_and_store(slot, Trigger::Background).await })
+            .await
+            .unwrap_or_else(|e| Err(FetchError::Internal(e.to_string())))
     }
 }
 
@@ -483,7 +596,7 @@ impl Inner {
     }
 
     async fn call_iam(&self, slot: &Slot) -> Result<Token, FetchError> {
-        let secret = slot.secret.load().await?;
+        let secret = slot.current_secret().await?;
         let secret_fp = fingerprint(&secret);
         {
             let mut state = slot.state();
@@ -513,6 +626,10 @@ impl Inner {
         if let Some(message) = &token.iam_message {
             tracing::warn!(entity = %slot.id, iam_message = %message, "IAM warning on token response: the entity secret has expired and is inside its grace period");
             self.metrics.iam_warning(&slot.id);
+            slot.notify_secret(SecretEvent::GraceWarning);
+        }
+        if let Some(expiry) = token.secret_expires_at {
+            slot.notify_secret(SecretEvent::ExpiryHint(expiry));
         }
         if let Some(skew) = token.clock_skew_seconds.filter(|s| s.abs() > 60.0) {
             tracing::warn!(entity = %slot.id, clock_skew_seconds = skew, "local clock differs from the IAM's by more than a minute; lifetimes use the monotonic clock and are unaffected");
@@ -560,5 +677,8 @@ impl Inner {
             error = %error,
             "entity token fetch failed"
         );
+        if matches!(error, FetchError::Iam(e) if e.is_unauthorized()) {
+            slot.notify_secret(SecretEvent::Rejected);
+        }
     }
 }

@@ -115,10 +115,10 @@ impl Token {
         policy: &RefreshPolicy,
         jitter: f64,
     ) -> Result<Token, TokenRejected> {
-        if let Some(kind) = grant.token_type.as_deref() {
-            if !kind.eq_ignore_ascii_case("bearer") {
-                return Err(TokenRejected::NotBearer(kind.chars().take(32).collect()));
-            }
+        if let Some(kind) = grant.token_type.as_deref()
+            && !kind.eq_ignore_ascii_case("bearer")
+        {
+            return Err(TokenRejected::NotBearer(kind.chars().take(32).collect()));
         }
         let claims: Claims =
             jsonwebtoken::dangerous::insecure_decode_claims(grant.access_token.expose_secret())

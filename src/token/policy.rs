@@ -120,10 +120,10 @@ impl RefreshPolicy {
     /// - After a failure, at `last_failure_at + retry_delay(..)`.
     /// - Otherwise (no token, no failure: start-up) at once.
     pub fn next_attempt(&self, now: Instant, state: &AttemptState, jitter: f64) -> Instant {
-        if let Some(token) = state.token {
-            if now < token.refresh_at {
-                return token.refresh_at;
-            }
+        if let Some(token) = state.token
+            && now < token.refresh_at
+        {
+            return token.refresh_at;
         }
         match state.last_failure_at {
             Some(failed_at) if state.consecutive_failures > 0 => {

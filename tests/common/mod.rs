@@ -14,6 +14,7 @@ use aa_token_broker::entity::{EntityId, SecretSource};
 use aa_token_broker::http::GuardSettings;
 use aa_token_broker::http::server::ServerLimits;
 use aa_token_broker::iam::{Endpoint, IamTimeouts};
+use aa_token_broker::secret::{RotationSettings, SinkSpec};
 use aa_token_broker::simulator::{SimSettings, Simulator};
 use aa_token_broker::token::broker::Broker;
 use aa_token_broker::token::policy::RefreshPolicy;
@@ -62,6 +63,10 @@ pub struct BrokerOptions {
     pub guard: GuardSettings,
     pub policy: RefreshPolicy,
     pub iam_timeouts: IamTimeouts,
+    /// Automatic rotation; off unless a test turns it on.
+    pub rotation: Option<RotationSettings>,
+    /// The sink of the first entity (default: its secret file, if it has one).
+    pub sink: Option<SinkSpec>,
 }
 
 impl BrokerOptions {
@@ -74,6 +79,8 @@ impl BrokerOptions {
                 connect: Duration::from_secs(2),
                 request: Duration::from_secs(3),
             },
+            rotation: None,
+            sink: None,
         }
     }
 
@@ -87,15 +94,23 @@ pub fn inline_secret(secret: &str) -> SecretSource {
 }
 
 pub fn settings(iam_url: &str, options: BrokerOptions) -> BrokerSettings {
+    let mut first_sink = options.sink;
     BrokerSettings {
         iam_url: iam_url.to_string(),
         iam_timeouts: options.iam_timeouts,
         entities: options
             .entities
             .into_iter()
-            .map(|(id, secret)| EntitySettings {
-                id: EntityId::parse(&id).expect("valid id"),
-                secret,
+            .map(|(id, secret)| {
+                let sink = first_sink.take().or(match &secret {
+                    SecretSource::File(path) => Some(SinkSpec::File(path.clone())),
+                    SecretSource::Inline(_) => None,
+                });
+                EntitySettings {
+                    id: EntityId::parse(&id).expect("valid id"),
+                    secret,
+                    sink,
+                }
             })
             .collect(),
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -110,6 +125,7 @@ pub fn settings(iam_url: &str, options: BrokerOptions) -> BrokerSettings {
             json: false,
             filter: "info".into(),
         },
+        rotation: options.rotation,
     }
 }
 

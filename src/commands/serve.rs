@@ -1,0 +1,114 @@
+//! `serve` (the sidecar) and `token` (one token for a script or an init container).
+
+use std::process::ExitCode;
+
+use super::{bind, config_error, current_thread_runtime, failure, runtime, shutdown_signal};
+use crate::app::Application;
+use crate::config::admin::env_secrets;
+use crate::config::cli::{AdminArgs, ListenArgs, LogArgs, RotationArgs, ServeArgs, TokenArgs};
+use crate::config::{self, BrokerArgs, BrokerSettings, ConfigError, EntitySettings};
+use crate::iam::{IamClient, IamTimeouts};
+use crate::telemetry;
+use crate::token::Token;
+use crate::token::policy::RefreshPolicy;
+
+pub fn serve_command(args: &ServeArgs) -> ExitCode {
+    let broker_args = BrokerArgs {
+        iam: &args.iam,
+        entity: &args.entity,
+        listen: &args.listen,
+        log: &args.log,
+        admin: &args.admin,
+        rotation: &args.rotation,
+    };
+    match config::broker_settings(broker_args, &env_secrets()) {
+        Ok(settings) => serve(settings),
+        Err(e) => config_error(&e),
+    }
+}
+
+/// Runs the sidecar until SIGTERM/SIGINT.
+pub fn serve(settings: BrokerSettings) -> ExitCode {
+    telemetry::init(&settings.log);
+    let rt = match runtime(settings.worker_threads) {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    rt.block_on(async move {
+        let listener = match bind(settings.listen, "--listen (AA_BROKER_LISTEN)").await {
+            Ok(listener) => listener,
+            Err(code) => return code,
+        };
+        let app = match Application::build(settings, listener, RefreshPolicy::default()) {
+            Ok(app) => app,
+            Err(e) => return failure(e),
+        };
+        app.run_until(shutdown_signal()).await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// `token`: one fetch straight from the IAM; the token alone on stdout.
+pub fn token(args: &TokenArgs) -> ExitCode {
+    let log = LogArgs {
+        log_format: args.log.log_format.clone(),
+        log_level: Some(args.log.log_level.clone().unwrap_or_else(|| "warn".into())),
+    };
+    let broker_args = BrokerArgs {
+        iam: &args.iam,
+        entity: &args.entity,
+        listen: &ListenArgs::default(),
+        log: &log,
+        admin: &AdminArgs::default(),
+        rotation: &RotationArgs::default(),
+    };
+    let settings = match config::broker_settings(broker_args, &env_secrets()) {
+        Ok(settings) => settings,
+        Err(e) => return config_error(&e),
+    };
+    let chosen = match (&args.entity.entity_id, settings.entities.as_slice()) {
+        (Some(raw), entities) => entities
+            .iter()
+            .find(|e| e.id.as_str() == raw.trim())
+            .cloned(),
+        (None, [only]) => Some(only.clone()),
+        (None, _) => None,
+    };
+    let Some(entity) = chosen else {
+        return config_error(&ConfigError::new(
+            "--entity-id (AA_BROKER_ENTITY_ID)",
+            "several entities are configured; choose one with --entity-id",
+        ));
+    };
+    telemetry::init(&settings.log);
+    let rt = match current_thread_runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match rt.block_on(fetch_once(
+        &settings.iam_url,
+        settings.iam_timeouts,
+        &entity,
+    )) {
+        Ok(token) => {
+            println!("{}", token.expose());
+            ExitCode::SUCCESS
+        }
+        Err(reason) => failure(format!("no token for {}: {reason}", entity.id)),
+    }
+}
+
+/// Fetches and checks one token, without the cache.
+pub async fn fetch_once(
+    iam_url: &str,
+    timeouts: IamTimeouts,
+    entity: &EntitySettings,
+) -> Result<Token, String> {
+    let client = IamClient::new(iam_url, timeouts)?;
+    let secret = entity.secret.load().await.map_err(|e| e.to_string())?;
+    let grant = client
+        .entity_token(&entity.id, &secret)
+        .await
+        .map_err(|e| e.to_string())?;
+    Token::from_grant(&entity.id, grant, &RefreshPolicy::default(), 0.5).map_err(|e| e.to_string())
+}

@@ -1,0 +1,77 @@
+//! The advisory lock that elects one rotator among processes sharing a secret file on one host.
+//!
+//! The lock file sits beside the secret (`.NAME.lock`, mode 0600) and is held with `flock` semantics
+//! (`std::fs::File::try_lock`): the kernel drops it when the holder exits, so a crashed rotator cannot
+//! wedge the others. Whoever takes the lock second must re-check before rotating; see
+//! [`super::manager`].
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// A held lock; released on drop.
+pub struct SecretFileLock {
+    _file: File,
+    pub path: PathBuf,
+}
+
+/// The lock file for a secret file.
+pub fn lock_path(secret_file: &Path) -> PathBuf {
+    let name = secret_file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "secret".into());
+    secret_file.with_file_name(format!(".{name}.lock"))
+}
+
+/// Takes the lock, waiting up to `wait`.
+pub async fn acquire(secret_file: &Path, wait: Duration) -> Result<SecretFileLock, String> {
+    let path = lock_path(secret_file);
+    tokio::task::spawn_blocking(move || {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| format!("cannot open the lock file {}: {e}", path.display()))?;
+        let deadline = Instant::now() + wait;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(SecretFileLock { _file: file, path }),
+                Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(format!(
+                        "another process held {} for over {}s",
+                        path.display(),
+                        wait.as_secs()
+                    ));
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(format!("cannot lock {}: {e}", path.display()));
+                }
+            }
+        }
+    })
+    .await
+    .map_err(|e| format!("lock task failed: {e}"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn one_holder_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        let first = acquire(&secret, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(first.path, dir.path().join(".secret.lock"));
+        assert!(acquire(&secret, Duration::from_millis(200)).await.is_err());
+        drop(first);
+        acquire(&secret, Duration::from_millis(200)).await.unwrap();
+    }
+}
