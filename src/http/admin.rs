@@ -37,6 +37,10 @@ struct EntityReadiness {
     secret_in_grace: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     iam_message: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret_alert: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_rotation: Option<String>,
 }
 
 /// 200 only when every configured entity holds a token that may be handed out; 503 otherwise, with the
@@ -58,6 +62,8 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Response {
                     secret_expires_at: e.secret_expires_at.map(timefmt::rfc3339_seconds),
                     secret_in_grace: e.secret_in_grace,
                     iam_message: e.iam_message,
+                    secret_alert: e.secret_alert,
+                    last_rotation: e.last_rotation.map(timefmt::rfc3339_seconds),
                 },
             )
         })

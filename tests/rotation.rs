@@ -1,0 +1,626 @@
+//! Secret rotation against the simulator: the safe order end to end, one rotator among processes sharing a
+//! file, a failing sink that loses nothing, recovery by read-back without a reset, the grace period, and
+//! the Kubernetes Secret sink against a stand-in API server that checks what it receives.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aa_token_broker::entity::{EntityId, SecretSource};
+use aa_token_broker::iam::{Endpoint, IamClient, IamTimeouts};
+use aa_token_broker::secret::{AdminCredentials, RotationSettings, SinkSpec};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use base64::Engine;
+use common::process::*;
+use common::*;
+use secrecy::SecretString;
+
+const ADMIN: &str = "ops@fiu.example";
+const PASSWORD: &str = "admin-password-never-logged";
+const DAY: u64 = 86_400;
+
+async fn iam_with_admin(secret_valid_days: u64) -> Iam {
+    let iam = Iam::start(DAY).await;
+    iam.sim
+        .add_entity(ENTITY, SECRET, Duration::from_secs(secret_valid_days * DAY));
+    iam.sim.add_user(ADMIN, PASSWORD, &[ENTITY]);
+    // Grant the validity asked for (the 24 h admin-token cap is covered by the policy's unit tests).
+    iam.sim
+        .update_settings(|s| s.cap_secret_by_user_token = false);
+    iam
+}
+
+fn rotation(check_interval: Duration) -> RotationSettings {
+    RotationSettings {
+        admin: AdminCredentials {
+            email: ADMIN.into(),
+            password: inline_secret(PASSWORD),
+        },
+        rotate_before: Duration::from_secs(15 * DAY),
+        expiry_days: 180,
+        check_interval,
+        kube: None,
+    }
+}
+
+async fn wait_for(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn file_secret(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap().trim().to_string()
+}
+
+async fn readyz(broker: &TestBroker) -> (u16, serde_json::Value) {
+    let response = broker
+        .client()
+        .get(broker.url("/readyz"))
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_secret_near_expiry_is_rotated_persisted_and_used() {
+    let iam = iam_with_admin(10).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("secret");
+    write_secret(&path, SECRET);
+    let mut options = BrokerOptions::one(SecretSource::File(path.clone()));
+    options.rotation = Some(rotation(Duration::from_secs(3600)));
+    let broker = TestBroker::start(&iam.url, options).await;
+
+    wait_for("the rotation", Duration::from_secs(10), || {
+        file_secret(&path) != SECRET
+    })
+    .await;
+    let new_secret = iam.sim.current_secret(ENTITY).unwrap();
+    assert_eq!(
+        file_secret(&path),
+        new_secret,
+        "the file holds the IAM's new secret"
+    );
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(iam.sim.calls(Endpoint::SecretReset), 1);
+
+    // The old secret is dead (reset revokes it at once); the broker mints with the new one.
+    let client = IamClient::new(&iam.url, IamTimeouts::default()).unwrap();
+    let id = EntityId::parse(ENTITY).unwrap();
+    assert!(
+        client
+            .entity_token(&id, &SecretString::from(SECRET))
+            .await
+            .err()
+            .unwrap()
+            .is_unauthorized()
+    );
+    broker.wait_ready(Duration::from_secs(5)).await;
+    let refreshed = broker.post("/v1/token/refresh").await;
+    assert_eq!(refreshed.status(), 200);
+
+    let metrics = broker.metrics().await;
+    assert!(
+        metrics.contains(r#"aa_broker_secret_rotations_total{entity="FIU-TEST",outcome="ok"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("aa_broker_secret_last_rotation_timestamp_seconds{"),
+        "{metrics}"
+    );
+    let left: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("aa_broker_secret_expires_in_seconds{"))
+        .and_then(|l| l.rsplit(' ').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((left / DAY as f64 - 180.0).abs() < 0.1, "{left}");
+    assert!(!metrics.contains(&new_secret) && !metrics.contains(SECRET));
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn two_brokers_on_one_secret_file_reset_once() {
+    let iam = iam_with_admin(10).await;
+    iam.sim.set_latency(Duration::from_millis(100));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("secret");
+    write_secret(&path, SECRET);
+    let start = |path: &Path| {
+        let mut options = BrokerOptions::one(SecretSource::File(path.to_path_buf()));
+        options.rotation = Some(rotation(Duration::from_secs(3600)));
+        options.policy.forced_refresh_interval = Duration::ZERO;
+        TestBroker::start(&iam.url, options)
+    };
+    let (first, second) = tokio::join!(start(&path), start(&path));
+    wait_for("the rotation", Duration::from_secs(15), || {
+        file_secret(&path) != SECRET
+    })
+    .await;
+    // Give the second broker time to take the lock and find nothing to do.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        iam.sim.calls(Endpoint::SecretReset),
+        1,
+        "exactly one of them reset the secret"
+    );
+    assert_eq!(file_secret(&path), iam.sim.current_secret(ENTITY).unwrap());
+    for broker in [&first, &second] {
+        let refreshed = broker.post("/v1/token/refresh").await;
+        assert_eq!(refreshed.status(), 200, "both mint with the new secret");
+        broker.wait_ready(Duration::from_secs(5)).await;
+    }
+    first.stop().await;
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_sink_loses_nothing_and_is_retried_until_it_works() {
+    let iam = iam_with_admin(10).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("secret");
+    write_secret(&path, SECRET);
+    let stored = dir.path().join("stored");
+    let gate = dir.path().join("sink-is-up");
+    let mut options = BrokerOptions::one(SecretSource::File(path.clone()));
+    options.rotation = Some(rotation(Duration::from_secs(3600)));
+    options.policy.forced_refresh_interval = Duration::ZERO;
+    options.sink = Some(SinkSpec::Exec(format!(
+        "test -e {} && cat > {}",
+        gate.display(),
+        stored.display()
+    )));
+    let broker = TestBroker::start(&iam.url, options).await;
+
+    wait_for("the reset", Duration::from_secs(10), || {
+        iam.sim.calls(Endpoint::SecretReset) == 1
+    })
+    .await;
+    let new_secret = iam.sim.current_secret(ENTITY).unwrap();
+    // Not stored: not ready, with the reason; but tokens still come, minted with the in-memory secret.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let detail = loop {
+        let (status, body) = readyz(&broker).await;
+        if status == 503 {
+            break body["entities"][ENTITY].clone();
+        }
+        assert!(Instant::now() < deadline, "never reported not-ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        detail["secretAlert"]
+            .as_str()
+            .unwrap()
+            .contains("held only in memory"),
+        "{detail}"
+    );
+    assert_eq!(detail["ready"], false);
+    let refreshed = broker.post("/v1/token/refresh").await;
+    assert_eq!(refreshed.status(), 200, "the new secret works from memory");
+    let metrics = broker.metrics().await;
+    assert!(
+        metrics.contains(r#"aa_broker_secret_alert{entity="FIU-TEST"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"outcome="persist_failed"} 1"#),
+        "{metrics}"
+    );
+    assert!(!stored.exists());
+
+    // The sink comes back: the retry stores the very secret the IAM issued, and the entity is ready.
+    std::fs::write(&gate, "").unwrap();
+    wait_for("the retried persist", Duration::from_secs(20), || {
+        stored.exists()
+    })
+    .await;
+    assert_eq!(std::fs::read_to_string(&stored).unwrap(), new_secret);
+    broker.wait_ready(Duration::from_secs(5)).await;
+    assert_eq!(
+        iam.sim.calls(Endpoint::SecretReset),
+        1,
+        "retrying the sink never reset again"
+    );
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_stale_secret_file_is_healed_by_reading_back_not_by_resetting() {
+    let iam = iam_with_admin(90).await;
+    // The secret was reset elsewhere (or this process crashed between reset and persist).
+    iam.sim.set_secret(ENTITY, "the-secret-the-iam-knows-now");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("secret");
+    write_secret(&path, SECRET);
+    let mut options = BrokerOptions::one(SecretSource::File(path.clone()));
+    options.rotation = Some(rotation(Duration::from_secs(3600)));
+    let broker = TestBroker::start(&iam.url, options).await;
+
+    broker.wait_ready(Duration::from_secs(10)).await;
+    assert_eq!(file_secret(&path), "the-secret-the-iam-knows-now");
+    assert_eq!(iam.sim.calls(Endpoint::SecretReset), 0, "no reset");
+    assert!(iam.sim.calls(Endpoint::SecretRead) >= 1);
+    assert_eq!(broker.get("/v1/token").await.status(), 200);
+    let metrics = broker.metrics().await;
+    assert!(metrics.contains(r#"outcome="recovered"} 1"#), "{metrics}");
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn the_grace_period_warning_means_rotate_now() {
+    let iam = iam_with_admin(90).await;
+    iam.sim.set_secret_expiry(ENTITY, -3600);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("secret");
+    write_secret(&path, SECRET);
+    let mut options = BrokerOptions::one(SecretSource::File(path.clone()));
+    options.rotation = Some(rotation(Duration::from_secs(3600)));
+    let broker = TestBroker::start(&iam.url, options).await;
+    wait_for("the rotation", Duration::from_secs(10), || {
+        file_secret(&path) != SECRET
+    })
+    .await;
+    assert_eq!(iam.sim.calls(Endpoint::SecretReset), 1);
+    // The token minted after the switch carries no warning.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, body) = readyz(&broker).await;
+        if body["entities"][ENTITY]["secretInGrace"] == false && body["ready"] == true {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still in grace: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    broker.stop().await;
+}
+
+/// A stand-in for the Kubernetes API server's Secret endpoints. It checks every request the way the real
+/// one would (path, method, content type, bearer token, resourceVersion) and can play a concurrent writer.
+#[derive(Default)]
+struct FakeApiServer {
+    resource_version: u64,
+    data: serde_json::Map<String, serde_json::Value>,
+    /// Bump the version between the next GET and PATCH, as another writer would.
+    race_next_patch: bool,
+    log: Vec<String>,
+}
+
+type Api = Arc<Mutex<FakeApiServer>>;
+const KUBE_TOKEN: &str = "kube-sa-token";
+
+fn authorized(headers: &HeaderMap) -> bool {
+    headers.get("authorization").and_then(|v| v.to_str().ok())
+        == Some(&format!("Bearer {KUBE_TOKEN}"))
+}
+
+async fn get_secret(State(api): State<Api>, headers: HeaderMap) -> axum::response::Response {
+    let mut api = api.lock().unwrap();
+    api.log.push("GET".into());
+    if !authorized(&headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    if api.race_next_patch {
+        api.race_next_patch = false;
+        api.resource_version += 1;
+        api.data.insert(
+            "secret".into(),
+            base64::engine::general_purpose::STANDARD
+                .encode("written-by-someone-else")
+                .into(),
+        );
+        // The version this GET returns is already stale.
+        let body = serde_json::json!({
+            "kind": "Secret", "apiVersion": "v1",
+            "metadata": { "name": "broker", "namespace": "aa", "resourceVersion": (api.resource_version - 1).to_string() },
+            "data": api.data,
+        });
+        return axum::Json(body).into_response();
+    }
+    let body = serde_json::json!({
+        "kind": "Secret", "apiVersion": "v1",
+        "metadata": { "name": "broker", "namespace": "aa", "resourceVersion": api.resource_version.to_string() },
+        "data": api.data,
+    });
+    axum::Json(body).into_response()
+}
+
+async fn patch_secret(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    body: String,
+) -> axum::response::Response {
+    let mut api = api.lock().unwrap();
+    api.log.push("PATCH".into());
+    if !authorized(&headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    if headers.get("content-type").and_then(|v| v.to_str().ok())
+        != Some("application/merge-patch+json")
+    {
+        return StatusCode::UNSUPPORTED_MEDIA_TYPE.into_response();
+    }
+    let patch: serde_json::Value = serde_json::from_str(&body).unwrap();
+    if patch["metadata"]["resourceVersion"].as_str() != Some(&api.resource_version.to_string()) {
+        api.log.push("409".into());
+        let status = serde_json::json!({ "kind": "Status", "status": "Failure", "reason": "Conflict", "code": 409,
+            "message": "Operation cannot be fulfilled on secrets \"broker\": the object has been modified" });
+        return (StatusCode::CONFLICT, axum::Json(status)).into_response();
+    }
+    for (key, value) in patch["data"].as_object().unwrap() {
+        api.data.insert(key.clone(), value.clone());
+    }
+    api.resource_version += 1;
+    (StatusCode::OK, "{}").into_response()
+}
+
+async fn start_api_server(api: Api) -> String {
+    let router = axum::Router::new()
+        .route(
+            "/api/v1/namespaces/aa/secrets/broker",
+            axum::routing::get(get_secret).patch(patch_secret),
+        )
+        .with_state(api);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    format!("http://{addr}")
+}
+
+fn run_cli(args: &[String], env: &[(&str, String)]) -> (i32, String, String) {
+    let output = broker_command()
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rotate_command_writes_a_kubernetes_secret_and_resolves_a_conflict() {
+    let iam = iam_with_admin(10).await;
+    let api: Api = Arc::new(Mutex::new(FakeApiServer {
+        resource_version: 7,
+        race_next_patch: true,
+        ..FakeApiServer::default()
+    }));
+    let api_url = start_api_server(Arc::clone(&api)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{KUBE_TOKEN}\n")).unwrap();
+    let password_file = dir.path().join("password");
+    write_secret(&password_file, PASSWORD);
+    let args: Vec<String> = [
+        "rotate",
+        "--iam-url",
+        &iam.url,
+        "--entity-id",
+        ENTITY,
+        "--admin-email",
+        ADMIN,
+        "--admin-password-file",
+        password_file.to_str().unwrap(),
+        "--secret-sink",
+        "kubernetes-secret:aa/broker",
+        "--kube-api-url",
+        &api_url,
+        "--kube-token-file",
+        token_file.to_str().unwrap(),
+        "--log-level",
+        "debug",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || run_cli(&args, &[]))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("rotated"), "{stdout}");
+    let new_secret = iam.sim.current_secret(ENTITY).unwrap();
+    let api = api.lock().unwrap();
+    let stored = base64::engine::general_purpose::STANDARD
+        .decode(api.data["secret"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(stored).unwrap(),
+        new_secret,
+        "the Secret holds the IAM's current secret"
+    );
+    assert_eq!(
+        api.log,
+        ["GET", "PATCH", "409", "GET", "PATCH"],
+        "a conflict, resolved by re-reading"
+    );
+    assert_eq!(iam.sim.calls(Endpoint::SecretReset), 1);
+    for leaked in [PASSWORD, SECRET, new_secret.as_str(), KUBE_TOKEN] {
+        assert!(
+            !stdout.contains(leaked) && !stderr.contains(leaked),
+            "leaked in output:\n{stdout}\n{stderr}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_commands_read_reset_and_decline_when_not_due() {
+    let iam = iam_with_admin(90).await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("secret");
+    write_secret(&secret_file, SECRET);
+    let base = |command: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = command.iter().map(|s| s.to_string()).collect();
+        args.extend(
+            [
+                "--iam-url",
+                &iam.url,
+                "--entity-id",
+                ENTITY,
+                "--admin-email",
+                ADMIN,
+                "--secret-file",
+                secret_file.to_str().unwrap(),
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
+        args
+    };
+    let env = vec![("AA_BROKER_ADMIN_PASSWORD", PASSWORD.to_string())];
+    let cli = |args: Vec<String>, env: Vec<(&'static str, String)>| {
+        tokio::task::spawn_blocking(move || run_cli(&args, &env))
+    };
+
+    let (code, stdout, stderr) = cli(base(&["secret", "read"]), env.clone()).await.unwrap();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("days from now") && !stdout.contains(SECRET),
+        "{stdout}"
+    );
+
+    let (code, stdout, _) = cli(base(&["secret", "read", "--show-secret"]), env.clone())
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    assert_eq!(stdout.trim(), SECRET);
+
+    let out = dir.path().join("copy");
+    let mut args = base(&["secret", "read"]);
+    args.extend(["--output".to_string(), out.to_str().unwrap().to_string()]);
+    let (code, stdout, _) = cli(args, env.clone()).await.unwrap();
+    assert_eq!(code, 0);
+    assert_eq!(file_secret(&out), SECRET);
+    assert_eq!(
+        std::fs::metadata(&out).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(!stdout.contains(SECRET));
+
+    let (code, stdout, _) = cli(base(&["rotate"]), env.clone()).await.unwrap();
+    assert_eq!(code, 0);
+    assert!(stdout.contains("not due"), "{stdout}");
+    assert_eq!(iam.sim.calls(Endpoint::SecretReset), 0);
+
+    let mut args = base(&["secret", "reset"]);
+    args.extend(["--expiry-days".to_string(), "30".to_string()]);
+    let (code, stdout, stderr) = cli(args, env.clone()).await.unwrap();
+    assert_eq!(code, 0, "{stderr}");
+    let new_secret = iam.sim.current_secret(ENTITY).unwrap();
+    assert_eq!(
+        file_secret(&secret_file),
+        new_secret,
+        "stored before anything was printed"
+    );
+    assert!(
+        stdout.contains("secret reset") && stdout.contains("days from now"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(&new_secret) && !stderr.contains(&new_secret));
+    assert!(!stderr.contains(PASSWORD));
+
+    // A wrong password: exit 1 with one line, and the password nowhere.
+    let (code, stdout, stderr) = cli(
+        base(&["secret", "read"]),
+        vec![("AA_BROKER_ADMIN_PASSWORD", "not-the-password".into())],
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 1);
+    assert!(stdout.is_empty());
+    assert!(
+        stderr.contains("Invalid username/password") && !stderr.contains("not-the-password"),
+        "{stderr}"
+    );
+
+    // Configuration mistakes: exit 2, naming the setting.
+    let (code, _, stderr) = cli(base(&["secret", "read"]), vec![]).await.unwrap();
+    assert_eq!(code, 2);
+    assert!(stderr.contains("--admin-password-file"), "{stderr}");
+    let mut args = base(&["rotate"]);
+    args.extend(["--secret-sink".to_string(), "s3://bucket".to_string()]);
+    let (code, _, stderr) = cli(args, env.clone()).await.unwrap();
+    assert_eq!(code, 2);
+    assert!(stderr.contains("--secret-sink"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_rotates_and_its_log_holds_no_secret_or_password() {
+    let iam = iam_with_admin(10).await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("secret");
+    write_secret(&secret_file, SECRET);
+    let password_file = dir.path().join("password");
+    write_secret(&password_file, PASSWORD);
+    let (url, secret_path, password_path) = (
+        iam.url.clone(),
+        secret_file.to_str().unwrap().to_string(),
+        password_file.to_str().unwrap().to_string(),
+    );
+    let served = tokio::task::spawn_blocking(move || {
+        spawn_serve(
+            &["--listen", "127.0.0.1:0", "--log-format", "json"],
+            &[
+                ("AA_BROKER_IAM_URL", url.as_str()),
+                ("AA_BROKER_ENTITY_ID", ENTITY),
+                ("AA_BROKER_SECRET_FILE", secret_path.as_str()),
+                ("AA_BROKER_ADMIN_EMAIL", ADMIN),
+                ("AA_BROKER_ADMIN_PASSWORD_FILE", password_path.as_str()),
+                ("AA_BROKER_LOG", "debug"),
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    wait_for("the rotation", Duration::from_secs(15), || {
+        file_secret(&secret_file) != SECRET
+    })
+    .await;
+    let new_secret = iam.sim.current_secret(ENTITY).unwrap();
+    let client = http_client();
+    let token = client
+        .get(format!("http://{}/v1/token", served.addr))
+        .header("Metadata", "true")
+        .header("Accept", "text/plain")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut child = served.child;
+    terminate(&child);
+    let code = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15)))
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    let log = served.log.lock().unwrap().clone();
+    for step in [
+        "\"step\":\"reset\"",
+        "\"step\":\"persist\"",
+        "\"step\":\"verify\"",
+    ] {
+        assert!(log.contains(step), "no {step} line:\n{log}");
+    }
+    assert!(log.contains("txn_id"), "{log}");
+    for leaked in [SECRET, new_secret.as_str(), PASSWORD, token.as_str()] {
+        assert!(
+            !log.contains(leaked),
+            "the log leaked a secret, password or token:\n{log}"
+        );
+    }
+}
