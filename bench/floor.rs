@@ -17,8 +17,13 @@ use tokio::net::TcpListener;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let addr: SocketAddr = args.next().ok_or("usage: bench-floor ADDR BODY_FILE")?.parse()?;
-    let body = Bytes::from(std::fs::read(args.next().ok_or("usage: bench-floor ADDR BODY_FILE")?)?);
+    let addr: SocketAddr = args
+        .next()
+        .ok_or("usage: bench-floor ADDR BODY_FILE")?
+        .parse()?;
+    let body = Bytes::from(std::fs::read(
+        args.next().ok_or("usage: bench-floor ADDR BODY_FILE")?,
+    )?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -43,7 +48,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         )
                     }
                 });
-                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
             });
         }
     })

@@ -13,10 +13,15 @@ use tokio::net::TcpStream;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     match args.first().map(String::as_str) {
         Some("cold") if args.len() == 3 => runtime.block_on(cold(&args[1], args[2].parse()?)),
-        Some("coldstart") if args.len() >= 3 => runtime.block_on(coldstart(&args[1], &args[2], &args[3..])),
+        Some("coldstart") if args.len() >= 3 => {
+            runtime.block_on(coldstart(&args[1], &args[2], &args[3..]))
+        }
         _ => Err("usage: bench-load cold URL N | bench-load coldstart URL BIN ARGS...".into()),
     }
 }
@@ -33,7 +38,9 @@ async fn get(authority: &str, path: &str) -> u16 {
     let Ok(mut stream) = TcpStream::connect(authority).await else {
         return 0;
     };
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nMetadata: true\r\nConnection: close\r\n\r\n");
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nMetadata: true\r\nConnection: close\r\n\r\n"
+    );
     if stream.write_all(request.as_bytes()).await.is_err() {
         return 0;
     }
@@ -66,7 +73,10 @@ async fn cold(url: &str, n: usize) -> Result<(), Box<dyn std::error::Error>> {
         *statuses.entry(status).or_default() += 1;
         slowest = slowest.max(took);
     }
-    let statuses: BTreeMap<String, usize> = statuses.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    let statuses: BTreeMap<String, usize> = statuses
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
     println!(
         "{}",
         serde_json::json!({ "requests": n, "statuses": statuses, "slowest_ms": slowest.as_secs_f64() * 1e3,
@@ -75,7 +85,11 @@ async fn cold(url: &str, n: usize) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-async fn coldstart(url: &str, bin: &str, args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+async fn coldstart(
+    url: &str,
+    bin: &str,
+    args: &[String],
+) -> Result<(), Box<dyn std::error::Error>> {
     let (authority, _) = split(url)?;
     let started = Instant::now();
     let mut child = tokio::process::Command::new(bin)
@@ -101,6 +115,9 @@ async fn coldstart(url: &str, bin: &str, args: &[String]) -> Result<(), Box<dyn 
     }
     child.kill().await?;
     let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1e3);
-    println!("{}", serde_json::json!({ "ready_ms": ms(ready), "first_token_ms": ms(token) }));
+    println!(
+        "{}",
+        serde_json::json!({ "ready_ms": ms(ready), "first_token_ms": ms(token) })
+    );
     Ok(())
 }

@@ -98,7 +98,7 @@ impl Application {
             broker,
             guard: settings.guard.clone(),
         });
-        let router = http::router(state, settings.request_timeout);
+        let router = http::router(state);
         http::server::serve(listener, router, settings.limits.clone(), shutdown).await;
         let _ = stop_tx.send(true);
         while refreshers.join_next().await.is_some() {}

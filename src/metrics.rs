@@ -53,6 +53,14 @@ fn iam_latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 14))
 }
 
+/// Per-entity counters of token requests by outcome.
+#[derive(Clone, Debug)]
+pub struct TokenCounters {
+    pub served: Counter,
+    pub stale: Counter,
+    pub unavailable: Counter,
+}
+
 /// The broker's metrics. Shared behind an `Arc`.
 pub struct Metrics {
     registry: Registry,
@@ -201,13 +209,21 @@ impl Metrics {
         m
     }
 
-    pub fn token_request(&self, entity: &EntityId, outcome: &str) {
-        self.token_requests
-            .get_or_create(&OutcomeLabels {
-                entity: entity.to_string(),
-                outcome: outcome.into(),
-            })
-            .inc();
+    /// The request counters of one entity, resolved once so the hot path only does an atomic add.
+    pub fn token_counters(&self, entity: &EntityId) -> TokenCounters {
+        let counter = |outcome: &str| {
+            self.token_requests
+                .get_or_create(&OutcomeLabels {
+                    entity: entity.to_string(),
+                    outcome: outcome.into(),
+                })
+                .clone()
+        };
+        TokenCounters {
+            served: counter("served"),
+            stale: counter("stale"),
+            unavailable: counter("unavailable"),
+        }
     }
 
     pub fn forced_refresh(&self, entity: &EntityId, allowed: bool) {

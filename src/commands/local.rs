@@ -157,7 +157,6 @@ pub fn demo(args: &DemoArgs) -> ExitCode {
             listen: args.listen,
             guard: GuardSettings::default(),
             limits: ServerLimits::default(),
-            request_timeout: Duration::from_secs(15),
             worker_threads: config::DEFAULT_WORKER_THREADS,
             log,
             rotation: None,

@@ -94,8 +94,6 @@ pub struct BrokerSettings {
     pub listen: SocketAddr,
     pub guard: GuardSettings,
     pub limits: ServerLimits,
-    /// Bound on handling one request, including a cold fetch.
-    pub request_timeout: Duration,
     pub worker_threads: usize,
     pub log: LogSettings,
     /// Automatic rotation, when admin credentials are configured.
@@ -253,7 +251,6 @@ pub fn broker_settings(
         ..ServerLimits::default()
     };
     Ok(BrokerSettings {
-        request_timeout: iam_timeouts.request + Duration::from_secs(5),
         iam_url,
         iam_timeouts,
         entities,

@@ -10,9 +10,9 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::Response;
 
 use super::{AppState, reply};
@@ -134,25 +134,72 @@ fn is_port_suffix(s: &str) -> bool {
         .is_some_and(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
 }
 
-/// The middleware.
-pub async fn caller_guard(
-    State(app): State<Arc<AppState>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    match check(request.headers(), &app.guard) {
-        Ok(()) => next.run(request).await,
-        Err(refusal) => {
-            app.broker.metrics().guard_rejection(refusal.as_str());
-            tracing::debug!(reason = refusal.as_str(), path = %request.uri().path(), "request refused by the caller guard");
-            reply::error(StatusCode::FORBIDDEN, "forbidden", refusal.message())
+/// Proof that a request passed the guard: every `/v1/*` handler takes it as its first argument. An
+/// extractor rather than a middleware layer, so the hot path pays for a header check and nothing more.
+/// It also carries the one thing the handlers need from the headers, so they never copy the header map.
+pub struct CallerAllowed {
+    /// `Accept` prefers `text/plain` over `application/json`.
+    pub wants_plain_text: bool,
+}
+
+impl FromRequestParts<Arc<AppState>> for CallerAllowed {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        match check(&parts.headers, &app.guard) {
+            Ok(()) => Ok(CallerAllowed {
+                wants_plain_text: wants_plain_text(&parts.headers),
+            }),
+            Err(refusal) => {
+                app.broker.metrics().guard_rejection(refusal.as_str());
+                tracing::debug!(reason = refusal.as_str(), path = %parts.uri.path(), "request refused by the caller guard");
+                Err(reply::error(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    refusal.message(),
+                ))
+            }
         }
     }
+}
+
+/// The first of `application/json` and `text/plain` named in `Accept` wins; JSON when neither is.
+fn wants_plain_text(headers: &HeaderMap) -> bool {
+    for value in headers.get_all(header::ACCEPT) {
+        let Ok(value) = value.to_str() else { continue };
+        for item in value.split(',') {
+            let media = item.split(';').next().unwrap_or("").trim();
+            if media.eq_ignore_ascii_case("application/json") {
+                return false;
+            }
+            if media.eq_ignore_ascii_case("text/plain") {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accept_negotiation() {
+        let with = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::ACCEPT, HeaderValue::from_static(v));
+            wants_plain_text(&h)
+        };
+        assert!(with("text/plain"));
+        assert!(with("text/plain; charset=utf-8, */*"));
+        assert!(!with("application/json, text/plain"));
+        assert!(!with("*/*"));
+        assert!(!wants_plain_text(&HeaderMap::new()));
+    }
     use axum::http::HeaderValue;
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {

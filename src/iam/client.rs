@@ -161,11 +161,7 @@ impl IamClient {
             .access_token
             .filter(|t| !t.trim().is_empty())
             .ok_or_else(|| malformed("no accessToken"))?;
-        if access_token.len() > 16 * 1024
-            || access_token
-                .chars()
-                .any(|c| c.is_whitespace() || c.is_control())
-        {
+        if access_token.len() > 16 * 1024 || !is_token68(&access_token) {
             return Err(malformed("accessToken is not a plausible bearer token"));
         }
         Ok(TokenGrant {
@@ -319,6 +315,15 @@ fn parse_json<T: serde::de::DeserializeOwned>(
         },
         excerpt: sanitize_excerpt(bytes, &[credential]),
     })
+}
+
+/// RFC 6750's `b64token`: the characters a bearer token may have (a JWT has a subset of them).
+pub fn is_token68(token: &str) -> bool {
+    let body = token.trim_end_matches('=');
+    !body.is_empty()
+        && body.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        })
 }
 
 /// `Retry-After` as delta-seconds or an HTTP date.

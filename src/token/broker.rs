@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime};
 
 use moka::Expiry;
@@ -30,7 +30,7 @@ use super::refresher;
 use super::{Token, TokenRejected};
 use crate::entity::{EntityId, SecretError, SecretSource, fingerprint};
 use crate::iam::{IamClient, IamError};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, TokenCounters};
 
 /// Why an upstream fetch produced no token. Cloneable so that one failure can be shared by every waiter
 /// and kept as the entity's "last error" for `/readyz` and 503 bodies. Never contains a secret.
@@ -92,6 +92,14 @@ pub struct Served {
     pub token: Arc<Token>,
     /// The last refresh attempt failed; the token is still valid but the broker is retrying.
     pub stale: bool,
+}
+
+/// How a token request ended, for the request counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestOutcome {
+    Served,
+    Stale,
+    Unavailable,
 }
 
 /// Why a caller got no token.
@@ -161,6 +169,11 @@ struct Slot {
     stale: AtomicBool,
     /// Wakes the refresher when a token arrived by another path, so it reschedules.
     changed: Notify,
+    /// The newest token, for the hot path. moka's `get` records every read for its eviction policy, which
+    /// measured about 3 µs a request (bench/RESULTS.md); a read lock on this pointer costs nanoseconds.
+    /// It is written wherever a token is stored, so it never disagrees with the cache.
+    current: RwLock<Option<Arc<Token>>>,
+    counters: TokenCounters,
 }
 
 #[derive(Default)]
@@ -259,6 +272,8 @@ impl Broker {
             .into_iter()
             .map(|(id, secret)| {
                 let slot = Slot {
+                    current: RwLock::new(None),
+                    counters: metrics.token_counters(&id),
                     id: id.clone(),
                     secret,
                     gate: tokio::sync::Mutex::new(()),
@@ -306,6 +321,17 @@ impl Broker {
         &self.inner.metrics
     }
 
+    /// Counts a token request's outcome: `served`, `stale` or `unavailable`.
+    pub fn count_request(&self, id: &EntityId, outcome: RequestOutcome) {
+        if let Some(slot) = self.inner.slots.get(id) {
+            match outcome {
+                RequestOutcome::Served => slot.counters.served.inc(),
+                RequestOutcome::Stale => slot.counters.stale.inc(),
+                RequestOutcome::Unavailable => slot.counters.unavailable.inc(),
+            };
+        }
+    }
+
     /// Starts one background refresher per entity. Each fetches at once, then follows the policy until
     /// `shutdown` turns true.
     pub fn spawn_refreshers(&self, shutdown: watch::Receiver<bool>) -> JoinSet<()> {
@@ -339,15 +365,16 @@ impl Broker {
     /// A valid token for `id`: from the cache, or — when none is held — from one coalesced upstream call.
     pub async fn token(&self, id: &EntityId) -> Result<Served, TokenError> {
         let slot = self.inner.slots.get(id).ok_or(TokenError::UnknownEntity)?;
-        if let Some(token) = self.inner.cache.get(id).await {
-            if token.servable(Instant::now()) {
-                return Ok(Served {
-                    token,
-                    stale: slot.stale.load(Ordering::Relaxed),
-                });
-            }
-            // moka's clock and ours can disagree by a hair at the boundary; ours decides.
-            self.inner.cache.invalidate(id).await;
+        let current = slot
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(token) = current.filter(|t| t.servable(Instant::now())) {
+            return Ok(Served {
+                token,
+                stale: slot.stale.load(Ordering::Relaxed),
+            });
         }
         self.cold_fetch(slot).await
     }
@@ -634,6 +661,7 @@ impl Inner {
         if let Some(skew) = token.clock_skew_seconds.filter(|s| s.abs() > 60.0) {
             tracing::warn!(entity = %slot.id, clock_skew_seconds = skew, "local clock differs from the IAM's by more than a minute; lifetimes use the monotonic clock and are unaffected");
         }
+        *slot.current.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&token));
         {
             let mut state = slot.state();
             state.latest = Some(Arc::clone(&token));

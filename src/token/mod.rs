@@ -12,6 +12,8 @@ pub mod refresher;
 
 use std::time::{Duration, SystemTime};
 
+use axum::body::Bytes;
+
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use tokio::time::Instant;
@@ -40,6 +42,12 @@ pub struct Token {
     pub secret_expires_at: Option<SystemTime>,
     /// The IAM's warning on this response (secret expired, within the grace period).
     pub iam_message: Option<String>,
+    /// The answer, serialized once: `{"accessToken":…,"expiresIn":` + seconds left + this tail. Only
+    /// `expiresIn` changes between requests, so nothing else is serialized on the hot path.
+    json_head: Vec<u8>,
+    json_tail: Vec<u8>,
+    /// The bare token, for `Accept: text/plain` (a cheap clone per request).
+    plain: Bytes,
 }
 
 impl Token {
@@ -62,6 +70,23 @@ impl Token {
 
     pub fn same_value_as(&self, other: &Token) -> bool {
         self.access_token.expose_secret() == other.access_token.expose_secret()
+    }
+
+    /// The JSON answer at `now`: `{"accessToken","tokenType","expiresIn","expiresAt","entityId"}`.
+    pub fn json_body(&self, now: Instant) -> Vec<u8> {
+        let mut itoa = itoa::Buffer::new();
+        let seconds = itoa.format(self.seconds_left(now));
+        let mut body =
+            Vec::with_capacity(self.json_head.len() + seconds.len() + self.json_tail.len());
+        body.extend_from_slice(&self.json_head);
+        body.extend_from_slice(seconds.as_bytes());
+        body.extend_from_slice(&self.json_tail);
+        body
+    }
+
+    /// The bare token.
+    pub fn plain_body(&self) -> Bytes {
+        self.plain.clone()
     }
 }
 
@@ -157,13 +182,30 @@ impl Token {
                 None
             }
         };
+        let token_text = grant.access_token.expose_secret();
+        // The client admits only token68 characters (RFC 6750), and entity ids and RFC 3339 times need no
+        // escaping either, so the JSON can be assembled from parts.
+        let json_head =
+            format!(r#"{{"accessToken":"{token_text}","tokenType":"Bearer","expiresIn":"#)
+                .into_bytes();
+        let expires_at_wall = grant.received_wall + lifetime;
+        let json_tail = format!(
+            r#","expiresAt":"{}","entityId":"{}"}}"#,
+            timefmt::rfc3339_seconds(expires_at_wall),
+            entity_id.as_str()
+        )
+        .into_bytes();
+        let plain = Bytes::copy_from_slice(token_text.as_bytes());
         Ok(Token {
             entity_id: entity_id.clone(),
+            json_head,
+            json_tail,
+            plain,
             fingerprint: fingerprint(&grant.access_token),
             access_token: grant.access_token,
             schedule,
             lifetime,
-            expires_at_wall: grant.received_wall + lifetime,
+            expires_at_wall,
             clock_skew_seconds: iat.map(|iat| timefmt::unix_seconds(grant.received_wall) - iat),
             jwt_expires_at: exp.and_then(as_wall),
             secret_expires_at: claims

@@ -121,7 +121,6 @@ pub fn settings(iam_url: &str, options: BrokerOptions) -> BrokerSettings {
             max_connections: 4096,
             ..ServerLimits::default()
         },
-        request_timeout: Duration::from_secs(10),
         worker_threads: 2,
         log: LogSettings {
             json: false,
