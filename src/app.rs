@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::BrokerSettings;
+use crate::http::server::ServerLimits;
 use crate::http::{self, AppState};
 use crate::iam::IamClient;
 use crate::metrics::Metrics;
@@ -21,6 +22,7 @@ use crate::token::policy::RefreshPolicy;
 /// A broker ready to run.
 pub struct Application {
     listener: TcpListener,
+    admin_listener: Option<TcpListener>,
     settings: BrokerSettings,
     broker: Broker,
     secret_managers: Vec<SecretManager>,
@@ -61,14 +63,27 @@ impl Application {
         }
         Ok(Self {
             listener,
+            admin_listener: None,
             settings,
             broker,
             secret_managers,
         })
     }
 
+    /// Also serves the admin surface (`/healthz`, `/readyz`, `/metrics`, no tokens) on `listener`.
+    pub fn with_admin_listener(mut self, listener: TcpListener) -> Self {
+        self.admin_listener = Some(listener);
+        self
+    }
+
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     pub fn broker(&self) -> &Broker {
@@ -80,6 +95,7 @@ impl Application {
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) {
         let Application {
             listener,
+            admin_listener,
             settings,
             broker,
             secret_managers,
@@ -98,8 +114,39 @@ impl Application {
             broker,
             guard: settings.guard.clone(),
         });
-        let router = http::router(state);
-        http::server::serve(listener, router, settings.limits.clone(), shutdown).await;
+        let router = http::router(Arc::clone(&state));
+        match admin_listener {
+            None => http::server::serve(listener, router, settings.limits.clone(), shutdown).await,
+            Some(admin_listener) => {
+                tracing::info!(admin_listen = %admin_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving /healthz, /readyz and /metrics");
+                let (down_tx, down_rx) = watch::channel(false);
+                let stopped = |mut rx: watch::Receiver<bool>| async move {
+                    let _ = rx.wait_for(|down| *down).await;
+                };
+                let admin_limits = ServerLimits {
+                    max_connections: 64,
+                    ..settings.limits.clone()
+                };
+                tokio::join!(
+                    async {
+                        shutdown.await;
+                        let _ = down_tx.send(true);
+                    },
+                    http::server::serve(
+                        listener,
+                        router,
+                        settings.limits.clone(),
+                        stopped(down_rx.clone())
+                    ),
+                    http::server::serve(
+                        admin_listener,
+                        http::admin_router(state),
+                        admin_limits,
+                        stopped(down_rx)
+                    ),
+                );
+            }
+        }
         let _ = stop_tx.send(true);
         while refreshers.join_next().await.is_some() {}
         while managers.join_next().await.is_some() {}

@@ -489,3 +489,136 @@ async fn a_config_file_can_list_several_entities() {
 fn path_str(path: &Path) -> String {
     path.to_str().unwrap().to_string()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_probes_and_the_admin_listener() {
+    let iam = Iam::start(86_400).await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    write_secret(&secret, SECRET);
+
+    // Nothing listening: exit 1 with one line.
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let probe = free.clone();
+    let (code, _, stderr) =
+        tokio::task::spawn_blocking(move || run(&["healthcheck", "--listen", &probe], &[]))
+            .await
+            .unwrap();
+    assert_eq!(code, 1);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+
+    // A token is not minted yet (the IAM is slow): not ready, but alive; --wait holds until ready.
+    iam.sim.set_latency(Duration::from_millis(1500));
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let (url, secret_path, admin_addr) = (
+        iam.url.clone(),
+        secret.to_str().unwrap().to_string(),
+        admin.clone(),
+    );
+    let served = tokio::task::spawn_blocking(move || {
+        spawn_serve(
+            &["--listen", "127.0.0.1:0", "--admin-listen", &admin_addr],
+            &[
+                ("AA_BROKER_IAM_URL", url.as_str()),
+                ("AA_BROKER_ENTITY_ID", ENTITY),
+                ("AA_BROKER_SECRET_FILE", secret_path.as_str()),
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    let addr = served.addr.clone();
+    let probe = addr.clone();
+    let (live, ready_now) = tokio::task::spawn_blocking(move || {
+        (
+            run(&["healthcheck", "--listen", &probe, "--live"], &[]).0,
+            run(&["healthcheck", "--listen", &probe], &[]).0,
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(live, 0, "alive while the first fetch is in flight");
+    assert_eq!(ready_now, 1, "not ready before a token exists");
+    let probe = addr.clone();
+    let (waited, _, stderr) = tokio::task::spawn_blocking(move || {
+        run(&["healthcheck", "--listen", &probe, "--wait", "10"], &[])
+    })
+    .await
+    .unwrap();
+    assert_eq!(waited, 0, "{stderr}");
+
+    // The admin listener serves health, readiness and metrics, and never a token.
+    let client = http_client();
+    assert_eq!(
+        client
+            .get(format!("http://{admin}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let metrics = client
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("aa_broker_token_valid"));
+    let token = client
+        .get(format!("http://{admin}/v1/token"))
+        .header("Metadata", "true")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(token.status(), 404);
+
+    let mut child = served.child;
+    terminate(&child);
+    let code = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15)))
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+}
+
+#[tokio::test]
+async fn token_check_reports_without_printing_the_token() {
+    let iam = Iam::start(86_400).await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    write_secret(&secret, SECRET);
+    let (url, secret_path) = (iam.url.clone(), secret.to_str().unwrap().to_string());
+    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        run(
+            &[
+                "token",
+                "--check",
+                "--iam-url",
+                &url,
+                "--entity-id",
+                ENTITY,
+                "--secret-file",
+                &secret_path,
+            ],
+            &[],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("a token was minted") && stdout.contains("86400 s"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("eyJ"), "{stdout}");
+}

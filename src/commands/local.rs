@@ -155,6 +155,7 @@ pub fn demo(args: &DemoArgs) -> ExitCode {
                 sink: None,
             }],
             listen: args.listen,
+            admin_listen: None,
             guard: GuardSettings::default(),
             limits: ServerLimits::default(),
             worker_threads: config::DEFAULT_WORKER_THREADS,

@@ -3,8 +3,10 @@
 //!
 //! - [`serve`]: `serve` and `token`;
 //! - [`local`]: `iam-simulator` and `demo`;
-//! - [`secret`]: `secret read`, `secret reset` and `rotate`.
+//! - [`secret`]: `secret read`, `secret reset` and `rotate`;
+//! - [`healthcheck`]: `healthcheck`, the probe for images without curl.
 
+pub mod healthcheck;
 pub mod local;
 pub mod secret;
 pub mod serve;
@@ -26,6 +28,7 @@ pub fn run(command: Command) -> ExitCode {
         Command::Secret(SecretCommand::Read(args)) => secret::read(&args),
         Command::Secret(SecretCommand::Reset(args)) => secret::reset(&args),
         Command::Rotate(args) => secret::rotate(&args),
+        Command::Healthcheck(args) => healthcheck::run(&args),
     }
 }
 

@@ -39,10 +39,20 @@ pub fn serve(settings: BrokerSettings) -> ExitCode {
             Ok(listener) => listener,
             Err(code) => return code,
         };
-        let app = match Application::build(settings, listener, RefreshPolicy::default()) {
+        let admin_listener = match settings.admin_listen {
+            Some(addr) => match bind(addr, "--admin-listen (AA_BROKER_ADMIN_LISTEN)").await {
+                Ok(listener) => Some(listener),
+                Err(code) => return code,
+            },
+            None => None,
+        };
+        let mut app = match Application::build(settings, listener, RefreshPolicy::default()) {
             Ok(app) => app,
             Err(e) => return failure(e),
         };
+        if let Some(admin_listener) = admin_listener {
+            app = app.with_admin_listener(admin_listener);
+        }
         app.run_until(shutdown_signal()).await;
         ExitCode::SUCCESS
     })
@@ -90,6 +100,15 @@ pub fn token(args: &TokenArgs) -> ExitCode {
         settings.iam_timeouts,
         &entity,
     )) {
+        Ok(token) if args.check => {
+            println!(
+                "{}: a token was minted; it expires {} (in {} s)",
+                entity.id,
+                crate::timefmt::rfc3339_seconds(token.expires_at_wall),
+                token.lifetime.as_secs()
+            );
+            ExitCode::SUCCESS
+        }
         Ok(token) => {
             println!("{}", token.expose());
             ExitCode::SUCCESS

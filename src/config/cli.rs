@@ -33,6 +33,22 @@ pub enum Command {
     Secret(SecretCommand),
     /// Rotate the entity secret if it expires within the threshold (or --force): reset, store, verify.
     Rotate(RotateArgs),
+    /// Check a running broker: exit 0 when /readyz (or /healthz with --live) answers 200. For probes in
+    /// images without curl.
+    Healthcheck(HealthcheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HealthcheckArgs {
+    /// Address the broker serves on (default 127.0.0.1:7373) [env: AA_BROKER_LISTEN]
+    #[arg(long, env = "AA_BROKER_LISTEN", value_name = "ADDR", hide_env = true)]
+    pub listen: Option<SocketAddr>,
+    /// Check liveness (/healthz) instead of readiness (/readyz)
+    #[arg(long)]
+    pub live: bool,
+    /// Keep checking for up to this many seconds until it passes
+    #[arg(long, value_name = "SECONDS")]
+    pub wait: Option<f64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -278,6 +294,14 @@ pub struct ListenArgs {
         hide_env = true
     )]
     pub worker_threads: Option<usize>,
+    /// Also serve /healthz, /readyz and /metrics (never tokens) on this address, e.g. 0.0.0.0:9373 for Prometheus [env: AA_BROKER_ADMIN_LISTEN]
+    #[arg(
+        long,
+        env = "AA_BROKER_ADMIN_LISTEN",
+        value_name = "ADDR",
+        hide_env = true
+    )]
+    pub admin_listen: Option<SocketAddr>,
     /// Seconds to let requests in flight finish on SIGTERM (default 10) [env: AA_BROKER_SHUTDOWN_GRACE]
     #[arg(
         long,
@@ -312,6 +336,9 @@ pub struct TokenArgs {
     pub entity: EntityArgs,
     #[command(flatten)]
     pub log: LogArgs,
+    /// Check that a token can be minted and print its expiry instead of the token
+    #[arg(long)]
+    pub check: bool,
 }
 
 #[derive(Debug, Args)]

@@ -32,6 +32,7 @@ pub struct FileConfig {
     pub iam_connect_timeout: Option<f64>,
     pub iam_timeout: Option<f64>,
     pub listen: Option<String>,
+    pub admin_listen: Option<String>,
     pub allowed_hosts: Option<Vec<String>>,
     pub require_metadata_header: Option<bool>,
     pub max_connections: Option<usize>,

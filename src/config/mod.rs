@@ -92,6 +92,8 @@ pub struct BrokerSettings {
     pub iam_timeouts: IamTimeouts,
     pub entities: Vec<EntitySettings>,
     pub listen: SocketAddr,
+    /// A second address serving only `/healthz`, `/readyz` and `/metrics`.
+    pub admin_listen: Option<SocketAddr>,
     pub guard: GuardSettings,
     pub limits: ServerLimits,
     pub worker_threads: usize,
@@ -203,6 +205,22 @@ pub fn broker_settings(
             .parse()
             .map_err(|_| ConfigError::new("--listen", "bad default"))?,
     };
+    let admin_listen = match (listen.admin_listen, &file.admin_listen) {
+        (Some(addr), _) => Some(addr),
+        (None, Some(raw)) => Some(raw.parse().map_err(|_| {
+            ConfigError::new(
+                "admin_listen (in --config)",
+                format!("{raw:?} is not an address like 0.0.0.0:9373"),
+            )
+        })?),
+        (None, None) => None,
+    };
+    if admin_listen.is_some_and(|a| a == listen_addr) {
+        return Err(ConfigError::new(
+            "--admin-listen (AA_BROKER_ADMIN_LISTEN)",
+            "must differ from --listen",
+        ));
+    }
     let mut allowed_hosts: Vec<String> = if listen.allow_hosts.is_empty() {
         file.allowed_hosts.clone().unwrap_or_default()
     } else {
@@ -255,6 +273,7 @@ pub fn broker_settings(
         iam_timeouts,
         entities,
         listen: listen_addr,
+        admin_listen,
         guard: GuardSettings {
             require_metadata_header,
             allowed_hosts,

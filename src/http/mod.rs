@@ -33,6 +33,18 @@ pub struct AppState {
     pub guard: GuardSettings,
 }
 
+/// The admin surface alone (`/healthz`, `/readyz`, `/metrics`), for `--admin-listen`: what Prometheus and
+/// kubelet probes may reach on the pod IP, while tokens stay on loopback.
+pub fn admin_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(admin::healthz))
+        .route("/readyz", get(admin::readyz))
+        .route("/metrics", get(admin::metrics))
+        .fallback(|| async { reply::error(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
 /// Builds the broker's router.
 ///
 /// No per-request timeout layer: a tokio timer per request measured as a wake-up (an eventfd write and a

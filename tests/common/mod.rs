@@ -116,6 +116,7 @@ pub fn settings(iam_url: &str, options: BrokerOptions) -> BrokerSettings {
             })
             .collect(),
         listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: None,
         guard: options.guard,
         limits: ServerLimits {
             max_connections: 4096,
