@@ -220,6 +220,65 @@ mod tests {
     }
 
     #[test]
+    fn a_file_replaced_while_being_read_is_read_whole_old_or_new() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        let (old, new) = ("a".repeat(2000), "b".repeat(3000));
+        std::fs::write(&path, &old).unwrap();
+        let writer = {
+            let (path, dir, old, new) = (
+                path.clone(),
+                dir.path().to_path_buf(),
+                old.clone(),
+                new.clone(),
+            );
+            std::thread::spawn(move || {
+                for i in 0..500 {
+                    let staged = dir.join(format!("staged-{i}"));
+                    std::fs::write(&staged, if i % 2 == 0 { &new } else { &old }).unwrap();
+                    std::fs::rename(&staged, &path).unwrap();
+                }
+            })
+        };
+        for _ in 0..500 {
+            let read = read_secret_file(&path).unwrap();
+            assert!(
+                read.expose_secret() == old || read.expose_secret() == new,
+                "a torn read"
+            );
+        }
+        writer.join().unwrap();
+    }
+
+    #[test]
+    fn an_unreadable_file_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "value").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o000)).unwrap();
+        // Root reads any file regardless of mode; the check is meaningful for the non-root user the
+        // broker runs as.
+        let running_as_root = std::fs::read_to_string("/proc/self/status")
+            .map(|s| {
+                s.lines()
+                    .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+            })
+            .unwrap_or(false);
+        match read_secret_file(&path) {
+            Err(SecretError::Io {
+                path: named,
+                reason,
+            }) => {
+                assert_eq!(named, path);
+                assert!(reason.contains("permission"), "{reason}");
+            }
+            Ok(_) => assert!(running_as_root, "a mode 000 file was readable"),
+            Err(other) => panic!("unexpected {other}"),
+        }
+    }
+
+    #[test]
     fn fingerprints_do_not_contain_the_value() {
         let secret = SecretString::from("abcdef");
         let fp = fingerprint(&secret);

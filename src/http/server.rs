@@ -34,7 +34,7 @@ impl Default for ServerLimits {
         Self {
             max_connections: 1024,
             header_read_timeout: Duration::from_secs(5),
-            max_buffer_bytes: 16 * 1024,
+            max_buffer_bytes: 8 * 1024,
             shutdown_grace: Duration::from_secs(10),
         }
     }

@@ -440,6 +440,18 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_full_disk_is_a_failed_persist() {
+        let sink = SecretSink::new(SinkSpec::Exec("cat > /dev/full".into()), None).unwrap();
+        let error = sink
+            .persist(&SecretString::from("disk-full-secret"))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("exited with"), "{error}");
+        assert!(!error.contains("disk-full-secret"));
+    }
+
+    #[tokio::test]
     async fn exec_sink_feeds_stdin_and_reports_failure() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");

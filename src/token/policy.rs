@@ -247,3 +247,112 @@ mod tests {
         assert_eq!(p.next_attempt(later, &due, 0.5), later);
     }
 }
+
+/// Property tests: for any lifetime, jitter, sequence of outcomes and clock readings, a token is never
+/// handed out past its expiry, and upstream attempts never exceed the backoff budget.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One upstream attempt's outcome in a generated history.
+    #[derive(Debug, Clone)]
+    enum Outcome {
+        /// A token with this lifetime (ms).
+        Token(u64),
+        /// A failure, with an optional `Retry-After` (ms).
+        Failure(Option<u64>),
+    }
+
+    fn outcome() -> impl Strategy<Value = Outcome> {
+        prop_oneof![
+            (1_000u64..200_000_000).prop_map(Outcome::Token),
+            proptest::option::of(0u64..1_000_000).prop_map(Outcome::Failure),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn a_token_is_never_servable_at_or_after_its_expiry(lifetime_ms in 0u64..400_000_000, jitter in 0.0f64..1.0,
+                                                            probes in proptest::collection::vec(0u64..400_000_000, 1..50)) {
+            let policy = RefreshPolicy::default();
+            let t0 = Instant::now();
+            let lifetime = Duration::from_millis(lifetime_ms);
+            if let Some(s) = policy.schedule(t0, lifetime, jitter) {
+                prop_assert!(s.serve_until + MIN_MARGIN <= s.expires_at);
+                prop_assert!(s.refresh_at < s.serve_until);
+                prop_assert!(s.refresh_at > t0);
+                for probe in probes {
+                    let now = t0 + Duration::from_millis(probe);
+                    if s.servable(now) {
+                        prop_assert!(now + MIN_MARGIN <= s.expires_at);
+                    }
+                }
+            } else {
+                prop_assert!(lifetime <= MIN_MARGIN);
+            }
+        }
+
+        #[test]
+        fn attempts_follow_the_policy_and_stay_within_budget(history in proptest::collection::vec(outcome(), 1..80),
+                                                             jitters in proptest::collection::vec(0.0f64..1.0, 80)) {
+            // Replay the refresher's loop: wake when the policy says, apply the next outcome.
+            let policy = RefreshPolicy::default();
+            let mut now = Instant::now();
+            let mut state = AttemptState::default();
+            let mut failing_since: Option<(Instant, Duration)> = None;
+            for (step, outcome) in history.iter().enumerate() {
+                let jitter = jitters[step % jitters.len()];
+                let wake = policy.next_attempt(now, &state, jitter);
+                prop_assert!(wake >= now, "never scheduled into the past");
+                match state.token {
+                    // A fresh token is refreshed at its refresh time, before it stops being served.
+                    Some(token) if now < token.refresh_at => {
+                        prop_assert_eq!(wake, token.refresh_at);
+                        prop_assert!(wake < token.serve_until);
+                    }
+                    _ if state.consecutive_failures > 0 => {
+                        let failed_at = state.last_failure_at.unwrap();
+                        let wait = wake - failed_at;
+                        let n = state.consecutive_failures;
+                        let ceiling = policy.backoff_base.saturating_mul(1 << (n - 1).min(20)).min(policy.backoff_cap);
+                        // Never sooner than half the backoff ceiling, nor before a (capped) Retry-After;
+                        // never later than the larger cap.
+                        prop_assert!(wait >= ceiling / 2);
+                        if let Some(server) = state.retry_after {
+                            prop_assert!(wait >= server.min(policy.retry_after_cap));
+                        }
+                        prop_assert!(wait <= policy.backoff_cap.max(policy.retry_after_cap));
+                    }
+                    _ => prop_assert_eq!(wake, now),
+                }
+                now = wake;
+                match outcome {
+                    Outcome::Token(ms) => {
+                        state.token = policy.schedule(now, Duration::from_millis(*ms), jitter);
+                        state.consecutive_failures = 0;
+                        state.last_failure_at = None;
+                        state.retry_after = None;
+                        failing_since = None;
+                    }
+                    Outcome::Failure(retry_after) => {
+                        state.consecutive_failures += 1;
+                        state.last_failure_at = Some(now);
+                        state.retry_after = retry_after.map(Duration::from_millis);
+                        // The budget over a run of failures: n attempts need at least the sum of the
+                        // minimum delays before them, so an outage cannot become a hot loop.
+                        let (since, minimum) = failing_since.get_or_insert((now, Duration::ZERO));
+                        let n = state.consecutive_failures;
+                        if n > 1 {
+                            let ceiling = policy.backoff_base.saturating_mul(1 << (n - 2).min(20)).min(policy.backoff_cap);
+                            *minimum += ceiling / 2;
+                        }
+                        prop_assert!(now - *since >= *minimum);
+                    }
+                }
+            }
+        }
+    }
+}
