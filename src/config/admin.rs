@@ -8,7 +8,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 
 use super::cli::{AdminArgs, EntityArgs, IamArgs, LogArgs, RotationArgs};
-use super::{ConfigError, EnvSecrets, LogSettings, file, log_settings, resolve_iam_url, seconds};
+use super::{Common, ConfigError, EnvSecrets, LogSettings, common, file, log_settings};
 use crate::entity::{EntityId, SecretSource, read_secret_file};
 use crate::iam::IamTimeouts;
 use crate::secret::sink::{SERVICE_ACCOUNT_CA, SERVICE_ACCOUNT_TOKEN};
@@ -208,27 +208,11 @@ pub fn admin_context(
     env: &EnvSecrets,
 ) -> Result<AdminContext, ConfigError> {
     let log = log_settings(log)?;
-    let file = match &entity.config {
-        Some(path) => file::load(path)?,
-        None => file::FileConfig::default(),
-    };
-    let iam_url = resolve_iam_url(
-        iam.iam_url.as_deref().or(file.iam_url.as_deref()),
-        iam.environment.as_deref().or(file.environment.as_deref()),
-        iam.iam_url.is_some() || iam.environment.is_some(),
-    )?;
-    let iam_timeouts = IamTimeouts {
-        connect: seconds(
-            "--iam-connect-timeout (AA_BROKER_IAM_CONNECT_TIMEOUT)",
-            iam.iam_connect_timeout.or(file.iam_connect_timeout),
-            5.0,
-        )?,
-        request: seconds(
-            "--iam-timeout (AA_BROKER_IAM_TIMEOUT)",
-            iam.iam_timeout.or(file.iam_timeout),
-            10.0,
-        )?,
-    };
+    let Common {
+        file,
+        iam_url,
+        iam_timeouts,
+    } = common(iam, entity)?;
     // The entity: --entity-id, or the only one in the file.
     let listed = |id: &EntityId| file.entities.iter().find(|e| e.id == id.as_str());
     let entity_id = match (&entity.entity_id, file.entities.as_slice()) {

@@ -129,6 +129,42 @@ pub fn log_settings(args: &LogArgs) -> Result<LogSettings, ConfigError> {
     Ok(LogSettings { json, filter })
 }
 
+/// What every command that talks to the IAM reads first: the file, the IAM base and its timeouts.
+pub(crate) struct Common {
+    pub file: file::FileConfig,
+    pub iam_url: String,
+    pub iam_timeouts: IamTimeouts,
+}
+
+pub(crate) fn common(iam: &IamArgs, entity: &EntityArgs) -> Result<Common, ConfigError> {
+    let file = match &entity.config {
+        Some(path) => file::load(path)?,
+        None => file::FileConfig::default(),
+    };
+    let iam_url = resolve_iam_url(
+        iam.iam_url.as_deref().or(file.iam_url.as_deref()),
+        iam.environment.as_deref().or(file.environment.as_deref()),
+        iam.iam_url.is_some() || iam.environment.is_some(),
+    )?;
+    let iam_timeouts = IamTimeouts {
+        connect: seconds(
+            "--iam-connect-timeout (AA_BROKER_IAM_CONNECT_TIMEOUT)",
+            iam.iam_connect_timeout.or(file.iam_connect_timeout),
+            5.0,
+        )?,
+        request: seconds(
+            "--iam-timeout (AA_BROKER_IAM_TIMEOUT)",
+            iam.iam_timeout.or(file.iam_timeout),
+            10.0,
+        )?,
+    };
+    Ok(Common {
+        file,
+        iam_url,
+        iam_timeouts,
+    })
+}
+
 /// The command-line groups `serve` and `token` are configured from.
 pub struct BrokerArgs<'a> {
     pub iam: &'a IamArgs,
@@ -153,27 +189,11 @@ pub fn broker_settings(
         rotation,
     } = args;
     let log = log_settings(log)?;
-    let file = match &entity.config {
-        Some(path) => file::load(path)?,
-        None => file::FileConfig::default(),
-    };
-    let iam_url = resolve_iam_url(
-        iam.iam_url.as_deref().or(file.iam_url.as_deref()),
-        iam.environment.as_deref().or(file.environment.as_deref()),
-        iam.iam_url.is_some() || iam.environment.is_some(),
-    )?;
-    let iam_timeouts = IamTimeouts {
-        connect: seconds(
-            "--iam-connect-timeout (AA_BROKER_IAM_CONNECT_TIMEOUT)",
-            iam.iam_connect_timeout.or(file.iam_connect_timeout),
-            5.0,
-        )?,
-        request: seconds(
-            "--iam-timeout (AA_BROKER_IAM_TIMEOUT)",
-            iam.iam_timeout.or(file.iam_timeout),
-            10.0,
-        )?,
-    };
+    let Common {
+        file,
+        iam_url,
+        iam_timeouts,
+    } = common(iam, entity)?;
     let entities = resolve_entities(
         entity,
         rotation.secret_sink.as_deref(),
