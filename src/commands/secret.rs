@@ -30,6 +30,16 @@ fn quiet_by_default(log: &LogArgs) -> LogArgs {
     }
 }
 
+/// The start every admin command shares: settings validated (exit 2 on a mistake), logging, a runtime.
+fn prepare(
+    settings: Result<AdminContext, ConfigError>,
+) -> Result<(AdminContext, tokio::runtime::Runtime), ExitCode> {
+    let ctx = settings.map_err(|e| config_error(&e))?;
+    telemetry::init(&ctx.log);
+    let rt = current_thread_runtime()?;
+    Ok((ctx, rt))
+}
+
 fn rotator(ctx: &AdminContext, expiry_days: u32) -> Result<Rotator, ExitCode> {
     let iam = IamClient::new(&ctx.iam_url, ctx.iam_timeouts).map_err(failure)?;
     Ok(Rotator::new(
@@ -69,20 +79,15 @@ fn describe_expiry(expires_on: Option<SystemTime>) -> String {
 
 /// `secret read [--show-secret] [--output FILE]`.
 pub fn read(args: &SecretReadArgs) -> ExitCode {
-    let ctx = match admin_context(
+    let (ctx, rt) = match prepare(admin_context(
         &args.iam,
         &args.entity,
         &args.admin,
         &RotationArgs::default(),
         &quiet_by_default(&args.log),
         &env_secrets(),
-    ) {
-        Ok(ctx) => ctx,
-        Err(e) => return config_error(&e),
-    };
-    telemetry::init(&ctx.log);
-    let rt = match current_thread_runtime() {
-        Ok(rt) => rt,
+    )) {
+        Ok(prepared) => prepared,
         Err(code) => return code,
     };
     rt.block_on(async {
@@ -121,29 +126,28 @@ pub fn read(args: &SecretReadArgs) -> ExitCode {
 
 /// `secret reset [--expiry-days N]`.
 pub fn reset(args: &SecretResetArgs) -> ExitCode {
-    let ctx = match admin_context(
+    // The validity is checked before anything else, like every other setting.
+    let expiry_days = match args.expiry_days {
+        Some(days) if !(1..=180).contains(&days) => {
+            return config_error(&ConfigError::new(
+                "--expiry-days",
+                "must be between 1 and 180",
+            ));
+        }
+        days => days,
+    };
+    let (ctx, rt) = match prepare(admin_context(
         &args.iam,
         &args.entity,
         &args.admin,
         &args.rotation,
         &quiet_by_default(&args.log),
         &env_secrets(),
-    ) {
-        Ok(ctx) => ctx,
-        Err(e) => return config_error(&e),
-    };
-    let expiry_days = args.expiry_days.unwrap_or(ctx.rotation.expiry_days);
-    if !(1..=180).contains(&expiry_days) {
-        return config_error(&ConfigError::new(
-            "--expiry-days",
-            "must be between 1 and 180",
-        ));
-    }
-    telemetry::init(&ctx.log);
-    let rt = match current_thread_runtime() {
-        Ok(rt) => rt,
+    )) {
+        Ok(prepared) => prepared,
         Err(code) => return code,
     };
+    let expiry_days = expiry_days.unwrap_or(ctx.rotation.expiry_days);
     rt.block_on(async {
         let (rotator, sink) = match (rotator(&ctx, expiry_days), sink(&ctx)) {
             (Ok(rotator), Ok(sink)) => (rotator, sink),
@@ -161,20 +165,15 @@ pub fn reset(args: &SecretResetArgs) -> ExitCode {
 
 /// `rotate [--force]`: the CronJob's command.
 pub fn rotate(args: &RotateArgs) -> ExitCode {
-    let ctx = match admin_context(
+    let (ctx, rt) = match prepare(admin_context(
         &args.iam,
         &args.entity,
         &args.admin,
         &args.rotation,
         &quiet_by_default(&args.log),
         &env_secrets(),
-    ) {
-        Ok(ctx) => ctx,
-        Err(e) => return config_error(&e),
-    };
-    telemetry::init(&ctx.log);
-    let rt = match current_thread_runtime() {
-        Ok(rt) => rt,
+    )) {
+        Ok(prepared) => prepared,
         Err(code) => return code,
     };
     rt.block_on(async {

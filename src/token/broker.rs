@@ -171,14 +171,14 @@ struct Slot {
     changed: Notify,
     /// The newest token, for the hot path. moka's `get` records every read for its eviction policy, which
     /// measured about 3 µs a request (bench/RESULTS.md); a read lock on this pointer costs nanoseconds.
-    /// It is written wherever a token is stored, so it never disagrees with the cache.
+    /// It is written wherever a token is stored, so it never disagrees with the cache, and it is the
+    /// one record of the newest token (readiness, metrics and the fetch gate read it too).
     current: RwLock<Option<Arc<Token>>>,
     counters: TokenCounters,
 }
 
 #[derive(Default)]
 struct SlotState {
-    latest: Option<Arc<Token>>,
     generation: u64,
     attempts: AttemptState,
     last_attempt_at: Option<Instant>,
@@ -201,6 +201,14 @@ impl Slot {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The newest token, servable or not.
+    fn current_token(&self) -> Option<Arc<Token>> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Tells the secret manager, if one listens. A full queue drops the hint: the manager re-reads the
@@ -453,8 +461,9 @@ impl Broker {
             .slots
             .values()
             .map(|slot| {
+                let latest = slot.current_token();
                 let state = slot.state();
-                let valid = state.latest.as_ref().filter(|t| t.servable(now));
+                let valid = latest.as_ref().filter(|t| t.servable(now));
                 EntityStatus {
                     entity_id: slot.id.clone(),
                     ready: valid.is_some() && state.secret_alert.is_none(),
@@ -462,15 +471,12 @@ impl Broker {
                     expires_in: valid.map(|t| t.seconds_left(now)),
                     consecutive_failures: state.attempts.consecutive_failures,
                     last_error: state.last_error.as_ref().map(ToString::to_string),
-                    clock_skew_seconds: state.latest.as_ref().and_then(|t| t.clock_skew_seconds),
+                    clock_skew_seconds: latest.as_ref().and_then(|t| t.clock_skew_seconds),
                     secret_expires_at: state
                         .secret_expiry_read
-                        .or_else(|| state.latest.as_ref().and_then(|t| t.secret_expires_at)),
-                    secret_in_grace: state
-                        .latest
-                        .as_ref()
-                        .is_some_and(|t| t.iam_message.is_some()),
-                    iam_message: state.latest.as_ref().and_then(|t| t.iam_message.clone()),
+                        .or_else(|| latest.as_ref().and_then(|t| t.secret_expires_at)),
+                    secret_in_grace: latest.as_ref().is_some_and(|t| t.iam_message.is_some()),
+                    iam_message: latest.as_ref().and_then(|t| t.iam_message.clone()),
                     secret_alert: state.secret_alert.clone(),
                     last_rotation: state.last_rotation,
                 }
@@ -561,7 +567,7 @@ impl Inner {
         }
         let state = slot.state();
         let now = Instant::now();
-        if state.latest.as_ref().is_some_and(|t| t.servable(now)) {
+        if slot.current_token().is_some_and(|t| t.servable(now)) {
             return None;
         }
         let recent = state
@@ -592,12 +598,12 @@ impl Inner {
         let _gate = slot.gate.lock().await;
         {
             let state = slot.state();
-            if let Some(token) = state.latest.as_ref().filter(|t| t.servable(Instant::now())) {
+            if let Some(token) = slot.current_token().filter(|t| t.servable(Instant::now())) {
                 // A client came here because it found no valid token; one exists now, so it is served. The
                 // refresher and a forced refresh want a *newer* token than the one they saw: only a token
                 // obtained while they waited for the gate satisfies them.
                 if trigger == Trigger::Client || state.generation != seen_generation {
-                    return Ok(Arc::clone(token));
+                    return Ok(token);
                 }
             }
         }
@@ -638,9 +644,7 @@ impl Inner {
         drop(secret);
         let token = Token::from_grant(&slot.id, grant, &self.policy, fastrand::f64())?;
         if slot
-            .state()
-            .latest
-            .as_ref()
+            .current_token()
             .is_some_and(|held| held.same_value_as(&token))
         {
             return Err(FetchError::SameToken);
@@ -661,10 +665,10 @@ impl Inner {
         if let Some(skew) = token.clock_skew_seconds.filter(|s| s.abs() > 60.0) {
             tracing::warn!(entity = %slot.id, clock_skew_seconds = skew, "local clock differs from the IAM's by more than a minute; lifetimes use the monotonic clock and are unaffected");
         }
-        *slot.current.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&token));
         {
+            // Lock order everywhere: the state mutex, then the `current` lock.
             let mut state = slot.state();
-            state.latest = Some(Arc::clone(&token));
+            *slot.current.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&token));
             state.generation += 1;
             state.attempts.token = Some(token.schedule);
             state.attempts.consecutive_failures = 0;
@@ -694,7 +698,7 @@ impl Inner {
             state.attempts.last_failure_at = Some(now);
             state.attempts.retry_after = error.retry_after();
             state.last_error = Some(error.clone());
-            let has_valid = state.latest.as_ref().is_some_and(|t| t.servable(now));
+            let has_valid = slot.current_token().is_some_and(|t| t.servable(now));
             slot.stale.store(has_valid, Ordering::Relaxed);
             state.attempts.consecutive_failures
         };
