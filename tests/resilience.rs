@@ -233,6 +233,7 @@ async fn malformed_and_hostile_answers_leave_the_held_token_in_place() {
         (FaultKind::ShortLived, "too short"),
         (FaultKind::RepeatToken, "already held"),
         (FaultKind::Hang, "timed out"),
+        (FaultKind::Reset, "request failed"),
         (
             FaultKind::Status {
                 status: 429,

@@ -49,6 +49,7 @@ async fn prelude(shared: &Shared, endpoint: Endpoint) -> Prelude {
             tokio::time::sleep(Duration::from_millis(ms)).await;
             Prelude::Proceed(None)
         }
+        Some(FaultKind::Reset) => Prelude::Respond(reset_mid_body()),
         Some(FaultKind::Hang) => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
             Prelude::Respond(StatusCode::GATEWAY_TIMEOUT.into_response())
@@ -101,6 +102,38 @@ async fn prelude(shared: &Shared, endpoint: Endpoint) -> Prelude {
         }
         Some(spoiler) => Prelude::Proceed(Some(spoiler)),
     }
+}
+
+/// A body that fails on its first frame. hyper has sent the head by then, so it aborts the connection and
+/// the client sees it closed in the middle of the answer.
+struct BrokenBody;
+
+impl http_body::Body for BrokenBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(Some(Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "injected reset",
+        ))))
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(512)
+    }
+}
+
+fn reset_mid_body() -> Response {
+    let mut response = Response::new(axum::body::Body::new(BrokenBody));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 fn envelope(mut body: Value, txn_id: Option<String>) -> Value {

@@ -85,6 +85,8 @@ pub enum FaultKind {
     Delay { ms: u64 },
     /// Accepts the request and never answers.
     Hang,
+    /// Sends a status line and headers, then drops the connection in the middle of the body.
+    Reset,
     /// A gateway's HTML error page.
     Html { status: u16 },
     /// A status with an empty body.

@@ -12,6 +12,10 @@
 //! Whoever takes the gate second finds the generation moved on and returns the new token instead of
 //! calling again. Client-triggered attempts are also limited to one per entity per second while no valid
 //! token exists, so no amount of traffic can turn an outage into a hot loop against the IAM.
+//!
+//! Every stored token is also put in the entity's `current` pointer, which the hot path reads under a
+//! read lock: moka's own `get` records each read for its eviction policy, which measured about 3 µs a
+//! request. moka remains the cache that coalesces cold fetches and expires entries at their deadline.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
