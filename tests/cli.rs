@@ -10,19 +10,6 @@ use aa_token_broker::simulator::FaultKind;
 use common::process::*;
 use common::*;
 
-fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let output = broker_command()
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
 fn assert_config_error(args: &[&str], env: &[(&str, &str)], names: &str) {
     let (code, stdout, stderr) = run(args, env);
     assert_eq!(code, 2, "{args:?}: {stderr}");
@@ -230,12 +217,12 @@ fn configuration_mistakes_exit_2_with_one_line_naming_the_setting() {
 
 #[test]
 fn help_and_version_exit_0() {
-    let (code, stdout, _) = run(&["--help"], &[]);
+    let (code, stdout, _) = run(&["--help"], NO_ENV);
     assert_eq!(code, 0);
     for sub in ["serve", "token", "iam-simulator", "demo"] {
         assert!(stdout.contains(sub), "{sub} missing from help");
     }
-    let (code, stdout, _) = run(&["--version"], &[]);
+    let (code, stdout, _) = run(&["--version"], NO_ENV);
     assert_eq!(code, 0);
     assert!(stdout.contains(env!("CARGO_PKG_VERSION")));
 }
@@ -259,7 +246,7 @@ async fn the_token_subcommand_prints_one_token_or_one_reason() {
                 "--secret-file",
                 &secret_path,
             ],
-            &[],
+            NO_ENV,
         )
     })
     .await
@@ -284,7 +271,7 @@ async fn the_token_subcommand_prints_one_token_or_one_reason() {
                 "--secret-file",
                 &secret_path,
             ],
-            &[],
+            NO_ENV,
         )
     })
     .await
@@ -505,7 +492,7 @@ async fn healthcheck_probes_and_the_admin_listener() {
         .to_string();
     let probe = free.clone();
     let (code, _, stderr) =
-        tokio::task::spawn_blocking(move || run(&["healthcheck", "--listen", &probe], &[]))
+        tokio::task::spawn_blocking(move || run(&["healthcheck", "--listen", &probe], NO_ENV))
             .await
             .unwrap();
     assert_eq!(code, 1);
@@ -539,8 +526,8 @@ async fn healthcheck_probes_and_the_admin_listener() {
     let probe = addr.clone();
     let (live, ready_now) = tokio::task::spawn_blocking(move || {
         (
-            run(&["healthcheck", "--listen", &probe, "--live"], &[]).0,
-            run(&["healthcheck", "--listen", &probe], &[]).0,
+            run(&["healthcheck", "--listen", &probe, "--live"], NO_ENV).0,
+            run(&["healthcheck", "--listen", &probe], NO_ENV).0,
         )
     })
     .await
@@ -549,7 +536,7 @@ async fn healthcheck_probes_and_the_admin_listener() {
     assert_eq!(ready_now, 1, "not ready before a token exists");
     let probe = addr.clone();
     let (waited, _, stderr) = tokio::task::spawn_blocking(move || {
-        run(&["healthcheck", "--listen", &probe, "--wait", "10"], &[])
+        run(&["healthcheck", "--listen", &probe, "--wait", "10"], NO_ENV)
     })
     .await
     .unwrap();
@@ -610,7 +597,7 @@ async fn token_check_reports_without_printing_the_token() {
                 "--secret-file",
                 &secret_path,
             ],
-            &[],
+            NO_ENV,
         )
     })
     .await

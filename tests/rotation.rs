@@ -379,19 +379,6 @@ async fn start_api_server(api: Api) -> String {
     format!("http://{addr}")
 }
 
-fn run_cli(args: &[String], env: &[(&str, String)]) -> (i32, String, String) {
-    let output = broker_command()
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .output()
-        .unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rotate_command_writes_a_kubernetes_secret_and_resolves_a_conflict() {
     let iam = iam_with_admin(10).await;
@@ -428,7 +415,7 @@ async fn the_rotate_command_writes_a_kubernetes_secret_and_resolves_a_conflict()
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || run_cli(&args, &[]))
+    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || run(&args, NO_ENV))
         .await
         .unwrap();
     assert_eq!(code, 0, "{stderr}");
@@ -483,7 +470,7 @@ async fn secret_commands_read_reset_and_decline_when_not_due() {
     };
     let env = vec![("AA_BROKER_ADMIN_PASSWORD", PASSWORD.to_string())];
     let cli = |args: Vec<String>, env: Vec<(&'static str, String)>| {
-        tokio::task::spawn_blocking(move || run_cli(&args, &env))
+        tokio::task::spawn_blocking(move || run(&args, &env))
     };
 
     let (code, stdout, stderr) = cli(base(&["secret", "read"]), env.clone()).await.unwrap();

@@ -1,5 +1,6 @@
 //! Running the real binary: a clean environment, `serve` with its stderr collected, SIGTERM.
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -17,6 +18,28 @@ pub fn broker_command() -> Command {
     }
     command.stdin(Stdio::null());
     command
+}
+
+/// No extra environment, for [`run`].
+pub const NO_ENV: &[(&str, &str)] = &[];
+
+/// Runs the binary to completion: exit code, stdout, stderr.
+pub fn run<A, K, V>(args: &[A], env: &[(K, V)]) -> (i32, String, String)
+where
+    A: AsRef<OsStr>,
+    K: AsRef<OsStr>,
+    V: AsRef<OsStr>,
+{
+    let output = broker_command()
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 /// A `serve` child process whose stderr is collected, and its listen address.
