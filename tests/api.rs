@@ -260,15 +260,7 @@ async fn several_entities_are_served_by_id() {
         let body: serde_json::Value = response.json().await.unwrap();
         assert_eq!(body["error"], "unknown_entity");
     }
-    let ready: serde_json::Value = broker
-        .client()
-        .get(broker.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, ready) = broker.readyz().await;
     assert_eq!(ready["ready"], true);
     assert_eq!(ready["entities"]["FIU-SECOND"]["ready"], true);
     assert_eq!(iam.token_calls(), 2, "one fetch per entity");
@@ -401,14 +393,8 @@ async fn readiness_follows_token_validity() {
     );
     let broker = TestBroker::start(&iam.url, BrokerOptions::inline()).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let response = broker
-        .client()
-        .get(broker.url("/readyz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 503);
-    let body: serde_json::Value = response.json().await.unwrap();
+    let (status, body) = broker.readyz().await;
+    assert_eq!(status, 503);
     assert_eq!(body["ready"], false);
     let detail = &body["entities"][ENTITY];
     assert_eq!(detail["ready"], false);

@@ -233,11 +233,10 @@ async fn the_token_subcommand_prints_one_token_or_one_reason() {
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("secret");
     write_secret(&secret, SECRET);
-    let url = iam.url.clone();
-    let secret_path = secret.to_str().unwrap().to_string();
-    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || {
-        run(
-            &[
+    let token_command = || {
+        let (url, secret_path) = (iam.url.clone(), secret.to_str().unwrap().to_string());
+        tokio::task::spawn_blocking(move || {
+            let args = [
                 "token",
                 "--iam-url",
                 &url,
@@ -245,12 +244,11 @@ async fn the_token_subcommand_prints_one_token_or_one_reason() {
                 ENTITY,
                 "--secret-file",
                 &secret_path,
-            ],
-            NO_ENV,
-        )
-    })
-    .await
-    .unwrap();
+            ];
+            run(&args, NO_ENV)
+        })
+    };
+    let (code, stdout, stderr) = token_command().await.unwrap();
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(stdout.lines().count(), 1);
     let token = stdout.trim();
@@ -258,24 +256,7 @@ async fn the_token_subcommand_prints_one_token_or_one_reason() {
         .expect("a real token");
 
     write_secret(&secret, "wrong-secret-value");
-    let url = iam.url.clone();
-    let secret_path = secret.to_str().unwrap().to_string();
-    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || {
-        run(
-            &[
-                "token",
-                "--iam-url",
-                &url,
-                "--entity-id",
-                ENTITY,
-                "--secret-file",
-                &secret_path,
-            ],
-            NO_ENV,
-        )
-    })
-    .await
-    .unwrap();
+    let (code, stdout, stderr) = token_command().await.unwrap();
     assert_eq!(code, 1);
     assert!(stdout.is_empty());
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");

@@ -164,13 +164,7 @@ async fn an_outage_is_ridden_out_then_reported_then_recovered_from() {
         body["message"].as_str().unwrap().contains("HTTP 503"),
         "{body}"
     );
-    let ready = broker
-        .client()
-        .get(broker.url("/readyz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), 503);
+    assert_eq!(broker.readyz().await.0, 503);
 
     // 8 s of outage under continuous load: background backoff plus at most one client attempt a second.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -396,15 +390,7 @@ async fn grace_period_warning_and_clock_skew_are_exported() {
     let body: serde_json::Value = response.json().await.unwrap();
     assert!(body["expiresIn"].as_u64().unwrap() > 86_000);
 
-    let ready: serde_json::Value = broker
-        .client()
-        .get(broker.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, ready) = broker.readyz().await;
     let detail = &ready["entities"][ENTITY];
     assert_eq!(detail["ready"], true, "still ready while tokens are minted");
     assert_eq!(detail["secretInGrace"], true);

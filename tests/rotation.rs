@@ -60,16 +60,6 @@ fn file_secret(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap().trim().to_string()
 }
 
-async fn readyz(broker: &TestBroker) -> (u16, serde_json::Value) {
-    let response = broker
-        .client()
-        .get(broker.url("/readyz"))
-        .send()
-        .await
-        .unwrap();
-    (response.status().as_u16(), response.json().await.unwrap())
-}
-
 #[tokio::test]
 async fn a_secret_near_expiry_is_rotated_persisted_and_used() {
     let iam = iam_with_admin(10).await;
@@ -193,7 +183,7 @@ async fn a_failing_sink_loses_nothing_and_is_retried_until_it_works() {
     // Not stored: not ready, with the reason; but tokens still come, minted with the in-memory secret.
     let deadline = Instant::now() + Duration::from_secs(5);
     let detail = loop {
-        let (status, body) = readyz(&broker).await;
+        let (status, body) = broker.readyz().await;
         if status == 503 {
             break body["entities"][ENTITY].clone();
         }
@@ -277,7 +267,7 @@ async fn the_grace_period_warning_means_rotate_now() {
     // The token minted after the switch carries no warning.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let (_, body) = readyz(&broker).await;
+        let (_, body) = broker.readyz().await;
         if body["entities"][ENTITY]["secretInGrace"] == false && body["ready"] == true {
             break;
         }

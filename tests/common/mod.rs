@@ -197,18 +197,17 @@ impl TestBroker {
         body["accessToken"].as_str().unwrap().to_string()
     }
 
+    /// `GET /readyz`: the status and the JSON detail.
+    pub async fn readyz(&self) -> (u16, serde_json::Value) {
+        let response = self.http.get(self.url("/readyz")).send().await.unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
     /// Waits until `/readyz` says 200 (or panics after `within`).
     pub async fn wait_ready(&self, within: Duration) {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            let status = self
-                .http
-                .get(self.url("/readyz"))
-                .send()
-                .await
-                .unwrap()
-                .status();
-            if status == 200 {
+            if self.readyz().await.0 == 200 {
                 return;
             }
             assert!(
