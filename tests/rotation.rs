@@ -168,10 +168,11 @@ async fn a_failing_sink_loses_nothing_and_is_retried_until_it_works() {
     let mut options = BrokerOptions::one(SecretSource::File(path.clone()));
     options.rotation = Some(rotation(Duration::from_secs(3600)));
     options.policy.forced_refresh_interval = Duration::ZERO;
+    // Written to a side file and renamed, so the test never sees the file half-written.
     options.sink = Some(SinkSpec::Exec(format!(
-        "test -e {} && cat > {}",
-        gate.display(),
-        stored.display()
+        "test -e {gate} && cat > {stored}.part && mv {stored}.part {stored}",
+        gate = gate.display(),
+        stored = stored.display()
     )));
     let broker = TestBroker::start(&iam.url, options).await;
 
