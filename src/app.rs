@@ -114,9 +114,11 @@ impl Application {
             broker,
             guard: settings.guard.clone(),
         });
-        let router = http::router(Arc::clone(&state));
+        let frontend = http::frontend(Arc::clone(&state));
         match admin_listener {
-            None => http::server::serve(listener, router, settings.limits.clone(), shutdown).await,
+            None => {
+                http::server::serve(listener, frontend, settings.limits.clone(), shutdown).await
+            }
             Some(admin_listener) => {
                 tracing::info!(admin_listen = %admin_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving /healthz, /readyz and /metrics");
                 let (down_tx, down_rx) = watch::channel(false);
@@ -134,13 +136,13 @@ impl Application {
                     },
                     http::server::serve(
                         listener,
-                        router,
+                        frontend,
                         settings.limits.clone(),
                         stopped(down_rx.clone())
                     ),
                     http::server::serve(
                         admin_listener,
-                        http::admin_router(state),
+                        http::admin_frontend(state),
                         admin_limits,
                         stopped(down_rx)
                     ),

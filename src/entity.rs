@@ -50,6 +50,14 @@ impl EntityId {
     }
 }
 
+/// Lets maps keyed by `EntityId` be searched with the `&str` from a request path, without allocating.
+/// Sound because the derived `Ord`/`Hash` on `Arc<str>` are those of the `str` itself.
+impl std::borrow::Borrow<str> for EntityId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for EntityId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -214,6 +214,81 @@ async fn forced_refresh_gets_a_new_token_and_is_rate_limited() {
     broker.stop().await;
 }
 
+/// Token reads are answered in front of the router when they can be (`http::hot_path`). A request the
+/// hot path passes on — a percent-encoded id, a body, `HEAD` — reaches the router, and the two answers must
+/// be the same bytes, counted the same way.
+#[tokio::test]
+async fn the_hot_path_and_the_router_give_the_same_answer() {
+    let iam = Iam::start(86_400).await;
+    let broker = TestBroker::start(&iam.url, BrokerOptions::inline()).await;
+    broker.wait_ready(Duration::from_secs(5)).await;
+    let client = broker.client();
+    let read = |path: &str, accept: &'static str, body: Option<&'static str>| {
+        let mut request = client
+            .get(broker.url(path))
+            .header("Metadata", "true")
+            .header("Accept", accept);
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            let mut headers: Vec<(String, String)> = response
+                .headers()
+                .iter()
+                .filter(|(name, _)| *name != "date")
+                .map(|(name, value)| (name.to_string(), value.to_str().unwrap().to_string()))
+                .collect();
+            headers.sort();
+            (status, headers, response.text().await.unwrap())
+        }
+    };
+    // `expiresIn` can tick between two reads; compare the rest byte for byte.
+    let without_expires_in = |body: &str| {
+        let mut value: serde_json::Value = serde_json::from_str(body).unwrap();
+        value.as_object_mut().unwrap().remove("expiresIn");
+        value.to_string()
+    };
+    let encoded = "/v1/token/FIU%2DTEST";
+    for accept in ["application/json", "text/plain"] {
+        let hot = read("/v1/token", accept, None).await;
+        let by_id = read(&format!("/v1/token/{ENTITY}"), accept, None).await;
+        let routed = read(encoded, accept, None).await;
+        let with_body = read("/v1/token", accept, Some("x")).await;
+        assert_eq!(hot.0, 200);
+        for other in [&by_id, &routed, &with_body] {
+            assert_eq!(other.0, hot.0, "{accept}");
+            assert_eq!(other.1, hot.1, "{accept}");
+            if accept == "text/plain" {
+                assert_eq!(other.2, hot.2);
+            } else {
+                assert_eq!(without_expires_in(&other.2), without_expires_in(&hot.2));
+            }
+        }
+    }
+    let head = client
+        .head(broker.url("/v1/token"))
+        .header("Metadata", "true")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        head.status(),
+        200,
+        "HEAD goes to the router, which answers it"
+    );
+    let metrics = broker.metrics().await;
+    assert!(
+        metrics.contains(&format!(
+            r#"aa_broker_token_requests_total{{entity="{ENTITY}",outcome="served"}} 9"#
+        )),
+        "eight reads and one HEAD, counted once each, on either path: {metrics}"
+    );
+    assert_eq!(iam.token_calls(), 1);
+    broker.stop().await;
+}
+
 #[tokio::test]
 async fn several_entities_are_served_by_id() {
     let iam = Iam::start(86_400).await;

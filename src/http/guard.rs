@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::Response;
 
 use super::{AppState, reply};
@@ -20,12 +20,15 @@ use super::{AppState, reply};
 /// The header a caller must send, and its value.
 pub const METADATA_HEADER: &str = "metadata";
 
+/// Header names are built once, not parsed from strings on every request.
+const METADATA: HeaderName = HeaderName::from_static(METADATA_HEADER);
+
 /// Headers a proxy adds; any of them means the request did not come straight from a sibling process.
-const FORWARDING_HEADERS: [&str; 4] = [
-    "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-real-ip",
+const FORWARDING_HEADERS: [HeaderName; 4] = [
+    header::FORWARDED,
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-real-ip"),
 ];
 
 #[derive(Debug, Clone)]
@@ -75,31 +78,43 @@ impl Refusal {
     }
 }
 
-/// Checks one request's headers against the settings.
-pub fn check(headers: &HeaderMap, settings: &GuardSettings) -> Result<(), Refusal> {
-    if FORWARDING_HEADERS
-        .iter()
-        .any(|name| headers.contains_key(*name))
-    {
-        return Err(Refusal::Forwarded);
+/// Checks one request's headers against the settings, and reads what the handlers need from them.
+///
+/// One pass over the headers, comparing names, rather than a hash lookup per header asked about: a
+/// request carries three or four headers, and this runs on every token read.
+pub fn check(headers: &HeaderMap, settings: &GuardSettings) -> Result<CallerAllowed, Refusal> {
+    let mut host = None;
+    let mut hosts = 0;
+    let mut metadata = false;
+    let mut plain = None;
+    for (name, value) in headers {
+        if name == header::HOST {
+            hosts += 1;
+            host = Some(value);
+        } else if name == header::ACCEPT {
+            plain = plain.or_else(|| accept_prefers_plain_text(value));
+        } else if name == METADATA {
+            metadata |= value
+                .to_str()
+                .is_ok_and(|v| v.trim().eq_ignore_ascii_case("true"));
+        } else if FORWARDING_HEADERS.contains(name) {
+            return Err(Refusal::Forwarded);
+        }
     }
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .ok_or(Refusal::Host)?;
+    // Two `Host` headers are malformed (RFC 9112 §3.2); which one a proxy used is anyone's guess.
+    let host = match (hosts, host.and_then(|v| v.to_str().ok())) {
+        (1, Some(host)) => host,
+        _ => return Err(Refusal::Host),
+    };
     if !host_allowed(host, &settings.allowed_hosts) {
         return Err(Refusal::Host);
     }
-    if settings.require_metadata_header {
-        let ok = headers.get_all(METADATA_HEADER).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|v| v.trim().eq_ignore_ascii_case("true"))
-        });
-        if !ok {
-            return Err(Refusal::MissingMetadataHeader);
-        }
+    if settings.require_metadata_header && !metadata {
+        return Err(Refusal::MissingMetadataHeader);
     }
-    Ok(())
+    Ok(CallerAllowed {
+        wants_plain_text: plain.unwrap_or(false),
+    })
 }
 
 /// `localhost`, a loopback IP literal (IPv4 `127/8`, IPv6 `::1`, bracketed), or an allowed name; any port.
@@ -119,14 +134,16 @@ pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
             None => host,
         }
     };
-    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
-    if name == "localhost" {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    // The two names nearly every caller uses, before the general parse.
+    if name == "127.0.0.1" || name.eq_ignore_ascii_case("localhost") {
         return true;
     }
     if let Ok(ip) = name.parse::<IpAddr>() {
         return ip.is_loopback();
     }
-    allowed.contains(&name)
+    // `allowed` is lowercase; compare without building a lowercase copy per request.
+    allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
 }
 
 fn is_port_suffix(s: &str) -> bool {
@@ -137,6 +154,7 @@ fn is_port_suffix(s: &str) -> bool {
 /// Proof that a request passed the guard: every `/v1/*` handler takes it as its first argument. An
 /// extractor rather than a middleware layer, so the hot path pays for a header check and nothing more.
 /// It also carries the one thing the handlers need from the headers, so they never copy the header map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CallerAllowed {
     /// `Accept` prefers `text/plain` over `application/json`.
     pub wants_plain_text: bool,
@@ -149,63 +167,63 @@ impl FromRequestParts<Arc<AppState>> for CallerAllowed {
         parts: &mut Parts,
         app: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        match check(&parts.headers, &app.guard) {
-            Ok(()) => Ok(CallerAllowed {
-                wants_plain_text: wants_plain_text(&parts.headers),
-            }),
-            Err(refusal) => {
-                app.broker.metrics().guard_rejection(refusal.as_str());
-                tracing::debug!(reason = refusal.as_str(), path = %parts.uri.path(), "request refused by the caller guard");
-                Err(reply::error(
-                    StatusCode::FORBIDDEN,
-                    "forbidden",
-                    refusal.message(),
-                ))
-            }
-        }
+        check(&parts.headers, &app.guard).map_err(|refusal| {
+            app.broker.metrics().guard_rejection(refusal.as_str());
+            tracing::debug!(reason = refusal.as_str(), path = %parts.uri.path(), "request refused by the caller guard");
+            reply::error(StatusCode::FORBIDDEN, "forbidden", refusal.message())
+        })
     }
 }
 
-/// The first of `application/json` and `text/plain` named in `Accept` wins; JSON when neither is.
-fn wants_plain_text(headers: &HeaderMap) -> bool {
-    for value in headers.get_all(header::ACCEPT) {
-        let Ok(value) = value.to_str() else { continue };
-        for item in value.split(',') {
-            let media = item.split(';').next().unwrap_or("").trim();
-            if media.eq_ignore_ascii_case("application/json") {
-                return false;
-            }
-            if media.eq_ignore_ascii_case("text/plain") {
-                return true;
-            }
+/// What one `Accept` value says: the first of `application/json` and `text/plain` it names wins; `None`
+/// when it names neither (the next `Accept` header decides, and JSON when none does).
+fn accept_prefers_plain_text(value: &HeaderValue) -> Option<bool> {
+    let value = value.to_str().ok()?;
+    value.split(',').find_map(|item| {
+        let media = item.split(';').next().unwrap_or("").trim();
+        if media.eq_ignore_ascii_case("application/json") {
+            Some(false)
+        } else if media.eq_ignore_ascii_case("text/plain") {
+            Some(true)
+        } else {
+            None
         }
-    }
-    false
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const ALLOWED: [(&str, &str); 2] = [("host", "127.0.0.1:7373"), ("metadata", "true")];
+
+    fn wants_plain_text(accept: &[&'static str]) -> bool {
+        let mut pairs = ALLOWED.to_vec();
+        pairs.extend(accept.iter().map(|v| ("accept", *v)));
+        check(&headers(&pairs), &GuardSettings::default())
+            .unwrap()
+            .wants_plain_text
+    }
+
     #[test]
     fn accept_negotiation() {
-        let with = |v: &'static str| {
-            let mut h = HeaderMap::new();
-            h.insert(header::ACCEPT, HeaderValue::from_static(v));
-            wants_plain_text(&h)
-        };
-        assert!(with("text/plain"));
-        assert!(with("text/plain; charset=utf-8, */*"));
-        assert!(!with("application/json, text/plain"));
-        assert!(!with("*/*"));
-        assert!(!wants_plain_text(&HeaderMap::new()));
+        assert!(wants_plain_text(&["text/plain"]));
+        assert!(wants_plain_text(&["text/plain; charset=utf-8, */*"]));
+        assert!(!wants_plain_text(&["application/json, text/plain"]));
+        assert!(!wants_plain_text(&["*/*"]));
+        assert!(!wants_plain_text(&[]));
+        // The first header that names either decides.
+        assert!(wants_plain_text(&["*/*", "text/plain", "application/json"]));
+        assert!(!wants_plain_text(&["application/json;q=1", "text/plain"]));
     }
-    use axum::http::HeaderValue;
 
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (k, v) in pairs {
-            map.append(*k, HeaderValue::from_static(v));
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         map
     }
@@ -265,7 +283,9 @@ mod tests {
                 &headers(&[("host", "127.0.0.1"), ("metadata", "True")]),
                 &settings
             ),
-            Ok(())
+            Ok(CallerAllowed {
+                wants_plain_text: false
+            })
         );
         assert_eq!(
             check(
@@ -293,7 +313,19 @@ mod tests {
             require_metadata_header: false,
             ..GuardSettings::default()
         };
-        assert_eq!(check(&headers(&[("host", "localhost")]), &relaxed), Ok(()));
+        assert!(check(&headers(&[("host", "localhost")]), &relaxed).is_ok());
+        // A second Host header, or a forwarding header anywhere, is refused.
+        assert_eq!(
+            check(
+                &headers(&[ALLOWED[0], ALLOWED[1], ("host", "evil.com")]),
+                &settings
+            ),
+            Err(Refusal::Host)
+        );
+        assert_eq!(
+            check(&headers(&[("x-real-ip", "1.2.3.4"), ALLOWED[0]]), &relaxed),
+            Err(Refusal::Forwarded)
+        );
         assert_eq!(
             check(&headers(&[("host", "evil.com")]), &relaxed),
             Err(Refusal::Host)

@@ -2,6 +2,7 @@
 //!
 //! - [`router`] (this file) wires the routes and layers: `/v1/*` behind the [`guard`], plus `/healthz`,
 //!   `/readyz` and `/metrics`, which need no header.
+//! - [`hot_path`]: the token read answered in front of the router, with the same guard and bytes.
 //! - [`tokens`]: `GET /v1/token[/{entityId}]` and the forced refresh.
 //! - [`admin`]: health, readiness and metrics.
 //! - [`guard`]: the SSRF / DNS-rebinding defence that cloud metadata servers use.
@@ -10,6 +11,7 @@
 
 pub mod admin;
 pub mod guard;
+pub mod hot_path;
 pub mod reply;
 pub mod server;
 pub mod tokens;
@@ -23,6 +25,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::token::broker::Broker;
 pub use guard::GuardSettings;
+use hot_path::Frontend;
 
 /// Largest request body accepted. Every route takes an empty body.
 pub const MAX_BODY_BYTES: usize = 1024;
@@ -31,6 +34,16 @@ pub const MAX_BODY_BYTES: usize = 1024;
 pub struct AppState {
     pub broker: Broker,
     pub guard: GuardSettings,
+}
+
+/// What the token listener serves: the hot path, then the [`router`].
+pub fn frontend(state: Arc<AppState>) -> Frontend {
+    Frontend::new(Arc::clone(&state), router(state))
+}
+
+/// What `--admin-listen` serves: the [`admin_router`] alone.
+pub fn admin_frontend(state: Arc<AppState>) -> Frontend {
+    Frontend::router_only(admin_router(state))
 }
 
 /// The admin surface alone (`/healthz`, `/readyz`, `/metrics`), for `--admin-listen`: what Prometheus and

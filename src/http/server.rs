@@ -9,13 +9,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+
+use super::hot_path::Frontend;
 
 /// Connection-level limits.
 #[derive(Debug, Clone)]
@@ -43,7 +43,7 @@ impl Default for ServerLimits {
 /// Serves `app` on `listener` until `shutdown` completes, then drains.
 pub async fn serve(
     listener: TcpListener,
-    app: Router,
+    app: Frontend,
     limits: ServerLimits,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -79,8 +79,7 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let connection =
-            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let connection = builder.serve_connection(TokioIo::new(stream), app.clone());
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(e) = connection.await {

@@ -40,7 +40,7 @@ pub async fn get_one(
     State(app): State<Arc<AppState>>,
     Path(raw): Path<String>,
 ) -> Response<Body> {
-    let Some(id) = app.broker.lookup(&raw) else {
+    let Some(id) = app.broker.lookup(&raw).cloned() else {
         return unknown_entity();
     };
     answer(
@@ -71,7 +71,7 @@ pub async fn refresh_one(
     State(app): State<Arc<AppState>>,
     Path(raw): Path<String>,
 ) -> Response<Body> {
-    let Some(id) = app.broker.lookup(&raw) else {
+    let Some(id) = app.broker.lookup(&raw).cloned() else {
         return unknown_entity();
     };
     answer(
@@ -102,7 +102,8 @@ fn unknown_entity() -> Response<Body> {
     )
 }
 
-fn answer(
+/// The answer to a token request, counted. Shared with the [`super::hot_path`], so both give the same bytes.
+pub(super) fn answer(
     app: &AppState,
     id: &EntityId,
     result: Result<Served, TokenError>,

@@ -324,9 +324,10 @@ impl Broker {
         }
     }
 
-    pub fn lookup(&self, raw: &str) -> Option<EntityId> {
-        let id = EntityId::parse(raw).ok()?;
-        self.inner.slots.contains_key(&id).then_some(id)
+    /// The configured entity named `raw`. No parsing or allocation: a string that is not a valid entity
+    /// id cannot be a key.
+    pub fn lookup(&self, raw: &str) -> Option<&EntityId> {
+        self.inner.slots.get_key_value(raw).map(|(id, _)| id)
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -377,18 +378,30 @@ impl Broker {
     /// A valid token for `id`: from the cache, or — when none is held — from one coalesced upstream call.
     pub async fn token(&self, id: &EntityId) -> Result<Served, TokenError> {
         let slot = self.inner.slots.get(id).ok_or(TokenError::UnknownEntity)?;
+        match Self::held_in(slot) {
+            Some(served) => Ok(served),
+            None => self.cold_fetch(slot).await,
+        }
+    }
+
+    /// The held token for `id` if it may be handed out now; `None` when [`Broker::token`] would have to
+    /// wait. No await and no allocation: the HTTP hot path answers from this alone.
+    pub fn held(&self, id: &EntityId) -> Option<Served> {
+        Self::held_in(self.inner.slots.get(id)?)
+    }
+
+    fn held_in(slot: &Slot) -> Option<Served> {
         let current = slot
             .current
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        if let Some(token) = current.filter(|t| t.servable(Instant::now())) {
-            return Ok(Served {
+        current
+            .filter(|t| t.servable(Instant::now()))
+            .map(|token| Served {
                 token,
                 stale: slot.stale.load(Ordering::Relaxed),
-            });
-        }
-        self.cold_fetch(slot).await
+            })
     }
 
     async fn cold_fetch(&self, slot: &Arc<Slot>) -> Result<Served, TokenError> {

@@ -10,6 +10,7 @@ pub mod broker;
 pub mod policy;
 pub mod refresher;
 
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use axum::body::Bytes;
@@ -46,6 +47,9 @@ pub struct Token {
     /// `expiresIn` changes between requests, so nothing else is serialized on the hot path.
     json_head: Vec<u8>,
     json_tail: Vec<u8>,
+    /// The last JSON answer assembled and the `expiresIn` it carries. Requests within the same second
+    /// share it, so a read costs a lock and a reference count, not an allocation and a copy.
+    json_latest: Mutex<(u64, Bytes)>,
     /// The bare token, for `Accept: text/plain` (a cheap clone per request).
     plain: Bytes,
 }
@@ -73,15 +77,23 @@ impl Token {
     }
 
     /// The JSON answer at `now`: `{"accessToken","tokenType","expiresIn","expiresAt","entityId"}`.
-    pub fn json_body(&self, now: Instant) -> Vec<u8> {
-        let mut itoa = itoa::Buffer::new();
-        let seconds = itoa.format(self.seconds_left(now));
-        let mut body =
-            Vec::with_capacity(self.json_head.len() + seconds.len() + self.json_tail.len());
-        body.extend_from_slice(&self.json_head);
-        body.extend_from_slice(seconds.as_bytes());
-        body.extend_from_slice(&self.json_tail);
-        body
+    pub fn json_body(&self, now: Instant) -> Bytes {
+        let seconds_left = self.seconds_left(now);
+        let mut latest = self
+            .json_latest
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if latest.1.is_empty() || latest.0 != seconds_left {
+            let mut itoa = itoa::Buffer::new();
+            let seconds = itoa.format(seconds_left);
+            let mut body =
+                Vec::with_capacity(self.json_head.len() + seconds.len() + self.json_tail.len());
+            body.extend_from_slice(&self.json_head);
+            body.extend_from_slice(seconds.as_bytes());
+            body.extend_from_slice(&self.json_tail);
+            *latest = (seconds_left, Bytes::from(body));
+        }
+        latest.1.clone()
     }
 
     /// The bare token.
@@ -200,6 +212,7 @@ impl Token {
             entity_id: entity_id.clone(),
             json_head,
             json_tail,
+            json_latest: Mutex::new((0, Bytes::new())),
             plain,
             fingerprint: fingerprint(&grant.access_token),
             access_token: grant.access_token,
@@ -214,5 +227,58 @@ impl Token {
                 .and_then(timefmt::parse_iam_timestamp),
             iam_message: grant.message,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::simulator::jwt::SigningKey;
+
+    fn token(lifetime_secs: u64) -> Token {
+        let now = timefmt::unix_seconds(SystemTime::now()) as u64;
+        let claims = serde_json::json!({
+            "azp": "FIU-UNIT", "iat": now, "exp": now + lifetime_secs,
+        });
+        let jwt = SigningKey::simulator_key().unwrap().sign(&claims).unwrap();
+        let grant = TokenGrant {
+            access_token: SecretString::from(jwt),
+            expires_in: Some(Duration::from_secs(lifetime_secs)),
+            token_type: Some("Bearer".into()),
+            txn_id: None,
+            message: None,
+            server_time: None,
+            received_at: Instant::now().into_std(),
+            received_wall: SystemTime::now(),
+        };
+        let id = EntityId::parse("FIU-UNIT").unwrap();
+        Token::from_grant(&id, grant, &RefreshPolicy::default(), 0.5).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_json_answer_is_built_once_per_second_and_counts_down() {
+        let token = token(3600);
+        let start = Instant::now();
+        let first = token.json_body(start + Duration::from_millis(100));
+        let parsed: serde_json::Value = serde_json::from_slice(&first).unwrap();
+        assert_eq!(parsed["accessToken"], token.expose());
+        assert_eq!(parsed["tokenType"], "Bearer");
+        assert_eq!(parsed["entityId"], "FIU-UNIT");
+        assert_eq!(
+            parsed["expiresIn"], 3599,
+            "whole seconds left, rounded down"
+        );
+        // Within the same second of the token's life: the very same buffer, not a copy.
+        let again = token.json_body(start + Duration::from_millis(900));
+        assert_eq!(again.as_ptr(), first.as_ptr());
+        // A second later: rebuilt, with one second less.
+        let later = token.json_body(start + Duration::from_millis(1400));
+        let parsed_later: serde_json::Value = serde_json::from_slice(&later).unwrap();
+        assert_eq!(parsed_later["expiresIn"], 3598);
+        assert_eq!(parsed_later["expiresAt"], parsed["expiresAt"]);
+        // Going back (a request that read the clock earlier) still answers its own second.
+        let earlier = token.json_body(start);
+        let parsed_earlier: serde_json::Value = serde_json::from_slice(&earlier).unwrap();
+        assert_eq!(parsed_earlier["expiresIn"], 3600);
     }
 }
