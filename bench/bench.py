@@ -4,7 +4,8 @@
 Measures throughput and latency of GET /v1/token against a bare hyper server (the floor) and nginx serving
 the same bytes from a file; memory (idle, peak under 1024 connections, after the load, with 10 and 100
 entities); cold start; upstream calls for 1 to 10000 concurrent cold requests; client latency across token
-rollovers; binary size and clean build time. Writes bench/results.json and bench/RESULTS.md.
+rollovers; binary size and clean build time; and memory and throughput of the build the container image
+ships (static, musl), when the musl target is installed. Writes bench/results.json and bench/RESULTS.md.
 
 Run it with bench/run.sh (which installs wrk and nginx-light); `--smoke` is a seconds-long version for CI.
 """
@@ -28,6 +29,8 @@ RELEASE = os.path.join(ROOT, "target", "release")
 BROKER = os.path.join(RELEASE, "aa-token-broker")
 FLOOR = os.path.join(RELEASE, "examples", "bench-floor")
 LOAD = os.path.join(RELEASE, "examples", "bench-load")
+MUSL_TARGET = "x86_64-unknown-linux-musl"
+SHIPPED = os.path.join(ROOT, "target", MUSL_TARGET, "release", "aa-token-broker")
 REPORT_LUA = os.path.join(ROOT, "bench", "report.lua")
 ENTITY = "FIU-BENCH"
 SECRET = "bench-secret-not-a-real-one"
@@ -123,9 +126,9 @@ class Simulator:
         return json.loads(http("GET", self.base + "/_simulator/stats")[1])["calls"]["entityToken"]
 
 
-def start_broker(procs, sim, workdir, extra=(), config=None):
+def start_broker(procs, sim, workdir, extra=(), config=None, binary=BROKER):
     port = free_port()
-    args = [BROKER, "serve", "--listen", f"127.0.0.1:{port}", "--log-level", "warn", "--max-connections", "12000"]
+    args = [binary, "serve", "--listen", f"127.0.0.1:{port}", "--log-level", "warn", "--max-connections", "12000"]
     if config:
         args += ["--config", config]
     else:
@@ -234,6 +237,48 @@ def throughput(procs, sim, workdir, args, results):
     results["memory"]["after_load_kib"] = rss_kib(broker.pid)
     results["memory"]["after_load_wait_s"] = args.settle
     procs.stop(broker)
+
+
+def shipped_build(procs, sim, workdir, args, results):
+    """The static musl build the Dockerfile ships: its allocator is musl's, not glibc's, so its memory and
+    CPU differ from the build measured above. Same load, the broker alone, against the same floor."""
+    reason = None
+    if shutil.which("musl-gcc") is None:
+        reason = "musl-gcc not installed (Debian package musl-tools)"
+    elif MUSL_TARGET not in subprocess.run(["rustup", "target", "list", "--installed"], capture_output=True,
+                                           text=True).stdout:
+        reason = f"rust target {MUSL_TARGET} not installed"
+    if reason:
+        log(f"skipping the shipped (musl) build: {reason}")
+        results["shipped"] = {"skipped": reason}
+        return
+    log("building the shipped (static musl) binary")
+    subprocess.run(["cargo", "build", "--release", "--locked", "--target", MUSL_TARGET, "--bin", "aa-token-broker"],
+                   cwd=ROOT, check=True)
+    broker, broker_url = start_broker(procs, sim, workdir, binary=SHIPPED)
+    wait_http(broker_url + "/readyz")
+    http("GET", broker_url + "/v1/token", headers={"Metadata": "true"})
+    shipped = {"stripped_bytes": os.path.getsize(SHIPPED), "idle_after_first_token_kib": rss_kib(broker.pid)}
+    floor_port = free_port()
+    procs.start([FLOOR, f"127.0.0.1:{floor_port}", os.path.join(workdir, "token.json")])
+    floor_url = f"http://127.0.0.1:{floor_port}/v1/token"
+    wait_http(floor_url)
+    runs = {"broker": [], "floor": []}
+    for run in range(args.runs):
+        for name, url in (("broker", broker_url + "/v1/token"), ("floor", floor_url)):
+            runs[name].append(wrk(url, 64, args.duration))
+            log(f"   64 conns run {run + 1}/{args.runs} musl broker vs floor, {name:>6}: {runs[name][-1]['rps']:.0f} req/s")
+    shipped["rps_64"] = {name: median_of(samples, "rps") for name, samples in runs.items()}
+    shipped["rps_64"]["broker_vs_floor"] = shipped["rps_64"]["broker"] / shipped["rps_64"]["floor"]
+    for run in range(args.runs):
+        wrk(broker_url + "/v1/token", max(args.connections), args.duration)
+    shipped["peak_during_max_connections_kib"] = rss_kib(broker.pid, "VmHWM")
+    shipped["max_connections"] = max(args.connections)
+    log(f"waiting {args.settle}s after the load")
+    time.sleep(args.settle)
+    shipped["after_load_kib"] = rss_kib(broker.pid)
+    procs.stop(broker)
+    results["shipped"] = shipped
 
 
 def many_entities(procs, sim, workdir, results):
@@ -370,6 +415,13 @@ def check_targets(results):
     if co:
         worst = max(v["upstream_calls"] for v in co.values())
         add("upstream calls per cold burst (worst)", worst, "== 1", worst == 1)
+    shipped = results.get("shipped", {})
+    if "after_load_kib" in shipped:
+        idle, peak, after = (shipped[k] for k in ("idle_after_first_token_kib", "peak_during_max_connections_kib",
+                                                  "after_load_kib"))
+        add("shipped (musl) build: idle RSS (MiB)", idle / 1024, "<= 8", idle <= 8 * 1024)
+        add("shipped (musl) build: peak RSS under 1024 conns (MiB)", peak / 1024, "<= 16", peak <= 16 * 1024)
+        add("shipped (musl) build: RSS after load minus idle (MiB)", (after - idle) / 1024, "<= 1", after - idle <= 1024)
     size = results["binary"]["stripped_bytes"]
     add("stripped binary (MB)", size / 1e6, "<= 10", size <= 10e6)
     results["targets"] = checks
@@ -434,6 +486,21 @@ def markdown(results):
             r = ro[label]
             lines.append(f"| {label} | {r['rps']:.0f} | {r['p99_us']} | {r['max_us']} | {r['upstream_calls']} | {sum(r['errors'].values())} |")
         lines.append(f"\np99 ratio rollover/steady: {ro['p99_ratio']:.2f}; max ratio: {ro['max_ratio']:.2f}.")
+    sh = results.get("shipped", {})
+    if "skipped" in sh:
+        lines += ["", "## Shipped build (static musl)", "", f"Not measured: {sh['skipped']}."]
+    elif sh:
+        lines += ["", "## Shipped build (static musl)", "",
+                  "The binary the Dockerfile builds: statically linked against musl, whose allocator returns freed",
+                  "memory to the system and costs more CPU per allocation than glibc's.", "",
+                  "| | measured |", "|---|---|",
+                  f"| req/s at 64 conns (median), broker / glibc floor | {sh['rps_64']['broker']:.0f} / {sh['rps_64']['floor']:.0f}"
+                  f" ({sh['rps_64']['broker_vs_floor']:.2f}) |",
+                  f"| RSS idle after the first token | {sh['idle_after_first_token_kib'] / 1024:.1f} MiB |",
+                  f"| RSS peak (VmHWM) after the {sh['max_connections']}-connection runs"
+                  f" | {sh['peak_during_max_connections_kib'] / 1024:.1f} MiB |",
+                  f"| RSS {results['memory'].get('after_load_wait_s', 0)} s after the load stopped | {sh['after_load_kib'] / 1024:.1f} MiB |",
+                  f"| stripped binary | {sh['stripped_bytes'] / 1e6:.2f} MB |"]
     b = results["binary"]
     lines += ["", "## Binary", "", f"Stripped release binary: {b['stripped_bytes'] / 1e6:.2f} MB."]
     if "clean_release_build_s" in b:
@@ -445,6 +512,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="a seconds-long run that only proves the bench works")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench"), help="where results.json and RESULTS.md go")
+    parser.add_argument("--shipped", action=argparse.BooleanOptionalAction, default=None,
+                        help="also measure the static musl build (default: in full runs only)")
     args = parser.parse_args()
     if args.smoke:
         args.runs, args.duration, args.connections, args.settle = 1, 1, [1, 64], 1
@@ -452,6 +521,8 @@ def main():
     else:
         args.runs, args.duration, args.connections, args.settle = 3, 10, [1, 64, 1024], 60
         args.coalesce, args.rollover_duration, args.clean_build = [1, 100, 1000, 10000], 30, True
+    if args.shipped is None:
+        args.shipped = not args.smoke
     results = {
         "command": "bench/run.sh" + (" --smoke" if args.smoke else ""),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -472,6 +543,8 @@ def main():
         cold_start(procs, sim, workdir, args, results)
         coalescing(procs, sim, workdir, args, results)
         rollover(procs, sim, workdir, args, results)
+        if args.shipped:
+            shipped_build(procs, sim, workdir, args, results)
     finally:
         procs.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
