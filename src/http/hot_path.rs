@@ -59,8 +59,8 @@ impl Frontend {
         if request.method() != Method::GET || !request.body().is_end_stream() {
             return None;
         }
-        let id = match request.uri().path() {
-            "/v1/token" => app.broker.single_entity()?,
+        let raw_id = match request.uri().path() {
+            "/v1/token" => None,
             path => {
                 let raw = path.strip_prefix("/v1/token/")?;
                 // `/v1/token/refresh` is the POST-only route, whatever entities exist. Percent-encoded
@@ -69,9 +69,10 @@ impl Frontend {
                 if raw == "refresh" {
                     return None;
                 }
-                app.broker.lookup(raw)?
+                Some(raw)
             }
         };
+        let id = tokens::resolve(app, raw_id).ok()?;
         // A refusal is answered (and counted) by the router's guard.
         let caller = guard::check(request.headers(), &app.guard).ok()?;
         let served: Served = app.broker.held(id)?;

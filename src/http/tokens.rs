@@ -24,15 +24,7 @@ pub async fn get_default(
     caller: CallerAllowed,
     State(app): State<Arc<AppState>>,
 ) -> Response<Body> {
-    let Some(id) = app.broker.single_entity().cloned() else {
-        return entity_required(&app);
-    };
-    answer(
-        &app,
-        &id,
-        app.broker.token(&id).await,
-        caller.wants_plain_text,
-    )
+    serve(&app, None, caller, Want::Held).await
 }
 
 pub async fn get_one(
@@ -40,30 +32,14 @@ pub async fn get_one(
     State(app): State<Arc<AppState>>,
     Path(raw): Path<String>,
 ) -> Response<Body> {
-    let Some(id) = app.broker.lookup(&raw).cloned() else {
-        return unknown_entity();
-    };
-    answer(
-        &app,
-        &id,
-        app.broker.token(&id).await,
-        caller.wants_plain_text,
-    )
+    serve(&app, Some(&raw), caller, Want::Held).await
 }
 
 pub async fn refresh_default(
     caller: CallerAllowed,
     State(app): State<Arc<AppState>>,
 ) -> Response<Body> {
-    let Some(id) = app.broker.single_entity().cloned() else {
-        return entity_required(&app);
-    };
-    answer(
-        &app,
-        &id,
-        app.broker.force_refresh(&id).await,
-        caller.wants_plain_text,
-    )
+    serve(&app, None, caller, Want::Refreshed).await
 }
 
 pub async fn refresh_one(
@@ -71,15 +47,53 @@ pub async fn refresh_one(
     State(app): State<Arc<AppState>>,
     Path(raw): Path<String>,
 ) -> Response<Body> {
-    let Some(id) = app.broker.lookup(&raw).cloned() else {
-        return unknown_entity();
+    serve(&app, Some(&raw), caller, Want::Refreshed).await
+}
+
+/// Which token a request asks for.
+enum Want {
+    /// The held token, fetched only if none is valid.
+    Held,
+    /// A new one from the IAM (`POST …/refresh`).
+    Refreshed,
+}
+
+async fn serve(
+    app: &AppState,
+    raw_id: Option<&str>,
+    caller: CallerAllowed,
+    want: Want,
+) -> Response<Body> {
+    let id = match resolve(app, raw_id) {
+        Ok(id) => id,
+        Err(EntityMiss::Required) => return entity_required(app),
+        Err(EntityMiss::Unknown) => return unknown_entity(),
     };
-    answer(
-        &app,
-        &id,
-        app.broker.force_refresh(&id).await,
-        caller.wants_plain_text,
-    )
+    let result = match want {
+        Want::Held => app.broker.token(id).await,
+        Want::Refreshed => app.broker.force_refresh(id).await,
+    };
+    answer(app, id, result, caller.wants_plain_text)
+}
+
+/// Why a request names no configured entity.
+pub(super) enum EntityMiss {
+    /// No id in the path, and more than one entity is configured.
+    Required,
+    /// The id in the path is not configured.
+    Unknown,
+}
+
+/// The entity a request is for: the one in the path, or the only one configured. Shared with the
+/// [`super::hot_path`], so both read paths resolve ids alike.
+pub(super) fn resolve<'a>(
+    app: &'a AppState,
+    raw_id: Option<&str>,
+) -> Result<&'a EntityId, EntityMiss> {
+    match raw_id {
+        None => app.broker.single_entity().ok_or(EntityMiss::Required),
+        Some(raw) => app.broker.lookup(raw).ok_or(EntityMiss::Unknown),
+    }
 }
 
 fn entity_required(app: &AppState) -> Response<Body> {
