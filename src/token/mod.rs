@@ -49,7 +49,7 @@ pub struct Token {
     json_tail: Vec<u8>,
     /// The last JSON answer assembled and the `expiresIn` it carries. Requests within the same second
     /// share it, so a read costs a lock and a reference count, not an allocation and a copy.
-    json_latest: Mutex<(u64, Bytes)>,
+    json_latest: Mutex<Option<(u64, Bytes)>>,
     /// The bare token, for `Accept: text/plain` (a cheap clone per request).
     plain: Bytes,
 }
@@ -83,17 +83,21 @@ impl Token {
             .json_latest
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if latest.1.is_empty() || latest.0 != seconds_left {
-            let mut itoa = itoa::Buffer::new();
-            let seconds = itoa.format(seconds_left);
-            let mut body =
-                Vec::with_capacity(self.json_head.len() + seconds.len() + self.json_tail.len());
-            body.extend_from_slice(&self.json_head);
-            body.extend_from_slice(seconds.as_bytes());
-            body.extend_from_slice(&self.json_tail);
-            *latest = (seconds_left, Bytes::from(body));
+        if let Some((seconds, body)) = latest.as_ref()
+            && *seconds == seconds_left
+        {
+            return body.clone();
         }
-        latest.1.clone()
+        let mut itoa = itoa::Buffer::new();
+        let seconds = itoa.format(seconds_left);
+        let mut body =
+            Vec::with_capacity(self.json_head.len() + seconds.len() + self.json_tail.len());
+        body.extend_from_slice(&self.json_head);
+        body.extend_from_slice(seconds.as_bytes());
+        body.extend_from_slice(&self.json_tail);
+        let body = Bytes::from(body);
+        *latest = Some((seconds_left, body.clone()));
+        body
     }
 
     /// The bare token.
@@ -212,7 +216,7 @@ impl Token {
             entity_id: entity_id.clone(),
             json_head,
             json_tail,
-            json_latest: Mutex::new((0, Bytes::new())),
+            json_latest: Mutex::new(None),
             plain,
             fingerprint: fingerprint(&grant.access_token),
             access_token: grant.access_token,
