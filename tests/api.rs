@@ -113,14 +113,7 @@ async fn a_thousand_concurrent_cold_requests_make_one_upstream_call() {
 async fn concurrent_cold_requests_share_one_failure() {
     let iam = Iam::start(86_400).await;
     iam.sim.set_latency(Duration::from_millis(300));
-    iam.sim.inject_token_fault(
-        FaultKind::Status {
-            status: 500,
-            retry_after_secs: None,
-            body: None,
-        },
-        None,
-    );
+    iam.sim.inject_token_fault(FaultKind::status(500), None);
     let broker = TestBroker::start(&iam.url, BrokerOptions::inline()).await;
     let mut requests = Vec::new();
     for _ in 0..200 {
@@ -458,14 +451,7 @@ async fn the_caller_guard_refuses_what_a_metadata_server_would() {
 #[tokio::test]
 async fn readiness_follows_token_validity() {
     let iam = Iam::start(86_400).await;
-    iam.sim.inject_token_fault(
-        FaultKind::Status {
-            status: 401,
-            retry_after_secs: None,
-            body: None,
-        },
-        None,
-    );
+    iam.sim.inject_token_fault(FaultKind::status(401), None);
     let broker = TestBroker::start(&iam.url, BrokerOptions::inline()).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (status, body) = broker.readyz().await;

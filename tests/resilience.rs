@@ -132,14 +132,7 @@ async fn an_outage_is_ridden_out_then_reported_then_recovered_from() {
     let broker = TestBroker::start(&iam.url, BrokerOptions::inline()).await;
     broker.wait_ready(Duration::from_secs(5)).await;
     let held = broker.token().await;
-    iam.sim.inject_token_fault(
-        FaultKind::Status {
-            status: 503,
-            retry_after_secs: None,
-            body: None,
-        },
-        None,
-    );
+    iam.sim.inject_token_fault(FaultKind::status(503), None);
     let calls_before = iam.token_calls();
     let stop = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(Observed::default());

@@ -191,14 +191,7 @@ async fn soak_under_seeded_faults() {
         let kind = order.pop().unwrap_or(0);
         let name = match kind {
             0 => {
-                iam.sim.inject_token_fault(
-                    FaultKind::Status {
-                        status: 500,
-                        retry_after_secs: None,
-                        body: None,
-                    },
-                    None,
-                );
+                iam.sim.inject_token_fault(FaultKind::status(500), None);
                 "http_500"
             }
             1 => {
@@ -231,14 +224,7 @@ async fn soak_under_seeded_faults() {
                 "wrong_types"
             }
             6 => {
-                iam.sim.inject_token_fault(
-                    FaultKind::Status {
-                        status: 401,
-                        retry_after_secs: None,
-                        body: None,
-                    },
-                    None,
-                );
+                iam.sim.inject_token_fault(FaultKind::status(401), None);
                 "http_401"
             }
             7 => {
@@ -261,14 +247,7 @@ async fn soak_under_seeded_faults() {
             }
             _ => {
                 // Unreachable for longer than a token lives.
-                iam.sim.inject_token_fault(
-                    FaultKind::Status {
-                        status: 503,
-                        retry_after_secs: None,
-                        body: None,
-                    },
-                    None,
-                );
+                iam.sim.inject_token_fault(FaultKind::status(503), None);
                 tokio::time::sleep(Duration::from_secs(LIFETIME_SECS + 2)).await;
                 "outage_longer_than_token_life"
             }

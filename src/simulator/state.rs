@@ -105,6 +105,17 @@ pub enum FaultKind {
     ShortLived,
 }
 
+impl FaultKind {
+    /// An error status with the IAM's usual envelope and no `Retry-After`.
+    pub fn status(status: u16) -> Self {
+        FaultKind::Status {
+            status,
+            retry_after_secs: None,
+            body: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SimEntity {
     pub secret: String,
