@@ -330,6 +330,7 @@ async fn serve_logs_nothing_secret_and_drains_on_sigterm() {
             assert!(Instant::now() < deadline, "no token from the child broker");
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
+        // Read only so that whatever /metrics logs is in the output searched below.
         let _ = client
             .get(format!("{base}/metrics"))
             .send()
