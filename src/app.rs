@@ -41,11 +41,16 @@ impl Application {
             .iter()
             .map(|e| (e.id.clone(), e.secret.clone()))
             .collect();
-        let broker = Broker::new(entities, iam.clone(), policy, Arc::new(Metrics::new()));
+        let metrics = Arc::new(Metrics::new());
+        let broker = Broker::new(entities, iam.clone(), policy, Arc::clone(&metrics));
         let mut secret_managers = Vec::new();
         if let Some(rotation) = &settings.rotation {
-            let admin = AdminSession::new(iam, rotation.admin.clone());
-            let rotator = Arc::new(Rotator::new(admin, rotation.expiry_days));
+            let admin = AdminSession::new(iam, rotation.admin.clone(), metrics);
+            let rotator = Arc::new(Rotator::new(
+                admin,
+                rotation.expiry_days,
+                rotation.reset_bound(),
+            ));
             for entity in &settings.entities {
                 let spec = entity
                     .sink
@@ -165,8 +170,24 @@ fn log_start(settings: &BrokerSettings, addr: Option<SocketAddr>) {
         version = env!("CARGO_PKG_VERSION"),
         "aa-token-broker serving"
     );
+    if settings.iam_url.starts_with("http:")
+        && !reqwest::Url::parse(&settings.iam_url)
+            .is_ok_and(|u| crate::iam::client::is_loopback_url(&u))
+    {
+        tracing::warn!(iam = %settings.iam_url, "plain http to a non-loopback IAM (--allow-plain-http): the entity secret crosses the network without TLS");
+    }
     for entity in &settings.entities {
         tracing::info!(entity = %entity.id, secret = %entity.secret.describe(), "entity configured");
+        if let Some(warning) = entity.secret.permission_warning() {
+            tracing::warn!(entity = %entity.id, "{warning}");
+        }
+    }
+    if let Some(warning) = settings
+        .rotation
+        .as_ref()
+        .and_then(|r| r.admin.password.permission_warning())
+    {
+        tracing::warn!("admin password: {warning}");
     }
     match &settings.rotation {
         Some(rotation) => tracing::info!(

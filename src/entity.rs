@@ -107,6 +107,23 @@ impl SecretSource {
         }
     }
 
+    /// A warning when the file is readable or writable by its group or others: anyone in the pod's group
+    /// could read the secret, or plant one. Kubernetes Secret volumes are group-readable with `fsGroup`
+    /// (mode 0440 or 0640), which is what `defaultMode` is for.
+    pub fn permission_warning(&self) -> Option<String> {
+        use std::os::unix::fs::PermissionsExt;
+        let Self::File(path) = self else {
+            return None;
+        };
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (mode & 0o077 != 0).then(|| {
+            format!(
+                "{} has mode {mode:04o}: readable or writable by group or others; 0600 (or defaultMode: 0400 on a Secret volume) keeps it to this user",
+                path.display()
+            )
+        })
+    }
+
     /// A short description for logs and errors (never the value).
     pub fn describe(&self) -> String {
         match self {

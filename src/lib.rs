@@ -17,7 +17,8 @@
 //! | [`metrics`] | the Prometheus registry and every metric the broker exports |
 //! | [`simulator`] | a faithful, test-drivable stand-in for the IAM (real RS256 JWTs, JWKS, faults, counters) |
 //! | [`telemetry`] | tracing subscriber set-up (text or JSON) |
-//! | [`timefmt`] | RFC 3339 formatting and the lenient IAM timestamp parser |
+//! | [`timefmt`] | the one checked conversion of upstream times, total formatters, the lenient IAM timestamp parser |
+//! | [`backoff`] | the exponential backoff with equal jitter that every retry loop uses |
 //! | [`app`] | the broker application: built on a bound listener, run until a shutdown future completes |
 //! | [`commands`] | one function per subcommand: `serve`, `token`, `iam-simulator`, `demo`, `secret`, `rotate` |
 //!
@@ -27,6 +28,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod backoff;
 pub mod commands;
 pub mod config;
 pub mod entity;

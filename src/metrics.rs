@@ -16,6 +16,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::entity::EntityId;
+use crate::secret::SecretRecorder;
 use crate::timefmt;
 use crate::token::broker::EntityStatus;
 
@@ -40,6 +41,11 @@ struct IamLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LoginLabels {
+    outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -79,6 +85,8 @@ pub struct Metrics {
     secret_in_grace: Family<EntityLabels, Gauge>,
     secret_expires_in: Family<EntityLabels, FloatGauge>,
     secret_alert: Family<EntityLabels, Gauge>,
+    secret_warning: Family<EntityLabels, Gauge>,
+    admin_logins: Family<LoginLabels, Counter>,
     rotations: Family<OutcomeLabels, Counter>,
     last_rotation: Family<EntityLabels, FloatGauge>,
 }
@@ -115,6 +123,8 @@ impl Metrics {
             secret_in_grace: Family::default(),
             secret_expires_in: Family::default(),
             secret_alert: Family::default(),
+            secret_warning: Family::default(),
+            admin_logins: Family::default(),
             rotations: Family::default(),
             last_rotation: Family::default(),
             registry,
@@ -195,6 +205,16 @@ impl Metrics {
             "secret_alert",
             "1 when a secret-lifecycle problem (e.g. a rotated secret not yet stored) makes the entity not ready",
             m.secret_alert.clone(),
+        );
+        r.register(
+            "secret_warning",
+            "1 when the IAM sent something about the secret that cannot be right (e.g. an impossible expiry); tokens still flow",
+            m.secret_warning.clone(),
+        );
+        r.register(
+            "admin_logins",
+            "Admin user logins, by outcome (ok, rejected, failed, held: not sent because of the backoff or the hourly limit)",
+            m.admin_logins.clone(),
         );
         r.register(
             "secret_rotations",
@@ -318,10 +338,23 @@ impl Metrics {
             self.secret_in_grace
                 .get_or_create(&labels)
                 .set(i64::from(entity.secret_in_grace));
+            self.secret_warning
+                .get_or_create(&labels)
+                .set(i64::from(entity.secret_warning.is_some()));
         }
         let mut out = String::with_capacity(4096);
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+impl SecretRecorder for Metrics {
+    fn admin_login(&self, outcome: &'static str) {
+        self.admin_logins
+            .get_or_create(&LoginLabels {
+                outcome: outcome.into(),
+            })
+            .inc();
     }
 }

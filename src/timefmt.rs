@@ -1,20 +1,49 @@
-//! Wall-clock formatting and parsing.
+//! Wall-clock conversion, formatting and parsing — the one place raw times from upstream become
+//! [`SystemTime`]s.
+//!
+//! Every number and string the IAM sends for a time may be absurd, in another unit or missing, so each
+//! conversion here is checked and returns `None` for anything outside [`EARLIEST`]..=[`latest()`], and each
+//! formatter is total: it never panics, whatever time it is given. Wall-clock times are for display,
+//! cross-checks and the secret's expiry: token lifetimes are measured on the monotonic clock.
 //!
 //! The IAM writes timestamps as RFC 3339 with 0 to 9 fractional digits (`2024-10-10T11:11:45.096203206Z`),
-//! and some fields (`secret-expiry-ts`, `expirationDate`) as a local date-time with no zone at all. This
-//! module owns the one lenient parser for all of them, so no other module guesses at formats. Wall-clock
-//! times are for display and cross-checks only: token lifetimes are measured on the monotonic clock.
+//! and some fields (`secret-expiry-ts`, `expirationDate`) as a local date-time with no zone at all.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// `2026-11-23T17:12:05Z` (whole seconds, UTC).
-pub fn rfc3339_seconds(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
+/// The earliest time accepted from upstream: the Unix epoch. Anything before it is a bug or a unit error.
+pub const EARLIEST: SystemTime = UNIX_EPOCH;
+/// Seconds from the epoch to 9999-12-31T23:59:59Z, the last instant RFC 3339 can write.
+const LATEST_UNIX_SECONDS: u64 = 253_402_300_799;
+
+/// The latest time accepted from upstream: 9999-12-31T23:59:59Z.
+pub fn latest() -> SystemTime {
+    // 64-bit `SystemTime`s reach far beyond the year 9999 on every supported platform.
+    UNIX_EPOCH + Duration::from_secs(LATEST_UNIX_SECONDS)
 }
 
-/// `2026-11-23T17:12:05.123456789Z` (nanoseconds, UTC), the IAM's envelope format.
+/// Epoch numbers below this magnitude are seconds, above it milliseconds. 10^11 seconds is the year
+/// 5138; 10^11 milliseconds is March 1973. No real expiry falls in the gap, so the magnitude decides.
+pub const SECONDS_OR_MILLIS_BOUNDARY: f64 = 1e11;
+
+/// The offset the IAM's zoneless local date-times are read with where the earlier reading is the safe one:
+/// India Standard Time, +05:30. Read as IST, a zoneless expiry is 5.5 hours *earlier* than read as UTC, so
+/// whichever the IAM meant, the broker never believes a secret lives longer than it does.
+pub const IST_OFFSET_SECONDS: i64 = 5 * 3600 + 30 * 60;
+
+/// Clamps `t` into the range RFC 3339 can write, so formatting can never fail.
+fn displayable(t: SystemTime) -> SystemTime {
+    t.clamp(EARLIEST, latest())
+}
+
+/// `2026-11-23T17:12:05Z` (whole seconds, UTC). Total: times outside 1970..=9999 are clamped.
+pub fn rfc3339_seconds(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(displayable(t)).to_string()
+}
+
+/// `2026-11-23T17:12:05.123456789Z` (nanoseconds, UTC), the IAM's envelope format. Total.
 pub fn rfc3339_nanos(t: SystemTime) -> String {
-    humantime::format_rfc3339_nanos(t).to_string()
+    humantime::format_rfc3339_nanos(displayable(t)).to_string()
 }
 
 /// `2026-11-23T17:12:05.123456789` (nanoseconds, no zone), the format of the `secret-expiry-ts` claim.
@@ -26,7 +55,7 @@ pub fn local_datetime_nanos(t: SystemTime) -> String {
 
 /// `2026-11-23T17:12:05.123` (milliseconds, no zone), the format of `expirationDate`.
 pub fn local_datetime_millis(t: SystemTime) -> String {
-    let mut s = humantime::format_rfc3339_millis(t).to_string();
+    let mut s = humantime::format_rfc3339_millis(displayable(t)).to_string();
     s.pop();
     s
 }
@@ -39,113 +68,99 @@ pub fn unix_seconds(t: SystemTime) -> f64 {
     }
 }
 
-/// Converts epoch milliseconds (the IAM's `expiresOn`) to a wall-clock time.
-pub fn from_unix_millis(ms: i64) -> SystemTime {
-    if ms >= 0 {
-        UNIX_EPOCH + Duration::from_millis(ms.unsigned_abs())
+/// Epoch seconds (JWT `exp`/`iat`) as a wall-clock time; `None` when not finite or outside the range.
+pub fn from_unix_seconds(secs: f64) -> Option<SystemTime> {
+    if !secs.is_finite() || secs < 0.0 || secs > LATEST_UNIX_SECONDS as f64 {
+        return None;
+    }
+    UNIX_EPOCH.checked_add(Duration::try_from_secs_f64(secs).ok()?)
+}
+
+/// An epoch number whose unit is not certain (the IAM's `expiresOn`: milliseconds in most examples,
+/// seconds in one), read as seconds below [`SECONDS_OR_MILLIS_BOUNDARY`] and as milliseconds above it.
+pub fn from_unix_seconds_or_millis(value: f64) -> Option<SystemTime> {
+    if !value.is_finite() {
+        return None;
+    }
+    if value.abs() < SECONDS_OR_MILLIS_BOUNDARY {
+        from_unix_seconds(value)
+    } else if value.fract() == 0.0 && value > 0.0 && value <= LATEST_UNIX_SECONDS as f64 * 1000.0 {
+        // Whole milliseconds (the usual case) convert exactly; `value / 1000.0` would not.
+        UNIX_EPOCH.checked_add(Duration::from_millis(value as u64))
     } else {
-        UNIX_EPOCH - Duration::from_millis(ms.unsigned_abs())
+        from_unix_seconds(value / 1000.0)
     }
 }
 
-/// Converts epoch seconds (JWT `exp`/`iat`) to a wall-clock time.
-pub fn from_unix_seconds(secs: i64) -> SystemTime {
-    if secs >= 0 {
-        UNIX_EPOCH + Duration::from_secs(secs.unsigned_abs())
-    } else {
-        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
-    }
+/// What a timestamp without a zone is taken to mean.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Zoneless {
+    /// UTC, as the IAM's observed samples suggest.
+    Utc,
+    /// India Standard Time: the earlier of the two readings, for expiries (see [`IST_OFFSET_SECONDS`]).
+    EarlierReading,
 }
 
-/// Parses `YYYY-MM-DD[T| ]HH:MM:SS[.f{1,9}][Z|z|±HH:MM|±HHMM]`. A missing zone is read as UTC, which is
-/// what the IAM's zoneless fields have been observed to mean; callers treat those as hints only.
+/// Parses `YYYY-MM-DD[T| ]HH:MM:SS[.f{1,9}][Z|z|±HH:MM|±HHMM]`, reading a missing zone as UTC.
 pub fn parse_iam_timestamp(raw: &str) -> Option<SystemTime> {
-    let s = raw.trim().as_bytes();
-    if s.len() < 19 {
+    parse_with_zone(raw, Zoneless::Utc)
+}
+
+/// Parses a timestamp that says when something *expires*: a missing zone is read as IST, the earlier
+/// reading, so that an ambiguous expiry can only make the broker act early, never late.
+pub fn parse_iam_expiry(raw: &str) -> Option<SystemTime> {
+    parse_with_zone(raw, Zoneless::EarlierReading)
+}
+
+fn parse_with_zone(raw: &str, zoneless: Zoneless) -> Option<SystemTime> {
+    let s = raw.trim();
+    // The date-time part is the first 19 characters plus any fraction; the zone is what follows.
+    if s.len() < 19 || !s.is_ascii() {
         return None;
     }
-    let num = |range: std::ops::Range<usize>| -> Option<i64> {
-        let part = s.get(range)?;
-        if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        std::str::from_utf8(part).ok()?.parse().ok()
-    };
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if s[4] != b'-'
-        || s[7] != b'-'
-        || !matches!(s[10], b'T' | b't' | b' ')
-        || s[13] != b':'
-        || s[16] != b':'
-    {
+    let fraction_digits = s[19..]
+        .strip_prefix('.')
+        .map(|f| f.bytes().take_while(u8::is_ascii_digit).count());
+    if fraction_digits.is_some_and(|digits| !(1..=9).contains(&digits)) {
         return None;
     }
-    if !(1..=12).contains(&month)
-        || day < 1
-        || day > days_in_month(year, month)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
-        return None;
-    }
-    let mut rest = &s[19..];
-    let mut nanos: u32 = 0;
-    if let Some(frac) = rest.strip_prefix(b".") {
-        let digits = frac.iter().take_while(|b| b.is_ascii_digit()).count();
-        if digits == 0 || digits > 9 {
-            return None;
-        }
-        for (i, d) in frac[..digits].iter().enumerate() {
-            nanos += u32::from(d - b'0') * 10u32.pow(8 - i as u32);
-        }
-        rest = &frac[digits..];
-    }
-    let offset_secs: i64 = match rest {
-        [] | [b'Z'] | [b'z'] => 0,
+    let fraction_end = 19 + fraction_digits.map_or(0, |digits| 1 + digits);
+    let (local, zone) = s.split_at(fraction_end);
+    let offset_secs: i64 = match zone.as_bytes() {
+        [] => match zoneless {
+            Zoneless::Utc => 0,
+            Zoneless::EarlierReading => IST_OFFSET_SECONDS,
+        },
+        [b'Z' | b'z'] => 0,
         [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] | [sign @ (b'+' | b'-'), h1, h2, m1, m2] => {
             let digits = [*h1, *h2, *m1, *m2];
             if !digits.iter().all(u8::is_ascii_digit) {
                 return None;
             }
-            let v = |a: u8, b: u8| i64::from(a - b'0') * 10 + i64::from(b - b'0');
-            let (oh, om) = (v(digits[0], digits[1]), v(digits[2], digits[3]));
-            if oh > 23 || om > 59 {
+            let two = |a: u8, b: u8| i64::from(a - b'0') * 10 + i64::from(b - b'0');
+            let (hours, minutes) = (two(*h1, *h2), two(*m1, *m2));
+            if hours > 23 || minutes > 59 {
                 return None;
             }
-            let magnitude = oh * 3600 + om * 60;
+            let magnitude = hours * 3600 + minutes * 60;
             if *sign == b'+' { magnitude } else { -magnitude }
         }
         _ => return None,
     };
-    let days = days_from_civil(year, month, day);
-    let secs = days * 86_400 + hour * 3600 + minute * 60 + second.min(59) - offset_secs;
-    Some(from_unix_seconds(secs) + Duration::from_nanos(u64::from(nanos)))
-}
-
-fn is_leap(year: i64) -> bool {
-    (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
-}
-
-fn days_in_month(year: i64, month: i64) -> i64 {
-    match month {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        _ if is_leap(year) => 29,
-        _ => 28,
+    // humantime checks the calendar (month lengths, leap years) and the 0–9 fractional digits; it wants
+    // an upper-case `T` or a space between date and time.
+    let mut local = local.to_string();
+    if local.as_bytes().get(10) == Some(&b't') {
+        local.replace_range(10..11, "T");
     }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    let as_utc = humantime::parse_rfc3339_weak(&local).ok()?;
+    let shift = Duration::from_secs(offset_secs.unsigned_abs());
+    let t = if offset_secs >= 0 {
+        as_utc.checked_sub(shift)?
+    } else {
+        as_utc.checked_add(shift)?
+    };
+    (EARLIEST..=latest()).contains(&t).then_some(t)
 }
 
 #[cfg(test)]
@@ -191,13 +206,33 @@ mod tests {
             1_727_776_229
         );
         assert_eq!(
-            secs(parse_iam_timestamp("1969-12-31T23:59:59Z").unwrap()),
-            -1.0
+            parse_iam_timestamp("2024-10-01t09:50:29z"),
+            parse_iam_timestamp("2024-10-01T09:50:29Z")
         );
     }
 
     #[test]
-    fn rejects_garbage_without_panicking() {
+    fn a_zoneless_expiry_is_read_as_the_earlier_instant() {
+        let zoneless = "2024-10-01T15:20:29.102782479";
+        let as_expiry = parse_iam_expiry(zoneless).unwrap();
+        let as_utc = parse_iam_timestamp(zoneless).unwrap();
+        assert_eq!(
+            as_utc.duration_since(as_expiry).unwrap(),
+            Duration::from_secs(IST_OFFSET_SECONDS as u64)
+        );
+        assert_eq!(
+            as_expiry,
+            parse_iam_timestamp("2024-10-01T15:20:29.102782479+05:30").unwrap()
+        );
+        // An explicit zone is always honoured.
+        assert_eq!(
+            parse_iam_expiry("2024-10-01T09:50:29Z"),
+            parse_iam_timestamp("2024-10-01T09:50:29Z")
+        );
+    }
+
+    #[test]
+    fn rejects_garbage_and_times_outside_the_range_without_panicking() {
         for bad in [
             "",
             "2024",
@@ -210,10 +245,59 @@ mod tests {
             "２０２４-10-10T11:11:45Z",
             "2024-10-10T11:11:4５Z",
             "+024-10-10T11:11:45Z",
+            "1969-12-31T00:00:00",
+            "1969-12-31T23:59:59Z",
+            "1970-01-01T00:00:00+00:01",
+            "9999-12-31T23:59:59-00:01",
         ] {
             assert!(parse_iam_timestamp(bad).is_none(), "{bad}");
+            assert!(parse_iam_expiry(bad).is_none(), "{bad}");
         }
         assert!(parse_iam_timestamp("2024-02-29T00:00:00Z").is_some());
+        assert_eq!(parse_iam_timestamp("1970-01-01T00:00:00Z"), Some(EARLIEST));
+        assert_eq!(parse_iam_timestamp("9999-12-31T23:59:59Z"), Some(latest()));
+    }
+
+    #[test]
+    fn epoch_numbers_are_checked_and_their_unit_follows_their_magnitude() {
+        let expected = UNIX_EPOCH + Duration::from_secs(1_725_010_763);
+        assert_eq!(from_unix_seconds_or_millis(1_725_010_763.0), Some(expected));
+        assert_eq!(
+            from_unix_seconds_or_millis(1_725_010_763_000.0),
+            Some(expected)
+        );
+        assert_eq!(
+            from_unix_seconds_or_millis(1_733_226_041_466.0),
+            Some(UNIX_EPOCH + Duration::from_millis(1_733_226_041_466))
+        );
+        for absurd in [
+            -1000.0,
+            -1.0,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            1e300,
+            -1e300,
+            u64::MAX as f64,
+            i64::MIN as f64,
+        ] {
+            assert_eq!(from_unix_seconds_or_millis(absurd), None, "{absurd}");
+            assert_eq!(from_unix_seconds(absurd), None, "{absurd}");
+        }
+        assert_eq!(from_unix_seconds(0.0), Some(EARLIEST));
+    }
+
+    #[test]
+    fn formatters_are_total() {
+        let before_epoch = UNIX_EPOCH - Duration::from_secs(86_400);
+        assert_eq!(rfc3339_seconds(before_epoch), "1970-01-01T00:00:00Z");
+        let far = latest() + Duration::from_secs(1_000_000_000);
+        assert_eq!(rfc3339_seconds(far), "9999-12-31T23:59:59Z");
+        assert_eq!(local_datetime_millis(far), "9999-12-31T23:59:59.000");
+        assert_eq!(
+            local_datetime_nanos(before_epoch),
+            "1970-01-01T00:00:00.000000000"
+        );
     }
 
     #[test]
@@ -224,9 +308,5 @@ mod tests {
         assert_eq!(local_datetime_millis(t), "2024-10-10T11:11:45.096");
         assert_eq!(rfc3339_seconds(t), "2024-10-10T11:11:45Z");
         assert_eq!(parse_iam_timestamp(&rfc3339_nanos(t)), Some(t));
-        assert_eq!(
-            from_unix_millis(1_733_226_041_466),
-            UNIX_EPOCH + Duration::from_millis(1_733_226_041_466)
-        );
     }
 }

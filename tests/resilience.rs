@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use aa_token_broker::entity::SecretSource;
-use aa_token_broker::iam::IamTimeouts;
+use aa_token_broker::iam::{Endpoint, IamTimeouts};
 use aa_token_broker::simulator::FaultKind;
 use aa_token_broker::token::policy::RefreshPolicy;
 use common::*;
@@ -223,19 +223,20 @@ async fn malformed_and_hostile_answers_leave_the_held_token_in_place() {
         (FaultKind::Reset, "request failed"),
         (
             FaultKind::Status {
-                status: 429,
-                retry_after_secs: Some(3),
-                body: None,
-            },
-            "HTTP 429",
-        ),
-        (
-            FaultKind::Status {
                 status: 401,
                 retry_after_secs: None,
                 body: Some(echo),
             },
             "HTTP 401 Unauthorized",
+        ),
+        // Last: its Retry-After holds back the forced refreshes that follow (checked below).
+        (
+            FaultKind::Status {
+                status: 429,
+                retry_after_secs: Some(3),
+                body: None,
+            },
+            "HTTP 429",
         ),
     ];
     for (fault, expected) in cases {
@@ -265,6 +266,18 @@ async fn malformed_and_hostile_answers_leave_the_held_token_in_place() {
         );
     }
     iam.sim.clear_faults();
+    // The IAM asked for 3 s of quiet: a forced refresh now is answered from here, with the wait left.
+    let calls = iam.sim.calls(Endpoint::EntityToken);
+    let held_back = broker.post("/v1/token/refresh").await;
+    assert_eq!(held_back.status(), 503);
+    let wait: u64 = held_back.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=3).contains(&wait), "{wait}");
+    assert_eq!(iam.sim.calls(Endpoint::EntityToken), calls);
+    tokio::time::sleep(Duration::from_secs(wait)).await;
     let recovered = broker.post("/v1/token/refresh").await;
     assert_eq!(recovered.status(), 200);
     let fresh = broker.get("/v1/token").await;
@@ -414,8 +427,9 @@ async fn grace_period_warning_and_clock_skew_are_exported() {
         .find(|l| l.starts_with("aa_broker_secret_expiry_timestamp_seconds{"))
         .expect("secret expiry gauge");
     let expiry: f64 = expiry_line.rsplit(' ').next().unwrap().parse().unwrap();
+    // The claim has no zone; it is read as IST, the earlier of the two readings (5.5 h before UTC).
     assert!(
-        (expiry - (now_secs() - 2.0 * 86_400.0 - 3600.0)).abs() < 5.0,
+        (expiry - (now_secs() - 2.0 * 86_400.0 - 3600.0 - 5.5 * 3600.0)).abs() < 5.0,
         "{expiry_line}"
     );
     broker.stop().await;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use aa_token_broker::entity::{EntityId, SecretSource};
 use aa_token_broker::iam::{Endpoint, IamClient, IamTimeouts};
+use aa_token_broker::secret::policy::DEFAULT_MIN_RESET_INTERVAL;
 use aa_token_broker::secret::{AdminCredentials, RotationSettings, SinkSpec};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -45,6 +46,9 @@ fn rotation(check_interval: Duration) -> RotationSettings {
         expiry_days: 180,
         check_interval,
         kube: None,
+        min_reset_interval: DEFAULT_MIN_RESET_INTERVAL,
+        // Reset records of sinks that are not files: a directory of this test's own.
+        state_dir: std::env::temp_dir().join(format!("aa-broker-test-{:016x}", fastrand::u64(..))),
     }
 }
 
@@ -170,7 +174,7 @@ async fn a_failing_sink_loses_nothing_and_is_retried_until_it_works() {
     options.policy.forced_refresh_interval = Duration::ZERO;
     // Written to a side file and renamed, so the test never sees the file half-written.
     options.sink = Some(SinkSpec::Exec(format!(
-        "test -e {gate} && cat > {stored}.part && mv {stored}.part {stored}",
+        "sh -c 'test -e {gate} && cat > {stored}.part && mv {stored}.part {stored}'",
         gate = gate.display(),
         stored = stored.display()
     )));

@@ -3,6 +3,7 @@
 //! the sink before anything is printed.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use secrecy::ExposeSecret;
@@ -16,7 +17,7 @@ use crate::iam::IamClient;
 use crate::secret::policy::{RotationDecision, decide};
 use crate::secret::rotation::RotationError;
 use crate::secret::sink::write_atomically;
-use crate::secret::{AdminSession, Rotator, SecretSink, SinkSpec, lock};
+use crate::secret::{AdminSession, NoRecorder, Rotator, SecretSink, SinkSpec, lock};
 use crate::telemetry;
 use crate::timefmt;
 
@@ -43,8 +44,9 @@ fn prepare(
 fn rotator(ctx: &AdminContext, expiry_days: u32) -> Result<Rotator, ExitCode> {
     let iam = IamClient::new(&ctx.iam_url, ctx.iam_timeouts).map_err(failure)?;
     Ok(Rotator::new(
-        AdminSession::new(iam, ctx.rotation.admin.clone()),
+        AdminSession::new(iam, ctx.rotation.admin.clone(), Arc::new(NoRecorder)),
         expiry_days,
+        ctx.rotation.reset_bound(),
     ))
 }
 
@@ -153,7 +155,7 @@ pub fn reset(args: &SecretResetArgs) -> ExitCode {
             (Ok(rotator), Ok(sink)) => (rotator, sink),
             (Err(code), _) | (_, Err(code)) => return code,
         };
-        match rotate_and_store(&rotator, &ctx, &sink).await {
+        match rotate_and_store(&rotator, &ctx, &sink, false).await {
             Ok(message) => {
                 println!("{}: secret reset; {message}", ctx.entity);
                 ExitCode::SUCCESS
@@ -225,7 +227,8 @@ pub fn rotate(args: &RotateArgs) -> ExitCode {
             );
             return ExitCode::SUCCESS;
         }
-        match rotate_and_store(&rotator, &ctx, &sink).await {
+        // `--force` is an operator's deliberate, one-off act: it is not held to the reset bound.
+        match rotate_and_store(&rotator, &ctx, &sink, !args.force).await {
             Ok(message) => {
                 println!("{}: rotated ({reason}); {message}", ctx.entity);
                 ExitCode::SUCCESS
@@ -240,8 +243,9 @@ async fn rotate_and_store(
     rotator: &Rotator,
     ctx: &AdminContext,
     sink: &SecretSink,
+    bounded: bool,
 ) -> Result<String, ExitCode> {
-    match rotator.rotate(&ctx.entity, sink).await {
+    match rotator.rotate_with(&ctx.entity, sink, bounded).await {
         Ok(rotated) => Ok(format!(
             "stored in {}; {}",
             sink.spec(),

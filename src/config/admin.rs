@@ -11,6 +11,7 @@ use super::cli::{AdminArgs, EntityArgs, IamArgs, LogArgs, RotationArgs};
 use super::{Common, ConfigError, EnvSecrets, LogSettings, common, file, log_settings};
 use crate::entity::{EntityId, SecretSource, read_secret_file};
 use crate::iam::IamTimeouts;
+use crate::secret::policy::{DEFAULT_MIN_RESET_INTERVAL, MIN_RESET_INTERVAL_FLOOR};
 use crate::secret::sink::{SERVICE_ACCOUNT_CA, SERVICE_ACCOUNT_TOKEN};
 use crate::secret::{AdminCredentials, KubeAccess, RotationSettings, SinkSpec};
 
@@ -108,7 +109,27 @@ pub fn rotation_settings(
     } else {
         None
     };
+    let floor = MIN_RESET_INTERVAL_FLOOR.as_secs_f64();
+    let min_reset_interval = match rotation.min_reset_interval.or(file.min_reset_interval) {
+        Some(secs) if secs.is_finite() && (floor..=30.0 * 86_400.0).contains(&secs) => {
+            Duration::from_secs_f64(secs)
+        }
+        Some(_) => {
+            return Err(ConfigError::new(
+                "--min-reset-interval (AA_BROKER_MIN_RESET_INTERVAL)",
+                format!("must be between {floor} seconds (10 minutes) and 30 days"),
+            ));
+        }
+        None => DEFAULT_MIN_RESET_INTERVAL,
+    };
+    let state_dir = rotation
+        .state_dir
+        .clone()
+        .or_else(|| file.state_dir.clone())
+        .unwrap_or_else(|| std::env::temp_dir().join("aa-token-broker"));
     Ok(Some(RotationSettings {
+        min_reset_interval,
+        state_dir,
         admin: AdminCredentials { email, password },
         rotate_before: Duration::from_secs_f64(days * 86_400.0),
         expiry_days,
@@ -164,10 +185,11 @@ fn kube_access(rotation: &RotationArgs) -> Result<KubeAccess, ConfigError> {
             format!("{api_url:?} is not a URL: {e}"),
         )
     })?;
-    if !matches!(parsed.scheme(), "http" | "https") {
+    let loopback = crate::iam::client::is_loopback_url(&parsed);
+    if !(parsed.scheme() == "https" || (parsed.scheme() == "http" && loopback)) {
         return Err(ConfigError::new(
             "--kube-api-url (AA_BROKER_KUBE_API_URL)",
-            "the scheme must be https",
+            "the scheme must be https (plain http only for a loopback address, e.g. kubectl proxy)",
         ));
     }
     let token_file = rotation

@@ -115,6 +115,22 @@ pub struct RotationArgs {
         hide_env = true
     )]
     pub secret_check_interval: Option<f64>,
+    /// Least time between two resets of one entity's secret, in seconds, kept across restarts (default 3600, at least 600) [env: AA_BROKER_MIN_RESET_INTERVAL]
+    #[arg(
+        long,
+        env = "AA_BROKER_MIN_RESET_INTERVAL",
+        value_name = "SECONDS",
+        hide_env = true
+    )]
+    pub min_reset_interval: Option<f64>,
+    /// Directory for the reset records of sinks that are not files (default: $TMPDIR/aa-token-broker) [env: AA_BROKER_STATE_DIR]
+    #[arg(
+        long,
+        env = "AA_BROKER_STATE_DIR",
+        value_name = "PATH",
+        hide_env = true
+    )]
+    pub state_dir: Option<PathBuf>,
     /// Kubernetes API server for a kubernetes-secret sink (default from KUBERNETES_SERVICE_HOST/PORT) [env: AA_BROKER_KUBE_API_URL]
     #[arg(
         long,
@@ -223,6 +239,9 @@ pub struct IamArgs {
         hide_env = true
     )]
     pub iam_timeout: Option<f64>,
+    /// Allow a plain-http IAM URL that is not loopback (a simulator in another container); logged as a warning [env: AA_BROKER_ALLOW_PLAIN_HTTP]
+    #[arg(long, env = "AA_BROKER_ALLOW_PLAIN_HTTP", hide_env = true)]
+    pub allow_plain_http: bool,
 }
 
 /// Which entity (or entities) and their secrets.
@@ -310,6 +329,22 @@ pub struct ListenArgs {
         hide_env = true
     )]
     pub shutdown_grace: Option<f64>,
+    /// Seconds a write to a client may make no progress before the connection is closed (default 10) [env: AA_BROKER_WRITE_TIMEOUT]
+    #[arg(
+        long,
+        env = "AA_BROKER_WRITE_TIMEOUT",
+        value_name = "SECONDS",
+        hide_env = true
+    )]
+    pub write_timeout: Option<f64>,
+    /// Requests served on one connection before it is closed (default 10000) [env: AA_BROKER_MAX_REQUESTS_PER_CONNECTION]
+    #[arg(
+        long,
+        env = "AA_BROKER_MAX_REQUESTS_PER_CONNECTION",
+        value_name = "N",
+        hide_env = true
+    )]
+    pub max_requests_per_connection: Option<u32>,
 }
 
 #[derive(Debug, Args)]

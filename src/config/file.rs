@@ -38,11 +38,15 @@ pub struct FileConfig {
     pub max_connections: Option<usize>,
     pub worker_threads: Option<usize>,
     pub shutdown_grace: Option<f64>,
+    pub write_timeout: Option<f64>,
+    pub max_requests_per_connection: Option<u32>,
     pub admin_email: Option<String>,
     pub admin_password_file: Option<PathBuf>,
     pub rotate_before_days: Option<f64>,
     pub secret_expiry_days: Option<u32>,
     pub secret_check_interval: Option<f64>,
+    pub min_reset_interval: Option<f64>,
+    pub state_dir: Option<PathBuf>,
     #[serde(default)]
     pub entities: Vec<FileEntity>,
 }

@@ -146,6 +146,15 @@ pub(crate) fn common(iam: &IamArgs, entity: &EntityArgs) -> Result<Common, Confi
         iam.environment.as_deref().or(file.environment.as_deref()),
         iam.iam_url.is_some() || iam.environment.is_some(),
     )?;
+    if iam_url.starts_with("http:")
+        && !iam.allow_plain_http
+        && !reqwest::Url::parse(&iam_url).is_ok_and(|u| crate::iam::client::is_loopback_url(&u))
+    {
+        return Err(ConfigError::new(
+            S_IAM_URL,
+            "plain http is accepted only for a loopback IAM (a local simulator); use https, or --allow-plain-http for a simulator in another container",
+        ));
+    }
     let iam_timeouts = IamTimeouts {
         connect: seconds(
             "--iam-connect-timeout (AA_BROKER_IAM_CONNECT_TIMEOUT)",
@@ -283,9 +292,26 @@ pub fn broker_settings(
         listen.shutdown_grace.or(file.shutdown_grace),
         10.0,
     )?;
+    let write_timeout = seconds(
+        "--write-timeout (AA_BROKER_WRITE_TIMEOUT)",
+        listen.write_timeout.or(file.write_timeout),
+        10.0,
+    )?;
+    let max_requests_per_connection = listen
+        .max_requests_per_connection
+        .or(file.max_requests_per_connection)
+        .unwrap_or(10_000);
+    if max_requests_per_connection == 0 {
+        return Err(ConfigError::new(
+            "--max-requests-per-connection (AA_BROKER_MAX_REQUESTS_PER_CONNECTION)",
+            "must be at least 1",
+        ));
+    }
     let limits = ServerLimits {
         max_connections,
         shutdown_grace,
+        write_timeout,
+        max_requests_per_connection,
         ..ServerLimits::default()
     };
     Ok(BrokerSettings {

@@ -40,6 +40,10 @@ struct EntityReadiness {
     #[serde(skip_serializing_if = "Option::is_none")]
     secret_alert: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    secret_warning: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    admin_login: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     last_rotation: Option<String>,
 }
 
@@ -63,6 +67,8 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Response {
                     secret_in_grace: e.secret_in_grace,
                     iam_message: e.iam_message,
                     secret_alert: e.secret_alert,
+                    secret_warning: e.secret_warning,
+                    admin_login: e.admin_login,
                     last_rotation: e.last_rotation.map(timefmt::rfc3339_seconds),
                 },
             )

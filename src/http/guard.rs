@@ -1,18 +1,24 @@
-//! The caller guard on every `/v1/*` route.
+//! The caller guard of the token port.
 //!
 //! A token is handed only to a request that (1) carries `Metadata: true`, which a browser cannot add to a
 //! cross-origin request without a preflight and which an SSRF-able service does not add to the URLs it is
 //! tricked into fetching; (2) carries no `Forwarded`/`X-Forwarded-For`, which a proxy adds on the way in;
 //! and (3) names a loopback `Host` (or one the operator explicitly allowed), which a DNS-rebinding page
-//! cannot do. This is the defence the cloud metadata servers use. The header requirement can be turned off
-//! by configuration, and the broker says so loudly at start; the other two checks cannot be.
+//! cannot do — in the `Host` header and, for an absolute-form request (`GET http://host/…`), in the request
+//! target too. This is the defence the cloud metadata servers use. The header requirement can be turned
+//! off by configuration, and the broker says so loudly at start; the other two checks cannot be.
+//!
+//! Every other route of the token port (`/healthz`, `/readyz`, `/metrics`) hands out no credential but
+//! still says a lot about the entity, so it gets check (3) alone ([`host_only`]): a DNS-rebinding page
+//! cannot read it either. The admin listener, bound to the pod IP for probes and Prometheus, has no guard.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
+use axum::middleware::Next;
 use axum::response::Response;
 
 use super::{AppState, reply};
@@ -117,6 +123,46 @@ pub fn check(headers: &HeaderMap, settings: &GuardSettings) -> Result<CallerAllo
     })
 }
 
+/// The target of an absolute-form request must name an allowed host as well: a client (or a proxy) may
+/// send `GET http://169.254.169.254/…` with a loopback `Host`, and which of the two a hop honoured is
+/// anyone's guess.
+pub fn check_target(uri: &Uri, allowed: &[String]) -> Result<(), Refusal> {
+    match uri.authority() {
+        None => Ok(()),
+        Some(authority) if host_allowed(authority.as_str(), allowed) => Ok(()),
+        Some(_) => Err(Refusal::Host),
+    }
+}
+
+/// Check (3) alone: exactly one `Host`, naming loopback or an allowed host, and an allowed target.
+pub fn check_host(uri: &Uri, headers: &HeaderMap, allowed: &[String]) -> Result<(), Refusal> {
+    check_target(uri, allowed)?;
+    let mut hosts = headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(host), None) if host.to_str().is_ok_and(|h| host_allowed(h, allowed)) => Ok(()),
+        _ => Err(Refusal::Host),
+    }
+}
+
+/// Middleware for the token port's routes that hand out no credential: [`check_host`] only.
+pub async fn host_only(State(app): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    match check_host(request.uri(), request.headers(), &app.guard.allowed_hosts) {
+        Ok(()) => next.run(request).await,
+        Err(refusal) => refuse(&app, refusal, request.uri().path()),
+    }
+}
+
+/// Counts, logs (at debug) and answers a refusal.
+fn refuse(app: &AppState, refusal: Refusal, path: &str) -> Response {
+    app.broker.metrics().guard_rejection(refusal.as_str());
+    tracing::debug!(
+        reason = refusal.as_str(),
+        path,
+        "request refused by the caller guard"
+    );
+    reply::error(StatusCode::FORBIDDEN, "forbidden", refusal.message())
+}
+
 /// `localhost`, a loopback IP literal (IPv4 `127/8`, IPv6 `::1`, bracketed), or an allowed name; any port.
 pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
     let host = host.trim();
@@ -167,11 +213,9 @@ impl FromRequestParts<Arc<AppState>> for CallerAllowed {
         parts: &mut Parts,
         app: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        check(&parts.headers, &app.guard).map_err(|refusal| {
-            app.broker.metrics().guard_rejection(refusal.as_str());
-            tracing::debug!(reason = refusal.as_str(), path = %parts.uri.path(), "request refused by the caller guard");
-            reply::error(StatusCode::FORBIDDEN, "forbidden", refusal.message())
-        })
+        check_target(&parts.uri, &app.guard.allowed_hosts)
+            .and_then(|()| check(&parts.headers, &app.guard))
+            .map_err(|refusal| refuse(app, refusal, parts.uri.path()))
     }
 }
 
@@ -262,6 +306,50 @@ mod tests {
             "broker.pod.local:7373",
             &["broker.pod.local".into()]
         ));
+    }
+
+    #[test]
+    fn absolute_form_targets_and_host_only_checks_name_loopback() {
+        let uri = |s: &str| s.parse::<Uri>().unwrap();
+        assert_eq!(check_target(&uri("/v1/token"), &[]), Ok(()));
+        assert_eq!(
+            check_target(&uri("http://127.0.0.1:7373/v1/token"), &[]),
+            Ok(())
+        );
+        assert_eq!(check_target(&uri("http://localhost/readyz"), &[]), Ok(()));
+        for bad in [
+            "http://169.254.169.254/v1/token",
+            "http://evil.com/readyz",
+            "http://user@127.0.0.1/v1/token",
+        ] {
+            assert_eq!(check_target(&uri(bad), &[]), Err(Refusal::Host), "{bad}");
+        }
+        let local = headers(&[("host", "localhost:7373")]);
+        assert_eq!(check_host(&uri("/metrics"), &local, &[]), Ok(()));
+        assert_eq!(
+            check_host(
+                &uri("/metrics"),
+                &headers(&[("host", "rebound.example")]),
+                &[]
+            ),
+            Err(Refusal::Host)
+        );
+        assert_eq!(
+            check_host(&uri("/metrics"), &HeaderMap::new(), &[]),
+            Err(Refusal::Host)
+        );
+        assert_eq!(
+            check_host(
+                &uri("/readyz"),
+                &headers(&[("host", "127.0.0.1"), ("host", "evil.com")]),
+                &[]
+            ),
+            Err(Refusal::Host)
+        );
+        assert_eq!(
+            check_host(&uri("http://evil.com/readyz"), &local, &[]),
+            Err(Refusal::Host)
+        );
     }
 
     #[test]

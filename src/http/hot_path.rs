@@ -15,11 +15,12 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll};
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{Method, Request, Response};
+use axum::http::{HeaderValue, Method, Request, Response, header};
 use axum::routing::future::RouteFuture;
 use http_body::Body as _;
 use hyper::body::Incoming;
@@ -29,11 +30,22 @@ use super::{AppState, guard, tokens};
 use crate::token::broker::Served;
 
 /// The service each connection runs: the hot path for token reads, the router for everything else.
-#[derive(Clone)]
 pub struct Frontend {
     /// `None` on the admin listener, which serves no tokens.
     tokens: Option<Arc<AppState>>,
     router: Router,
+    /// Requests this connection may still make; the answer to the last says `Connection: close`.
+    requests_left: AtomicU32,
+}
+
+impl Clone for Frontend {
+    fn clone(&self) -> Self {
+        Self {
+            tokens: self.tokens.clone(),
+            router: self.router.clone(),
+            requests_left: AtomicU32::new(u32::MAX),
+        }
+    }
 }
 
 impl Frontend {
@@ -41,6 +53,7 @@ impl Frontend {
         Self {
             tokens: Some(app),
             router,
+            requests_left: AtomicU32::new(u32::MAX),
         }
     }
 
@@ -49,7 +62,25 @@ impl Frontend {
         Self {
             tokens: None,
             router,
+            requests_left: AtomicU32::new(u32::MAX),
         }
+    }
+
+    /// The service for one new connection, which serves at most `max_requests` requests.
+    pub fn for_connection(&self, max_requests: u32) -> Self {
+        let service = self.clone();
+        service
+            .requests_left
+            .store(max_requests.max(1), Ordering::Relaxed);
+        service
+    }
+
+    /// Counts a request; `true` when it is the connection's last.
+    fn last_request(&self) -> bool {
+        // Only this connection's task calls this, so a relaxed read-modify-write is exact.
+        let left = self.requests_left.load(Ordering::Relaxed).saturating_sub(1);
+        self.requests_left.store(left, Ordering::Relaxed);
+        left == 0
     }
 
     /// The answer if the hot path can give it; `None` sends the request to the router.
@@ -74,6 +105,7 @@ impl Frontend {
         };
         let id = tokens::resolve(app, raw_id).ok()?;
         // A refusal is answered (and counted) by the router's guard.
+        guard::check_target(request.uri(), &app.guard.allowed_hosts).ok()?;
         let caller = guard::check(request.headers(), &app.guard).ok()?;
         let served: Served = app.broker.held(id)?;
         Some(tokens::answer(app, id, Ok(served), caller.wants_plain_text))
@@ -86,19 +118,27 @@ impl hyper::service::Service<Request<Incoming>> for Frontend {
     type Future = Answer;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
-        match self.try_answer(&request) {
-            Some(response) => Answer::Ready(Some(response)),
+        let close = self.last_request();
+        let future = match self.try_answer(&request) {
+            Some(response) => AnswerFuture::Ready(Some(response)),
             // The router is always ready (axum documents it), so no `poll_ready` first.
-            None => Answer::Routed(Box::new(self.router.clone().call(request))),
-        }
+            None => AnswerFuture::Routed(Box::new(self.router.clone().call(request))),
+        };
+        Answer { future, close }
     }
 }
 
-/// The future of one answer: ready at once from the hot path, or the router's.
+/// The future of one answer, and whether it is the connection's last.
 ///
 /// hyper keeps a box of this size per connection for the connection's life, so its size is paid per
-/// connection: the router's future (320 bytes) is boxed on the slow path, which leaves 128.
-pub enum Answer {
+/// connection: the router's future (320 bytes) is boxed on the slow path, which leaves 136.
+pub struct Answer {
+    future: AnswerFuture,
+    close: bool,
+}
+
+/// Ready at once from the hot path, or the router's.
+enum AnswerFuture {
     Ready(Option<Response<Body>>),
     Routed(Box<RouteFuture<Infallible>>),
 }
@@ -107,13 +147,24 @@ impl Future for Answer {
     type Output = Result<Response<Body>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.get_mut() {
-            Answer::Ready(response) => match response.take() {
+        let this = self.get_mut();
+        let polled = match &mut this.future {
+            AnswerFuture::Ready(response) => match response.take() {
                 Some(response) => Poll::Ready(Ok(response)),
                 // Polled again after completion: hyper never does; answer rather than panic.
                 None => Poll::Ready(Ok(Response::new(Body::empty()))),
             },
-            Answer::Routed(routed) => Pin::new(&mut **routed).poll(cx),
+            AnswerFuture::Routed(routed) => Pin::new(&mut **routed).poll(cx),
+        };
+        match polled {
+            Poll::Ready(Ok(mut response)) if this.close => {
+                // hyper closes the connection after an answer that says so.
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                Poll::Ready(Ok(response))
+            }
+            other => other,
         }
     }
 }
@@ -127,6 +178,7 @@ mod tests {
         // What hyper allocates per connection for the service's future; see [`Answer`].
         let size = std::mem::size_of::<Answer>();
         assert!(size <= 160, "Answer is {size} bytes");
+        assert!(std::mem::size_of::<AnswerFuture>() < size);
         assert!(std::mem::size_of::<RouteFuture<Infallible>>() > size);
     }
 }

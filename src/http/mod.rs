@@ -1,7 +1,7 @@
 //! The local HTTP surface.
 //!
 //! - [`router`] (this file) wires the routes and layers: `/v1/*` behind the [`guard`], plus `/healthz`,
-//!   `/readyz` and `/metrics`, which need no header.
+//!   `/readyz` and `/metrics`, which need no `Metadata` header but, on the token port, a loopback `Host`.
 //! - [`hot_path`]: the token read answered in front of the router, with the same guard and bytes.
 //! - [`tokens`]: `GET /v1/token[/{entityId}]` and the forced refresh.
 //! - [`admin`]: health, readiness and metrics.
@@ -81,6 +81,10 @@ pub fn router(state: Arc<AppState>) -> Router {
                 "method not allowed on this route",
             )
         })
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            guard::host_only,
+        ))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .with_state(state)
 }

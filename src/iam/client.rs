@@ -8,8 +8,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use secrecy::{ExposeSecret, SecretString};
 
-use super::error::sanitize_excerpt;
-use super::wire::{ErrorBody, SecretRequestBody, SecretResponseBody, TokenResponseBody};
+use super::error::{credential_forms, sanitize_excerpt};
+use super::wire::{ErrorBody, SecretAnswer, SecretRequestBody, TokenResponseBody};
 use super::{Endpoint, IamError};
 use crate::entity::EntityId;
 use crate::timefmt;
@@ -71,12 +71,18 @@ impl IamClient {
     /// `base` is the IAM base URL (e.g. `https://api.sandbox.sahamati.org.in/iam`); endpoints are `{base}/v1/…`.
     pub fn new(base: &str, timeouts: IamTimeouts) -> Result<Self, String> {
         crate::install_crypto_provider();
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(timeouts.connect)
             .timeout(timeouts.request)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("aa-token-broker/", env!("CARGO_PKG_VERSION")))
-            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_idle_timeout(Duration::from_secs(30));
+        // Banks route egress through proxies, so HTTP(S)_PROXY is honoured for the real IAM; a loopback
+        // IAM (the simulator) is never sent through one.
+        if reqwest::Url::parse(base).is_ok_and(|url| is_loopback_url(&url)) {
+            builder = builder.no_proxy();
+        }
+        let http = builder
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         Ok(Self {
@@ -209,8 +215,14 @@ impl IamClient {
         let (status, bytes) = self
             .send(endpoint, request, user_token.expose_secret())
             .await?;
-        let parsed: SecretResponseBody =
-            parse_json(endpoint, status, &bytes, user_token.expose_secret())?;
+        // Only the secret is required: a reset answer that carries one must reach the caller whatever its
+        // other fields say, because the IAM has already switched to it.
+        let parsed = SecretAnswer::parse(&bytes).map_err(|e| IamError::Malformed {
+            endpoint,
+            status,
+            reason: format!("not a JSON object ({e})"),
+            excerpt: sanitize_excerpt(&bytes, &credential_forms(user_token.expose_secret())),
+        })?;
         let secret = parsed
             .secret
             .filter(|s| !s.trim().is_empty())
@@ -223,7 +235,15 @@ impl IamClient {
         Ok(SecretGrant {
             entity_id: parsed.entity_id.map(|e| clip(&e)),
             secret: SecretString::from(secret),
-            expires_on: parsed.expires_on.map(timefmt::from_unix_millis),
+            expires_on: parsed
+                .expires_on
+                .and_then(timefmt::from_unix_seconds_or_millis)
+                .or_else(|| {
+                    parsed
+                        .expiration_date
+                        .as_deref()
+                        .and_then(timefmt::parse_iam_expiry)
+                }),
             expiration_date: parsed.expiration_date.map(|d| clip(&d)),
             message: parsed.message.map(|m| clip(&m)),
             txn_id: parsed.txn_id.map(|t| clip(&t)),
@@ -271,18 +291,20 @@ impl IamClient {
             return Ok((status, bytes));
         }
         let envelope: ErrorBody = serde_json::from_slice(&bytes).unwrap_or_default();
+        // An IAM or proxy that echoes the request puts the credential in its error in encoded forms too.
+        let credentials = credential_forms(credential);
         let text = |v: Option<serde_json::Value>| {
             v.and_then(|v| match v {
                 serde_json::Value::String(s) => Some(s),
                 serde_json::Value::Null => None,
                 other => Some(other.to_string()),
             })
-            .and_then(|s| sanitize_excerpt(s.as_bytes(), &[credential]))
+            .and_then(|s| sanitize_excerpt(s.as_bytes(), &credentials))
         };
         let error_code = text(envelope.error_code);
         let error_msg = text(envelope.error_msg).or_else(|| text(envelope.message));
         let excerpt = if error_code.is_none() && error_msg.is_none() {
-            sanitize_excerpt(&bytes, &[credential])
+            sanitize_excerpt(&bytes, &credentials)
         } else {
             None
         };
@@ -313,8 +335,23 @@ fn parse_json<T: serde::de::DeserializeOwned>(
         } else {
             format!("not the expected JSON ({e})")
         },
-        excerpt: sanitize_excerpt(bytes, &[credential]),
+        excerpt: sanitize_excerpt(bytes, &credential_forms(credential)),
     })
+}
+
+/// Whether a URL names this host: `localhost`, `127.0.0.0/8` or `::1`.
+pub fn is_loopback_url(url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => {
+            let host = host.to_ascii_lowercase();
+            host == "localhost" || host.ends_with(".localhost")
+        }
+    }
 }
 
 /// RFC 6750's `b64token`: the characters a bearer token may have (a JWT has a subset of them).

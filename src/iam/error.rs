@@ -51,6 +51,27 @@ impl IamError {
         matches!(self, IamError::Rejected { status: 401, .. })
     }
 
+    /// A 401 from a secret endpoint that blames the admin's *user token* (`TKN_2001`, "Authorization
+    /// token is missing or invalid"), as opposed to one that blames the entity ("Invalid entity id": the
+    /// user does not administer it). Only the first is cured by logging in again.
+    pub fn is_bad_user_token(&self) -> bool {
+        match self {
+            IamError::Rejected {
+                status: 401,
+                error_code,
+                error_msg,
+                ..
+            } => {
+                let code = error_code.as_deref().unwrap_or("");
+                let msg = error_msg.as_deref().unwrap_or("").to_ascii_lowercase();
+                code.eq_ignore_ascii_case("TKN_2001")
+                    || msg.contains("token")
+                    || (code.is_empty() && msg.is_empty())
+            }
+            _ => false,
+        }
+    }
+
     /// The server's `Retry-After`, if it sent one.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -98,13 +119,56 @@ impl fmt::Display for Described<'_> {
     }
 }
 
+/// The forms a credential can take in an echoed request: as sent in a form body (`+` for spaces,
+/// upper-case hex), as a URL would carry it (`%20`, lower-case hex) and inside a JSON string.
+pub fn credential_forms(credential: &str) -> Vec<String> {
+    if credential.is_empty() {
+        return Vec::new();
+    }
+    let form = serde_urlencoded::to_string([("", credential)])
+        .map(|s| s.trim_start_matches('=').to_string())
+        .unwrap_or_default();
+    let url = form.replace('+', "%20");
+    let json = serde_json::to_string(credential)
+        .map(|s| s.trim_matches('"').to_string())
+        .unwrap_or_default();
+    let mut forms = vec![
+        credential.to_string(),
+        lowercase_percent_escapes(&form),
+        lowercase_percent_escapes(&url),
+        form,
+        url,
+        json,
+    ];
+    forms.retain(|f| !f.is_empty());
+    forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+    forms.dedup();
+    forms
+}
+
+fn lowercase_percent_escapes(encoded: &str) -> String {
+    let mut out = String::with_capacity(encoded.len());
+    let mut chars = encoded.chars();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == '%' {
+            out.extend(chars.by_ref().take(2).map(|h| h.to_ascii_lowercase()));
+        }
+    }
+    out
+}
+
 /// Makes a foreign body safe and short enough to keep in an error: control characters become spaces,
 /// whitespace collapses, every run of [`CREDENTIAL_RUN`] or more token-like characters (JWTs, secrets,
 /// base64) is replaced by `[redacted]`, any of `known_secrets` is removed wherever it appears, and the
 /// result is cut to [`EXCERPT_CHARS`] characters. Returns `None` for an empty body.
-pub fn sanitize_excerpt(body: &[u8], known_secrets: &[&str]) -> Option<String> {
+pub fn sanitize_excerpt<S: AsRef<str>>(body: &[u8], known_secrets: &[S]) -> Option<String> {
     let mut text = String::from_utf8_lossy(body).into_owned();
-    for secret in known_secrets.iter().filter(|s| !s.is_empty()) {
+    for secret in known_secrets
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|s| !s.is_empty())
+    {
         text = text.replace(secret, "[redacted]");
     }
     let mut out = String::new();
@@ -164,17 +228,58 @@ mod tests {
     }
 
     #[test]
+    fn excerpts_lose_a_secret_echoed_url_encoded_or_json_escaped() {
+        let secret = "s3cr3t +/=&\"ö";
+        let forms = credential_forms(secret);
+        let echoes = [
+            format!("id=FIU&secret={}", forms[1]),
+            "bad form: id=FIU&secret=s3cr3t%20%2b%2f%3d%26%22%c3%b6".to_string(),
+            "bad form: secret=s3cr3t%20%2B%2F%3D%26%22%C3%B6".to_string(),
+            format!("{{\"secret\":{}}}", serde_json::to_string(secret).unwrap()),
+        ];
+        for echo in echoes {
+            let excerpt = sanitize_excerpt(echo.as_bytes(), &forms).unwrap();
+            assert!(!excerpt.contains("s3cr3t"), "{echo} -> {excerpt}");
+            assert!(excerpt.contains("[redacted]"), "{excerpt}");
+        }
+    }
+
+    #[test]
+    fn the_two_kinds_of_secret_endpoint_401_are_told_apart() {
+        let rejected = |code: &str, msg: &str| IamError::Rejected {
+            endpoint: Endpoint::SecretRead,
+            status: 401,
+            error_code: Some(code.into()),
+            error_msg: Some(msg.into()),
+            txn_id: None,
+            excerpt: None,
+            retry_after: None,
+        };
+        assert!(
+            rejected("TKN_2001", "Authorization token is missing or invalid").is_bad_user_token()
+        );
+        assert!(
+            rejected("Unauthorized", "Authorization token is missing or invalid")
+                .is_bad_user_token()
+        );
+        assert!(!rejected("Unauthorized", "Invalid entity id").is_bad_user_token());
+    }
+
+    #[test]
     fn excerpts_of_html_are_short_and_single_line() {
         let page = format!(
             "<html>\n<body>\n<h1>502 Bad Gateway</h1>{}</body></html>",
             "x ".repeat(500)
         );
-        let excerpt = sanitize_excerpt(page.as_bytes(), &[]).unwrap();
+        let excerpt = sanitize_excerpt::<&str>(page.as_bytes(), &[]).unwrap();
         assert!(excerpt.starts_with("<html> <body> <h1>502 Bad Gateway</h1>"));
         assert!(!excerpt.contains('\n'));
         assert!(excerpt.chars().count() <= EXCERPT_CHARS + 1);
-        assert_eq!(sanitize_excerpt(b"  \n ", &[]), None);
-        assert_eq!(sanitize_excerpt(&[0xff, 0xfe, b'a'], &[]).unwrap(), "��a");
+        assert_eq!(sanitize_excerpt::<&str>(b"  \n ", &[]), None);
+        assert_eq!(
+            sanitize_excerpt::<&str>(&[0xff, 0xfe, b'a'], &[]).unwrap(),
+            "��a"
+        );
     }
 
     #[test]

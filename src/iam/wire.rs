@@ -1,7 +1,7 @@
 //! Serde shapes of the IAM's request and response bodies (spec §2).
 //!
 //! Responses are parsed leniently where the spec says real servers vary (the lowercase aliases of the
-//! August 2024 draft, `expiresOn` as an integer or a float, numbers sent as strings) and strictly where a
+//! August 2024 draft, `expiresOn` in either unit, numbers sent as strings, optional fields of odd types) and strictly where a
 //! wrong value would be dangerous (a token must be a string; a lifetime must be a non-negative number).
 
 use serde::{Deserialize, Deserializer, Serialize};
@@ -29,23 +29,48 @@ pub struct TokenResponseBody {
     pub message: Option<String>,
 }
 
-/// The body of `/v1/entity/secret/read` and `/v1/entity/secret/reset` (spec §2.2, §2.3).
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SecretResponseBody {
-    #[serde(default, alias = "txnid")]
+/// The useful parts of a `/v1/entity/secret/read` or `/v1/entity/secret/reset` answer (spec §2.2, §2.3).
+///
+/// Only `secret` is needed; every other field is best-effort: a value of an odd type or an absurd value
+/// makes that one field unknown, never the answer unusable. A reset answer that fails to parse would lose
+/// a secret the IAM has already switched to, so nothing here may reject a body that carries a secret.
+#[derive(Debug, Default)]
+pub struct SecretAnswer {
     pub txn_id: Option<String>,
-    #[serde(default, alias = "entityid")]
     pub entity_id: Option<String>,
-    #[serde(default)]
     pub secret: Option<String>,
-    /// Epoch milliseconds; some deployments send a float.
-    #[serde(default, alias = "expireson", deserialize_with = "lenient_millis")]
-    pub expires_on: Option<i64>,
-    #[serde(default)]
+    /// `expiresOn` as sent: epoch milliseconds in most examples, seconds in one; the unit is decided by
+    /// [`crate::timefmt::from_unix_seconds_or_millis`].
+    pub expires_on: Option<f64>,
     pub expiration_date: Option<String>,
-    #[serde(default)]
     pub message: Option<String>,
+}
+
+impl SecretAnswer {
+    /// Reads a JSON object leniently. Errors only when the body is not a JSON object at all.
+    pub fn parse(bytes: &[u8]) -> Result<SecretAnswer, serde_json::Error> {
+        let object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(bytes)?;
+        let field = |names: &[&str]| names.iter().find_map(|name| object.get(*name));
+        let text = |names: &[&str]| field(names).and_then(|v| v.as_str()).map(str::to_string);
+        Ok(SecretAnswer {
+            secret: text(&["secret"]),
+            txn_id: text(&["txnId", "txnid"]),
+            entity_id: text(&["entityId", "entityid"]),
+            expires_on: field(&["expiresOn", "expireson"]).and_then(lenient_number),
+            expiration_date: text(&["expirationDate", "expirationdate"]),
+            message: text(&["message"]),
+        })
+    }
+}
+
+/// A finite number given as a JSON number or a string of one.
+fn lenient_number(value: &serde_json::Value) -> Option<f64> {
+    match value {
+        serde_json::Value::Number(n) => n.as_f64(),
+        serde_json::Value::String(s) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    }
+    .filter(|f| f.is_finite())
 }
 
 /// The error envelope (spec §2.5), plus the `message` field gateways put in their own JSON errors.
@@ -103,30 +128,6 @@ fn lenient_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Er
     }
 }
 
-/// Epoch milliseconds given as an integer, a float or a string of digits.
-fn lenient_millis<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-    use serde::de::Error;
-    let value = Option::<serde_json::Value>::deserialize(d)?;
-    match value {
-        None | Some(serde_json::Value::Null) => Ok(None),
-        Some(serde_json::Value::Number(n)) => {
-            if let Some(i) = n.as_i64() {
-                Ok(Some(i))
-            } else if let Some(f) = n.as_f64().filter(|f| f.is_finite() && f.abs() < 1e17) {
-                Ok(Some(f as i64))
-            } else {
-                Err(D::Error::custom("expected epoch milliseconds"))
-            }
-        }
-        Some(serde_json::Value::String(s)) => s
-            .trim()
-            .parse::<i64>()
-            .map(Some)
-            .map_err(|_| D::Error::custom("expected epoch milliseconds")),
-        Some(_) => Err(D::Error::custom("expected epoch milliseconds")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,15 +168,37 @@ mod tests {
     }
 
     #[test]
-    fn secret_body_reads_millis_in_any_numeric_form() {
+    fn secret_answer_reads_expiry_in_any_numeric_form() {
         for raw in [
             r#"{"entityId":"E","secret":"s","expiresOn":1733226041466}"#,
             r#"{"entityId":"E","secret":"s","expiresOn":1733226041466.0}"#,
             r#"{"entityId":"E","secret":"s","expiresOn":"1733226041466"}"#,
         ] {
-            let body: SecretResponseBody = serde_json::from_str(raw).unwrap();
-            assert_eq!(body.expires_on, Some(1_733_226_041_466));
+            let body = SecretAnswer::parse(raw.as_bytes()).unwrap();
+            assert_eq!(body.expires_on, Some(1_733_226_041_466.0));
+            assert_eq!(body.secret.as_deref(), Some("s"));
         }
+    }
+
+    #[test]
+    fn a_secret_answer_with_odd_optional_fields_still_yields_its_secret() {
+        for raw in [
+            r#"{"secret":"kept","expiresOn":{"ms":1},"expirationDate":17,"message":["x"],"txnId":5}"#,
+            r#"{"secret":"kept","expiresOn":"soon","expirationDate":null}"#,
+            r#"{"secret":"kept","expiresOn":-1000}"#,
+            r#"{"secret":"kept","expiresOn":1e308,"entityId":false}"#,
+        ] {
+            let body = SecretAnswer::parse(raw.as_bytes()).unwrap();
+            assert_eq!(body.secret.as_deref(), Some("kept"), "{raw}");
+        }
+        let odd = SecretAnswer::parse(
+            br#"{"secret":"kept","expiresOn":{"ms":1},"expirationDate":17,"message":["x"],"txnId":5}"#,
+        )
+        .unwrap();
+        assert!(odd.expires_on.is_none() && odd.expiration_date.is_none());
+        assert!(odd.message.is_none() && odd.txn_id.is_none());
+        assert!(SecretAnswer::parse(b"[1,2]").is_err());
+        assert!(SecretAnswer::parse(b"").is_err());
     }
 
     #[test]

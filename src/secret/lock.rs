@@ -2,7 +2,8 @@
 //!
 //! The lock file sits beside the secret (`.NAME.lock`, mode 0600) and is held with `flock` semantics
 //! (`std::fs::File::try_lock`): the kernel drops it when the holder exits, so a crashed rotator cannot
-//! wedge the others. Whoever takes the lock second must re-check before rotating; see
+//! wedge the others. It is opened without following symlinks, so a link planted in the secret's directory
+//! cannot make the broker create or truncate a file elsewhere. Whoever takes the lock second must re-check before rotating; see
 //! [`super::manager`].
 
 use std::fs::{File, OpenOptions};
@@ -34,6 +35,7 @@ pub async fn acquire(secret_file: &Path, wait: Duration) -> Result<SecretFileLoc
             .truncate(false)
             .write(true)
             .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(&path)
             .map_err(|e| format!("cannot open the lock file {}: {e}", path.display()))?;
         let deadline = Instant::now() + wait;
@@ -73,5 +75,19 @@ mod tests {
         assert!(acquire(&secret, Duration::from_millis(200)).await.is_err());
         drop(first);
         acquire(&secret, Duration::from_millis(200)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_symlink_in_place_of_the_lock_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, "keep me").unwrap();
+        std::os::unix::fs::symlink(&target, dir.path().join(".secret.lock")).unwrap();
+        let error = acquire(&dir.path().join("secret"), Duration::from_millis(100))
+            .await
+            .err()
+            .unwrap();
+        assert!(error.contains("lock file"), "{error}");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
     }
 }

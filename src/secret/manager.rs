@@ -7,7 +7,10 @@
 //! - **persist failed** after a reset: keep the new secret in memory (the broker uses it), report the
 //!   entity not ready, log an error that should page someone, and retry the sink with backoff;
 //! - **another process rotated** (several processes sharing one secret file): the file lock serialises
-//!   them, and whoever gets it second re-reads the IAM and finds nothing to do.
+//!   them, and whoever gets it second re-reads the IAM and finds nothing to do;
+//! - **an expiry that cannot be right** (in the past on a secret just issued, beyond 181 days, a year
+//!   gone on a read): treated as unknown and reported as a warning, never acted on, so a unit or clock
+//!   error on the IAM's side cannot become a reset loop. The reset bound ([`super::ledger`]) backs this up.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,11 +20,13 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until};
 
-use super::policy::{RotationDecision, decide};
+use super::policy::{Expiry, ExpirySource, RotationDecision, check_expiry, decide};
 use super::rotation::{RotationError, Rotator};
 use super::sink::{SecretSink, SinkSpec};
 use super::{RotationSettings, lock};
+use crate::backoff::Backoff;
 use crate::entity::{EntityId, fingerprint};
+use crate::timefmt;
 use crate::token::broker::{Broker, SecretEvent};
 
 /// How long to wait for another process's rotation before giving up this turn.
@@ -29,8 +34,10 @@ const LOCK_WAIT: Duration = Duration::from_secs(60);
 /// Least time between two read-back recoveries.
 const RECOVERY_SPACING: Duration = Duration::from_secs(30);
 /// Retry delays after a failed step: 5 s doubling to 5 min.
-const RETRY_BASE: Duration = Duration::from_secs(5);
-const RETRY_CAP: Duration = Duration::from_secs(300);
+const RETRY: Backoff = Backoff::new(Duration::from_secs(5), Duration::from_secs(300));
+/// While the admin login is held back for a rejected password, the password file is looked at this often,
+/// so a corrected password is used within a minute (looking costs no IAM call).
+const PASSWORD_WATCH: Duration = Duration::from_secs(30);
 
 /// Manages one entity's secret.
 pub struct SecretManager {
@@ -52,6 +59,9 @@ struct Known {
     pending: Option<SecretString>,
     recovery_requested: bool,
     failures: u32,
+    read_failures: u32,
+    /// When an error said how long to wait (a deferred reset, a held-back login).
+    retry_in: Option<Duration>,
 }
 
 impl SecretManager {
@@ -107,16 +117,22 @@ impl SecretManager {
                 next_recovery = now + RECOVERY_SPACING;
                 self.recover(&mut known).await;
             } else if now >= next_check {
-                next_check = match self.rotator.read_current(&self.entity).await {
+                let read = self.rotator.read_current(&self.entity).await;
+                self.report_admin_login();
+                next_check = match read {
                     Ok(current) => {
-                        known.expiry = current.expires_on;
-                        self.broker
-                            .note_secret_expiry(&self.entity, current.expires_on);
+                        known.read_failures = 0;
+                        self.note_read_expiry(&mut known, current.expires_on);
                         now + self.check_interval
                     }
                     Err(e) => {
-                        tracing::warn!(entity = %self.entity, error = %e, "cannot read the secret's expiry");
-                        now + backoff(1).min(self.check_interval)
+                        known.read_failures = known.read_failures.saturating_add(1);
+                        if e.retry_in().is_none() {
+                            tracing::warn!(entity = %self.entity, error = %e, "cannot read the secret's expiry");
+                        }
+                        now + self
+                            .retry_delay(&e, known.read_failures)
+                            .min(self.check_interval)
                     }
                 };
             }
@@ -130,16 +146,18 @@ impl SecretManager {
                     self.check_interval,
                 ) {
                     RotationDecision::Due(reason) => {
+                        known.retry_in = None;
                         if self.rotate(&mut known, reason).await {
                             known.failures = 0;
                         } else {
-                            known.failures += 1;
+                            known.failures = known.failures.saturating_add(1);
                         }
+                        self.report_admin_login();
                         retry_at = Instant::now()
-                            + if known.failures > 0 {
-                                backoff(known.failures)
-                            } else {
-                                Duration::ZERO
+                            + match (known.failures, known.retry_in) {
+                                (0, _) => Duration::ZERO,
+                                (_, Some(wait)) => wait,
+                                (failures, None) => backoff(failures),
                             };
                         continue;
                     }
@@ -163,7 +181,7 @@ impl SecretManager {
                     Some(SecretEvent::GraceWarning) => known.in_grace = true,
                     Some(SecretEvent::ExpiryHint(at)) => {
                         if known.expiry.is_none() {
-                            known.expiry = Some(at);
+                            known.expiry = check_expiry(SystemTime::now(), Some(at), ExpirySource::Read).known();
                         }
                     }
                     None => events_open = false,
@@ -190,13 +208,12 @@ impl SecretManager {
         let current = match self.rotator.read_current(&self.entity).await {
             Ok(current) => current,
             Err(e) => {
+                known.retry_in = self.held_retry(&e);
                 self.failed(&e);
                 return false;
             }
         };
-        known.expiry = current.expires_on;
-        self.broker
-            .note_secret_expiry(&self.entity, current.expires_on);
+        self.note_read_expiry(known, current.expires_on);
         let ours = self
             .broker
             .current_secret(&self.entity)
@@ -210,7 +227,7 @@ impl SecretManager {
         if !matches!(
             decide(
                 SystemTime::now(),
-                current.expires_on,
+                known.expiry,
                 false,
                 self.rotate_before,
                 known.granted_validity,
@@ -227,8 +244,7 @@ impl SecretManager {
                 self.broker
                     .set_secret_override(&self.entity, Some(rotated.secret.clone()));
                 self.broker.set_secret_alert(&self.entity, None);
-                self.broker
-                    .note_secret_expiry(&self.entity, rotated.expires_on);
+                self.note_granted(&rotated);
                 self.broker.note_rotation(&self.entity, "ok");
                 known.expiry = rotated.expires_on;
                 known.granted_validity = rotated.granted_validity;
@@ -245,6 +261,7 @@ impl SecretManager {
                     Some(format!("a rotated secret is held only in memory: {error}")),
                 );
                 self.broker.note_rotation(&self.entity, "persist_failed");
+                self.note_granted(&rotated);
                 known.expiry = rotated.expires_on;
                 known.granted_validity = rotated.granted_validity;
                 known.in_grace = false;
@@ -254,10 +271,66 @@ impl SecretManager {
                 false
             }
             Err(e) => {
+                known.retry_in = self.held_retry(&e);
                 self.failed(&e);
                 false
             }
         }
+    }
+
+    /// Takes a read-back expiry if it is believable; reports one that is not, and forgets the expiry.
+    fn note_read_expiry(&self, known: &mut Known, expires_on: Option<SystemTime>) {
+        let checked = check_expiry(SystemTime::now(), expires_on, ExpirySource::Read);
+        known.expiry = checked.known();
+        self.broker.note_secret_expiry(&self.entity, known.expiry);
+        match checked {
+            Expiry::Implausible(at) => {
+                tracing::warn!(entity = %self.entity, expires_on = %timefmt::rfc3339_seconds(at), "the IAM reports a secret expiry that cannot be right; treating it as unknown (no rotation because of it)");
+                self.broker.set_secret_warning(
+                    &self.entity,
+                    Some(format!(
+                        "the IAM reports a secret expiry of {} that cannot be right; treated as unknown",
+                        timefmt::rfc3339_seconds(at)
+                    )),
+                );
+            }
+            _ => self.broker.set_secret_warning(&self.entity, None),
+        }
+    }
+
+    /// Records a new secret's granted expiry, or the warning that it cannot be right.
+    fn note_granted(&self, rotated: &super::rotation::Rotated) {
+        self.broker
+            .note_secret_expiry(&self.entity, rotated.expires_on);
+        self.broker.set_secret_warning(
+            &self.entity,
+            rotated.implausible_expiry.map(|at| {
+                format!(
+                    "the IAM granted the new secret an expiry of {} that cannot be right; the secret is kept and its expiry treated as unknown",
+                    timefmt::rfc3339_seconds(at)
+                )
+            }),
+        );
+    }
+
+    /// How long to wait after a failed IAM read or rotation: what the error says (a held-back login is
+    /// looked at again soon, since only a changed password file can lift it early), else the backoff.
+    fn retry_delay(&self, error: &RotationError, failures: u32) -> Duration {
+        self.held_retry(error).unwrap_or_else(|| backoff(failures))
+    }
+
+    fn held_retry(&self, error: &RotationError) -> Option<Duration> {
+        match error {
+            RotationError::Deferred { retry_in, .. } => Some(*retry_in),
+            other => other
+                .retry_in()
+                .map(|wait| wait.clamp(Duration::from_secs(1), PASSWORD_WATCH)),
+        }
+    }
+
+    fn report_admin_login(&self) {
+        self.broker
+            .note_admin_login(&self.entity, self.rotator.admin().login_state());
     }
 
     /// Stores the IAM's current secret and switches to it (a heal, not a reset).
@@ -298,9 +371,7 @@ impl SecretManager {
                 return;
             }
         };
-        known.expiry = current.expires_on;
-        self.broker
-            .note_secret_expiry(&self.entity, current.expires_on);
+        self.note_read_expiry(known, current.expires_on);
         let ours = self
             .broker
             .current_secret(&self.entity)
@@ -365,7 +436,5 @@ impl SecretManager {
 }
 
 fn backoff(failures: u32) -> Duration {
-    RETRY_BASE
-        .saturating_mul(1u32 << failures.saturating_sub(1).min(10))
-        .min(RETRY_CAP)
+    RETRY.delay(failures, fastrand::f64())
 }

@@ -7,19 +7,22 @@
 //!   read-back that heals a rejected or lost secret without resetting.
 //! - [`sink`]: where a new secret is written (file, Kubernetes Secret, command).
 //! - [`lock`]: the advisory file lock that makes one process of several sharing a secret file the rotator.
+//! - [`ledger`]: the on-disk record of the last reset, which bounds resets across restarts.
 //! - [`manager`]: the task `serve` runs per entity when admin credentials are configured.
 
 pub mod admin;
+pub mod ledger;
 pub mod lock;
 pub mod manager;
 pub mod policy;
 pub mod rotation;
 pub mod sink;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
-pub use admin::{AdminCredentials, AdminSession};
-pub use rotation::{RotationError, Rotator};
+pub use admin::{AdminCredentials, AdminSession, NoRecorder, SecretRecorder};
+pub use rotation::{ResetBound, RotationError, Rotator};
 pub use sink::{KubeAccess, SecretSink, SinkSpec};
 
 /// Rotation settings shared by `serve`, `rotate` and `secret reset`.
@@ -34,4 +37,17 @@ pub struct RotationSettings {
     pub check_interval: Duration,
     /// The API server, when a Kubernetes sink is used.
     pub kube: Option<KubeAccess>,
+    /// Least time between two resets of one entity's secret.
+    pub min_reset_interval: Duration,
+    /// Where reset records live for sinks that are not files.
+    pub state_dir: PathBuf,
+}
+
+impl RotationSettings {
+    pub fn reset_bound(&self) -> ResetBound {
+        ResetBound {
+            min_interval: self.min_reset_interval,
+            state_dir: self.state_dir.clone(),
+        }
+    }
 }

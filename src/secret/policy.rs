@@ -1,11 +1,24 @@
-//! When to rotate: a pure function of the wall clock, the secret's expiry and the IAM's grace warning.
+//! The secret lifecycle's decisions, as pure functions of clocks and outcomes:
 //!
-//! Rotate when less than the threshold remains (default 15 days), at once when the secret has expired or
-//! the IAM says it is in its grace period. The IAM may grant less validity than asked (it caps a new
-//! secret by the admin token's remaining life); when a granted validity is shorter than the threshold, the
-//! threshold shrinks to half of it, so a short grant cannot turn into a rotation on every check.
+//! - **when to rotate** ([`decide`]): when less than the threshold remains (default 15 days), at once when
+//!   the secret has expired or the IAM says it is in its grace period. The IAM may grant less validity than
+//!   asked (it caps a new secret by the admin token's remaining life); when a granted validity is shorter
+//!   than the threshold, the threshold shrinks to half of it, so a short grant cannot turn into a rotation
+//!   on every check;
+//! - **whether an expiry is believable** ([`check_expiry`]): an expiry in the past, or more than 181 days
+//!   ahead, on a secret just issued is a unit or clock error, not a reason to reset again;
+//! - **whether a reset may happen now** ([`reset_wait`]): at most one per entity per interval, counted
+//!   from a record that survives restarts, so a crash loop cannot become a reset storm;
+//! - **whether the admin may log in now** ([`LoginRecord::decide`]): failures back off exponentially to an
+//!   hour, a rejected password is not tried again until it changes, and never more than 10 logins an hour
+//!   — Keycloak locks a user out after repeated failures, and this user is the only one who can reset.
 
+use std::collections::VecDeque;
 use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use crate::backoff::Backoff;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RotationDecision {
@@ -55,6 +68,219 @@ pub fn effective_threshold(
     match granted_validity {
         Some(granted) if granted <= rotate_before => granted / 2,
         _ => rotate_before,
+    }
+}
+
+/// The longest validity a new secret can have (the IAM's maximum of 180 days) plus a day of slack.
+pub const MAX_PLAUSIBLE_VALIDITY: Duration = Duration::from_secs(181 * 86_400);
+/// How long ago a secret read back from the IAM may have expired and still be believed: an expired secret
+/// inside (or past) its grace period is real, one that expired over a year ago is a unit or clock error.
+pub const MAX_PLAUSIBLE_AGE: Duration = Duration::from_secs(365 * 86_400);
+
+/// Where an expiry came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpirySource {
+    /// A secret just issued by a reset: it cannot already have expired.
+    Granted,
+    /// The current secret, read back (or hinted by a token claim): it may have expired.
+    Read,
+}
+
+/// What an expiry from the IAM is worth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    Known(SystemTime),
+    /// The IAM sent none (or none that parsed).
+    Unknown,
+    /// The IAM sent one that cannot be right; treated as unknown, and reported.
+    Implausible(SystemTime),
+}
+
+impl Expiry {
+    pub fn known(self) -> Option<SystemTime> {
+        match self {
+            Expiry::Known(at) => Some(at),
+            _ => None,
+        }
+    }
+}
+
+/// Judges an expiry against the wall clock (see [`MAX_PLAUSIBLE_VALIDITY`], [`MAX_PLAUSIBLE_AGE`]).
+pub fn check_expiry(now: SystemTime, expiry: Option<SystemTime>, source: ExpirySource) -> Expiry {
+    let Some(at) = expiry else {
+        return Expiry::Unknown;
+    };
+    let too_far = at
+        .duration_since(now)
+        .is_ok_and(|ahead| ahead > MAX_PLAUSIBLE_VALIDITY);
+    let too_old = match now.duration_since(at) {
+        Ok(ago) if source == ExpirySource::Granted => !ago.is_zero(),
+        Ok(ago) => ago > MAX_PLAUSIBLE_AGE,
+        Err(_) => false,
+    };
+    if too_far || too_old {
+        Expiry::Implausible(at)
+    } else {
+        Expiry::Known(at)
+    }
+}
+
+/// Least interval between two resets that can be configured.
+pub const MIN_RESET_INTERVAL_FLOOR: Duration = Duration::from_secs(600);
+/// Default least interval between two resets of one entity's secret.
+pub const DEFAULT_MIN_RESET_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// How long a reset must still wait, given when the last one was recorded, or `None` when it may happen.
+///
+/// A record slightly in the future (the clock stepped back) waits out the interval on the new clock; one
+/// more than an interval in the future cannot come from this rule and is ignored, so a corrupt record
+/// cannot block rotation for ever.
+pub fn reset_wait(
+    now: SystemTime,
+    last_reset: Option<SystemTime>,
+    min_interval: Duration,
+) -> Option<Duration> {
+    let last = last_reset?;
+    match now.duration_since(last) {
+        Ok(elapsed) => min_interval.checked_sub(elapsed).filter(|w| !w.is_zero()),
+        Err(ahead) if ahead.duration() <= min_interval => Some(ahead.duration() + min_interval),
+        Err(_) => None,
+    }
+}
+
+/// Limits on admin logins.
+#[derive(Debug, Clone, Copy)]
+pub struct LoginLimits {
+    /// After a failure: 5 s doubling to an hour.
+    pub backoff: Backoff,
+    /// Never more logins than this in any hour.
+    pub max_per_hour: usize,
+}
+
+impl Default for LoginLimits {
+    fn default() -> Self {
+        Self {
+            backoff: Backoff::new(Duration::from_secs(5), Duration::from_secs(3600)),
+            max_per_hour: 10,
+        }
+    }
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// Why an admin login is held back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginHold {
+    /// The last login failed (transport, 5xx, throttling): backing off.
+    Backoff,
+    /// The IAM rejected this very password: not tried again until it changes or the ceiling passes.
+    CredentialsRejected,
+    /// Ten logins in the last hour.
+    HourlyLimit,
+}
+
+impl LoginHold {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoginHold::Backoff => "backing_off",
+            LoginHold::CredentialsRejected => "credentials_rejected",
+            LoginHold::HourlyLimit => "hourly_limit",
+        }
+    }
+}
+
+/// Whether to log in now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginDecision {
+    Go,
+    Wait { until: Instant, hold: LoginHold },
+}
+
+/// The admin logins so far: what [`LoginRecord::decide`] needs.
+#[derive(Debug, Clone, Default)]
+pub struct LoginRecord {
+    /// Logins started within the last hour.
+    recent: VecDeque<Instant>,
+    pub consecutive_failures: u32,
+    not_before: Option<Instant>,
+    /// Fingerprint of the password the IAM last rejected.
+    rejected_password: Option<String>,
+    succeeded_once: bool,
+}
+
+impl LoginRecord {
+    /// Whether a login with the password of this fingerprint may start at `now`.
+    pub fn decide(&self, limits: &LoginLimits, now: Instant, password: &str) -> LoginDecision {
+        let in_last_hour = self.recent.iter().filter(|at| now < **at + HOUR);
+        if in_last_hour.clone().count() >= limits.max_per_hour {
+            let oldest = in_last_hour.min().copied().unwrap_or(now);
+            return LoginDecision::Wait {
+                until: oldest + HOUR,
+                hold: LoginHold::HourlyLimit,
+            };
+        }
+        let rejected_this_password = self.rejected_password.as_deref() == Some(password);
+        if self.rejected_password.is_some() && !rejected_this_password {
+            // The operator corrected the password: try it now.
+            return LoginDecision::Go;
+        }
+        match self.not_before {
+            Some(until) if now < until => LoginDecision::Wait {
+                until,
+                hold: if rejected_this_password {
+                    LoginHold::CredentialsRejected
+                } else {
+                    LoginHold::Backoff
+                },
+            },
+            _ => LoginDecision::Go,
+        }
+    }
+
+    /// A login starts now.
+    pub fn started(&mut self, now: Instant) {
+        self.recent.retain(|at| now < *at + HOUR);
+        self.recent.push_back(now);
+    }
+
+    pub fn succeeded(&mut self) {
+        self.consecutive_failures = 0;
+        self.not_before = None;
+        self.rejected_password = None;
+        self.succeeded_once = true;
+    }
+
+    /// A login failed; `rejected_password` is the fingerprint of the password when the IAM rejected the
+    /// credentials themselves (401, or 400 for a missing password).
+    pub fn failed(
+        &mut self,
+        limits: &LoginLimits,
+        now: Instant,
+        rejected_password: Option<String>,
+        jitter: f64,
+    ) {
+        self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+        let wait = if rejected_password.is_some() {
+            limits.backoff.cap
+        } else {
+            limits.backoff.delay(self.consecutive_failures, jitter)
+        };
+        self.not_before = Some(now + wait);
+        self.rejected_password = rejected_password;
+    }
+
+    /// The state for `/readyz`: `none` (no login needed yet), `ok`, `backing_off` or
+    /// `credentials_rejected`.
+    pub fn state(&self) -> &'static str {
+        if self.rejected_password.is_some() {
+            LoginHold::CredentialsRejected.as_str()
+        } else if self.consecutive_failures > 0 {
+            LoginHold::Backoff.as_str()
+        } else if self.succeeded_once {
+            "ok"
+        } else {
+            "none"
+        }
     }
 }
 
@@ -128,5 +354,134 @@ mod tests {
             RotationDecision::Due(_)
         ));
         assert_eq!(effective_threshold(15 * DAY, Some(180 * DAY)), 15 * DAY);
+    }
+}
+
+#[cfg(test)]
+mod safety {
+    use super::*;
+    use proptest::prelude::*;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    #[test]
+    fn expiries_that_cannot_be_right_are_not_believed() {
+        let now = SystemTime::UNIX_EPOCH + 20_000 * DAY;
+        let granted = |at| check_expiry(now, Some(at), ExpirySource::Granted);
+        let read = |at| check_expiry(now, Some(at), ExpirySource::Read);
+        assert_eq!(granted(now + 180 * DAY), Expiry::Known(now + 180 * DAY));
+        assert_eq!(granted(now + DAY / 2), Expiry::Known(now + DAY / 2));
+        // A new secret that expired already, or that lives longer than the IAM ever grants.
+        assert!(matches!(granted(now - DAY), Expiry::Implausible(_)));
+        assert!(matches!(
+            granted(now - Duration::from_secs(1)),
+            Expiry::Implausible(_)
+        ));
+        assert!(matches!(granted(now + 182 * DAY), Expiry::Implausible(_)));
+        // A read-back secret may have expired recently, not a year ago.
+        assert_eq!(read(now - 10 * DAY), Expiry::Known(now - 10 * DAY));
+        assert!(matches!(read(now - 400 * DAY), Expiry::Implausible(_)));
+        assert!(matches!(read(now + 200 * DAY), Expiry::Implausible(_)));
+        assert_eq!(check_expiry(now, None, ExpirySource::Read), Expiry::Unknown);
+    }
+
+    #[test]
+    fn resets_wait_out_the_interval_across_clock_steps() {
+        let hour = DEFAULT_MIN_RESET_INTERVAL;
+        let now = SystemTime::UNIX_EPOCH + 20_000 * DAY;
+        assert_eq!(reset_wait(now, None, hour), None);
+        assert_eq!(
+            reset_wait(now, Some(now - Duration::from_secs(600)), hour),
+            Some(Duration::from_secs(3000))
+        );
+        assert_eq!(reset_wait(now, Some(now - hour), hour), None);
+        // The clock stepped back five minutes: wait the interval plus the step.
+        assert_eq!(
+            reset_wait(now, Some(now + Duration::from_secs(300)), hour),
+            Some(Duration::from_secs(3900))
+        );
+        // A record a year ahead is corrupt, not a reason never to rotate again.
+        assert_eq!(reset_wait(now, Some(now + 365 * DAY), hour), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rejected_password_is_not_tried_again_until_it_changes() {
+        let limits = LoginLimits::default();
+        let t0 = Instant::now();
+        let mut record = LoginRecord::default();
+        assert_eq!(record.decide(&limits, t0, "sha256:old"), LoginDecision::Go);
+        assert_eq!(record.state(), "none");
+        record.started(t0);
+        record.failed(&limits, t0, Some("sha256:old".into()), 0.5);
+        assert_eq!(record.state(), "credentials_rejected");
+        for later in [1, 60, 3599] {
+            assert_eq!(
+                record.decide(&limits, t0 + Duration::from_secs(later), "sha256:old"),
+                LoginDecision::Wait {
+                    until: t0 + limits.backoff.cap,
+                    hold: LoginHold::CredentialsRejected
+                }
+            );
+        }
+        // The ceiling passed: one more try with the same password.
+        assert_eq!(
+            record.decide(&limits, t0 + limits.backoff.cap, "sha256:old"),
+            LoginDecision::Go
+        );
+        // The password file changed: at once.
+        assert_eq!(
+            record.decide(&limits, t0 + Duration::from_secs(30), "sha256:new"),
+            LoginDecision::Go
+        );
+        record.started(t0 + Duration::from_secs(30));
+        record.succeeded();
+        assert_eq!(record.state(), "ok");
+    }
+
+    #[derive(Debug, Clone)]
+    enum Outcome {
+        Ok,
+        Transport,
+        Rejected,
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever the IAM answers and however often the manager asks, at most ten logins start in any
+        /// hour, failures are spaced by the backoff, and a rejected password is tried at most once an hour.
+        #[test]
+        fn logins_stay_within_their_limits(
+            steps in proptest::collection::vec((0u64..900_000, prop_oneof![Just(Outcome::Ok), Just(Outcome::Transport), Just(Outcome::Rejected)], 0.0f64..1.0, any::<bool>()), 1..200)
+        ) {
+            let limits = LoginLimits::default();
+            let t0 = Instant::now();
+            let mut now = t0;
+            let mut record = LoginRecord::default();
+            let mut starts: Vec<Instant> = Vec::new();
+            let mut last_rejected: Option<(Instant, String)> = None;
+            for (advance_ms, outcome, jitter, new_password) in steps {
+                now += Duration::from_millis(advance_ms);
+                let password = if new_password { format!("p{}", starts.len()) } else { "same".to_string() };
+                if record.decide(&limits, now, &password) != LoginDecision::Go {
+                    continue;
+                }
+                if let Some((at, rejected)) = &last_rejected {
+                    prop_assert!(*rejected != password || now >= *at + limits.backoff.cap);
+                }
+                record.started(now);
+                starts.push(now);
+                let in_window = starts.iter().filter(|s| now < **s + HOUR).count();
+                prop_assert!(in_window <= limits.max_per_hour);
+                match outcome {
+                    Outcome::Ok => { record.succeeded(); last_rejected = None; }
+                    Outcome::Transport => { record.failed(&limits, now, None, jitter); last_rejected = None; }
+                    Outcome::Rejected => {
+                        record.failed(&limits, now, Some(password.clone()), jitter);
+                        last_rejected = Some((now, password));
+                    }
+                }
+            }
+        }
     }
 }

@@ -1,22 +1,28 @@
 //! Rotation in the one order that cannot lock the entity out, and the read-back that heals without a reset.
 //!
-//! 1. user token (admin login, cached);
-//! 2. reset (`secretExpiryDays`) — from here the IAM knows only the new secret;
-//! 3. **persist** the new secret through the sink — a 409 from a Kubernetes Secret is resolved by reading the
-//!    IAM's current secret back and writing that, never by overwriting blindly;
-//! 4. verify by minting an entity token with the new secret;
-//! 5. the caller switches to it.
+//! 1. the reset bound: no reset within the minimum interval of the last one ([`super::ledger`]);
+//! 2. user token from a fresh login (the IAM caps the new secret's validity by the admin token's life);
+//! 3. the reset is recorded in the ledger — no record, no reset;
+//! 4. reset (`secretExpiryDays`) — from here the IAM knows only the new secret;
+//! 5. **persist** the new secret through the sink, before anything else touches the answer (no logging,
+//!    metrics or date handling first) — a 409 from a Kubernetes Secret is resolved by reading the IAM's
+//!    current secret back and writing that, never by overwriting blindly;
+//! 6. verify by minting an entity token with the new secret;
+//! 7. the caller switches to it.
 //!
-//! If step 3 fails, [`RotationError::Persist`] carries the new secret back to the caller, who keeps it in
+//! If step 5 fails, [`RotationError::Persist`] carries the new secret back to the caller, who keeps it in
 //! memory, keeps retrying and reports not-ready. Every step logs one line with the entity, the `txnId` and
 //! the outcome — never the secret, only its fingerprint.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use secrecy::{ExposeSecret, SecretString};
 
 use super::admin::{AdminError, AdminSession};
+use super::ledger::ResetLedger;
+use super::policy::{Expiry, ExpirySource, check_expiry, reset_wait};
 use super::sink::{SecretSink, SinkError};
 use crate::entity::{EntityId, fingerprint};
 use crate::iam::{IamError, SecretGrant};
@@ -28,7 +34,10 @@ const CONFLICT_RETRIES: usize = 3;
 #[derive(Clone)]
 pub struct Rotated {
     pub secret: SecretString,
+    /// The granted expiry, when it is believable.
     pub expires_on: Option<SystemTime>,
+    /// A granted expiry that cannot be right (in the past, or beyond 181 days): kept for the alert only.
+    pub implausible_expiry: Option<SystemTime>,
     /// How long the IAM made it valid for (it may grant less than asked).
     pub granted_validity: Option<Duration>,
     pub txn_id: Option<String>,
@@ -62,6 +71,14 @@ pub enum RotationError {
     Verify(IamError),
     #[error("{0}")]
     Lock(String),
+    #[error("no reset for another {}s: at most one per {}s (the last was recorded in {})", .retry_in.as_secs(), .interval.as_secs(), .ledger.display())]
+    Deferred {
+        retry_in: Duration,
+        interval: Duration,
+        ledger: PathBuf,
+    },
+    #[error("the reset cannot be recorded, so it is not made: {0}")]
+    Ledger(String),
 }
 
 impl RotationError {
@@ -74,26 +91,55 @@ impl RotationError {
             RotationError::Persist { .. } => "persist_failed",
             RotationError::Verify(_) => "verify_failed",
             RotationError::Lock(_) => "lock_failed",
+            RotationError::Deferred { .. } => "reset_deferred",
+            RotationError::Ledger(_) => "ledger_failed",
         }
     }
+
+    /// How long before another attempt is worth it, when the error says.
+    pub fn retry_in(&self) -> Option<Duration> {
+        match self {
+            RotationError::Admin(e) => e.retry_in(),
+            RotationError::Deferred { retry_in, .. } => Some(*retry_in),
+            _ => None,
+        }
+    }
+}
+
+/// The bound on resets: the least interval between two, and where records live for sinks that are not
+/// files.
+#[derive(Debug, Clone)]
+pub struct ResetBound {
+    pub min_interval: Duration,
+    pub state_dir: PathBuf,
 }
 
 /// Performs admin operations for entities.
 pub struct Rotator {
     admin: Arc<AdminSession>,
     expiry_days: u32,
+    bound: ResetBound,
 }
 
 impl Rotator {
-    pub fn new(admin: Arc<AdminSession>, expiry_days: u32) -> Self {
-        Self { admin, expiry_days }
+    pub fn new(admin: Arc<AdminSession>, expiry_days: u32, bound: ResetBound) -> Self {
+        Self {
+            admin,
+            expiry_days,
+            bound,
+        }
     }
 
-    /// `secret read`, re-logging in once if the cached user token was rejected.
+    pub fn admin(&self) -> &AdminSession {
+        &self.admin
+    }
+
+    /// `secret read`, logging in again once if the IAM rejected the cached user token itself (not when
+    /// it says the user does not administer the entity: a new login cannot cure that).
     pub async fn read_current(&self, entity: &EntityId) -> Result<SecretGrant, RotationError> {
         let token = self.admin.user_token().await?;
         match self.admin.iam().read_secret(&token, entity).await {
-            Err(e) if e.is_unauthorized() => {
+            Err(e) if e.is_bad_user_token() => {
                 self.admin.forget().await;
                 let token = self.admin.user_token().await?;
                 self.admin
@@ -106,16 +152,39 @@ impl Rotator {
         }
     }
 
-    /// Steps 1–4. On success the new secret is durable in `sink` and mints tokens.
+    /// Steps 1–6, within the reset bound. On success the new secret is durable in `sink` and mints tokens.
     pub async fn rotate(
         &self,
         entity: &EntityId,
         sink: &SecretSink,
     ) -> Result<Rotated, RotationError> {
-        let token = self.admin.user_token().await.inspect_err(|e| {
+        self.rotate_with(entity, sink, true).await
+    }
+
+    /// Steps 1–6; `bounded: false` skips the reset bound (an operator's explicit `--force`), though the
+    /// reset is still recorded so that automatic rotation keeps its distance.
+    pub async fn rotate_with(
+        &self,
+        entity: &EntityId,
+        sink: &SecretSink,
+        bounded: bool,
+    ) -> Result<Rotated, RotationError> {
+        let ledger = ResetLedger::for_sink(sink.spec(), entity, &self.bound.state_dir);
+        let now = SystemTime::now();
+        if bounded {
+            let last = ledger.last_reset().map_err(RotationError::Ledger)?;
+            if let Some(retry_in) = reset_wait(now, last, self.bound.min_interval) {
+                return Err(RotationError::Deferred {
+                    retry_in,
+                    interval: self.bound.min_interval,
+                    ledger: ledger.path().to_path_buf(),
+                });
+            }
+        }
+        let token = self.admin.fresh_user_token().await.inspect_err(|e| {
             tracing::error!(entity = %entity, step = "user_token", outcome = "failed", error = %e, "secret rotation step");
         })?;
-        let requested = SystemTime::now();
+        ledger.record(now).map_err(RotationError::Ledger)?;
         let grant = self
             .admin
             .iam()
@@ -125,12 +194,19 @@ impl Rotator {
                 tracing::error!(entity = %entity, step = "reset", outcome = "failed", error = %e, "secret rotation step");
                 RotationError::Reset(e)
             })?;
+        // The IAM has switched to the new secret: store it before anything else can go wrong.
+        let persisted = self.persist(entity, sink, &grant.secret).await;
+        let (expires_on, implausible_expiry) =
+            match check_expiry(SystemTime::now(), grant.expires_on, ExpirySource::Granted) {
+                Expiry::Known(at) => (Some(at), None),
+                Expiry::Unknown => (None, None),
+                Expiry::Implausible(at) => (None, Some(at)),
+            };
         let rotated = Rotated {
             fingerprint: fingerprint(&grant.secret),
-            granted_validity: grant
-                .expires_on
-                .and_then(|at| at.duration_since(requested).ok()),
-            expires_on: grant.expires_on,
+            granted_validity: expires_on.and_then(|at| at.duration_since(now).ok()),
+            expires_on,
+            implausible_expiry,
             txn_id: grant.txn_id.clone(),
             secret: grant.secret,
         };
@@ -144,7 +220,14 @@ impl Rotator {
             iam_message = grant.message.as_deref().unwrap_or(""),
             "secret rotation step"
         );
-        let stored = match self.persist(entity, sink, &rotated.secret).await {
+        if let Some(at) = rotated.implausible_expiry {
+            tracing::error!(
+                entity = %entity,
+                granted_expiry = %crate::timefmt::rfc3339_seconds(at),
+                "the IAM granted the new secret an expiry that cannot be right (in the past, or beyond 181 days); the secret is kept and its expiry treated as unknown, so this does not cause another reset"
+            );
+        }
+        let stored = match persisted {
             Ok(stored) => stored,
             Err(error) => {
                 tracing::error!(

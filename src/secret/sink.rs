@@ -7,7 +7,12 @@
 //! - `kubernetes-secret:NAMESPACE/NAME[/KEY]` — `GET` the Secret for its `resourceVersion`, then a JSON merge
 //!   patch that carries it, so a concurrent writer makes the API server answer 409 instead of one value
 //!   silently replacing another ([`SinkError::Conflict`]);
-//! - `exec:COMMAND` — `sh -c COMMAND` with the secret on stdin; exit status 0 means stored.
+//! - `exec:COMMAND` — the command run directly (split into arguments like a POSIX shell would, but no
+//!   shell runs, so the distroless image needs none), with the secret on stdin; exit status 0 means
+//!   stored. The child gets this process's environment minus every `AA_BROKER_*` variable (which may hold
+//!   the entity secret or the admin password), runs in a process group of its own, and that whole group is
+//!   killed if it has not finished within [`EXEC_TIMEOUT`]. A shell pipeline needs an explicit
+//!   `sh -c '…'`.
 
 use std::fmt;
 use std::io::Write;
@@ -105,6 +110,12 @@ impl SinkSpec {
             if command.trim().is_empty() {
                 return Err("exec: needs a command".into());
             }
+            if exec_argv(command).is_none() {
+                return Err(
+                    "exec: the command has an unclosed quote or escape (it is split like a shell would, but no shell runs)"
+                        .into(),
+                );
+            }
             return Ok(SinkSpec::Exec(command.to_string()));
         }
         Err("expected file:PATH, kubernetes-secret:NAMESPACE/NAME[/KEY] or exec:COMMAND".into())
@@ -129,6 +140,7 @@ pub enum SinkError {
 pub struct SecretSink {
     spec: SinkSpec,
     kube: Option<(KubeAccess, reqwest::Client)>,
+    exec_timeout: Duration,
 }
 
 impl fmt::Debug for SecretSink {
@@ -166,7 +178,17 @@ impl SecretSink {
             }
             _ => None,
         };
-        Ok(SecretSink { spec, kube })
+        Ok(SecretSink {
+            spec,
+            kube,
+            exec_timeout: EXEC_TIMEOUT,
+        })
+    }
+
+    /// How long an `exec:` command may take (default [`EXEC_TIMEOUT`]).
+    pub fn with_exec_timeout(mut self, timeout: Duration) -> Self {
+        self.exec_timeout = timeout;
+        self
     }
 
     pub fn spec(&self) -> &SinkSpec {
@@ -196,7 +218,7 @@ impl SecretSink {
                 };
                 patch_kubernetes_secret(client, access, namespace, name, key, secret).await
             }
-            SinkSpec::Exec(command) => run_exec(command, secret).await,
+            SinkSpec::Exec(command) => run_exec(command, secret, self.exec_timeout).await,
         }
     }
 }
@@ -328,20 +350,44 @@ fn kube_reason(body: &[u8]) -> String {
     let message = serde_json::from_slice::<serde_json::Value>(body)
         .ok()
         .and_then(|v| v["message"].as_str().map(str::to_string))
-        .and_then(|m| sanitize_excerpt(m.as_bytes(), &[]));
+        .and_then(|m| sanitize_excerpt::<&str>(m.as_bytes(), &[]));
     message.map(|m| format!(": {m}")).unwrap_or_default()
 }
 
-async fn run_exec(command: &str, secret: &SecretString) -> Result<(), SinkError> {
-    let mut child = tokio::process::Command::new("sh")
-        .arg("-c")
-        .arg(command)
+/// The program and its arguments, split the way a POSIX shell splits words (quotes and backslashes), or
+/// `None` when the quoting is unbalanced or there is no program.
+fn exec_argv(command: &str) -> Option<Vec<String>> {
+    shlex::split(command).filter(|argv| !argv.is_empty())
+}
+
+/// The prefix of the variables that may carry the broker's own secrets; none reaches an `exec:` child.
+const BROKER_ENV_PREFIX: &str = "AA_BROKER_";
+
+async fn run_exec(
+    command: &str,
+    secret: &SecretString,
+    timeout: Duration,
+) -> Result<(), SinkError> {
+    let argv = exec_argv(command)
+        .ok_or_else(|| SinkError::Exec("the command cannot be split into arguments".into()))?;
+    let mut child = tokio::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .env_clear()
+        .envs(
+            std::env::vars_os()
+                .filter(|(name, _)| !name.to_string_lossy().starts_with(BROKER_ENV_PREFIX)),
+        )
+        .process_group(0)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| SinkError::Exec(format!("cannot start sh: {e}")))?;
+        .map_err(|e| SinkError::Exec(format!("cannot start {}: {e}", argv[0])))?;
+    let group = child
+        .id()
+        .and_then(|pid| i32::try_from(pid).ok())
+        .and_then(rustix::process::Pid::from_raw);
     let mut stdin = child
         .stdin
         .take()
@@ -352,17 +398,21 @@ async fn run_exec(command: &str, secret: &SecretString) -> Result<(), SinkError>
     };
     // A command that does not read its stdin makes the write fail with a broken pipe; its exit status
     // still decides.
-    let _ = write.await;
+    let _ = tokio::time::timeout(timeout, write).await;
     drop(stdin);
-    let output = tokio::time::timeout(EXEC_TIMEOUT, child.wait_with_output())
-        .await
-        .map_err(|_| {
-            SinkError::Exec(format!(
-                "the command did not finish within {}s",
-                EXEC_TIMEOUT.as_secs()
-            ))
-        })?
-        .map_err(|e| SinkError::Exec(e.to_string()))?;
+    let output = match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Ok(waited) => waited.map_err(|e| SinkError::Exec(e.to_string()))?,
+        Err(_) => {
+            // The command and everything it started: a helper left running could hold the secret.
+            if let Some(group) = group {
+                let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+            }
+            return Err(SinkError::Exec(format!(
+                "the command did not finish within {:.1}s; its process group was killed",
+                timeout.as_secs_f64()
+            )));
+        }
+    };
     if output.status.success() {
         return Ok(());
     }
@@ -402,6 +452,10 @@ mod tests {
             SinkSpec::parse("exec:vault kv put x").unwrap(),
             SinkSpec::Exec("vault kv put x".into())
         );
+        assert_eq!(
+            exec_argv(r#"vault kv put "secret/aa broker" value=-"#).unwrap(),
+            ["vault", "kv", "put", "secret/aa broker", "value=-"]
+        );
         for bad in [
             "",
             "file:",
@@ -411,6 +465,7 @@ mod tests {
             "kubernetes-secret:a/b/c/d",
             "kubernetes-secret:a/b c",
             "exec: ",
+            "exec:vault 'unclosed",
         ] {
             assert!(SinkSpec::parse(bad).is_err(), "{bad}");
         }
@@ -441,7 +496,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_disk_is_a_failed_persist() {
-        let sink = SecretSink::new(SinkSpec::Exec("cat > /dev/full".into()), None).unwrap();
+        let sink = SecretSink::new(SinkSpec::Exec("sh -c 'cat > /dev/full'".into()), None).unwrap();
         let error = sink
             .persist(&SecretString::from("disk-full-secret"))
             .await
@@ -452,17 +507,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn exec_sink_feeds_stdin_and_reports_failure() {
+    async fn exec_sink_runs_without_a_shell_feeds_stdin_and_reports_failure() {
         let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("out");
+        let out = dir.path().join("out file");
+        // `tee` writes stdin to the file named by one argument with a space in it: no shell involved.
         let sink =
-            SecretSink::new(SinkSpec::Exec(format!("cat > {}", out.display())), None).unwrap();
+            SecretSink::new(SinkSpec::Exec(format!("tee '{}'", out.display())), None).unwrap();
         sink.persist(&SecretString::from("piped-secret"))
             .await
             .unwrap();
         assert_eq!(std::fs::read_to_string(&out).unwrap(), "piped-secret");
+        // Shell syntax is not interpreted: `>` is just an argument to `cat`, which fails.
+        let no_shell = SecretSink::new(
+            SinkSpec::Exec(format!("cat > {}", dir.path().join("x").display())),
+            None,
+        )
+        .unwrap();
+        assert!(no_shell.persist(&SecretString::from("s")).await.is_err());
+        assert!(!dir.path().join("x").exists());
         let failing = SecretSink::new(
-            SinkSpec::Exec("cat >/dev/null; echo piped-secret >&2; exit 3".into()),
+            SinkSpec::Exec("sh -c 'cat >/dev/null; echo piped-secret >&2; exit 3'".into()),
             None,
         )
         .unwrap();
@@ -473,5 +537,45 @@ mod tests {
             .to_string();
         assert!(error.contains("exit status: 3"), "{error}");
         assert!(!error.contains("piped-secret"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_command_that_overruns_is_killed_with_everything_it_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let sink = SecretSink::new(
+            SinkSpec::Exec(format!(
+                "sh -c 'cat >/dev/null; sleep 30 & echo $! > {}; wait'",
+                pid_file.display()
+            )),
+            None,
+        )
+        .unwrap()
+        .with_exec_timeout(Duration::from_millis(500));
+        let error = sink
+            .persist(&SecretString::from("s"))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("process group was killed"), "{error}");
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // The grandchild (`sleep 30`) is gone too: no process, or a zombie nobody has reaped yet.
+        let mut gone = false;
+        for _ in 0..50 {
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let running = state
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| !rest.starts_with('Z'));
+            if !running {
+                gone = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(gone, "the background child {pid} survived");
     }
 }

@@ -144,6 +144,11 @@ pub struct EntityStatus {
     pub iam_message: Option<String>,
     /// A secret-lifecycle problem that makes the entity not ready (e.g. a rotated secret not yet stored).
     pub secret_alert: Option<String>,
+    /// A secret-lifecycle oddity that needs a human but leaves tokens flowing (an expiry that cannot be
+    /// right). Does not affect readiness.
+    pub secret_warning: Option<String>,
+    /// The admin login's state when rotation is on: `none`, `ok`, `backing_off`, `credentials_rejected`.
+    pub admin_login: Option<&'static str>,
     /// When the last rotation succeeded.
     pub last_rotation: Option<SystemTime>,
 }
@@ -196,6 +201,8 @@ struct SlotState {
     /// The secret's expiry as `secret read` last reported it.
     secret_expiry_read: Option<SystemTime>,
     secret_alert: Option<String>,
+    secret_warning: Option<String>,
+    admin_login: Option<&'static str>,
     last_rotation: Option<SystemTime>,
 }
 
@@ -405,8 +412,8 @@ impl Broker {
     }
 
     async fn cold_fetch(&self, slot: &Arc<Slot>) -> Result<Served, TokenError> {
-        if let Some(error) = self.inner.recent_failure(slot, Trigger::Client) {
-            return Err(self.inner.unavailable(&error));
+        if let Some((error, wait)) = self.inner.recent_failure(slot, Trigger::Client) {
+            return Err(self.inner.unavailable(&error, wait));
         }
         let inner = Arc::clone(&self.inner);
         let task_slot = Arc::clone(slot);
@@ -429,7 +436,7 @@ impl Broker {
                 reason: "the newest token is past its hand-out deadline".into(),
                 retry_after: Duration::from_secs(1),
             }),
-            Err(error) => Err(self.inner.unavailable(&error)),
+            Err(error) => Err(self.inner.unavailable(&error, self.inner.wait_after(slot))),
         }
     }
 
@@ -441,21 +448,22 @@ impl Broker {
         let now = Instant::now();
         let allowed = {
             let mut state = slot.state();
-            let within_window = state.last_forced_at.is_some_and(|at| {
-                now.duration_since(at) < self.inner.policy.forced_refresh_interval
-            });
-            if !within_window {
+            let allowed = self
+                .inner
+                .policy
+                .forced_refresh_allowed(now, state.last_forced_at);
+            if allowed {
                 state.last_forced_at = Some(now);
             }
-            !within_window
+            allowed
         };
         self.inner.metrics.forced_refresh(id, allowed);
         if !allowed {
             drop(slot.gate.lock().await);
             return self.token(id).await;
         }
-        if let Some(error) = self.inner.recent_failure(slot, Trigger::Forced) {
-            return Err(self.inner.unavailable(&error));
+        if let Some((error, wait)) = self.inner.recent_failure(slot, Trigger::Forced) {
+            return Err(self.inner.unavailable(&error, wait));
         }
         let inner = Arc::clone(&self.inner);
         let task_slot = Arc::clone(slot);
@@ -466,8 +474,10 @@ impl Broker {
                 token,
                 stale: false,
             }),
-            Ok(Err(error)) => Err(self.inner.unavailable(&error)),
-            Err(e) => Err(self.inner.unavailable(&FetchError::Internal(e.to_string()))),
+            Ok(Err(error)) => Err(self.inner.unavailable(&error, self.inner.wait_after(slot))),
+            Err(e) => Err(self
+                .inner
+                .unavailable(&FetchError::Internal(e.to_string()), None)),
         }
     }
 
@@ -495,6 +505,8 @@ impl Broker {
                     secret_in_grace: latest.as_ref().is_some_and(|t| t.iam_message.is_some()),
                     iam_message: latest.as_ref().and_then(|t| t.iam_message.clone()),
                     secret_alert: state.secret_alert.clone(),
+                    secret_warning: state.secret_warning.clone(),
+                    admin_login: state.admin_login,
                     last_rotation: state.last_rotation,
                 }
             })
@@ -532,6 +544,20 @@ impl Broker {
     pub fn set_secret_alert(&self, id: &EntityId, alert: Option<String>) {
         if let Some(slot) = self.slot(id) {
             slot.state().secret_alert = alert;
+        }
+    }
+
+    /// Reports a secret-lifecycle oddity that does not affect readiness (or clears it).
+    pub fn set_secret_warning(&self, id: &EntityId, warning: Option<String>) {
+        if let Some(slot) = self.slot(id) {
+            slot.state().secret_warning = warning;
+        }
+    }
+
+    /// Records the admin login's state for `/readyz`.
+    pub fn note_admin_login(&self, id: &EntityId, state: &'static str) {
+        if let Some(slot) = self.slot(id) {
+            slot.state().admin_login = Some(state);
         }
     }
 
@@ -576,36 +602,43 @@ impl Inner {
         Ok(token)
     }
 
-    /// With no valid token, a client or forced attempt within `cold_attempt_interval` of a failed one
-    /// gets that failure back instead of calling the IAM again.
-    fn recent_failure(&self, slot: &Slot, trigger: Trigger) -> Option<FetchError> {
+    /// A caller-triggered attempt that the policy holds back gets the last failure back, with how long
+    /// it must still wait, instead of calling the IAM again ([`RefreshPolicy::caller_attempt_wait`]).
+    fn recent_failure(
+        &self,
+        slot: &Slot,
+        trigger: Trigger,
+    ) -> Option<(FetchError, Option<Duration>)> {
         if trigger == Trigger::Background {
             return None;
         }
         let state = slot.state();
         let now = Instant::now();
-        if slot.current_token().is_some_and(|t| t.servable(now)) {
+        let holds_valid = slot.current_token().is_some_and(|t| t.servable(now));
+        if holds_valid && trigger == Trigger::Client {
             return None;
         }
-        let recent = state
-            .last_attempt_at
-            .is_some_and(|at| now.duration_since(at) < self.policy.cold_attempt_interval);
-        if recent && state.attempts.consecutive_failures > 0 {
-            state.last_error.clone()
-        } else {
-            None
-        }
+        let wait = self
+            .policy
+            .caller_attempt_wait(now, &state.attempts, holds_valid)?;
+        state.last_error.clone().map(|error| (error, Some(wait)))
     }
 
-    fn unavailable(&self, error: &FetchError) -> TokenError {
-        let retry_after = error
-            .retry_after()
-            .map(|d| d.min(self.policy.retry_after_cap))
-            .unwrap_or(self.policy.cold_attempt_interval)
-            .max(Duration::from_secs(1));
+    /// How long callers must wait after the failure just recorded.
+    fn wait_after(&self, slot: &Slot) -> Option<Duration> {
+        let state = slot.state();
+        self.policy
+            .caller_attempt_wait(Instant::now(), &state.attempts, false)
+    }
+
+    /// The answer for a caller who gets no token: the failure, and a `Retry-After` that is the remaining
+    /// wait (whole seconds, rounded up, at least one).
+    fn unavailable(&self, error: &FetchError, wait: Option<Duration>) -> TokenError {
+        let wait = wait.unwrap_or(self.policy.cold_attempt_interval);
+        let whole_seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         TokenError::Unavailable {
             reason: error.to_string(),
-            retry_after,
+            retry_after: Duration::from_secs(whole_seconds.max(1)),
         }
     }
 
@@ -624,7 +657,7 @@ impl Inner {
                 }
             }
         }
-        if let Some(error) = self.recent_failure(slot, trigger) {
+        if let Some((error, _)) = self.recent_failure(slot, trigger) {
             return Err(error);
         }
         slot.state().last_attempt_at = Some(Instant::now());

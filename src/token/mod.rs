@@ -117,6 +117,21 @@ impl std::fmt::Debug for Token {
     }
 }
 
+/// The longest a token is ever held, whatever the IAM and the JWT say: twice the documented 24 hours. An
+/// absurd `expiresIn` (10^12 s, 2^64 − 1) or a JWT without `exp` cannot make a token live for ever.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(48 * 3600);
+
+/// `to - from` in seconds as a duration: zero when not positive, at most [`MAX_TOKEN_LIFETIME`], and never
+/// a panic for a non-finite or huge difference.
+fn seconds_between(from: f64, to: f64) -> Duration {
+    let difference = to - from;
+    if !(difference.is_finite() && difference > 0.0) {
+        return Duration::ZERO;
+    }
+    Duration::try_from_secs_f64(difference.min(MAX_TOKEN_LIFETIME.as_secs_f64()))
+        .unwrap_or(Duration::ZERO)
+}
+
 /// Why a 200 answer from the IAM was not accepted as a token.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TokenRejected {
@@ -173,38 +188,39 @@ impl Token {
         }
         let finite = |v: Option<f64>| v.filter(|x| x.is_finite());
         let (exp, iat) = (finite(claims.exp), finite(claims.iat));
-        // The JWT's own lifetime is a difference of two server times, so local clock skew cannot distort it.
+        // What the JWT itself allows. With `iat`, a difference of two server times, so local clock skew
+        // cannot distort it; without, `exp` against our own clock. An `exp` at or before `iat` (or now)
+        // leaves nothing to hand out.
         let jwt_lifetime = match (exp, iat) {
-            (Some(exp), Some(iat)) if exp > iat && exp - iat < 1e9 => {
-                Some(Duration::from_secs_f64(exp - iat))
-            }
-            _ => None,
+            (Some(exp), Some(iat)) => Some(seconds_between(iat, exp)),
+            (Some(exp), None) => Some(seconds_between(
+                timefmt::unix_seconds(grant.received_wall),
+                exp,
+            )),
+            (None, _) => None,
         };
-        // Take the smaller of the two: a response that claims more life than its own JWT must not make us
-        // hand the token out after its `exp`.
-        let lifetime = match (grant.expires_in, jwt_lifetime) {
-            (Some(a), Some(b)) => a.min(b),
-            (Some(a), None) | (None, Some(a)) => a,
-            (None, None) => return Err(TokenRejected::NoLifetime),
-        };
+        // The smallest of what the answer, the JWT and our ceiling allow: a response that claims more life
+        // than its own JWT must not make us hand the token out after its `exp`.
+        let lifetime = [grant.expires_in, jwt_lifetime]
+            .into_iter()
+            .flatten()
+            .min()
+            .ok_or(TokenRejected::NoLifetime)?
+            .min(MAX_TOKEN_LIFETIME);
         let received_at = Instant::from_std(grant.received_at);
         let schedule = policy
             .schedule(received_at, lifetime, jitter)
             .ok_or(TokenRejected::TooShort(lifetime))?;
-        let as_wall = |secs: f64| {
-            if (0.0..1e12).contains(&secs) {
-                Some(timefmt::from_unix_seconds(secs as i64))
-            } else {
-                None
-            }
-        };
         let token_text = grant.access_token.expose_secret();
         // The client admits only token68 characters (RFC 6750), and entity ids and RFC 3339 times need no
         // escaping either, so the JSON can be assembled from parts.
         let json_head =
             format!(r#"{{"accessToken":"{token_text}","tokenType":"Bearer","expiresIn":"#)
                 .into_bytes();
-        let expires_at_wall = grant.received_wall + lifetime;
+        let expires_at_wall = grant
+            .received_wall
+            .checked_add(lifetime)
+            .unwrap_or(grant.received_wall);
         let json_tail = format!(
             r#","expiresAt":"{}","entityId":"{}"}}"#,
             timefmt::rfc3339_seconds(expires_at_wall),
@@ -224,11 +240,11 @@ impl Token {
             lifetime,
             expires_at_wall,
             clock_skew_seconds: iat.map(|iat| timefmt::unix_seconds(grant.received_wall) - iat),
-            jwt_expires_at: exp.and_then(as_wall),
+            jwt_expires_at: exp.and_then(timefmt::from_unix_seconds),
             secret_expires_at: claims
                 .secret_expiry_ts
                 .as_deref()
-                .and_then(timefmt::parse_iam_timestamp),
+                .and_then(timefmt::parse_iam_expiry),
             iam_message: grant.message,
         })
     }

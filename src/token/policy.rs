@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::backoff::Backoff;
+
 /// Tunables of the refresh policy. `Default` is what production uses; tests shrink nothing here, they
 /// shrink the token lifetime instead.
 #[derive(Debug, Clone)]
@@ -100,13 +102,8 @@ impl RefreshPolicy {
         retry_after: Option<Duration>,
         jitter: f64,
     ) -> Duration {
-        let exponent = consecutive_failures.saturating_sub(1).min(20);
-        let ceiling = self
-            .backoff_base
-            .saturating_mul(1u32 << exponent)
-            .min(self.backoff_cap);
-        // Equal jitter: at least half the ceiling, so retries never bunch up near zero.
-        let delay = ceiling / 2 + (ceiling / 2).mul_f64(jitter.clamp(0.0, 1.0));
+        let delay =
+            Backoff::new(self.backoff_base, self.backoff_cap).delay(consecutive_failures, jitter);
         match retry_after {
             Some(server) => delay.max(server.min(self.retry_after_cap)),
             None => delay,
@@ -131,6 +128,41 @@ impl RefreshPolicy {
             }
             _ => now,
         }
+    }
+}
+
+impl RefreshPolicy {
+    /// How long a *caller-triggered* attempt (a client finding no valid token, or a forced refresh) must
+    /// still wait after the last failure, or `None` when it may call the IAM now.
+    ///
+    /// The server's `Retry-After` (capped) binds every path, so polling clients cannot call an IAM that
+    /// asked for quiet. Without a valid token, attempts are also spaced by `cold_attempt_interval`, so no
+    /// amount of traffic turns an outage into a hot loop. With a valid token, only `Retry-After` applies
+    /// (forced refreshes have their own limit, [`RefreshPolicy::forced_refresh_allowed`]).
+    pub fn caller_attempt_wait(
+        &self,
+        now: Instant,
+        state: &AttemptState,
+        holds_valid_token: bool,
+    ) -> Option<Duration> {
+        let failed_at = state
+            .last_failure_at
+            .filter(|_| state.consecutive_failures > 0)?;
+        let server_wait = state
+            .retry_after
+            .map_or(Duration::ZERO, |d| d.min(self.retry_after_cap));
+        let wait = if holds_valid_token {
+            server_wait
+        } else {
+            server_wait.max(self.cold_attempt_interval)
+        };
+        let until = failed_at + wait;
+        (now < until).then(|| until - now)
+    }
+
+    /// Whether a forced refresh may call the IAM, given when the last one did.
+    pub fn forced_refresh_allowed(&self, now: Instant, last_forced_at: Option<Instant>) -> bool {
+        last_forced_at.is_none_or(|at| now.duration_since(at) >= self.forced_refresh_interval)
     }
 }
 
@@ -214,6 +246,68 @@ mod tests {
         assert_eq!(p.retry_delay(1, Some(secs(7.0)), 0.0), secs(7.0));
         assert_eq!(p.retry_delay(10, Some(secs(1.0)), 1.0), secs(30.0));
         assert_eq!(p.retry_delay(1, Some(secs(86_400.0)), 0.0), secs(300.0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_binds_callers_and_cold_attempts_are_spaced() {
+        let p = RefreshPolicy::default();
+        let t0 = Instant::now();
+        let throttled = AttemptState {
+            token: None,
+            consecutive_failures: 1,
+            last_failure_at: Some(t0),
+            retry_after: Some(secs(6.0)),
+        };
+        // Polling clients with no token: nothing before the server's 6 s, then allowed.
+        assert_eq!(
+            p.caller_attempt_wait(t0, &throttled, false),
+            Some(secs(6.0))
+        );
+        assert_eq!(
+            p.caller_attempt_wait(t0 + secs(5.5), &throttled, false),
+            Some(secs(0.5))
+        );
+        assert_eq!(
+            p.caller_attempt_wait(t0 + secs(6.0), &throttled, false),
+            None
+        );
+        // A forced refresh while a valid token is held waits for Retry-After too.
+        assert_eq!(
+            p.caller_attempt_wait(t0 + secs(1.0), &throttled, true),
+            Some(secs(5.0))
+        );
+        // A hostile Retry-After is capped.
+        let silenced = AttemptState {
+            retry_after: Some(secs(86_400.0)),
+            ..throttled
+        };
+        assert_eq!(
+            p.caller_attempt_wait(t0, &silenced, false),
+            Some(p.retry_after_cap)
+        );
+        // Without Retry-After: cold attempts one per interval; with a valid token, no wait.
+        let failed = AttemptState {
+            retry_after: None,
+            ..throttled
+        };
+        assert_eq!(
+            p.caller_attempt_wait(t0, &failed, false),
+            Some(p.cold_attempt_interval)
+        );
+        assert_eq!(p.caller_attempt_wait(t0, &failed, true), None);
+        assert_eq!(
+            p.caller_attempt_wait(t0, &AttemptState::default(), false),
+            None
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn forced_refreshes_are_spaced() {
+        let p = RefreshPolicy::default();
+        let t0 = Instant::now();
+        assert!(p.forced_refresh_allowed(t0, None));
+        assert!(!p.forced_refresh_allowed(t0 + secs(9.9), Some(t0)));
+        assert!(p.forced_refresh_allowed(t0 + p.forced_refresh_interval, Some(t0)));
     }
 
     #[tokio::test(start_paused = true)]
