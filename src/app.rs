@@ -16,6 +16,7 @@ use crate::iam::IamClient;
 use crate::metrics::Metrics;
 use crate::secret::manager::SecretManager;
 use crate::secret::{AdminSession, Rotator, SecretSink};
+use crate::supervise::supervise;
 use crate::token::broker::Broker;
 use crate::token::policy::RefreshPolicy;
 
@@ -110,9 +111,25 @@ impl Application {
         // Managers subscribe before the refreshers' first fetch, so no event is missed.
         let mut managers = tokio::task::JoinSet::new();
         for manager in secret_managers {
-            if let Some(events) = broker.secret_events(manager.entity()) {
-                managers.spawn(manager.run(events, stop_rx.clone()));
-            }
+            let broker = broker.clone();
+            let task_stop = stop_rx.clone();
+            // A restarted manager subscribes afresh; its state is re-read from the IAM.
+            let entity = manager.entity().to_string();
+            managers.spawn(supervise(
+                "secret manager",
+                entity,
+                stop_rx.clone(),
+                move || {
+                    let manager = manager.clone();
+                    let events = broker.secret_events(manager.entity());
+                    let stop = task_stop.clone();
+                    async move {
+                        if let Some(events) = events {
+                            manager.run(events, stop).await;
+                        }
+                    }
+                },
+            ));
         }
         let mut refreshers = broker.spawn_refreshers(stop_rx);
         let state = Arc::new(AppState {

@@ -19,6 +19,7 @@
 //! | [`telemetry`] | tracing subscriber set-up (text or JSON) |
 //! | [`timefmt`] | the one checked conversion of upstream times, total formatters, the lenient IAM timestamp parser |
 //! | [`backoff`] | the exponential backoff with equal jitter that every retry loop uses |
+//! | [`supervise`] | restarts a long-lived task that panicked, so refresh and rotation survive a bug |
 //! | [`app`] | the broker application: built on a bound listener, run until a shutdown future completes |
 //! | [`commands`] | one function per subcommand: `serve`, `token`, `iam-simulator`, `demo`, `secret`, `rotate` |
 //!
@@ -37,6 +38,7 @@ pub mod iam;
 pub mod metrics;
 pub mod secret;
 pub mod simulator;
+pub mod supervise;
 pub mod telemetry;
 pub mod timefmt;
 pub mod token;

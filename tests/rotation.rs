@@ -404,6 +404,8 @@ async fn the_rotate_command_writes_a_kubernetes_secret_and_resolves_a_conflict()
         &api_url,
         "--kube-token-file",
         token_file.to_str().unwrap(),
+        "--state-dir",
+        dir.path().to_str().unwrap(),
         "--log-level",
         "debug",
     ]

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use super::{AppState, reply};
 use crate::timefmt;
+use crate::token::broker::EntityStatus;
 
 pub async fn healthz() -> Response {
     reply::no_store(
@@ -50,7 +51,17 @@ struct EntityReadiness {
 /// 200 only when every configured entity holds a token that may be handed out; 503 otherwise, with the
 /// detail per entity either way.
 pub async fn readyz(State(app): State<Arc<AppState>>) -> Response {
-    let status = app.broker.status();
+    let (ready, body) = readiness(app.broker.status());
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    reply::no_store((code, axum::Json(body)).into_response())
+}
+
+/// Whether every entity is ready, and the `/readyz` body. Total: any status renders.
+pub fn readiness(status: Vec<EntityStatus>) -> (bool, serde_json::Value) {
     let ready = status.iter().all(|e| e.ready);
     let entities: BTreeMap<String, EntityReadiness> = status
         .into_iter()
@@ -74,13 +85,10 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Response {
             )
         })
         .collect();
-    let code = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    let body = serde_json::json!({ "ready": ready, "entities": entities });
-    reply::no_store((code, axum::Json(body)).into_response())
+    (
+        ready,
+        serde_json::json!({ "ready": ready, "entities": entities }),
+    )
 }
 
 pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {

@@ -154,35 +154,14 @@ impl IamClient {
             .header(reqwest::header::ACCEPT, "application/json")
             .body(body.expose_secret().to_string());
         let (status, bytes) = self.send(endpoint, request, credential).await?;
-        let received_at = Instant::now();
-        let received_wall = SystemTime::now();
-        let parsed: TokenResponseBody = parse_json(endpoint, status, &bytes, credential)?;
-        let malformed = |reason: &str| IamError::Malformed {
+        parse_token_answer(
             endpoint,
             status,
-            reason: reason.into(),
-            excerpt: None,
-        };
-        let access_token = parsed
-            .access_token
-            .filter(|t| !t.trim().is_empty())
-            .ok_or_else(|| malformed("no accessToken"))?;
-        if access_token.len() > 16 * 1024 || !is_token68(&access_token) {
-            return Err(malformed("accessToken is not a plausible bearer token"));
-        }
-        Ok(TokenGrant {
-            access_token: SecretString::from(access_token),
-            expires_in: parsed.expires_in.map(Duration::from_secs),
-            token_type: parsed.token_type,
-            txn_id: parsed.txn_id.map(|t| clip(&t)),
-            message: parsed.message.map(|m| clip(&m)),
-            server_time: parsed
-                .timestamp
-                .as_deref()
-                .and_then(timefmt::parse_iam_timestamp),
-            received_at,
-            received_wall,
-        })
+            &bytes,
+            credential,
+            Instant::now(),
+            SystemTime::now(),
+        )
     }
 
     async fn secret_call(
@@ -215,39 +194,7 @@ impl IamClient {
         let (status, bytes) = self
             .send(endpoint, request, user_token.expose_secret())
             .await?;
-        // Only the secret is required: a reset answer that carries one must reach the caller whatever its
-        // other fields say, because the IAM has already switched to it.
-        let parsed = SecretAnswer::parse(&bytes).map_err(|e| IamError::Malformed {
-            endpoint,
-            status,
-            reason: format!("not a JSON object ({e})"),
-            excerpt: sanitize_excerpt(&bytes, &credential_forms(user_token.expose_secret())),
-        })?;
-        let secret = parsed
-            .secret
-            .filter(|s| !s.trim().is_empty())
-            .ok_or_else(|| IamError::Malformed {
-                endpoint,
-                status,
-                reason: "no secret".into(),
-                excerpt: None,
-            })?;
-        Ok(SecretGrant {
-            entity_id: parsed.entity_id.map(|e| clip(&e)),
-            secret: SecretString::from(secret),
-            expires_on: parsed
-                .expires_on
-                .and_then(timefmt::from_unix_seconds_or_millis)
-                .or_else(|| {
-                    parsed
-                        .expiration_date
-                        .as_deref()
-                        .and_then(timefmt::parse_iam_expiry)
-                }),
-            expiration_date: parsed.expiration_date.map(|d| clip(&d)),
-            message: parsed.message.map(|m| clip(&m)),
-            txn_id: parsed.txn_id.map(|t| clip(&t)),
-        })
+        parse_secret_answer(endpoint, status, &bytes, user_token.expose_secret())
     }
 
     /// Sends a request and reads at most [`MAX_RESPONSE_BYTES`] of the answer. Non-2xx statuses become
@@ -318,6 +265,87 @@ impl IamClient {
             retry_after,
         })
     }
+}
+
+/// Reads a successful token answer (spec §2.1, §2.4): the token must be a plausible bearer token; its
+/// lifetime is judged later, by [`crate::token::Token::from_grant`]. Public for the fuzz target.
+pub fn parse_token_answer(
+    endpoint: Endpoint,
+    status: u16,
+    bytes: &[u8],
+    credential: &str,
+    received_at: Instant,
+    received_wall: SystemTime,
+) -> Result<TokenGrant, IamError> {
+    let parsed: TokenResponseBody = parse_json(endpoint, status, bytes, credential)?;
+    let malformed = |reason: &str| IamError::Malformed {
+        endpoint,
+        status,
+        reason: reason.into(),
+        excerpt: None,
+    };
+    let access_token = parsed
+        .access_token
+        .filter(|t| !t.trim().is_empty())
+        .ok_or_else(|| malformed("no accessToken"))?;
+    if access_token.len() > 16 * 1024 || !is_token68(&access_token) {
+        return Err(malformed("accessToken is not a plausible bearer token"));
+    }
+    Ok(TokenGrant {
+        access_token: SecretString::from(access_token),
+        expires_in: parsed.expires_in.map(Duration::from_secs),
+        token_type: parsed.token_type,
+        txn_id: parsed.txn_id.map(|t| clip(&t)),
+        message: parsed.message.map(|m| clip(&m)),
+        server_time: parsed
+            .timestamp
+            .as_deref()
+            .and_then(timefmt::parse_iam_timestamp),
+        received_at,
+        received_wall,
+    })
+}
+
+/// Reads a successful secret read/reset answer (spec §2.2, §2.3). Only the secret is required: a reset
+/// answer that carries one must reach the caller whatever its other fields say, because the IAM has
+/// already switched to it. Public for the fuzz target.
+pub fn parse_secret_answer(
+    endpoint: Endpoint,
+    status: u16,
+    bytes: &[u8],
+    credential: &str,
+) -> Result<SecretGrant, IamError> {
+    let parsed = SecretAnswer::parse(bytes).map_err(|e| IamError::Malformed {
+        endpoint,
+        status,
+        reason: format!("not a JSON object ({e})"),
+        excerpt: sanitize_excerpt(bytes, &credential_forms(credential)),
+    })?;
+    let secret = parsed
+        .secret
+        .filter(|s| !s.trim().is_empty())
+        .ok_or_else(|| IamError::Malformed {
+            endpoint,
+            status,
+            reason: "no secret".into(),
+            excerpt: None,
+        })?;
+    Ok(SecretGrant {
+        entity_id: parsed.entity_id.map(|e| clip(&e)),
+        secret: SecretString::from(secret),
+        expires_on: parsed
+            .expires_on
+            .and_then(timefmt::from_unix_seconds_or_millis)
+            .or_else(|| {
+                parsed
+                    .expiration_date
+                    .as_deref()
+                    .and_then(timefmt::parse_iam_expiry)
+            }),
+        expiration_date: parsed.expiration_date.map(|d| clip(&d)),
+        message: parsed.message.map(|m| clip(&m)),
+        txn_id: parsed.txn_id.map(|t| clip(&t)),
+    })
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(

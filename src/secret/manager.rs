@@ -37,9 +37,10 @@ const RECOVERY_SPACING: Duration = Duration::from_secs(30);
 const RETRY: Backoff = Backoff::new(Duration::from_secs(5), Duration::from_secs(300));
 /// While the admin login is held back for a rejected password, the password file is looked at this often,
 /// so a corrected password is used within a minute (looking costs no IAM call).
-const PASSWORD_WATCH: Duration = Duration::from_secs(30);
+const PASSWORD_WATCH: Duration = Duration::from_secs(10);
 
 /// Manages one entity's secret.
+#[derive(Clone)]
 pub struct SecretManager {
     entity: EntityId,
     broker: Broker,

@@ -114,6 +114,8 @@ async fn add_user(
         SimUser {
             password: new.password,
             entities: new.entities,
+            failed_logins: 0,
+            locked_until: None,
         },
     );
     StatusCode::NO_CONTENT.into_response()

@@ -13,7 +13,8 @@ use serde_json::{Value, json};
 
 use super::Shared;
 use super::state::{
-    FaultKind, GRACE_PERIOD, MAX_SECRET_DAYS, ResetMode, UserSession, random_secret,
+    EpochUnit, FaultKind, GRACE_PERIOD, LocalZone, MAX_SECRET_DAYS, ResetMode, SimSettings,
+    UserSession, random_secret,
 };
 use crate::iam::Endpoint;
 use crate::iam::client::new_txn_id;
@@ -195,6 +196,35 @@ fn epoch_millis(t: SystemTime) -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// `expiresOn` in the unit the settings choose.
+fn expires_on(t: SystemTime, settings: &SimSettings) -> i64 {
+    match settings.expires_on_unit {
+        EpochUnit::Millis => epoch_millis(t),
+        EpochUnit::Seconds => epoch_millis(t) / 1000,
+    }
+}
+
+/// `t` as the wall clock of the configured zone reads it, for the zoneless date-time fields.
+fn local(t: SystemTime, settings: &SimSettings) -> SystemTime {
+    match settings.local_zone {
+        LocalZone::Utc => t,
+        LocalZone::Ist => t + Duration::from_secs(timefmt::IST_OFFSET_SECONDS.unsigned_abs()),
+    }
+}
+
+/// Merges a [`FaultKind::Patch`]'s fields into `target`; a `null` removes the field.
+fn patch(target: &mut Value, fields: &serde_json::Map<String, Value>) {
+    if let Value::Object(object) = target {
+        for (key, value) in fields {
+            if value.is_null() {
+                object.remove(key);
+            } else {
+                object.insert(key.clone(), value.clone());
+            }
+        }
+    }
+}
+
 fn token_body(token: Value, lifetime: u64, scope: &str, message: Option<String>) -> Value {
     let mut body = envelope(
         json!({
@@ -267,7 +297,7 @@ pub async fn entity_token(
         id.clone()
     };
     let iat = epoch_secs(now);
-    let claims = json!({
+    let mut claims = json!({
         "exp": iat + lifetime,
         "iat": iat,
         "jti": new_txn_id(),
@@ -286,8 +316,11 @@ pub async fn entity_token(
         "clientAddress": "127.0.0.1",
         "upn": format!("service-account-{}", subject.to_lowercase()),
         "preferred_username": format!("service-account-{}", subject.to_lowercase()),
-        "secret-expiry-ts": timefmt::local_datetime_nanos(entity.expires_on),
+        "secret-expiry-ts": timefmt::local_datetime_nanos(local(entity.expires_on, &settings)),
     });
+    if let Some(FaultKind::Patch { claims: extra, .. }) = &spoiler {
+        patch(&mut claims, extra);
+    }
     let token = match (&spoiler, &entity.last_token) {
         (Some(FaultKind::RepeatToken), Some(previous)) => previous.clone(),
         _ => match shared.key.sign(&claims) {
@@ -305,7 +338,10 @@ pub async fn entity_token(
         .counters
         .entity_tokens_issued
         .fetch_add(1, Ordering::SeqCst);
-    let body = token_body(json!(token), lifetime, ENTITY_SCOPE, message);
+    let mut body = token_body(json!(token), lifetime, ENTITY_SCOPE, message);
+    if let Some(FaultKind::Patch { body: extra, .. }) = &spoiler {
+        patch(&mut body, extra);
+    }
     match spoiler {
         Some(FaultKind::TruncatedJson) => {
             let text = body.to_string();
@@ -336,9 +372,10 @@ pub async fn user_token(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Prelude::Respond(response) = prelude(&shared, Endpoint::UserToken).await {
-        return response;
-    }
+    let spoiler = match prelude(&shared, Endpoint::UserToken).await {
+        Prelude::Respond(response) => return response,
+        Prelude::Proceed(spoiler) => spoiler,
+    };
     if !is_form(&headers) {
         return bad_request("User Id/Password is missing in the request", None);
     }
@@ -351,15 +388,31 @@ pub async fn user_token(
     };
     let issuer = issuer(&headers);
     let mut world = shared.world();
-    let Some(user) = world
-        .users
-        .get(email.as_str())
-        .filter(|u| u.password == *password)
-        .cloned()
-    else {
+    let now = world.now();
+    let lockout = (
+        world.settings.lockout_after_failures,
+        Duration::from_secs(world.settings.lockout_secs),
+    );
+    let Some(user) = world.users.get_mut(email.as_str()) else {
+        shared.counters.failed_login();
         return unauthorized("Invalid username/password or password is expired", None);
     };
-    let now = world.now();
+    // Keycloak answers a locked-out user exactly as it answers a wrong password.
+    let locked = user.locked_until.is_some_and(|until| now < until);
+    if locked || user.password != *password {
+        if !locked {
+            user.failed_logins += 1;
+            if let (Some(limit), lasts) = lockout
+                && user.failed_logins >= limit
+            {
+                user.locked_until = Some(now + lasts);
+            }
+        }
+        shared.counters.failed_login();
+        return unauthorized("Invalid username/password or password is expired", None);
+    }
+    user.failed_logins = 0;
+    let user = user.clone();
     let lifetime = world.settings.user_token_lifetime_secs.max(1);
     let iat = epoch_secs(now);
     let entity_meta: serde_json::Map<String, Value> = user
@@ -367,7 +420,7 @@ pub async fn user_token(
         .iter()
         .map(|e| (e.clone(), json!(["entity-admin"])))
         .collect();
-    let claims = json!({
+    let mut claims = json!({
         "exp": iat + lifetime,
         "iat": iat,
         "jti": new_txn_id(),
@@ -382,6 +435,9 @@ pub async fn user_token(
         "name": email,
         "secret_expiry_ts": timefmt::rfc3339_nanos(now + Duration::from_secs(180 * 86_400)),
     });
+    if let Some(FaultKind::Patch { claims: extra, .. }) = &spoiler {
+        patch(&mut claims, extra);
+    }
     let token = match shared.key.sign(&claims) {
         Ok(token) => token,
         Err(e) => return envelope_error(StatusCode::INTERNAL_SERVER_ERROR, "Internal", &e, None),
@@ -394,11 +450,11 @@ pub async fn user_token(
         },
     );
     drop(world);
-    (
-        StatusCode::OK,
-        axum::Json(token_body(json!(token), lifetime, USER_SCOPE, None)),
-    )
-        .into_response()
+    let mut body = token_body(json!(token), lifetime, USER_SCOPE, None);
+    if let Some(FaultKind::Patch { body: extra, .. }) = &spoiler {
+        patch(&mut body, extra);
+    }
+    (StatusCode::OK, axum::Json(body)).into_response()
 }
 
 /// `POST /iam/v1/entity/secret/read`.
@@ -425,9 +481,10 @@ async fn secret_call(
     body: Bytes,
     endpoint: Endpoint,
 ) -> Response {
-    if let Prelude::Respond(response) = prelude(&shared, endpoint).await {
-        return response;
-    }
+    let spoiler = match prelude(&shared, endpoint).await {
+        Prelude::Respond(response) => return response,
+        Prelude::Proceed(spoiler) => spoiler,
+    };
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let txn_id = request["txnId"].as_str().map(str::to_string);
     // The spec's clients send `Bearer <token>`; a production client sends the raw token. Accept both.
@@ -505,13 +562,16 @@ async fn secret_call(
         json!({
             "entityId": entity_id,
             "secret": entity.secret,
-            "expiresOn": epoch_millis(entity.expires_on),
-            "expirationDate": timefmt::local_datetime_millis(entity.expires_on),
+            "expiresOn": expires_on(entity.expires_on, &settings),
+            "expirationDate": timefmt::local_datetime_millis(local(entity.expires_on, &settings)),
         }),
         txn_id,
     );
     if let Some(message) = message {
         body["message"] = json!(message);
+    }
+    if let Some(FaultKind::Patch { body: extra, .. }) = &spoiler {
+        patch(&mut body, extra);
     }
     drop(world);
     (StatusCode::OK, axum::Json(body)).into_response()

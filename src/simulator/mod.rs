@@ -24,7 +24,7 @@ use tokio::net::TcpListener;
 
 use crate::iam::Endpoint;
 use state::{Counters, SimEntity, SimUser, World};
-pub use state::{Fault, FaultKind, ResetMode, SimSettings};
+pub use state::{EpochUnit, Fault, FaultKind, LocalZone, ResetMode, SimSettings};
 
 /// A running (or runnable) simulator. Cheap to clone; clones share one world.
 #[derive(Clone)]
@@ -170,6 +170,8 @@ impl Simulator {
             SimUser {
                 password: password.to_string(),
                 entities: entities.iter().map(|e| e.to_string()).collect(),
+                failed_logins: 0,
+                locked_until: None,
             },
         );
     }
@@ -213,6 +215,41 @@ impl Simulator {
     /// Requests received by an endpoint, faults included.
     pub fn calls(&self, endpoint: Endpoint) -> u64 {
         self.shared.counters.calls(endpoint)
+    }
+
+    /// Logins refused (wrong password, or the user locked out).
+    pub fn failed_logins(&self) -> u64 {
+        self.shared
+            .counters
+            .failed_logins
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Whether Keycloak-style brute-force protection has locked the user out now.
+    pub fn user_locked(&self, email: &str) -> bool {
+        let world = self.shared.world();
+        let now = world.now();
+        world
+            .users
+            .get(email)
+            .and_then(|u| u.locked_until)
+            .is_some_and(|until| now < until)
+    }
+
+    /// Changes a user's password (as an operator would after it expired).
+    pub fn set_password(&self, email: &str, password: &str) {
+        if let Some(user) = self.shared.world().users.get_mut(email) {
+            user.password = password.to_string();
+        }
+    }
+
+    /// Queues a fault for `endpoint` that fires `times` times (until cleared if `None`).
+    pub fn inject_fault(&self, endpoint: Endpoint, kind: FaultKind, times: Option<u32>) {
+        self.inject(Fault {
+            endpoint: Some(endpoint),
+            kind,
+            times,
+        });
     }
 
     /// Entity tokens issued successfully.

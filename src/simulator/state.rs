@@ -25,6 +25,28 @@ pub enum ResetMode {
     GracePeriod,
 }
 
+/// The unit of `expiresOn` in secret answers. The IAM's published examples disagree (spec §2.2).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EpochUnit {
+    /// Epoch milliseconds, as observed (the default).
+    #[default]
+    Millis,
+    /// Epoch seconds, as in one published example (`1725010763`).
+    Seconds,
+}
+
+/// The zone the zoneless local date-times (`expirationDate`, `secret-expiry-ts`) are written in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LocalZone {
+    /// UTC (the default; what the samples suggest).
+    #[default]
+    Utc,
+    /// India Standard Time, +05:30.
+    Ist,
+}
+
 /// Tunable behaviour, settable at start and through `PUT /_simulator/settings`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
@@ -40,6 +62,15 @@ pub struct SimSettings {
     pub clock_offset_secs: i64,
     /// Cap a reset secret's validity by the remaining life of the admin token that asked (spec §2.3).
     pub cap_secret_by_user_token: bool,
+    /// The unit of `expiresOn` in secret read/reset answers.
+    pub expires_on_unit: EpochUnit,
+    /// The zone of the zoneless local date-times.
+    pub local_zone: LocalZone,
+    /// Keycloak's brute-force protection: after this many failed logins in a row a user is locked out,
+    /// and even the right password is refused until [`SimSettings::lockout_secs`] pass. Off when absent.
+    pub lockout_after_failures: Option<u32>,
+    /// How long a lockout lasts, seconds.
+    pub lockout_secs: u64,
 }
 
 impl Default for SimSettings {
@@ -51,6 +82,10 @@ impl Default for SimSettings {
             reset_mode: ResetMode::default(),
             clock_offset_secs: 0,
             cap_secret_by_user_token: true,
+            expires_on_unit: EpochUnit::default(),
+            local_zone: LocalZone::default(),
+            lockout_after_failures: None,
+            lockout_secs: 900,
         }
     }
 }
@@ -103,6 +138,14 @@ pub enum FaultKind {
     HugeBody,
     /// 200 with a token whose `expiresIn` and `exp` are one second.
     ShortLived,
+    /// 200 with absurd but well-formed values: `body`'s fields are merged into the success answer, and
+    /// (on the token endpoints) `claims`' into the JWT's claims; a `null` claim is removed.
+    Patch {
+        #[serde(default)]
+        body: serde_json::Map<String, serde_json::Value>,
+        #[serde(default)]
+        claims: serde_json::Map<String, serde_json::Value>,
+    },
 }
 
 impl FaultKind {
@@ -130,6 +173,10 @@ pub struct SimEntity {
 pub struct SimUser {
     pub password: String,
     pub entities: Vec<String>,
+    /// Failed logins in a row (Keycloak's brute-force counter).
+    pub failed_logins: u32,
+    /// Locked out until then.
+    pub locked_until: Option<SystemTime>,
 }
 
 #[derive(Debug, Clone)]
@@ -183,6 +230,7 @@ impl World {
 pub struct Counters {
     calls: [AtomicU64; 4],
     pub entity_tokens_issued: AtomicU64,
+    pub failed_logins: AtomicU64,
 }
 
 impl Counters {
@@ -193,6 +241,11 @@ impl Counters {
             Endpoint::SecretRead => 2,
             Endpoint::SecretReset => 3,
         }
+    }
+
+    /// Logins refused because the password was wrong or the user locked out.
+    pub fn failed_login(&self) {
+        self.failed_logins.fetch_add(1, Ordering::SeqCst);
     }
 
     pub fn record(&self, endpoint: Endpoint) {

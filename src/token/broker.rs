@@ -35,6 +35,7 @@ use super::{Token, TokenRejected};
 use crate::entity::{EntityId, SecretError, SecretSource, fingerprint};
 use crate::iam::{IamClient, IamError};
 use crate::metrics::{Metrics, TokenCounters};
+use crate::supervise::supervise;
 
 /// Why an upstream fetch produced no token. Cloneable so that one failure can be shared by every waiter
 /// and kept as the entity's "last error" for `/readyz` and 503 bodies. Never contains a secret.
@@ -151,6 +152,29 @@ pub struct EntityStatus {
     pub admin_login: Option<&'static str>,
     /// When the last rotation succeeded.
     pub last_rotation: Option<SystemTime>,
+}
+
+impl EntityStatus {
+    /// What the newest token alone says about an entity, with no failure and no secret-lifecycle news.
+    pub fn of_token(entity_id: EntityId, latest: Option<&Token>, now: Instant) -> EntityStatus {
+        let valid = latest.filter(|t| t.servable(now));
+        EntityStatus {
+            entity_id,
+            ready: valid.is_some(),
+            stale: false,
+            expires_in: valid.map(|t| t.seconds_left(now)),
+            consecutive_failures: 0,
+            last_error: None,
+            clock_skew_seconds: latest.and_then(|t| t.clock_skew_seconds),
+            secret_expires_at: latest.and_then(|t| t.secret_expires_at),
+            secret_in_grace: latest.is_some_and(|t| t.iam_message.is_some()),
+            iam_message: latest.and_then(|t| t.iam_message.clone()),
+            secret_alert: None,
+            secret_warning: None,
+            admin_login: None,
+            last_rotation: None,
+        }
+    }
 }
 
 /// The entity token broker. Cheap to clone.
@@ -359,27 +383,38 @@ impl Broker {
         for slot in self.inner.slots.values() {
             let inner = Arc::clone(&self.inner);
             let slot = Arc::clone(slot);
-            let shutdown = shutdown.clone();
-            tasks.spawn(async move {
-                let state_slot = Arc::clone(&slot);
-                let attempt_slot = Arc::clone(&slot);
-                refresher::run(
-                    inner.policy.clone(),
-                    move || state_slot.state().attempts,
-                    &slot.changed,
-                    shutdown,
-                    move || {
-                        let inner = Arc::clone(&inner);
-                        let slot = Arc::clone(&attempt_slot);
-                        async move {
-                            let _ = inner.fetch_and_store(slot, Trigger::Background).await;
-                        }
-                    },
-                )
-                .await;
-            });
+            let task_shutdown = shutdown.clone();
+            tasks.spawn(supervise(
+                "refresher",
+                slot.id.to_string(),
+                shutdown.clone(),
+                move || {
+                    Self::refresher(Arc::clone(&inner), Arc::clone(&slot), task_shutdown.clone())
+                },
+            ));
         }
         tasks
+    }
+
+    /// One entity's background refresher.
+    async fn refresher(inner: Arc<Inner>, slot: Arc<Slot>, shutdown: watch::Receiver<bool>) {
+        let state_slot = Arc::clone(&slot);
+        let attempt_slot = Arc::clone(&slot);
+        let policy = inner.policy.clone();
+        refresher::run(
+            policy,
+            move || state_slot.state().attempts,
+            &slot.changed,
+            shutdown,
+            move || {
+                let inner = Arc::clone(&inner);
+                let slot = Arc::clone(&attempt_slot);
+                async move {
+                    let _ = inner.fetch_and_store(slot, Trigger::Background).await;
+                }
+            },
+        )
+        .await;
     }
 
     /// A valid token for `id`: from the cache, or — when none is held — from one coalesced upstream call.
@@ -490,25 +525,18 @@ impl Broker {
             .map(|slot| {
                 let latest = slot.current_token();
                 let state = slot.state();
-                let valid = latest.as_ref().filter(|t| t.servable(now));
-                EntityStatus {
-                    entity_id: slot.id.clone(),
-                    ready: valid.is_some() && state.secret_alert.is_none(),
-                    stale: valid.is_some() && state.attempts.consecutive_failures > 0,
-                    expires_in: valid.map(|t| t.seconds_left(now)),
-                    consecutive_failures: state.attempts.consecutive_failures,
-                    last_error: state.last_error.as_ref().map(ToString::to_string),
-                    clock_skew_seconds: latest.as_ref().and_then(|t| t.clock_skew_seconds),
-                    secret_expires_at: state
-                        .secret_expiry_read
-                        .or_else(|| latest.as_ref().and_then(|t| t.secret_expires_at)),
-                    secret_in_grace: latest.as_ref().is_some_and(|t| t.iam_message.is_some()),
-                    iam_message: latest.as_ref().and_then(|t| t.iam_message.clone()),
-                    secret_alert: state.secret_alert.clone(),
-                    secret_warning: state.secret_warning.clone(),
-                    admin_login: state.admin_login,
-                    last_rotation: state.last_rotation,
-                }
+                let mut status = EntityStatus::of_token(slot.id.clone(), latest.as_deref(), now);
+                status.ready &= state.secret_alert.is_none();
+                status.stale =
+                    status.expires_in.is_some() && state.attempts.consecutive_failures > 0;
+                status.consecutive_failures = state.attempts.consecutive_failures;
+                status.last_error = state.last_error.as_ref().map(ToString::to_string);
+                status.secret_expires_at = state.secret_expiry_read.or(status.secret_expires_at);
+                status.secret_alert = state.secret_alert.clone();
+                status.secret_warning = state.secret_warning.clone();
+                status.admin_login = state.admin_login;
+                status.last_rotation = state.last_rotation;
+                status
             })
             .collect()
     }

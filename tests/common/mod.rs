@@ -69,6 +69,8 @@ pub struct BrokerOptions {
     pub rotation: Option<RotationSettings>,
     /// The sink of the first entity (default: its secret file, if it has one).
     pub sink: Option<SinkSpec>,
+    /// Connection limits of the token listener.
+    pub limits: ServerLimits,
 }
 
 impl BrokerOptions {
@@ -83,6 +85,10 @@ impl BrokerOptions {
             },
             rotation: None,
             sink: None,
+            limits: ServerLimits {
+                max_connections: 4096,
+                ..ServerLimits::default()
+            },
         }
     }
 
@@ -118,10 +124,7 @@ pub fn settings(iam_url: &str, options: BrokerOptions) -> BrokerSettings {
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: None,
         guard: options.guard,
-        limits: ServerLimits {
-            max_connections: 4096,
-            ..ServerLimits::default()
-        },
+        limits: options.limits,
         worker_threads: 2,
         log: LogSettings {
             json: false,
