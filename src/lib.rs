@@ -19,6 +19,7 @@
 //! | [`telemetry`] | tracing subscriber set-up (text or JSON) |
 //! | [`timefmt`] | RFC 3339 formatting and the lenient IAM timestamp parser |
 //! | [`app`] | the broker application: built on a bound listener, run until a shutdown future completes |
+//! | [`inject`] | `inject`: Kubernetes manifests in, the same with the sidecar in every pod template out (a pure function; never on the serving path) |
 //! | [`commands`] | one function per subcommand: `serve`, `token`, `iam-simulator`, `demo`, `secret`, `rotate` |
 //!
 //! Where is the refresh-ahead decision made? In [`token::policy`], a pure function of times and outcomes.
@@ -32,6 +33,7 @@ pub mod config;
 pub mod entity;
 pub mod http;
 pub mod iam;
+pub mod inject;
 pub mod metrics;
 pub mod secret;
 pub mod simulator;
