@@ -337,6 +337,22 @@ fn the_default_container_is_the_first_application_container_unless_set() {
 }
 
 #[test]
+fn pod_templates_get_the_label_the_pod_monitor_selects_and_selectors_stay() {
+    let input = fixture();
+    let out = ok(&inject(&[], &input));
+    let (before, after) = (documents(&input), documents(&out));
+    for kind in ["Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob"] {
+        let mut keys = template_path(kind).to_vec();
+        keys.extend(["metadata", "labels", "aa-token-broker/sidecar"]);
+        assert_eq!(text(find(&after, kind), &keys), Some("true"), "{kind}");
+    }
+    let selector = |docs: &[Node<'_>]| {
+        emitted(yaml::path(find(docs, "Deployment"), &["spec", "selector"]).expect("a selector"))
+    };
+    assert_eq!(selector(&before), selector(&after));
+}
+
+#[test]
 fn the_mode_follows_the_kubernetes_version() {
     let form = |extra: &[&str]| {
         let out = ok(&inject(extra, &fixture()));
@@ -401,7 +417,10 @@ fn the_secret_is_mounted_whole_and_read_only_and_probes_use_the_admin_port_when_
         env_values(sidecar, "AA_BROKER_ADMIN_LISTEN"),
         ["0.0.0.0:9373"]
     );
-    assert_eq!(text(&list(sidecar, "ports")[0], &["name"]), Some("metrics"));
+    assert_eq!(
+        text(&list(sidecar, "ports")[0], &["name"]),
+        Some("broker-metrics")
+    );
     for (probe, path) in [
         ("startupProbe", "/readyz"),
         ("readinessProbe", "/readyz"),
@@ -414,7 +433,7 @@ fn the_secret_is_mounted_whole_and_read_only_and_probes_use_the_admin_port_when_
         );
         assert_eq!(
             text(sidecar, &[probe, "httpGet", "port"]),
-            Some("metrics"),
+            Some("broker-metrics"),
             "{probe}"
         );
     }

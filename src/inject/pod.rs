@@ -1,14 +1,15 @@
 //! Where each kind keeps its pod template, and what `inject` does to one.
 //!
-//! `inject` owns three things in a pod spec and rewrites them on every run: the container named
-//! `aa-token-broker` (in `initContainers` or `containers`), the volume `aa-token-broker-secret`, and the
-//! `AA_TOKEN_BROKER_URL` variable of the other containers. Running it again with the same flags
+//! `inject` owns four things in a pod template and rewrites them on every run: the container named
+//! `aa-token-broker` (in `initContainers` or `containers`), the volume `aa-token-broker-secret`, the
+//! `AA_TOKEN_BROKER_URL` variable of the other containers, and the label `aa-token-broker/sidecar`. It
+//! also sets `kubectl.kubernetes.io/default-container` when that is not set. Running it again with the same flags
 //! therefore changes nothing, and with other flags replaces them rather than adding a second copy.
 //! Everything else in the spec is left as it was.
 
 use saphyr::Yaml;
 
-use super::sidecar::{self, CONTAINER_NAME, URL_ENV, VOLUME_NAME};
+use super::sidecar::{self, CONTAINER_NAME, POD_LABEL, URL_ENV, VOLUME_NAME};
 use super::yaml::{self, Node};
 use super::{InjectOptions, Mode};
 
@@ -103,6 +104,12 @@ pub fn inject_object(
         );
     }
     let metadata = yaml::mapping_entry(template, "metadata")
+        .ok_or_else(|| format!("{where_}.metadata is not a mapping"))?;
+    // Template labels may grow without touching the workload's selector, which must only be a subset.
+    let labels = yaml::mapping_entry(metadata, "labels")
+        .ok_or_else(|| format!("{where_}.metadata.labels is not a mapping"))?;
+    yaml::set(labels, POD_LABEL.0, yaml::string(POD_LABEL.1), None);
+    let metadata = yaml::get_mut(template, "metadata")
         .ok_or_else(|| format!("{where_}.metadata is not a mapping"))?;
     let annotations = yaml::mapping_entry(metadata, "annotations")
         .ok_or_else(|| format!("{where_}.metadata.annotations is not a mapping"))?;

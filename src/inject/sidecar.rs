@@ -12,6 +12,11 @@ pub const CONTAINER_NAME: &str = "aa-token-broker";
 pub const VOLUME_NAME: &str = "aa-token-broker-secret";
 /// Where the Secret is mounted, as a directory, so the kubelet's update of a rotated secret reaches it.
 pub const MOUNT_PATH: &str = "/var/run/secrets/aa-token-broker";
+/// The admin port's name: distinct, so that a PodMonitor selecting it never scrapes an application port
+/// named `metrics` too (the chart uses the same name).
+pub const ADMIN_PORT_NAME: &str = "broker-metrics";
+/// The pod label the chart's PodMonitor selects.
+pub const POD_LABEL: (&str, &str) = ("aa-token-broker/sidecar", "true");
 /// The variable each application container gets.
 pub const URL_ENV: &str = "AA_TOKEN_BROKER_URL";
 /// How long a regular sidecar's `postStart` hook holds the next container (the chart's
@@ -47,7 +52,7 @@ fn probe(options: &InjectOptions, live: bool, period: i64, failures: i64) -> Nod
             "httpGet",
             mapping([
                 ("path", string(if live { "/healthz" } else { "/readyz" })),
-                ("port", string("metrics")),
+                ("port", string(ADMIN_PORT_NAME)),
             ]),
         )]),
         None if live => exec(&["aa-token-broker", "healthcheck", "--live"]),
@@ -96,7 +101,7 @@ pub fn container(options: &InjectOptions) -> Node<'static> {
         fields.push((
             "ports",
             Node::Sequence(vec![mapping([
-                ("name", string("metrics")),
+                ("name", string(ADMIN_PORT_NAME)),
                 ("containerPort", integer(i64::from(admin))),
                 ("protocol", string("TCP")),
             ])]),
