@@ -68,15 +68,18 @@ fn probe(options: &InjectOptions, live: bool, period: i64, failures: i64) -> Nod
 
 /// The broker's container, in the form `options.mode` asks for.
 pub fn container(options: &InjectOptions) -> Node<'static> {
-    let mut env_list = vec![env("AA_BROKER_ENTITY_ID", options.entity_id.as_str())];
+    // In the chart's order, so that the two render the same container.
+    let mut env_list = vec![
+        env("AA_BROKER_ENTITY_ID", options.entity_id.as_str()),
+        env(
+            "AA_BROKER_SECRET_FILE",
+            &format!("{MOUNT_PATH}/{}", options.secret_key),
+        ),
+    ];
     env_list.push(match &options.iam {
         Iam::Environment(name) => env("AA_BROKER_ENVIRONMENT", name),
         Iam::Url(url) => env("AA_BROKER_IAM_URL", url),
     });
-    env_list.push(env(
-        "AA_BROKER_SECRET_FILE",
-        &format!("{MOUNT_PATH}/{}", options.secret_key),
-    ));
     env_list.push(env(
         "AA_BROKER_LISTEN",
         &format!("127.0.0.1:{}", options.port),
