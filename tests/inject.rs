@@ -467,6 +467,27 @@ fn list_items_are_injected() {
 }
 
 #[test]
+fn a_kustomize_resource_list_is_written_back_as_one_with_its_items_injected() {
+    let input = "apiVersion: config.kubernetes.io/v1\nkind: ResourceList\nitems:\n  - apiVersion: batch/v1\n    \
+                 kind: Job\n    metadata: {name: j}\n    spec:\n      template:\n        spec:\n          \
+                 restartPolicy: Never\n          containers: [{name: app, image: app}]\nfunctionConfig:\n  \
+                 apiVersion: v1\n  kind: ConfigMap\n  metadata: {name: fn}\n";
+    let out = ok(&inject(&[], input));
+    let docs = documents(&out);
+    assert_eq!(docs.len(), 1);
+    assert_eq!(text(&docs[0], &["kind"]), Some("ResourceList"));
+    let job = &list(&docs[0], "items")[0];
+    assert_eq!(
+        names(list(pod_spec(job), "initContainers")),
+        ["aa-token-broker"]
+    );
+    assert_eq!(
+        text(&docs[0], &["functionConfig", "metadata", "name"]),
+        Some("fn")
+    );
+}
+
+#[test]
 fn a_regular_sidecar_in_a_job_is_warned_about() {
     let output = inject(&["--mode", "regular"], &fixture());
     ok(&output);

@@ -66,6 +66,21 @@ for version in 1.29.0 1.31.0; do
   kubernetes-validate --strict --quiet --no-warn -k "$version" "$out/inject-native-$version.yaml"
 done
 
+# Helm 4's post-renderer plugin (examples/helm/aa-token-broker-inject) over a chart that knows nothing of
+# the broker (`helm create`'s scaffold), in a throw-away Helm home.
+echo "== helm --post-renderer aa-token-broker-inject (Helm 4 plugin) over helm create's chart"
+(
+  export HELM_CONFIG_HOME="$out/helm/config" HELM_CACHE_HOME="$out/helm/cache" HELM_DATA_HOME="$out/helm/data"
+  export AA_TOKEN_BROKER_BIN="$PWD/$broker"
+  helm plugin install examples/helm/aa-token-broker-inject >/dev/null
+  helm create "$out/web" >/dev/null
+  helm template web "$out/web" --kube-version 1.29.0 --post-renderer aa-token-broker-inject \
+    --post-renderer-args=--entity-id=FIU-EXAMPLE --post-renderer-args=--secret-name=fiu-entity-secret \
+    --post-renderer-args=--environment=sandbox > "$out/post-rendered-1.29.0.yaml"
+)
+grep -q 'name: aa-token-broker$' "$out/post-rendered-1.29.0.yaml"
+kubernetes-validate --strict --quiet --no-warn -k 1.29.0 "$out/post-rendered-1.29.0.yaml"
+
 echo "== metric names in the alerts and the dashboard exist (aa-token-broker demo's /metrics)"
 python helm/ci/check_metrics.py "$broker" "$out/full-1.29.0.yaml" "$out/fiu-app-1.29.0.yaml"
 

@@ -8,7 +8,8 @@
 //! - [`sidecar`]: the container, volume and variable added, with the Helm chart's values;
 //! - [`yaml`]: loading and writing YAML without changing what Kubernetes reads.
 //!
-//! Documents come out in the order they went in. Documents without a pod template, and pod templates
+//! A `List` or a kustomize/kpt `ResourceList` has its items rewritten the same way, so `inject` also works
+//! as a KRM function. Documents come out in the order they went in. Documents without a pod template, and pod templates
 //! annotated `aa-token-broker/inject: "false"`, come out with the same data (comments are not kept, and
 //! empty documents are dropped).
 
@@ -184,9 +185,15 @@ pub fn inject_report(input: &str, options: &InjectOptions) -> Result<Injected, I
     })
 }
 
+/// A `v1` `List`, or the `ResourceList` a kustomize or kpt function gets on stdin and must write back
+/// (its `functionConfig` passes through untouched).
 fn is_list(document: &yaml::Node<'_>) -> bool {
-    yaml::get(document, "kind").and_then(yaml::text) == Some("List")
-        && yaml::get(document, "apiVersion").and_then(yaml::text) == Some("v1")
+    let kind = yaml::get(document, "kind").and_then(yaml::text);
+    let api_version = yaml::get(document, "apiVersion").and_then(yaml::text);
+    matches!(
+        (api_version, kind),
+        (Some("v1"), Some("List")) | (Some("config.kubernetes.io/v1"), Some("ResourceList"))
+    )
 }
 
 /// ` (Kind name)` for messages, as much of it as is known.
