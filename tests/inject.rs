@@ -33,7 +33,14 @@ fn inject_with(base: &[&str], extra: &[&str], stdin: &str) -> Output {
         .spawn()
         .expect("the binary starts");
     let mut pipe = child.stdin.take().expect("stdin is piped");
-    pipe.write_all(stdin.as_bytes()).expect("stdin is written");
+    // A run refused for its flags exits without reading stdin.
+    if let Err(e) = pipe.write_all(stdin.as_bytes()) {
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::BrokenPipe,
+            "writing stdin: {e}"
+        );
+    }
     drop(pipe);
     child.wait_with_output().expect("the binary exits")
 }
@@ -542,6 +549,13 @@ fn malformed_yaml_is_refused_with_one_line_naming_the_document_and_nothing_on_st
 
     let stderr = assert_refused(&inject(&[], "a: 1\na: 2\n"));
     assert!(stderr.contains("duplicated key"), "{stderr}");
+
+    let deep = format!("a: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+    let stderr = assert_refused(&inject(&[], &deep));
+    assert!(stderr.contains("recursion limit"), "{stderr}");
+
+    let stderr = assert_refused(&inject(&[], "a: !vault secret/path\n"));
+    assert!(stderr.contains("tag !vault"), "{stderr}");
 }
 
 #[test]

@@ -139,7 +139,7 @@ fn inject_pod_spec(spec: &mut Node<'_>, options: &InjectOptions) -> Result<Strin
     for list in ["initContainers", "containers"] {
         if let Some(items) = container_list(spec, list)? {
             for (index, container) in items.iter_mut().enumerate() {
-                set_url_env(container, &url).map_err(|e| format!("{list}[{index}].{e}"))?;
+                set_url_env(container, &url).map_err(|e| format!("spec.{list}[{index}].{e}"))?;
             }
         }
     }
