@@ -21,6 +21,7 @@
 //! | [`backoff`] | the exponential backoff with equal jitter that every retry loop uses |
 //! | [`supervise`] | restarts a long-lived task that panicked, so refresh and rotation survive a bug |
 //! | [`app`] | the broker application: built on a bound listener, run until a shutdown future completes |
+//! | [`inject`] | `inject`: Kubernetes manifests in, the same with the sidecar in every pod template out (a pure function; never on the serving path) |
 //! | [`commands`] | one function per subcommand: `serve`, `token`, `iam-simulator`, `demo`, `secret`, `rotate` |
 //!
 //! Where is the refresh-ahead decision made? In [`token::policy`], a pure function of times and outcomes.
@@ -35,6 +36,7 @@ pub mod config;
 pub mod entity;
 pub mod http;
 pub mod iam;
+pub mod inject;
 pub mod metrics;
 pub mod secret;
 pub mod simulator;

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Validates the Dockerfile and the Helm chart offline: hadolint; helm lint --strict; helm template at
-# several Kubernetes versions with the minimal and the full values; schema validation of what renders
-# (kubernetes-validate); and the chart's unit tests (pytest over the rendered YAML).
+# Validates the Dockerfile, the Helm chart and `aa-token-broker inject` offline: hadolint; helm lint
+# --strict; helm template at several Kubernetes versions with each CI values file, and of the example
+# consumer chart (helm/examples/fiu-app) that takes the sidecar from the chart as a dependency; what
+# `inject` makes of tests/fixtures/inject/workloads.yaml; schema validation of everything rendered
+# (kubernetes-validate --strict); the metric names in the alerts and the dashboard against a running
+# broker's /metrics; and the chart's unit tests (pytest over the rendered YAML).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -23,10 +26,12 @@ echo "== helm lint --strict"
 helm lint --strict "$chart" -f helm/ci/minimal-values.yaml
 helm lint --strict "$chart" -f helm/ci/full-values.yaml
 
+helm lint --strict "$chart" -f helm/ci/entities-values.yaml
+
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 for version in 1.28.0 1.29.0 1.31.0; do
-  for values in minimal full; do
+  for values in minimal full entities openshift; do
     file="$out/$values-$version.yaml"
     helm template aa "$chart" --namespace fiu --kube-version "$version" -f "helm/ci/$values-values.yaml" > "$file"
     echo "== kubernetes-validate $values values at $version"
@@ -34,5 +39,50 @@ for version in 1.28.0 1.29.0 1.31.0; do
   done
 done
 
+# The chart as a dependency: file:// needs no network.
+consumer=helm/examples/fiu-app
+echo "== helm dependency build $consumer"
+helm dependency build "$consumer"
+helm lint --strict "$consumer"
+for version in 1.28.0 1.29.0 1.31.0; do
+  file="$out/fiu-app-$version.yaml"
+  helm template fiu "$consumer" --namespace fiu --kube-version "$version" > "$file"
+  echo "== kubernetes-validate the consumer chart at $version"
+  kubernetes-validate --strict --quiet --no-warn -k "$version" "$file"
+done
+
+# `inject` over a realistic set of manifests: regular before 1.29, native from 1.29.
+echo "== cargo build (for inject and the metrics check)"
+cargo build --locked --quiet --bin aa-token-broker
+broker=target/debug/aa-token-broker
+inject=("$broker" inject --entity-id FIU-EXAMPLE --secret-name fiu-example-entity-secret --environment sandbox)
+fixture=tests/fixtures/inject/workloads.yaml
+"${inject[@]}" --mode regular "$fixture" > "$out/inject-regular-1.28.0.yaml" 2>/dev/null
+echo "== kubernetes-validate inject --mode regular at 1.28.0"
+kubernetes-validate --strict --quiet --no-warn -k 1.28.0 "$out/inject-regular-1.28.0.yaml"
+for version in 1.29.0 1.31.0; do
+  "${inject[@]}" --mode native --admin-port 9373 "$fixture" > "$out/inject-native-$version.yaml"
+  echo "== kubernetes-validate inject --mode native at $version"
+  kubernetes-validate --strict --quiet --no-warn -k "$version" "$out/inject-native-$version.yaml"
+done
+
+# Helm 4's post-renderer plugin (examples/helm/aa-token-broker-inject) over a chart that knows nothing of
+# the broker (`helm create`'s scaffold), in a throw-away Helm home.
+echo "== helm --post-renderer aa-token-broker-inject (Helm 4 plugin) over helm create's chart"
+(
+  export HELM_CONFIG_HOME="$out/helm/config" HELM_CACHE_HOME="$out/helm/cache" HELM_DATA_HOME="$out/helm/data"
+  export AA_TOKEN_BROKER_BIN="$PWD/$broker"
+  helm plugin install examples/helm/aa-token-broker-inject >/dev/null
+  helm create "$out/web" >/dev/null
+  helm template web "$out/web" --kube-version 1.29.0 --post-renderer aa-token-broker-inject \
+    --post-renderer-args=--entity-id=FIU-EXAMPLE --post-renderer-args=--secret-name=fiu-entity-secret \
+    --post-renderer-args=--environment=sandbox > "$out/post-rendered-1.29.0.yaml"
+)
+grep -q 'name: aa-token-broker$' "$out/post-rendered-1.29.0.yaml"
+kubernetes-validate --strict --quiet --no-warn -k 1.29.0 "$out/post-rendered-1.29.0.yaml"
+
+echo "== metric names in the alerts and the dashboard exist (aa-token-broker demo's /metrics)"
+python helm/ci/check_metrics.py "$broker" "$out/full-1.29.0.yaml" "$out/fiu-app-1.29.0.yaml"
+
 echo "== chart tests"
-RENDERED="$out" python -m pytest -q helm/ci/test_chart.py
+RENDERED="$out" BROKER="$broker" python -m pytest -q helm/ci/test_chart.py

@@ -1,11 +1,19 @@
-"""Unit tests of the Helm chart, over manifests rendered by helm/ci/run.sh (RENDERED=dir)."""
+"""Unit tests of the Helm chart, over manifests rendered by helm/ci/run.sh (RENDERED=dir), plus a few that
+run helm (schema refusals) or the broker's own `inject` (BROKER=path) themselves."""
 
+import json
 import os
+import re
+import subprocess
+import tomllib
 
 import pytest
 import yaml
 
 RENDERED = os.environ.get("RENDERED", "")
+BROKER = os.environ.get("BROKER", "target/debug/aa-token-broker")
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
+CHART = os.path.join(ROOT, "helm", "aa-token-broker")
 
 
 def load(values, version):
@@ -40,7 +48,7 @@ def test_native_sidecar_from_1_29(values, version):
     init = spec["initContainers"]
     assert init[0]["name"] == "aa-token-broker"
     assert init[0]["restartPolicy"] == "Always"
-    assert init[0]["startupProbe"]["exec"]["command"] == ["aa-token-broker", "healthcheck"]
+    assert init[0]["startupProbe"]["httpGet"] == {"path": "/readyz", "port": "broker-metrics"}
     assert all(c["name"] != "aa-token-broker" for c in spec["containers"])
 
 
@@ -70,10 +78,35 @@ def test_restrictive_security_context(version):
     assert container["resources"]["limits"]["memory"]
 
 
-def test_probes_use_the_binarys_own_healthcheck():
+def test_probes_use_the_admin_port_when_it_is_on():
     container = sidecar(pod_spec(load("full", "1.29.0")))
+    assert container["ports"] == [{"name": "broker-metrics", "containerPort": 9373, "protocol": "TCP"}]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "broker-metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "broker-metrics"}
+    assert container["startupProbe"]["httpGet"] == {"path": "/readyz", "port": "broker-metrics"}
+
+
+@pytest.mark.parametrize("version", ["1.28.0", "1.29.0"])
+def test_probes_use_the_binarys_own_healthcheck_without_the_admin_port(version):
+    container = sidecar(pod_spec(load("openshift", version)))
+    assert "ports" not in container
     assert container["livenessProbe"]["exec"]["command"] == ["aa-token-broker", "healthcheck", "--live"]
     assert container["readinessProbe"]["exec"]["command"] == ["aa-token-broker", "healthcheck"]
+
+
+@pytest.mark.parametrize("version", ["1.28.0", "1.29.0"])
+def test_await_off_drops_the_start_up_gate(version):
+    container = sidecar(pod_spec(load("openshift", version)))
+    assert "startupProbe" not in container
+    assert "lifecycle" not in container
+
+
+def test_openshift_values_leave_user_and_group_unset():
+    spec = pod_spec(load("openshift", "1.29.0"))
+    assert "runAsUser" not in spec["securityContext"] and "fsGroup" not in spec["securityContext"]
+    sc = sidecar(spec)["securityContext"]
+    assert "runAsUser" not in sc and "runAsGroup" not in sc
+    assert sc["runAsNonRoot"] is True
 
 
 def test_the_secret_is_mounted_whole_and_read_only():
@@ -105,7 +138,7 @@ def test_rotation_rbac_is_limited_to_the_one_secret():
         "apiGroups": [""],
         "resources": ["secrets"],
         "resourceNames": ["fiu-example-entity-secret"],
-        "verbs": ["get", "update", "patch"],
+        "verbs": ["get", "patch"],
     }]
     binding = one(docs, "RoleBinding")
     account = one(docs, "ServiceAccount")
@@ -117,6 +150,8 @@ def test_rotation_cronjob_runs_one_rotator_with_the_kubernetes_sink():
     docs = load("full", "1.29.0")
     cron = one(docs, "CronJob")
     assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    assert cron["spec"]["jobTemplate"]["spec"]["activeDeadlineSeconds"] == 600
+    assert cron["spec"]["jobTemplate"]["spec"]["ttlSecondsAfterFinished"] == 259200
     pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == one(docs, "ServiceAccount")["metadata"]["name"]
     container = pod["containers"][0]
@@ -140,8 +175,52 @@ def test_monitoring_objects():
     rules = one(docs, "PrometheusRule")["spec"]["groups"][0]["rules"]
     alerts = {r["alert"]: r for r in rules}
     assert {"AaTokenBrokerSecretExpiringSoon", "AaTokenBrokerSecretInGracePeriod", "AaTokenBrokerRefreshFailing",
-            "AaTokenBrokerNoValidToken"} <= set(alerts)
+            "AaTokenBrokerNoValidToken", "AaTokenBrokerAbsent", "AaTokenBrokerStaleTokenExpiring",
+            "AaTokenBrokerRotationJobFailed", "AaTokenBrokerSecretNotStored"} <= set(alerts)
     assert "< 604800" in alerts["AaTokenBrokerSecretExpiringSoon"]["expr"]
+    assert alerts["AaTokenBrokerAbsent"]["expr"].startswith("absent(")
+    stale = alerts["AaTokenBrokerStaleTokenExpiring"]
+    assert stale["labels"]["severity"] == "critical" and "< 14400" in stale["expr"]
+    rotation = alerts["AaTokenBrokerRotationJobFailed"]["expr"]
+    assert "kube_job_status_failed" in rotation and 'owner_name="aa-aa-token-broker-rotator"' in rotation
+    for name, rule in alerts.items():
+        for by in re.findall(r"by \(([^)]*)\)", rule["expr"]):
+            if "entity" in by:
+                assert {"cluster", "namespace"} <= {label.strip() for label in by.split(",")}, name
+
+
+def test_every_alert_links_to_its_runbook_section():
+    with open(os.path.join(ROOT, "docs", "runbook.md")) as f:
+        anchors = {re.sub(r"[^a-z0-9 -]", "", line[3:].strip().lower()).replace(" ", "-")
+                   for line in f if line.startswith("## ")}
+    rules = one(load("full", "1.29.0"), "PrometheusRule")["spec"]["groups"][0]["rules"]
+    for rule in rules:
+        url = rule["annotations"]["runbook_url"]
+        assert url.split("#")[0].endswith("/docs/runbook.md"), url
+        assert url.split("#")[1] in anchors, f"{rule['alert']}: no section {url.split('#')[1]} in docs/runbook.md"
+
+
+def test_the_pod_monitor_finds_every_pod_with_the_sidecar_in_the_chosen_namespaces():
+    docs = load("full", "1.29.0")
+    monitor = one(docs, "PodMonitor")
+    assert monitor["spec"]["namespaceSelector"] == {"any": True}
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "broker-metrics"
+    labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    # Without the example Deployment too.
+    monitor = one(load("entities", "1.29.0"), "PodMonitor")
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["fiu-one", "fiu-two"]}
+
+
+def test_the_dashboard_is_an_opt_in_config_map_for_grafanas_sidecar():
+    board = one(load("full", "1.29.0"), "ConfigMap", "dashboard")
+    assert board["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(board["data"]["aa-token-broker.json"])
+    exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
+    for metric in ["aa_broker_token_valid", "aa_broker_token_expires_in_seconds", "aa_broker_refresh_consecutive_failures",
+                   "aa_broker_secret_expires_in_seconds", "aa_broker_token_requests_total"]:
+        assert metric in exprs, metric
+    assert not [d for d in load("minimal", "1.29.0") if d["kind"] == "ConfigMap"]
 
 
 def test_minimal_values_render_no_optional_objects():
@@ -154,3 +233,91 @@ def test_helm_test_hook_checks_a_token_without_printing_it():
     pod = one(docs, "Pod")
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     assert pod["spec"]["containers"][0]["args"] == ["token", "--check"]
+
+
+def test_several_entities_go_into_the_toml_file_and_each_secret_is_mounted():
+    docs = load("entities", "1.29.0")
+    config = tomllib.loads(one(docs, "ConfigMap", "config")["data"]["config.toml"])
+    assert [e["id"] for e in config["entities"]] == ["FIU-ONE", "FIU-TWO"]
+    assert set(config) == {"entities"}
+    pod = one(docs, "Pod")["spec"]
+    mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for entity, secret in zip(config["entities"], ["fiu-one-entity-secret", "fiu-two-entity-secret"]):
+        directory, key = entity["secret_file"].rsplit("/", 1)
+        volume = volumes[mounts[directory]]
+        assert volume["secret"]["secretName"] == secret
+        assert volume["secret"]["items"] == [{"key": key, "path": key}]
+    assert volumes[mounts["/etc/aa-token-broker"]]["configMap"]["name"] == one(docs, "ConfigMap", "config")["metadata"]["name"]
+    assert env(pod["containers"][0])["AA_BROKER_CONFIG"] == "/etc/aa-token-broker/config.toml"
+
+
+def helm_template(*args):
+    return subprocess.run(["helm", "template", "aa", CHART, "-f", os.path.join(ROOT, "helm/ci/minimal-values.yaml"), *args],
+                          capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("args, reason", [
+    (["--set", "rotaton.enabled=true"], "additional properties 'rotaton'"),
+    (["--set", "sidecar.adminport=1"], "additional properties 'adminport'"),
+    (["--set", "monitoring.podMonitor.namespaceSelecter.any=true"], "namespaceSelecter"),
+    (["--set", "secret.create=true", "--set", "secret.value=x", "--set", "rotation.enabled=true",
+      "--set", "rotation.adminEmail=a@b", "--set", "rotation.adminPasswordSecret=p"], "not"),
+    (["--set", "entities[0].id=FIU-ONE", "--set", "entities[0].existingSecret=one"], "entityId"),
+])
+def test_the_schema_refuses_unknown_keys_and_conflicting_settings(args, reason):
+    result = helm_template(*args)
+    assert result.returncode != 0, result.stdout[:300]
+    assert reason in result.stderr, result.stderr
+
+
+def test_the_schema_accepts_what_it_should():
+    assert helm_template("--set", "sidecar.securityContext.runAsUser=null").returncode == 0
+
+
+@pytest.mark.parametrize("version", ["1.28.0", "1.29.0", "1.31.0"])
+def test_a_parent_chart_gets_the_sidecar_from_its_own_values_only(version):
+    docs = load("fiu-app", version)
+    spec = pod_spec(docs)
+    container = sidecar(spec)
+    # The parent's own .Values.image and .Values.sidecar (mode regular, port 9999) must not leak in.
+    assert container["image"] == "ghcr.io/aa-token-broker/aa-token-broker:0.1.0"
+    assert env(container)["AA_BROKER_LISTEN"] == "127.0.0.1:7373"
+    native = version != "1.28.0"
+    assert ("restartPolicy" in container) == native
+    assert (spec.get("initContainers", [{}])[0].get("name") == "aa-token-broker") == native
+    if not native:
+        assert spec["containers"][0]["name"] == "aa-token-broker" and "initContainers" not in spec
+    app = next(c for c in spec["containers"] if c["name"] == "app")
+    assert env(app)["AA_TOKEN_BROKER_URL"] == "http://127.0.0.1:7373"
+    volume = next(v for v in spec["volumes"] if v["name"] == "aa-token-broker-secret")
+    assert volume["secret"]["secretName"] == "fiu-entity-secret"
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == ["Deployment", "Pod", "PodMonitor", "PrometheusRule"], kinds
+
+
+def run_inject(*flags):
+    manifest = ("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: app}\nspec:\n  selector: {matchLabels: {a: b}}\n"
+                "  template:\n    metadata: {labels: {a: b}}\n    spec:\n      containers: [{name: app, image: app}]\n")
+    result = subprocess.run([BROKER, "inject", "--entity-id", "FIU-EXAMPLE", "--secret-name", "fiu-example-entity-secret",
+                             "--environment", "sandbox", *flags], input=manifest, capture_output=True, text=True, check=True)
+    return yaml.safe_load(result.stdout)["spec"]["template"]["spec"]
+
+
+@pytest.mark.parametrize("version, mode", [("1.28.0", "regular"), ("1.29.0", "native")])
+def test_inject_and_the_chart_render_the_same_sidecar(version, mode):
+    chart = pod_spec(load("minimal", version))
+    injected = run_inject("--mode", mode, "--admin-port", "9373")
+    assert sidecar(injected) == sidecar(chart)
+    volume = lambda spec: next(v for v in spec["volumes"] if v["name"] == "aa-token-broker-secret")
+    assert volume(injected) == volume(chart)
+
+
+def test_versions_agree():
+    with open(os.path.join(CHART, "Chart.yaml")) as f:
+        chart = yaml.safe_load(f)
+    with open(os.path.join(CHART, "values.yaml")) as f:
+        values = yaml.safe_load(f)
+    with open(os.path.join(ROOT, "Cargo.toml"), "rb") as f:
+        cargo = tomllib.load(f)
+    assert chart["appVersion"] == values["image"]["tag"] == cargo["package"]["version"]

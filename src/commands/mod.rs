@@ -7,6 +7,7 @@
 //! - [`healthcheck`]: `healthcheck`, the probe for images without curl.
 
 pub mod healthcheck;
+pub mod inject;
 pub mod local;
 pub mod secret;
 pub mod serve;
@@ -29,6 +30,7 @@ pub fn run(command: Command) -> ExitCode {
         Command::Secret(SecretCommand::Reset(args)) => secret::reset(&args),
         Command::Rotate(args) => secret::rotate(&args),
         Command::Healthcheck(args) => healthcheck::run(&args),
+        Command::Inject(args) => inject::run(&args),
     }
 }
 

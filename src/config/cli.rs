@@ -36,6 +36,8 @@ pub enum Command {
     /// Check a running broker: exit 0 when /readyz (or /healthz with --live) answers 200. For probes in
     /// images without curl.
     Healthcheck(HealthcheckArgs),
+    /// Add the broker as a sidecar to every pod template in Kubernetes manifests (files or stdin, to stdout).
+    Inject(InjectArgs),
 }
 
 #[derive(Debug, Args)]
@@ -420,4 +422,44 @@ pub struct DemoArgs {
     pub token_lifetime: u64,
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+/// `inject` reads its flags only, no environment variables, so that what it writes depends on its command
+/// line alone. The required flags are options so that a missing one is reported by name (exit 2).
+#[derive(Debug, Args)]
+pub struct InjectArgs {
+    /// Manifest files, read in order; `-` or none reads stdin
+    #[arg(value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Central Registry entity id the sidecar serves tokens for (required)
+    #[arg(long, value_name = "ID")]
+    pub entity_id: Option<String>,
+    /// Kubernetes Secret holding the entity secret, mounted read-only into the sidecar (required)
+    #[arg(long, value_name = "NAME")]
+    pub secret_name: Option<String>,
+    /// Key of the entity secret in that Secret
+    #[arg(long, value_name = "KEY", default_value = "secret")]
+    pub secret_key: String,
+    /// Sidecar image (default: this version's published image)
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<String>,
+    /// IAM base URL; endpoints are {base}/v1/...
+    #[arg(long, value_name = "URL")]
+    pub iam_url: Option<String>,
+    /// Use the documented IAM base of an environment: sandbox, uat or production
+    #[arg(long, value_name = "NAME")]
+    pub environment: Option<String>,
+    /// Token API port on the pod's loopback
+    #[arg(long, value_name = "PORT", default_value_t = 7373)]
+    pub port: u16,
+    /// Also serve /healthz, /readyz and /metrics on this port of the pod IP (port name `metrics`); probes use it
+    #[arg(long, value_name = "PORT")]
+    pub admin_port: Option<u16>,
+    /// native: first init container with restartPolicy Always (Kubernetes >= 1.29); regular: first container
+    /// held by postStart; auto: native unless --kube-version is older than 1.29
+    #[arg(long, value_name = "MODE", default_value = "auto", value_parser = ["native", "regular", "auto"])]
+    pub mode: String,
+    /// Kubernetes version the manifests are for, e.g. 1.28 (for --mode auto)
+    #[arg(long, value_name = "VERSION")]
+    pub kube_version: Option<String>,
 }

@@ -1,14 +1,27 @@
-{{/* Names, labels and the sidecar's named templates. */}}
+{{/*
+Names, labels, and the named templates that put the sidecar into a pod.
+
+The pod templates ("aa-token-broker.initContainers", ".containers", ".volumes", ".env", ".podLabels")
+take one explicit context, so that a parent chart can call them:
+
+  (dict "root" $ "values" .Values.tokenBroker)
+
+"root" is the caller's root context: only its .Release and .Capabilities are read. "values" are this
+chart's values as the parent holds them (Helm merges the chart's defaults in). They never read the
+caller's own .Values (its image, its sidecar, ...), and never its .Chart, which is the parent's.
+This chart's own templates call them with (dict "root" $ "values" .Values).
+*/}}
 
 {{- define "aa-token-broker.name" -}}
-{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+aa-token-broker
 {{- end -}}
 
+{{/* The release's name for this chart's objects; the same from the chart and from a parent chart. */}}
 {{- define "aa-token-broker.fullname" -}}
-{{- if contains .Chart.Name .Release.Name -}}
+{{- if contains "aa-token-broker" .Release.Name -}}
 {{- .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- printf "%s-aa-token-broker" .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 {{- end -}}
 
@@ -28,131 +41,212 @@ app.kubernetes.io/name: {{ include "aa-token-broker.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/* (dict "root" $ "values" ...) The sidecar image. The tag is a value (not .Chart.AppVersion, which is
+the parent's chart when a parent calls this). */}}
 {{- define "aa-token-broker.image" -}}
-{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{ .values.image.repository }}:{{ required "image.tag is required" .values.image.tag }}
 {{- end -}}
 
-{{/* The Secret holding the entity secret. */}}
+{{/* (dict "root" $ "values" ...) The Secret holding the (one) entity secret. */}}
 {{- define "aa-token-broker.secretName" -}}
-{{- if .Values.secret.existingSecret -}}
-{{- .Values.secret.existingSecret -}}
-{{- else if .Values.secret.create -}}
-{{- include "aa-token-broker.fullname" . -}}
+{{- if .values.secret.existingSecret -}}
+{{- .values.secret.existingSecret -}}
+{{- else if .values.secret.create -}}
+{{- include "aa-token-broker.fullname" .root -}}
 {{- else -}}
 {{- fail "set secret.existingSecret (preferred) or secret.create with secret.value" -}}
 {{- end -}}
 {{- end -}}
 
-{{/* "true" when the sidecar runs as a native sidecar (Kubernetes >= 1.29, or forced). */}}
+{{/* (dict "root" $ "values" ...) The ConfigMap holding the broker's TOML file (several entities). */}}
+{{- define "aa-token-broker.configName" -}}
+{{- printf "%s-config" (include "aa-token-broker.fullname" .root) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* (dict "root" $ "values" ...) "true" when the sidecar runs as a native sidecar (Kubernetes >= 1.29,
+or forced). Under `helm template` without --kube-version, Helm reports its built-in default version,
+which is newer than 1.29: auto then renders the native form. */}}
 {{- define "aa-token-broker.native" -}}
-{{- if eq .Values.sidecar.mode "native" -}}
+{{- if eq .values.sidecar.mode "native" -}}
 true
-{{- else if eq .Values.sidecar.mode "regular" -}}
+{{- else if eq .values.sidecar.mode "regular" -}}
 false
-{{- else if semverCompare ">=1.29-0" .Capabilities.KubeVersion.Version -}}
+{{- else if semverCompare ">=1.29-0" .root.Capabilities.KubeVersion.Version -}}
 true
 {{- else -}}
 false
 {{- end -}}
 {{- end -}}
 
+{{/* (dict "root" $ "values" ...) Which entity, which IAM, which secret: the variables the sidecar and the
+`helm test` pod share. */}}
+{{- define "aa-token-broker.brokerEnv" -}}
+{{- if .values.entities }}
+- name: AA_BROKER_CONFIG
+  value: /etc/aa-token-broker/config.toml
+{{- else }}
+- name: AA_BROKER_ENTITY_ID
+  value: {{ required "entityId (or entities) is required" .values.entityId | quote }}
+- name: AA_BROKER_SECRET_FILE
+  value: /var/run/secrets/aa-token-broker/{{ .values.secret.key }}
+{{- end }}
+{{- if .values.iam.url }}
+- name: AA_BROKER_IAM_URL
+  value: {{ .values.iam.url | quote }}
+{{- else }}
+- name: AA_BROKER_ENVIRONMENT
+  value: {{ .values.iam.environment | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* (dict "root" $ "values" ...) Where the secrets (and, with several entities, the TOML file) are
+mounted: whole directories, read-only, never subPath (the kubelet never updates a subPath mount). */}}
+{{- define "aa-token-broker.volumeMounts" -}}
+{{- if .values.entities }}
+- name: aa-token-broker-config
+  mountPath: /etc/aa-token-broker
+  readOnly: true
+{{- range $index, $entity := .values.entities }}
+- name: aa-token-broker-secret-{{ $index }}
+  mountPath: /var/run/secrets/aa-token-broker-{{ $index }}
+  readOnly: true
+{{- end }}
+{{- else }}
+- name: aa-token-broker-secret
+  mountPath: /var/run/secrets/aa-token-broker
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{/* (dict "root" $ "values" ...) A probe: httpGet on the admin port when it is on, else the binary's own
+healthcheck (the image has no shell or curl). Takes "live" (bool) too. */}}
+{{- define "aa-token-broker.probe" -}}
+{{- if .values.sidecar.adminPort }}
+httpGet:
+  path: {{ if .live }}/healthz{{ else }}/readyz{{ end }}
+  port: broker-metrics
+{{- else }}
+exec:
+  command: ["aa-token-broker", "healthcheck"{{ if .live }}, "--live"{{ end }}]
+{{- end }}
+{{- end -}}
+
 {{/*
-The sidecar container. Include it with "aa-token-broker.initContainers" and
+(dict "root" $ "values" ...) The sidecar container. Include it with "aa-token-broker.initContainers" and
 "aa-token-broker.containers" rather than directly, so the right form is chosen.
 */}}
 {{- define "aa-token-broker.sidecar" -}}
+{{- $native := eq (include "aa-token-broker.native" .) "true" -}}
+{{- $probe := dict "root" .root "values" .values "live" false -}}
+{{- $live := dict "root" .root "values" .values "live" true -}}
 - name: aa-token-broker
   image: {{ include "aa-token-broker.image" . }}
-  imagePullPolicy: {{ .Values.image.pullPolicy }}
-  {{- if eq (include "aa-token-broker.native" .) "true" }}
+  imagePullPolicy: {{ .values.image.pullPolicy }}
+  {{- if $native }}
   restartPolicy: Always
   {{- end }}
   args: ["serve"]
   env:
-    - name: AA_BROKER_ENTITY_ID
-      value: {{ required "entityId is required" .Values.entityId | quote }}
-    {{- if .Values.iam.url }}
-    - name: AA_BROKER_IAM_URL
-      value: {{ .Values.iam.url | quote }}
-    {{- else }}
-    - name: AA_BROKER_ENVIRONMENT
-      value: {{ .Values.iam.environment | quote }}
-    {{- end }}
-    - name: AA_BROKER_SECRET_FILE
-      value: /var/run/secrets/aa-token-broker/{{ .Values.secret.key }}
+    {{- include "aa-token-broker.brokerEnv" . | nindent 4 }}
     - name: AA_BROKER_LISTEN
-      value: "127.0.0.1:{{ .Values.sidecar.port }}"
-    {{- if .Values.sidecar.adminPort }}
+      value: "127.0.0.1:{{ .values.sidecar.port }}"
+    {{- if .values.sidecar.adminPort }}
     - name: AA_BROKER_ADMIN_LISTEN
-      value: "0.0.0.0:{{ .Values.sidecar.adminPort }}"
+      value: "0.0.0.0:{{ .values.sidecar.adminPort }}"
     {{- end }}
     - name: AA_BROKER_LOG_FORMAT
-      value: {{ .Values.sidecar.logFormat | quote }}
+      value: {{ .values.sidecar.logFormat | quote }}
     - name: AA_BROKER_LOG
-      value: {{ .Values.sidecar.logLevel | quote }}
-    {{- with .Values.sidecar.extraEnv }}
+      value: {{ .values.sidecar.logLevel | quote }}
+    {{- with .values.sidecar.extraEnv }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
-  {{- if .Values.sidecar.adminPort }}
+  {{- if .values.sidecar.adminPort }}
   ports:
-    - name: metrics
-      containerPort: {{ .Values.sidecar.adminPort }}
+    - name: broker-metrics
+      containerPort: {{ .values.sidecar.adminPort }}
       protocol: TCP
   {{- end }}
-  {{- if eq (include "aa-token-broker.native" .) "true" }}
+  {{- if .values.sidecar.await }}
+  {{- if $native }}
+  # The kubelet starts the next containers once this passes: when a token exists.
   startupProbe:
-    exec:
-      command: ["aa-token-broker", "healthcheck"]
+    {{- include "aa-token-broker.probe" $probe | nindent 4 }}
     periodSeconds: 1
     failureThreshold: 120
   {{- else }}
+  # The kubelet starts the next container when this hook returns: when a token exists, or after the hold.
   lifecycle:
     postStart:
       exec:
-        command: ["aa-token-broker", "healthcheck", "--wait", "{{ .Values.sidecar.holdApplicationSeconds }}"]
+        command: ["aa-token-broker", "healthcheck", "--wait", "{{ .values.sidecar.holdApplicationSeconds }}"]
+  {{- end }}
   {{- end }}
   livenessProbe:
-    exec:
-      command: ["aa-token-broker", "healthcheck", "--live"]
+    {{- include "aa-token-broker.probe" $live | nindent 4 }}
     periodSeconds: 10
     failureThreshold: 3
   readinessProbe:
-    exec:
-      command: ["aa-token-broker", "healthcheck"]
+    {{- include "aa-token-broker.probe" $probe | nindent 4 }}
     periodSeconds: 5
     failureThreshold: 2
   resources:
-    {{- toYaml .Values.sidecar.resources | nindent 4 }}
+    {{- toYaml .values.sidecar.resources | nindent 4 }}
   securityContext:
-    {{- toYaml .Values.sidecar.securityContext | nindent 4 }}
+    {{- toYaml .values.sidecar.securityContext | nindent 4 }}
   volumeMounts:
-    - name: aa-token-broker-secret
-      mountPath: /var/run/secrets/aa-token-broker
-      readOnly: true
+    {{- include "aa-token-broker.volumeMounts" . | nindent 4 }}
 {{- end -}}
 
-{{/* The sidecar when it is native; nothing otherwise. For a pod spec's initContainers. */}}
+{{/* (dict "root" $ "values" ...) The sidecar when it is native; nothing otherwise. FIRST in initContainers. */}}
 {{- define "aa-token-broker.initContainers" -}}
 {{- if eq (include "aa-token-broker.native" .) "true" -}}
 {{ include "aa-token-broker.sidecar" . }}
 {{- end -}}
 {{- end -}}
 
-{{/* The sidecar when it is a regular container; nothing otherwise. List it FIRST in containers. */}}
+{{/* (dict "root" $ "values" ...) The sidecar when it is a regular container; nothing otherwise. FIRST in containers. */}}
 {{- define "aa-token-broker.containers" -}}
 {{- if ne (include "aa-token-broker.native" .) "true" -}}
 {{ include "aa-token-broker.sidecar" . }}
 {{- end -}}
 {{- end -}}
 
-{{/* The volume holding the entity secret, mounted whole (not subPath) so rotation reaches running pods. */}}
+{{/* (dict "root" $ "values" ...) The variable that tells an application container where the broker is. */}}
+{{- define "aa-token-broker.env" -}}
+- name: AA_TOKEN_BROKER_URL
+  value: "http://127.0.0.1:{{ .values.sidecar.port }}"
+{{- end -}}
+
+{{/* (dict "root" $ "values" ...) The pod label the PodMonitor selects (`inject` sets it too). */}}
+{{- define "aa-token-broker.podLabels" -}}
+aa-token-broker/sidecar: "true"
+{{- end -}}
+
+{{/* (dict "root" $ "values" ...) The volumes: the entity secret(s), each mounted whole so rotation
+reaches running pods, and with several entities the ConfigMap holding the TOML file. */}}
 {{- define "aa-token-broker.volumes" -}}
+{{- if .values.entities }}
+- name: aa-token-broker-config
+  configMap:
+    name: {{ include "aa-token-broker.configName" . }}
+{{- range $index, $entity := .values.entities }}
+- name: aa-token-broker-secret-{{ $index }}
+  secret:
+    secretName: {{ $entity.existingSecret }}
+    defaultMode: 0444
+    items:
+      - key: {{ $entity.key | default "secret" }}
+        path: {{ $entity.key | default "secret" }}
+{{- end }}
+{{- else }}
 - name: aa-token-broker-secret
   secret:
     secretName: {{ include "aa-token-broker.secretName" . }}
     # Only the sidecar mounts this volume; world-readable inside it so any runAsUser can read it.
     defaultMode: 0444
     items:
-      - key: {{ .Values.secret.key }}
-        path: {{ .Values.secret.key }}
+      - key: {{ .values.secret.key }}
+        path: {{ .values.secret.key }}
+{{- end }}
 {{- end -}}

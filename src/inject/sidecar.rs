@@ -1,0 +1,182 @@
+//! The nodes `inject` adds to a pod: the broker's container, its secret volume and the variable that
+//! tells the application where the broker is. The values are the Helm chart's (`helm/aa-token-broker`,
+//! `values.yaml` and `_helpers.tpl`), so an injected pod and a chart-rendered one run the broker alike;
+//! `helm/ci/test_chart.py` compares the two.
+
+use super::yaml::{Node, boolean, integer, mapping, string, strings};
+use super::{Iam, InjectOptions, Mode};
+
+/// The container's name, in both forms; what later runs look for.
+pub const CONTAINER_NAME: &str = "aa-token-broker";
+/// The volume holding the entity secret.
+pub const VOLUME_NAME: &str = "aa-token-broker-secret";
+/// Where the Secret is mounted, as a directory, so the kubelet's update of a rotated secret reaches it.
+pub const MOUNT_PATH: &str = "/var/run/secrets/aa-token-broker";
+/// The admin port's name: distinct, so that a PodMonitor selecting it never scrapes an application port
+/// named `metrics` too (the chart uses the same name).
+pub const ADMIN_PORT_NAME: &str = "broker-metrics";
+/// The pod label the chart's PodMonitor selects.
+pub const POD_LABEL: (&str, &str) = ("aa-token-broker/sidecar", "true");
+/// The variable each application container gets.
+pub const URL_ENV: &str = "AA_TOKEN_BROKER_URL";
+/// How long a regular sidecar's `postStart` hook holds the next container (the chart's
+/// `sidecar.holdApplicationSeconds`).
+const HOLD_SECONDS: &str = "60";
+/// The Secret's files are read-only for everyone: 0444 written in decimal, which YAML 1.1 and 1.2
+/// readers take alike (a leading-zero `0444` is octal only to YAML 1.1).
+const SECRET_FILE_MODE: i64 = 0o444;
+
+/// `http://127.0.0.1:<port>`, the value of [`URL_ENV`].
+pub fn broker_url(options: &InjectOptions) -> String {
+    format!("http://127.0.0.1:{}", options.port)
+}
+
+/// The `AA_TOKEN_BROKER_URL` entry of an application container's `env`.
+pub fn url_env(options: &InjectOptions) -> Node<'static> {
+    env(URL_ENV, &broker_url(options))
+}
+
+fn env(name: &str, value: &str) -> Node<'static> {
+    mapping([("name", string(name)), ("value", string(value))])
+}
+
+fn exec(command: &[&str]) -> Node<'static> {
+    mapping([("exec", mapping([("command", strings(command))]))])
+}
+
+/// A probe: `httpGet` on the admin port when there is one, else the binary's own `healthcheck`
+/// (the image has no shell or curl).
+fn probe(options: &InjectOptions, live: bool, period: i64, failures: i64) -> Node<'static> {
+    let check = match options.admin_port {
+        Some(_) => mapping([(
+            "httpGet",
+            mapping([
+                ("path", string(if live { "/healthz" } else { "/readyz" })),
+                ("port", string(ADMIN_PORT_NAME)),
+            ]),
+        )]),
+        None if live => exec(&["aa-token-broker", "healthcheck", "--live"]),
+        None => exec(&["aa-token-broker", "healthcheck"]),
+    };
+    let mut probe = check;
+    if let Node::Mapping(map) = &mut probe {
+        map.insert(string("periodSeconds"), integer(period));
+        map.insert(string("failureThreshold"), integer(failures));
+    }
+    probe
+}
+
+/// The broker's container, in the form `options.mode` asks for.
+pub fn container(options: &InjectOptions) -> Node<'static> {
+    // In the chart's order, so that the two render the same container.
+    let mut env_list = vec![
+        env("AA_BROKER_ENTITY_ID", options.entity_id.as_str()),
+        env(
+            "AA_BROKER_SECRET_FILE",
+            &format!("{MOUNT_PATH}/{}", options.secret_key),
+        ),
+    ];
+    env_list.push(match &options.iam {
+        Iam::Environment(name) => env("AA_BROKER_ENVIRONMENT", name),
+        Iam::Url(url) => env("AA_BROKER_IAM_URL", url),
+    });
+    env_list.push(env(
+        "AA_BROKER_LISTEN",
+        &format!("127.0.0.1:{}", options.port),
+    ));
+    if let Some(admin) = options.admin_port {
+        env_list.push(env("AA_BROKER_ADMIN_LISTEN", &format!("0.0.0.0:{admin}")));
+    }
+    env_list.push(env("AA_BROKER_LOG_FORMAT", "json"));
+    env_list.push(env("AA_BROKER_LOG", "info"));
+
+    let mut fields: Vec<(&'static str, Node<'static>)> = vec![
+        ("name", string(CONTAINER_NAME)),
+        ("image", string(options.image.as_str())),
+        ("imagePullPolicy", string("IfNotPresent")),
+    ];
+    if options.mode == Mode::Native {
+        fields.push(("restartPolicy", string("Always")));
+    }
+    fields.push(("args", strings(&["serve"])));
+    fields.push(("env", Node::Sequence(env_list)));
+    if let Some(admin) = options.admin_port {
+        fields.push((
+            "ports",
+            Node::Sequence(vec![mapping([
+                ("name", string(ADMIN_PORT_NAME)),
+                ("containerPort", integer(i64::from(admin))),
+                ("protocol", string("TCP")),
+            ])]),
+        ));
+    }
+    match options.mode {
+        // The kubelet starts the next containers only once this probe passes: a token exists.
+        Mode::Native => fields.push(("startupProbe", probe(options, false, 1, 120))),
+        // The kubelet starts the next container only when this hook returns.
+        Mode::Regular => fields.push((
+            "lifecycle",
+            mapping([(
+                "postStart",
+                exec(&["aa-token-broker", "healthcheck", "--wait", HOLD_SECONDS]),
+            )]),
+        )),
+    }
+    fields.push(("livenessProbe", probe(options, true, 10, 3)));
+    fields.push(("readinessProbe", probe(options, false, 5, 2)));
+    fields.push((
+        "resources",
+        mapping([
+            (
+                "requests",
+                mapping([("cpu", string("10m")), ("memory", string("16Mi"))]),
+            ),
+            ("limits", mapping([("memory", string("48Mi"))])),
+        ]),
+    ));
+    fields.push((
+        "securityContext",
+        mapping([
+            ("runAsNonRoot", boolean(true)),
+            ("runAsUser", integer(65532)),
+            ("runAsGroup", integer(65532)),
+            ("readOnlyRootFilesystem", boolean(true)),
+            ("allowPrivilegeEscalation", boolean(false)),
+            ("capabilities", mapping([("drop", strings(&["ALL"]))])),
+            (
+                "seccompProfile",
+                mapping([("type", string("RuntimeDefault"))]),
+            ),
+        ]),
+    ));
+    fields.push((
+        "volumeMounts",
+        Node::Sequence(vec![mapping([
+            ("name", string(VOLUME_NAME)),
+            ("mountPath", string(MOUNT_PATH)),
+            ("readOnly", boolean(true)),
+        ])]),
+    ));
+    mapping(fields)
+}
+
+/// The Secret volume: the whole Secret as a directory (no `subPath`, which the kubelet never updates).
+pub fn volume(options: &InjectOptions) -> Node<'static> {
+    mapping([
+        ("name", string(VOLUME_NAME)),
+        (
+            "secret",
+            mapping([
+                ("secretName", string(options.secret_name.as_str())),
+                ("defaultMode", integer(SECRET_FILE_MODE)),
+                (
+                    "items",
+                    Node::Sequence(vec![mapping([
+                        ("key", string(options.secret_key.as_str())),
+                        ("path", string(options.secret_key.as_str())),
+                    ])]),
+                ),
+            ]),
+        ),
+    ])
+}

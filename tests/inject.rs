@@ -1,0 +1,656 @@
+//! `aa-token-broker inject`, run as a user runs it: the real binary, manifests on stdin or in a file,
+//! the output read back as YAML and checked for what Kubernetes would see.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use aa_token_broker::inject::yaml::{self, Node};
+
+const FIXTURE: &str = "tests/fixtures/inject/workloads.yaml";
+const GOLDEN_NATIVE: &str = "tests/fixtures/inject/workloads.native.yaml";
+const BASE: &[&str] = &[
+    "--entity-id",
+    "FIU-EXAMPLE",
+    "--secret-name",
+    "fiu-entity-secret",
+    "--environment",
+    "sandbox",
+];
+
+/// Runs `inject` with the base flags plus `extra`, feeding `stdin`.
+fn inject(extra: &[&str], stdin: &str) -> Output {
+    inject_with(BASE, extra, stdin)
+}
+
+fn inject_with(base: &[&str], extra: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_aa-token-broker"))
+        .arg("inject")
+        .args(base)
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let mut pipe = child.stdin.take().expect("stdin is piped");
+    // A run refused for its flags exits without reading stdin.
+    if let Err(e) = pipe.write_all(stdin.as_bytes()) {
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::BrokenPipe,
+            "writing stdin: {e}"
+        );
+    }
+    drop(pipe);
+    child.wait_with_output().expect("the binary exits")
+}
+
+/// The output of a run that must succeed.
+fn ok(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "inject failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).expect("UTF-8 output")
+}
+
+fn fixture() -> String {
+    std::fs::read_to_string(FIXTURE).expect("the fixture exists")
+}
+
+fn documents(text: &str) -> Vec<Node<'_>> {
+    yaml::load(text)
+        .expect("valid YAML")
+        .into_iter()
+        .filter(|d| !yaml::is_null(d))
+        .map(|d| yaml::normalize(d).expect("plain YAML"))
+        .collect()
+}
+
+fn text<'n>(node: &'n Node<'_>, keys: &[&str]) -> Option<&'n str> {
+    yaml::path(node, keys).and_then(yaml::text)
+}
+
+fn kind_and_name(document: &Node<'_>) -> String {
+    format!(
+        "{}/{}",
+        text(document, &["kind"]).unwrap_or("?"),
+        text(document, &["metadata", "name"]).unwrap_or("?")
+    )
+}
+
+fn find<'n, 'a>(documents: &'n [Node<'a>], kind: &str) -> &'n Node<'a> {
+    documents
+        .iter()
+        .find(|d| text(d, &["kind"]) == Some(kind))
+        .unwrap_or_else(|| panic!("no {kind} in the output"))
+}
+
+fn template_path(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "Pod" => &[],
+        "CronJob" => &["spec", "jobTemplate", "spec", "template"],
+        _ => &["spec", "template"],
+    }
+}
+
+fn pod_spec<'n, 'a>(document: &'n Node<'a>) -> &'n Node<'a> {
+    let kind = text(document, &["kind"]).expect("a kind");
+    let mut keys = template_path(kind).to_vec();
+    keys.push("spec");
+    yaml::path(document, &keys).expect("a pod spec")
+}
+
+fn list<'n, 'a>(node: &'n Node<'a>, key: &str) -> &'n [Node<'a>] {
+    match yaml::get(node, key) {
+        Some(Node::Sequence(items)) => items,
+        _ => &[],
+    }
+}
+
+fn names(items: &[Node<'_>]) -> Vec<String> {
+    items
+        .iter()
+        .map(|c| text(c, &["name"]).unwrap_or("?").to_string())
+        .collect()
+}
+
+fn env_values(container: &Node<'_>, name: &str) -> Vec<String> {
+    list(container, "env")
+        .iter()
+        .filter(|e| text(e, &["name"]) == Some(name))
+        .map(|e| text(e, &["value"]).unwrap_or("?").to_string())
+        .collect()
+}
+
+fn emitted(document: &Node<'_>) -> String {
+    yaml::emit(std::slice::from_ref(document)).expect("emits")
+}
+
+#[test]
+fn every_kind_gets_the_native_sidecar_first_among_init_containers() {
+    let out = ok(&inject(&[], &fixture()));
+    let docs = documents(&out);
+    for kind in ["Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob"] {
+        let spec = pod_spec(find(&docs, kind));
+        let init = list(spec, "initContainers");
+        assert_eq!(
+            names(init).first().map(String::as_str),
+            Some("aa-token-broker"),
+            "{kind}"
+        );
+        assert_eq!(text(&init[0], &["restartPolicy"]), Some("Always"), "{kind}");
+        assert!(
+            yaml::path(&init[0], &["startupProbe", "exec"]).is_some(),
+            "{kind}"
+        );
+        assert!(
+            !names(list(spec, "containers")).contains(&"aa-token-broker".to_string()),
+            "{kind}: the native form is not also a regular container"
+        );
+    }
+}
+
+#[test]
+fn the_output_for_the_fixture_is_the_reviewed_one() {
+    let out = ok(&inject(&["--mode", "native"], &fixture()));
+    if std::env::var_os("AA_UPDATE_GOLDEN").is_some() {
+        std::fs::write(GOLDEN_NATIVE, &out).expect("golden file written");
+    }
+    let golden = std::fs::read_to_string(GOLDEN_NATIVE).expect("golden file exists");
+    assert_eq!(
+        out, golden,
+        "output changed; review it and rerun with AA_UPDATE_GOLDEN=1"
+    );
+}
+
+#[test]
+fn documents_keep_their_order_and_objects_without_a_pod_template_keep_their_data() {
+    let input = fixture();
+    let out = ok(&inject(&[], &input));
+    let before = documents(&input);
+    let after = documents(&out);
+    assert_eq!(
+        before.iter().map(kind_and_name).collect::<Vec<_>>(),
+        after.iter().map(kind_and_name).collect::<Vec<_>>()
+    );
+    for kind in ["ConfigMap", "Service", "Pod"] {
+        assert_eq!(
+            emitted(find(&before, kind)),
+            emitted(find(&after, kind)),
+            "{kind} changed"
+        );
+    }
+    // YAML 1.1 readers (Kubernetes) must read the same values: the octal mode stays octal, the quoted
+    // "on" stays a string, and the script stays a script.
+    assert!(out.contains("defaultMode: 0644\n"), "{out}");
+    assert!(out.contains("FEATURE_FLAG: \"on\"\n"), "{out}");
+    assert!(out.contains("exec fiu-report --since yesterday\n"), "{out}");
+}
+
+#[test]
+fn a_pod_annotated_inject_false_is_left_alone() {
+    let out = ok(&inject(&[], &fixture()));
+    let pod = find(&documents(&out), "Pod").clone();
+    assert_eq!(
+        names(list(yaml::get(&pod, "spec").expect("spec"), "containers")),
+        ["shell"]
+    );
+    assert!(yaml::path(&pod, &["spec", "initContainers"]).is_none());
+    assert!(!emitted(&pod).contains("AA_TOKEN_BROKER_URL"));
+}
+
+#[test]
+fn injecting_its_own_output_changes_nothing() {
+    for flags in [
+        &["--mode", "native"][..],
+        &["--mode", "regular"][..],
+        &["--admin-port", "9373", "--port", "7400"][..],
+    ] {
+        let once = ok(&inject(flags, &fixture()));
+        let twice = ok(&inject(flags, &once));
+        assert_eq!(once, twice, "flags {flags:?}");
+    }
+}
+
+#[test]
+fn injecting_again_with_other_flags_updates_the_sidecar_instead_of_adding_one() {
+    let native = ok(&inject(&["--mode", "native"], &fixture()));
+    let base = [
+        "--entity-id",
+        "FIU-OTHER",
+        "--secret-name",
+        "fiu-other-secret",
+        "--iam-url",
+        "https://iam.example/iam/",
+    ];
+    let regular = ok(&inject_with(
+        &base,
+        &["--mode", "regular", "--secret-key", "entity-secret"],
+        &native,
+    ));
+    let docs = documents(&regular);
+    let deployment = pod_spec(find(&docs, "Deployment"));
+    assert_eq!(
+        names(list(deployment, "initContainers")),
+        ["migrate"],
+        "the native sidecar is gone from initContainers"
+    );
+    assert_eq!(
+        names(list(deployment, "containers")),
+        ["aa-token-broker", "api", "audit-shipper"]
+    );
+    let job = pod_spec(find(&docs, "Job"));
+    assert!(
+        yaml::get(job, "initContainers").is_none(),
+        "no empty initContainers list is left where there was none"
+    );
+    let volumes: Vec<_> = list(deployment, "volumes")
+        .iter()
+        .filter(|v| text(v, &["name"]) == Some("aa-token-broker-secret"))
+        .collect();
+    assert_eq!(volumes.len(), 1);
+    assert_eq!(
+        text(volumes[0], &["secret", "secretName"]),
+        Some("fiu-other-secret")
+    );
+    let sidecar = &list(deployment, "containers")[0];
+    assert_eq!(env_values(sidecar, "AA_BROKER_ENTITY_ID"), ["FIU-OTHER"]);
+    assert_eq!(
+        env_values(sidecar, "AA_BROKER_IAM_URL"),
+        ["https://iam.example/iam"]
+    );
+    assert!(env_values(sidecar, "AA_BROKER_ENVIRONMENT").is_empty());
+    assert_eq!(
+        env_values(sidecar, "AA_BROKER_SECRET_FILE"),
+        ["/var/run/secrets/aa-token-broker/entity-secret"]
+    );
+}
+
+#[test]
+fn the_applications_init_containers_volumes_env_and_security_contexts_are_kept() {
+    let input = fixture();
+    let out = ok(&inject(&[], &input));
+    let before = pod_spec(find(&documents(&input), "Deployment")).clone();
+    let after = pod_spec(find(&documents(&out), "Deployment")).clone();
+    assert_eq!(
+        names(list(&after, "initContainers")),
+        ["aa-token-broker", "migrate"]
+    );
+    assert_eq!(
+        names(list(&after, "volumes")),
+        ["settings", "aa-token-broker-secret"]
+    );
+    assert_eq!(
+        emitted(yaml::get(&before, "securityContext").expect("pod securityContext")),
+        emitted(yaml::get(&after, "securityContext").expect("pod securityContext"))
+    );
+    let api_before = &list(&before, "containers")[0];
+    let api_after = &list(&after, "containers")[0];
+    for key in ["securityContext", "volumeMounts", "ports", "image"] {
+        assert_eq!(
+            emitted(yaml::get(api_before, key).expect(key)),
+            emitted(yaml::get(api_after, key).expect(key)),
+            "{key}"
+        );
+    }
+    assert_eq!(env_values(api_after, "LOG_LEVEL"), ["info"]);
+    let migrate = &list(&after, "initContainers")[1];
+    assert!(
+        yaml::path(&list(migrate, "env")[1], &["valueFrom", "secretKeyRef"]).is_some(),
+        "the init container's own variables stay"
+    );
+}
+
+#[test]
+fn every_application_container_gets_the_broker_url_once() {
+    let out = ok(&inject(&["--port", "7400"], &fixture()));
+    let docs = documents(&out);
+    let spec = pod_spec(find(&docs, "Deployment"));
+    for container in list(spec, "containers")
+        .iter()
+        .chain(list(spec, "initContainers"))
+        .filter(|c| text(c, &["name"]) != Some("aa-token-broker"))
+    {
+        assert_eq!(
+            env_values(container, "AA_TOKEN_BROKER_URL"),
+            ["http://127.0.0.1:7400"],
+            "{}",
+            text(container, &["name"]).unwrap_or("?")
+        );
+    }
+    let sidecar = &list(spec, "initContainers")[0];
+    assert!(env_values(sidecar, "AA_TOKEN_BROKER_URL").is_empty());
+    assert_eq!(env_values(sidecar, "AA_BROKER_LISTEN"), ["127.0.0.1:7400"]);
+}
+
+#[test]
+fn the_default_container_is_the_first_application_container_unless_set() {
+    let out = ok(&inject(&["--mode", "regular"], &fixture()));
+    let docs = documents(&out);
+    let annotation = |kind| {
+        let mut keys = template_path(kind).to_vec();
+        keys.extend([
+            "metadata",
+            "annotations",
+            "kubectl.kubernetes.io/default-container",
+        ]);
+        text(find(&docs, kind), &keys).map(str::to_string)
+    };
+    assert_eq!(annotation("Deployment").as_deref(), Some("api"));
+    assert_eq!(annotation("StatefulSet").as_deref(), Some("store"), "kept");
+    assert_eq!(annotation("CronJob").as_deref(), Some("report"));
+}
+
+#[test]
+fn pod_templates_get_the_label_the_pod_monitor_selects_and_selectors_stay() {
+    let input = fixture();
+    let out = ok(&inject(&[], &input));
+    let (before, after) = (documents(&input), documents(&out));
+    for kind in ["Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob"] {
+        let mut keys = template_path(kind).to_vec();
+        keys.extend(["metadata", "labels", "aa-token-broker/sidecar"]);
+        assert_eq!(text(find(&after, kind), &keys), Some("true"), "{kind}");
+    }
+    let selector = |docs: &[Node<'_>]| {
+        emitted(yaml::path(find(docs, "Deployment"), &["spec", "selector"]).expect("a selector"))
+    };
+    assert_eq!(selector(&before), selector(&after));
+}
+
+#[test]
+fn the_mode_follows_the_kubernetes_version() {
+    let form = |extra: &[&str]| {
+        let out = ok(&inject(extra, &fixture()));
+        let docs = documents(&out);
+        let spec = pod_spec(find(&docs, "DaemonSet"));
+        if names(list(spec, "initContainers"))
+            .first()
+            .map(String::as_str)
+            == Some("aa-token-broker")
+        {
+            "native"
+        } else if names(list(spec, "containers")).first().map(String::as_str)
+            == Some("aa-token-broker")
+        {
+            "regular"
+        } else {
+            "none"
+        }
+    };
+    assert_eq!(form(&["--kube-version", "1.28.0"]), "regular");
+    assert_eq!(form(&["--kube-version", "v1.29.0"]), "native");
+    assert_eq!(form(&["--kube-version", "1.31.2"]), "native");
+    assert_eq!(form(&[]), "native", "auto without a version");
+    assert_eq!(
+        form(&["--mode", "regular", "--kube-version", "1.31"]),
+        "regular"
+    );
+
+    let out = ok(&inject(&["--mode", "regular"], &fixture()));
+    let docs = documents(&out);
+    let sidecar = &list(pod_spec(find(&docs, "Deployment")), "containers")[0];
+    assert_eq!(
+        yaml::path(sidecar, &["lifecycle", "postStart", "exec", "command"])
+            .map(emitted)
+            .as_deref(),
+        Some("---\n- aa-token-broker\n- healthcheck\n- \"--wait\"\n- \"60\"\n")
+    );
+    assert!(yaml::get(sidecar, "restartPolicy").is_none());
+    assert!(yaml::get(sidecar, "startupProbe").is_none());
+}
+
+#[test]
+fn the_secret_is_mounted_whole_and_read_only_and_probes_use_the_admin_port_when_given() {
+    let out = ok(&inject(
+        &["--admin-port", "9373", "--secret-key", "entity-secret"],
+        &fixture(),
+    ));
+    let docs = documents(&out);
+    let spec = pod_spec(find(&docs, "Deployment"));
+    let sidecar = &list(spec, "initContainers")[0];
+    let mount = &list(sidecar, "volumeMounts")[0];
+    assert_eq!(text(mount, &["readOnly"]), Some("true"));
+    assert!(yaml::get(mount, "subPath").is_none());
+    assert_eq!(
+        env_values(sidecar, "AA_BROKER_SECRET_FILE"),
+        [format!(
+            "{}/entity-secret",
+            text(mount, &["mountPath"]).expect("a mount path")
+        )]
+    );
+    assert_eq!(
+        env_values(sidecar, "AA_BROKER_ADMIN_LISTEN"),
+        ["0.0.0.0:9373"]
+    );
+    assert_eq!(
+        text(&list(sidecar, "ports")[0], &["name"]),
+        Some("broker-metrics")
+    );
+    for (probe, path) in [
+        ("startupProbe", "/readyz"),
+        ("readinessProbe", "/readyz"),
+        ("livenessProbe", "/healthz"),
+    ] {
+        assert_eq!(
+            text(sidecar, &[probe, "httpGet", "path"]),
+            Some(path),
+            "{probe}"
+        );
+        assert_eq!(
+            text(sidecar, &[probe, "httpGet", "port"]),
+            Some("broker-metrics"),
+            "{probe}"
+        );
+    }
+    let security = yaml::get(sidecar, "securityContext").expect("a security context");
+    assert_eq!(text(security, &["readOnlyRootFilesystem"]), Some("true"));
+    assert_eq!(text(security, &["allowPrivilegeEscalation"]), Some("false"));
+    assert_eq!(
+        text(security, &["seccompProfile", "type"]),
+        Some("RuntimeDefault")
+    );
+    assert_eq!(
+        emitted(yaml::path(security, &["capabilities", "drop"]).expect("drop")),
+        "---\n- ALL\n"
+    );
+}
+
+#[test]
+fn list_items_are_injected() {
+    let input = "apiVersion: v1\nkind: List\nitems:\n  - apiVersion: apps/v1\n    kind: ReplicaSet\n    \
+                 metadata: {name: rs}\n    spec:\n      selector: {matchLabels: {a: b}}\n      template:\n        \
+                 metadata: {labels: {a: b}}\n        spec:\n          containers: [{name: app, image: app}]\n  \
+                 - apiVersion: v1\n    kind: ConfigMap\n    metadata: {name: cm}\n";
+    let out = ok(&inject(&[], input));
+    let docs = documents(&out);
+    let items = list(&docs[0], "items");
+    assert_eq!(
+        names(list(pod_spec(&items[0]), "initContainers")),
+        ["aa-token-broker"]
+    );
+    assert_eq!(kind_and_name(&items[1]), "ConfigMap/cm");
+}
+
+#[test]
+fn a_kustomize_resource_list_is_written_back_as_one_with_its_items_injected() {
+    let input = "apiVersion: config.kubernetes.io/v1\nkind: ResourceList\nitems:\n  - apiVersion: batch/v1\n    \
+                 kind: Job\n    metadata: {name: j}\n    spec:\n      template:\n        spec:\n          \
+                 restartPolicy: Never\n          containers: [{name: app, image: app}]\nfunctionConfig:\n  \
+                 apiVersion: v1\n  kind: ConfigMap\n  metadata: {name: fn}\n";
+    let out = ok(&inject(&[], input));
+    let docs = documents(&out);
+    assert_eq!(docs.len(), 1);
+    assert_eq!(text(&docs[0], &["kind"]), Some("ResourceList"));
+    let job = &list(&docs[0], "items")[0];
+    assert_eq!(
+        names(list(pod_spec(job), "initContainers")),
+        ["aa-token-broker"]
+    );
+    assert_eq!(
+        text(&docs[0], &["functionConfig", "metadata", "name"]),
+        Some("fn")
+    );
+}
+
+#[test]
+fn a_regular_sidecar_in_a_job_is_warned_about() {
+    let output = inject(&["--mode", "regular"], &fixture());
+    ok(&output);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("(Job fiu-backfill)") && stderr.contains("never completes"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("(CronJob fiu-consent-report)"), "{stderr}");
+    let native = inject(&["--mode", "native"], &fixture());
+    ok(&native);
+    assert!(
+        native.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&native.stderr)
+    );
+}
+
+/// A failed run: exit 2, one line on stderr, nothing on stdout.
+fn assert_refused(output: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
+    assert!(
+        output.stdout.is_empty(),
+        "stdout: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    stderr
+}
+
+#[test]
+fn malformed_yaml_is_refused_with_one_line_naming_the_document_and_nothing_on_stdout() {
+    let input = format!(
+        "{}\n---\napiVersion: v1\nkind: ConfigMap\n  data: x\n",
+        fixture()
+    );
+    let stderr = assert_refused(&inject(&[], &input));
+    assert!(stderr.contains("stdin: document 9: line"), "{stderr}");
+
+    let input = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  template:\n    spec:\n      containers: nope\n";
+    let stderr = assert_refused(&inject(&[], input));
+    assert!(stderr.contains("document 1 (Deployment web)"), "{stderr}");
+    assert!(stderr.contains("spec.containers is not a list"), "{stderr}");
+
+    let input = "apiVersion: batch/v1\nkind: Job\nmetadata: {name: j}\nspec: {}\n";
+    let stderr = assert_refused(&inject(&[], input));
+    assert!(
+        stderr.contains("(Job j): spec.template is missing"),
+        "{stderr}"
+    );
+
+    let stderr = assert_refused(&inject(&[], "a: 1\na: 2\n"));
+    assert!(stderr.contains("duplicated key"), "{stderr}");
+
+    let deep = format!("a: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+    let stderr = assert_refused(&inject(&[], &deep));
+    assert!(stderr.contains("recursion limit"), "{stderr}");
+
+    let stderr = assert_refused(&inject(&[], "a: !vault secret/path\n"));
+    assert!(stderr.contains("tag !vault"), "{stderr}");
+}
+
+#[test]
+fn a_missing_or_wrong_flag_is_refused_naming_it() {
+    let fixture = fixture();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--secret-name", "s", "--environment", "sandbox"],
+            "--entity-id",
+        ),
+        (
+            &["--entity-id", "FIU-X", "--environment", "sandbox"],
+            "--secret-name",
+        ),
+        (&["--entity-id", "FIU-X", "--secret-name", "s"], "--iam-url"),
+        (
+            &[
+                "--entity-id",
+                "FIU-X",
+                "--secret-name",
+                "s",
+                "--environment",
+                "mars",
+            ],
+            "--environment",
+        ),
+        (
+            &[
+                "--entity-id",
+                "FIU-X",
+                "--secret-name",
+                "Not_A_Name",
+                "--environment",
+                "uat",
+            ],
+            "--secret-name",
+        ),
+        (
+            &[
+                "--entity-id",
+                "FIU-X",
+                "--secret-name",
+                "s",
+                "--environment",
+                "uat",
+                "--mode",
+                "native",
+                "--kube-version",
+                "1.28",
+            ],
+            "--mode",
+        ),
+        (
+            &[
+                "--entity-id",
+                "FIU-X",
+                "--secret-name",
+                "s",
+                "--environment",
+                "uat",
+                "--kube-version",
+                "latest",
+            ],
+            "--kube-version",
+        ),
+        (
+            &[
+                "--entity-id",
+                "FIU-X",
+                "--secret-name",
+                "s",
+                "--environment",
+                "uat",
+                "--admin-port",
+                "7373",
+            ],
+            "--admin-port",
+        ),
+    ];
+    for (flags, named) in cases {
+        let stderr = assert_refused(&inject_with(flags, &[], &fixture));
+        assert!(stderr.contains(named), "{flags:?}: {stderr}");
+    }
+}
+
+#[test]
+fn files_are_read_in_order_and_a_missing_one_is_refused() {
+    let output = inject(
+        &[FIXTURE, "-"],
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: fiu}\n",
+    );
+    let out = ok(&output);
+    let docs = documents(&out);
+    assert_eq!(docs.len(), 9);
+    assert_eq!(kind_and_name(&docs[8]), "Namespace/fiu");
+    let stderr = assert_refused(&inject(&["no/such/file.yaml"], ""));
+    assert!(stderr.contains("no/such/file.yaml"), "{stderr}");
+}
