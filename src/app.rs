@@ -10,15 +10,17 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::BrokerSettings;
+use crate::entity::EntityId;
 use crate::http::server::ServerLimits;
 use crate::http::{self, AppState};
 use crate::iam::IamClient;
 use crate::metrics::Metrics;
 use crate::secret::manager::SecretManager;
-use crate::secret::{AdminSession, Rotator, SecretSink};
+use crate::secret::{AdminSession, Rotator, SecretCell, SecretRecorder, SecretSink};
 use crate::supervise::supervise;
 use crate::token::broker::Broker;
 use crate::token::policy::RefreshPolicy;
+use crate::token::recorder::TokenRecorder;
 
 /// A broker ready to run.
 pub struct Application {
@@ -26,6 +28,7 @@ pub struct Application {
     admin_listener: Option<TcpListener>,
     settings: BrokerSettings,
     broker: Broker,
+    metrics: Arc<Metrics>,
     secret_managers: Vec<SecretManager>,
 }
 
@@ -37,30 +40,38 @@ impl Application {
         policy: RefreshPolicy,
     ) -> Result<Self, String> {
         let iam = IamClient::new(&settings.iam_url, settings.iam_timeouts)?;
-        let entities = settings
+        let metrics = Arc::new(Metrics::new());
+        // Each entity's secret lives in a cell the secret module owns; the token path reads it there.
+        let cells: Vec<(EntityId, Arc<SecretCell>)> = settings
             .entities
             .iter()
-            .map(|e| (e.id.clone(), e.secret.clone()))
+            .map(|e| (e.id.clone(), SecretCell::new(e.secret.clone())))
             .collect();
-        let metrics = Arc::new(Metrics::new());
-        let broker = Broker::new(entities, iam.clone(), policy, Arc::clone(&metrics));
+        let broker = Broker::new(
+            cells.clone(),
+            iam.clone(),
+            policy,
+            Arc::clone(&metrics) as Arc<dyn TokenRecorder>,
+        );
         let mut secret_managers = Vec::new();
         if let Some(rotation) = &settings.rotation {
-            let admin = AdminSession::new(iam, rotation.admin.clone(), metrics);
+            let recorder = Arc::clone(&metrics) as Arc<dyn SecretRecorder>;
+            let admin = AdminSession::new(iam, rotation.admin.clone(), Arc::clone(&recorder));
             let rotator = Arc::new(Rotator::new(
                 admin,
                 rotation.expiry_days,
                 rotation.reset_bound(),
             ));
-            for entity in &settings.entities {
+            for (entity, (id, cell)) in settings.entities.iter().zip(&cells) {
                 let spec = entity
                     .sink
                     .clone()
-                    .ok_or_else(|| format!("entity {} has no secret sink", entity.id))?;
+                    .ok_or_else(|| format!("entity {id} has no secret sink"))?;
                 let sink = SecretSink::new(spec, rotation.kube.as_ref())?;
                 secret_managers.push(SecretManager::new(
-                    entity.id.clone(),
-                    broker.clone(),
+                    id.clone(),
+                    Arc::clone(cell),
+                    Arc::clone(&recorder),
                     Arc::clone(&rotator),
                     sink,
                     rotation,
@@ -72,6 +83,7 @@ impl Application {
             admin_listener: None,
             settings,
             broker,
+            metrics,
             secret_managers,
         })
     }
@@ -104,6 +116,7 @@ impl Application {
             admin_listener,
             settings,
             broker,
+            metrics,
             secret_managers,
         } = self;
         log_start(&settings, listener.local_addr().ok());
@@ -111,7 +124,6 @@ impl Application {
         // Managers subscribe before the refreshers' first fetch, so no event is missed.
         let mut managers = tokio::task::JoinSet::new();
         for manager in secret_managers {
-            let broker = broker.clone();
             let task_stop = stop_rx.clone();
             // A restarted manager subscribes afresh; its state is re-read from the IAM.
             let entity = manager.entity().to_string();
@@ -121,13 +133,8 @@ impl Application {
                 stop_rx.clone(),
                 move || {
                     let manager = manager.clone();
-                    let events = broker.secret_events(manager.entity());
-                    let stop = task_stop.clone();
-                    async move {
-                        if let Some(events) = events {
-                            manager.run(events, stop).await;
-                        }
-                    }
+                    let events = manager.cell().subscribe();
+                    manager.run(events, task_stop.clone())
                 },
             ));
         }
@@ -135,6 +142,7 @@ impl Application {
         let state = Arc::new(AppState {
             broker,
             guard: settings.guard.clone(),
+            metrics,
         });
         let frontend = http::frontend(Arc::clone(&state));
         match admin_listener {

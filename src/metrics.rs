@@ -1,5 +1,9 @@
 //! Every metric the broker exports, in one Prometheus registry.
 //!
+//! The registry observes; nothing it observes depends on it. The token and secret modules define what
+//! they report ([`TokenRecorder`], [`SecretRecorder`]) and [`Metrics`] implements both; the guard's
+//! refusals come from the HTTP layer, which owns this registry and renders it.
+//!
 //! Counters are bumped where events happen; per-entity gauges (token validity, staleness, seconds left,
 //! clock skew, secret expiry, grace period) are computed from the broker's state when `/metrics` is scraped,
 //! so they can never drift from what `/readyz` reports. Labels are configured entity ids and fixed words:
@@ -18,7 +22,9 @@ use prometheus_client::registry::Registry;
 use crate::entity::EntityId;
 use crate::secret::SecretRecorder;
 use crate::timefmt;
-use crate::token::broker::EntityStatus;
+use crate::token::fetch::Trigger;
+use crate::token::recorder::{RequestTallies, Tally, TokenRecorder};
+use crate::token::status::EntityStatus;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EntityLabels {
@@ -57,14 +63,6 @@ type FloatGauge = Gauge<f64, AtomicU64>;
 
 fn iam_latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 14))
-}
-
-/// Per-entity counters of token requests by outcome.
-#[derive(Clone, Debug)]
-pub struct TokenCounters {
-    pub served: Counter,
-    pub stale: Counter,
-    pub unavailable: Counter,
 }
 
 /// The broker's metrics. Shared behind an `Arc`.
@@ -229,65 +227,6 @@ impl Metrics {
         m
     }
 
-    /// The request counters of one entity, resolved once so the hot path only does an atomic add.
-    pub fn token_counters(&self, entity: &EntityId) -> TokenCounters {
-        let counter = |outcome: &str| {
-            self.token_requests
-                .get_or_create(&OutcomeLabels {
-                    entity: entity.to_string(),
-                    outcome: outcome.into(),
-                })
-                .clone()
-        };
-        TokenCounters {
-            served: counter("served"),
-            stale: counter("stale"),
-            unavailable: counter("unavailable"),
-        }
-    }
-
-    pub fn forced_refresh(&self, entity: &EntityId, allowed: bool) {
-        let outcome = if allowed { "refreshed" } else { "rate_limited" };
-        self.forced_refreshes
-            .get_or_create(&OutcomeLabels {
-                entity: entity.to_string(),
-                outcome: outcome.into(),
-            })
-            .inc();
-    }
-
-    pub fn iam_request(&self, entity: &EntityId, trigger: &str, outcome: &str, took: Duration) {
-        self.iam_requests
-            .get_or_create(&IamLabels {
-                entity: entity.to_string(),
-                trigger: trigger.into(),
-                outcome: outcome.into(),
-            })
-            .inc();
-        self.iam_request_seconds
-            .get_or_create(&EntityLabels {
-                entity: entity.to_string(),
-            })
-            .observe(took.as_secs_f64());
-    }
-
-    pub fn iam_warning(&self, entity: &EntityId) {
-        self.iam_warnings
-            .get_or_create(&EntityLabels {
-                entity: entity.to_string(),
-            })
-            .inc();
-    }
-
-    pub fn rotation(&self, entity: &EntityId, outcome: &str) {
-        self.rotations
-            .get_or_create(&OutcomeLabels {
-                entity: entity.to_string(),
-                outcome: outcome.into(),
-            })
-            .inc();
-    }
-
     pub fn guard_rejection(&self, reason: &'static str) {
         self.guard_rejections
             .get_or_create(&ReasonLabels {
@@ -327,20 +266,20 @@ impl Metrics {
                     .get_or_create(&labels)
                     .set(timefmt::unix_seconds(at) - timefmt::unix_seconds(SystemTime::now()));
             }
-            if let Some(at) = entity.last_rotation {
+            if let Some(at) = entity.secret.last_rotation {
                 self.last_rotation
                     .get_or_create(&labels)
                     .set(timefmt::unix_seconds(at));
             }
             self.secret_alert
                 .get_or_create(&labels)
-                .set(i64::from(entity.secret_alert.is_some()));
+                .set(i64::from(entity.secret.alert.is_some()));
             self.secret_in_grace
                 .get_or_create(&labels)
                 .set(i64::from(entity.secret_in_grace));
             self.secret_warning
                 .get_or_create(&labels)
-                .set(i64::from(entity.secret_warning.is_some()));
+                .set(i64::from(entity.secret.warning.is_some()));
         }
         let mut out = String::with_capacity(4096);
         // Writing to a String cannot fail.
@@ -349,10 +288,84 @@ impl Metrics {
     }
 }
 
+impl Tally for Counter {
+    fn add(&self) {
+        self.inc();
+    }
+}
+
+impl TokenRecorder for Metrics {
+    fn request_tallies(&self, entity: &EntityId) -> RequestTallies {
+        let counter = |outcome: &str| -> Box<dyn Tally> {
+            Box::new(
+                self.token_requests
+                    .get_or_create(&OutcomeLabels {
+                        entity: entity.to_string(),
+                        outcome: outcome.into(),
+                    })
+                    .clone(),
+            )
+        };
+        RequestTallies {
+            served: counter("served"),
+            stale: counter("stale"),
+            unavailable: counter("unavailable"),
+        }
+    }
+
+    fn iam_request(
+        &self,
+        entity: &EntityId,
+        trigger: Trigger,
+        outcome: &'static str,
+        took: Duration,
+    ) {
+        self.iam_requests
+            .get_or_create(&IamLabels {
+                entity: entity.to_string(),
+                trigger: trigger.as_str().into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+        self.iam_request_seconds
+            .get_or_create(&EntityLabels {
+                entity: entity.to_string(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    fn iam_warning(&self, entity: &EntityId) {
+        self.iam_warnings
+            .get_or_create(&EntityLabels {
+                entity: entity.to_string(),
+            })
+            .inc();
+    }
+
+    fn forced_refresh(&self, entity: &EntityId, allowed: bool) {
+        let outcome = if allowed { "refreshed" } else { "rate_limited" };
+        self.forced_refreshes
+            .get_or_create(&OutcomeLabels {
+                entity: entity.to_string(),
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+}
+
 impl SecretRecorder for Metrics {
     fn admin_login(&self, outcome: &'static str) {
         self.admin_logins
             .get_or_create(&LoginLabels {
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    fn rotation(&self, entity: &EntityId, outcome: &'static str) {
+        self.rotations
+            .get_or_create(&OutcomeLabels {
+                entity: entity.to_string(),
                 outcome: outcome.into(),
             })
             .inc();

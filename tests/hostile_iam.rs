@@ -857,7 +857,7 @@ mod pipeline {
     use aa_token_broker::metrics::Metrics;
     use aa_token_broker::secret::policy::{ExpirySource, check_expiry};
     use aa_token_broker::simulator::jwt::SigningKey;
-    use aa_token_broker::token::broker::EntityStatus;
+    use aa_token_broker::token::status::EntityStatus;
     use aa_token_broker::token::{MAX_TOKEN_LIFETIME, Token};
     use proptest::prelude::*;
 

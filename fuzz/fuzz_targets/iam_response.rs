@@ -15,7 +15,7 @@ use aa_token_broker::iam::Endpoint;
 use aa_token_broker::metrics::Metrics;
 use aa_token_broker::secret::policy::{check_expiry, ExpirySource};
 use aa_token_broker::timefmt;
-use aa_token_broker::token::broker::EntityStatus;
+use aa_token_broker::token::status::EntityStatus;
 use aa_token_broker::token::policy::RefreshPolicy;
 use aa_token_broker::token::{Token, MAX_TOKEN_LIFETIME};
 use libfuzzer_sys::fuzz_target;

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::{AppState, reply};
 use crate::timefmt;
-use crate::token::broker::EntityStatus;
+use crate::token::status::EntityStatus;
 
 pub async fn healthz() -> Response {
     reply::no_store(
@@ -77,10 +77,10 @@ pub fn readiness(status: Vec<EntityStatus>) -> (bool, serde_json::Value) {
                     secret_expires_at: e.secret_expires_at.map(timefmt::rfc3339_seconds),
                     secret_in_grace: e.secret_in_grace,
                     iam_message: e.iam_message,
-                    secret_alert: e.secret_alert,
-                    secret_warning: e.secret_warning,
-                    admin_login: e.admin_login,
-                    last_rotation: e.last_rotation.map(timefmt::rfc3339_seconds),
+                    secret_alert: e.secret.alert,
+                    secret_warning: e.secret.warning,
+                    admin_login: e.secret.admin_login,
+                    last_rotation: e.secret.last_rotation.map(timefmt::rfc3339_seconds),
                 },
             )
         })
@@ -92,7 +92,7 @@ pub fn readiness(status: Vec<EntityStatus>) -> (bool, serde_json::Value) {
 }
 
 pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
-    let text = app.broker.metrics().render(&app.broker.status());
+    let text = app.metrics.render(&app.broker.status());
     let content_type =
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8");
     reply::no_store(([(header::CONTENT_TYPE, content_type)], text).into_response())

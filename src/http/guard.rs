@@ -154,7 +154,7 @@ pub async fn host_only(State(app): State<Arc<AppState>>, request: Request, next:
 
 /// Counts, logs (at debug) and answers a refusal.
 fn refuse(app: &AppState, refusal: Refusal, path: &str) -> Response {
-    app.broker.metrics().guard_rejection(refusal.as_str());
+    app.metrics.guard_rejection(refusal.as_str());
     tracing::debug!(
         reason = refusal.as_str(),
         path,

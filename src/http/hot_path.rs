@@ -27,7 +27,7 @@ use hyper::body::Incoming;
 use tower::Service;
 
 use super::{AppState, guard, tokens};
-use crate::token::broker::Served;
+use crate::token::status::Served;
 
 /// The service each connection runs: the hot path for token reads, the router for everything else.
 pub struct Frontend {

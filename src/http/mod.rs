@@ -23,6 +23,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use tower_http::limit::RequestBodyLimitLayer;
 
+use crate::metrics::Metrics;
 use crate::token::broker::Broker;
 pub use guard::GuardSettings;
 use hot_path::Frontend;
@@ -34,6 +35,8 @@ pub const MAX_BODY_BYTES: usize = 1024;
 pub struct AppState {
     pub broker: Broker,
     pub guard: GuardSettings,
+    /// The registry `/metrics` renders; the guard counts its refusals in it.
+    pub metrics: Arc<Metrics>,
 }
 
 /// What the token listener serves: the hot path, then the [`router`].

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use super::guard::CallerAllowed;
 use super::{AppState, reply};
 use crate::entity::EntityId;
-use crate::token::broker::{RequestOutcome, Served, TokenError};
+use crate::token::status::{RequestOutcome, Served, TokenError};
 
 /// Response header set when the token is valid but its last refresh failed.
 pub const STALE_HEADER: &str = "x-token-stale";

@@ -268,7 +268,7 @@ impl IamClient {
 }
 
 /// Reads a successful token answer (spec §2.1, §2.4): the token must be a plausible bearer token; its
-/// lifetime is judged later, by [`crate::token::Token::from_grant`]. Public for the fuzz target.
+/// lifetime is judged later, by the token module (`Token::from_grant`). Public for the fuzz target.
 pub fn parse_token_answer(
     endpoint: Endpoint,
     status: u16,

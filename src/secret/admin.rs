@@ -34,12 +34,14 @@ impl fmt::Debug for AdminCredentials {
     }
 }
 
-/// What the secret lifecycle reports; [`crate::metrics::Metrics`] implements it. The secret module
+/// What the secret lifecycle reports; the metrics registry (`Metrics`) implements it. The secret module
 /// defines what it tells, so it never depends on the metrics registry.
 pub trait SecretRecorder: Send + Sync {
     /// One admin login, by outcome: `ok`, `rejected` (bad or expired credentials), `failed` (anything
     /// else) or `held` (not sent: backing off or over the hourly limit).
     fn admin_login(&self, outcome: &'static str);
+    /// One rotation step's outcome for an entity (`ok`, `recovered`, or a failure kind).
+    fn rotation(&self, entity: &crate::entity::EntityId, outcome: &'static str);
 }
 
 /// A recorder that drops everything, for the one-shot admin commands.
@@ -47,6 +49,7 @@ pub struct NoRecorder;
 
 impl SecretRecorder for NoRecorder {
     fn admin_login(&self, _: &'static str) {}
+    fn rotation(&self, _: &crate::entity::EntityId, _: &'static str) {}
 }
 
 /// Logs in on demand, within the login limits, and reuses the user token while it has more than a minute

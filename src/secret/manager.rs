@@ -20,6 +20,8 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until};
 
+use super::admin::SecretRecorder;
+use super::cell::{SecretCell, SecretEvent};
 use super::policy::{Expiry, ExpirySource, RotationDecision, check_expiry, decide};
 use super::rotation::{RotationError, Rotator};
 use super::sink::{SecretSink, SinkSpec};
@@ -27,7 +29,6 @@ use super::{RotationSettings, lock};
 use crate::backoff::Backoff;
 use crate::entity::{EntityId, fingerprint};
 use crate::timefmt;
-use crate::token::broker::{Broker, SecretEvent};
 
 /// How long to wait for another process's rotation before giving up this turn.
 const LOCK_WAIT: Duration = Duration::from_secs(60);
@@ -43,7 +44,9 @@ const PASSWORD_WATCH: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct SecretManager {
     entity: EntityId,
-    broker: Broker,
+    /// The entity's secret, shared with the token path.
+    cell: Arc<SecretCell>,
+    recorder: Arc<dyn SecretRecorder>,
     rotator: Arc<Rotator>,
     sink: SecretSink,
     lock_file: Option<PathBuf>,
@@ -68,7 +71,8 @@ struct Known {
 impl SecretManager {
     pub fn new(
         entity: EntityId,
-        broker: Broker,
+        cell: Arc<SecretCell>,
+        recorder: Arc<dyn SecretRecorder>,
         rotator: Arc<Rotator>,
         sink: SecretSink,
         settings: &RotationSettings,
@@ -79,7 +83,8 @@ impl SecretManager {
         };
         Self {
             entity,
-            broker,
+            cell,
+            recorder,
             rotator,
             sink,
             lock_file,
@@ -90,6 +95,10 @@ impl SecretManager {
 
     pub fn entity(&self) -> &EntityId {
         &self.entity
+    }
+
+    pub fn cell(&self) -> &Arc<SecretCell> {
+        &self.cell
     }
 
     /// Runs until `shutdown` turns true.
@@ -215,11 +224,7 @@ impl SecretManager {
             }
         };
         self.note_read_expiry(known, current.expires_on);
-        let ours = self
-            .broker
-            .current_secret(&self.entity)
-            .await
-            .and_then(Result::ok);
+        let ours = self.cell.current().await.ok();
         if ours.as_ref().map(|s| s.expose_secret()) != Some(current.secret.expose_secret()) {
             tracing::info!(entity = %self.entity, current = %fingerprint(&current.secret), "the IAM's current secret differs from ours (rotated elsewhere); adopting it");
             known.in_grace = false;
@@ -242,33 +247,28 @@ impl SecretManager {
         }
         match self.rotator.rotate(&self.entity, &self.sink).await {
             Ok(rotated) => {
-                self.broker
-                    .set_secret_override(&self.entity, Some(rotated.secret.clone()));
-                self.broker.set_secret_alert(&self.entity, None);
+                self.cell.replace(rotated.secret.clone());
+                self.cell.report(|s| s.alert = None);
                 self.note_granted(&rotated);
-                self.broker.note_rotation(&self.entity, "ok");
+                self.rotated("ok");
                 known.expiry = rotated.expires_on;
                 known.granted_validity = rotated.granted_validity;
                 known.in_grace = false;
                 tracing::info!(entity = %self.entity, secret = %rotated.fingerprint, "secret rotated");
-                self.refresh_token().await;
                 true
             }
             Err(RotationError::Persist { rotated, error }) => {
-                self.broker
-                    .set_secret_override(&self.entity, Some(rotated.secret.clone()));
-                self.broker.set_secret_alert(
-                    &self.entity,
-                    Some(format!("a rotated secret is held only in memory: {error}")),
-                );
-                self.broker.note_rotation(&self.entity, "persist_failed");
+                self.cell.replace(rotated.secret.clone());
+                self.set_alert(Some(format!(
+                    "a rotated secret is held only in memory: {error}"
+                )));
+                self.rotated("persist_failed");
                 self.note_granted(&rotated);
                 known.expiry = rotated.expires_on;
                 known.granted_validity = rotated.granted_validity;
                 known.in_grace = false;
                 known.pending = Some(rotated.secret.clone());
                 known.failures = 1;
-                self.refresh_token().await;
                 false
             }
             Err(e) => {
@@ -283,29 +283,24 @@ impl SecretManager {
     fn note_read_expiry(&self, known: &mut Known, expires_on: Option<SystemTime>) {
         let checked = check_expiry(SystemTime::now(), expires_on, ExpirySource::Read);
         known.expiry = checked.known();
-        self.broker.note_secret_expiry(&self.entity, known.expiry);
+        self.cell.report(|s| s.expires_at = known.expiry);
         match checked {
             Expiry::Implausible(at) => {
                 tracing::warn!(entity = %self.entity, expires_on = %timefmt::rfc3339_seconds(at), "the IAM reports a secret expiry that cannot be right; treating it as unknown (no rotation because of it)");
-                self.broker.set_secret_warning(
-                    &self.entity,
-                    Some(format!(
+                self.set_warning(Some(format!(
                         "the IAM reports a secret expiry of {} that cannot be right; treated as unknown",
                         timefmt::rfc3339_seconds(at)
                     )),
                 );
             }
-            _ => self.broker.set_secret_warning(&self.entity, None),
+            _ => self.set_warning(None),
         }
     }
 
     /// Records a new secret's granted expiry, or the warning that it cannot be right.
     fn note_granted(&self, rotated: &super::rotation::Rotated) {
-        self.broker
-            .note_secret_expiry(&self.entity, rotated.expires_on);
-        self.broker.set_secret_warning(
-            &self.entity,
-            rotated.implausible_expiry.map(|at| {
+        self.cell.report(|s| s.expires_at = rotated.expires_on);
+        self.set_warning(rotated.implausible_expiry.map(|at| {
                 format!(
                     "the IAM granted the new secret an expiry of {} that cannot be right; the secret is kept and its expiry treated as unknown",
                     timefmt::rfc3339_seconds(at)
@@ -330,34 +325,45 @@ impl SecretManager {
     }
 
     fn report_admin_login(&self) {
-        self.broker
-            .note_admin_login(&self.entity, self.rotator.admin().login_state());
+        let state = self.rotator.admin().login_state();
+        self.cell.report(|s| s.admin_login = Some(state));
+    }
+
+    fn set_alert(&self, alert: Option<String>) {
+        self.cell.report(|s| s.alert = alert);
+    }
+
+    fn set_warning(&self, warning: Option<String>) {
+        self.cell.report(|s| s.warning = warning);
+    }
+
+    /// Counts a rotation outcome; a success is also reported in the entity's status.
+    fn rotated(&self, outcome: &'static str) {
+        if outcome == "ok" {
+            self.cell
+                .report(|s| s.last_rotation = Some(SystemTime::now()));
+        }
+        self.recorder.rotation(&self.entity, outcome);
     }
 
     /// Stores the IAM's current secret and switches to it (a heal, not a reset).
     async fn adopt(&self, secret: SecretString) -> bool {
-        self.broker
-            .set_secret_override(&self.entity, Some(secret.clone()));
+        self.cell.replace(secret.clone());
         match self
             .rotator
             .persist(&self.entity, &self.sink, &secret)
             .await
         {
             Ok(_) => {
-                self.broker.set_secret_alert(&self.entity, None);
+                self.cell.report(|s| s.alert = None);
                 tracing::info!(entity = %self.entity, secret = %fingerprint(&secret), sink = %self.sink.spec(), "stored the IAM's current secret");
-                self.refresh_token().await;
                 true
             }
             Err(error) => {
                 tracing::error!(entity = %self.entity, sink = %self.sink.spec(), error = %error, "cannot store the IAM's current secret; using it from memory");
-                self.broker.set_secret_alert(
-                    &self.entity,
-                    Some(format!(
-                        "the current secret is held only in memory: {error}"
-                    )),
-                );
-                self.refresh_token().await;
+                self.set_alert(Some(format!(
+                    "the current secret is held only in memory: {error}"
+                )));
                 false
             }
         }
@@ -373,18 +379,14 @@ impl SecretManager {
             }
         };
         self.note_read_expiry(known, current.expires_on);
-        let ours = self
-            .broker
-            .current_secret(&self.entity)
-            .await
-            .and_then(Result::ok);
+        let ours = self.cell.current().await.ok();
         if ours.as_ref().map(|s| s.expose_secret()) == Some(current.secret.expose_secret()) {
             tracing::warn!(entity = %self.entity, "the IAM rejected the secret it reports as current (expired past its grace period?)");
             return;
         }
         tracing::warn!(entity = %self.entity, current = %fingerprint(&current.secret), "the IAM rejected our secret; recovering the current one by reading it back (no reset)");
         if self.adopt(current.secret).await {
-            self.broker.note_rotation(&self.entity, "recovered");
+            self.rotated("recovered");
         }
     }
 
@@ -400,17 +402,16 @@ impl SecretManager {
             Ok(stored) => {
                 known.pending = None;
                 known.failures = 0;
-                self.broker.set_secret_override(&self.entity, Some(stored));
-                self.broker.set_secret_alert(&self.entity, None);
-                self.broker.note_rotation(&self.entity, "ok");
+                self.cell.replace(stored);
+                self.cell.report(|s| s.alert = None);
+                self.rotated("ok");
                 tracing::info!(entity = %self.entity, step = "persist", outcome = "ok", sink = %self.sink.spec(), "secret rotation step: the rotated secret is stored now");
             }
             Err(error) => {
                 known.failures += 1;
-                self.broker.set_secret_alert(
-                    &self.entity,
-                    Some(format!("a rotated secret is held only in memory: {error}")),
-                );
+                self.set_alert(Some(format!(
+                    "a rotated secret is held only in memory: {error}"
+                )));
                 tracing::error!(
                     entity = %self.entity,
                     step = "persist",
@@ -425,14 +426,8 @@ impl SecretManager {
     }
 
     fn failed(&self, error: &RotationError) {
-        self.broker.note_rotation(&self.entity, error.kind());
+        self.rotated(error.kind());
         tracing::error!(entity = %self.entity, error = %error, "secret rotation failed; will retry");
-    }
-
-    async fn refresh_token(&self) {
-        if let Err(e) = self.broker.refresh_now(&self.entity).await {
-            tracing::warn!(entity = %self.entity, error = %e, "token refresh after a secret change failed");
-        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! The entity secret's lifecycle: admin operations and rotation that never locks the entity out.
 //!
+//! - [`cell`]: the entity secret as the token path reads it, and what the lifecycle reports about it.
 //! - [`admin`]: the admin user's credentials and a cached user token for secret read/reset.
 //! - [`policy`]: when a rotation is due — a pure function of the secret's expiry, the grace warning and the
 //!   threshold.
@@ -11,6 +12,7 @@
 //! - [`manager`]: the task `serve` runs per entity when admin credentials are configured.
 
 pub mod admin;
+pub mod cell;
 pub mod ledger;
 pub mod lock;
 pub mod manager;
@@ -22,6 +24,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use admin::{AdminCredentials, AdminSession, NoRecorder, SecretRecorder};
+pub use cell::{SecretCell, SecretEvent, SecretStatus};
 pub use rotation::{ResetBound, RotationError, Rotator};
 pub use sink::{KubeAccess, SecretSink, SinkSpec};
 

@@ -2,19 +2,30 @@
 //!
 //! - [`Token`] (this file): a token as the broker holds it — the value in a redacting type, its schedule on
 //!   the monotonic clock, and what its JWT claims say, cross-checked against the IAM's response.
-//! - [`policy`]: the pure refresh/backoff/hand-out rules.
-//! - [`broker`]: the moka cache keyed by entity, the single upstream flight per entity, forced refreshes.
+//! - [`policy`]: the pure refresh, backoff, hand-out and caller-attempt rules.
+//! - [`broker`]: the handle — the moka cache keyed by entity, cold requests coalesced, forced refreshes.
+//! - `slot`: one entity's newest token, fetch gate and attempt bookkeeping.
+//! - [`fetch`]: the one place that calls the IAM, and what it records about each call.
 //! - [`refresher`]: the background task per entity that follows the policy.
+//! - [`status`]: what callers get ([`Served`](status::Served), [`TokenError`](status::TokenError)) and
+//!   what `/readyz` and `/metrics` read ([`EntityStatus`](status::EntityStatus)).
+//! - [`recorder`]: what the token path reports, implemented by the metrics registry.
+//!
+//! The secret each fetch uses is read from the entity's [`crate::secret::SecretCell`], which the secret
+//! module owns; what the IAM says about the secret goes back to it as [`crate::secret::SecretEvent`]s.
 
 pub mod broker;
+pub mod fetch;
 pub mod policy;
+pub mod recorder;
 pub mod refresher;
+mod slot;
+pub mod status;
 
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use axum::body::Bytes;
-
+use bytes::Bytes;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use tokio::time::Instant;

@@ -2,8 +2,9 @@
 //!
 //! It owns no decisions. Each turn it reads the entity's [`AttemptState`], asks
 //! [`RefreshPolicy::next_attempt`] when to act, sleeps until then (or until a token arrives by another path,
-//! or shutdown), and makes one attempt. A floor between attempts guards against a hot loop even if the
-//! state were ever to say "now" twice in a row.
+//! or shutdown), and makes one attempt. It also attempts at once when told the secret was replaced (a
+//! rotation), since the held token was minted with a secret the IAM may already have revoked. A floor
+//! between attempts guards against a hot loop even if the state were ever to say "now" twice in a row.
 
 use std::future::Future;
 use std::time::Duration;
@@ -21,6 +22,7 @@ pub async fn run<S, A, F>(
     policy: RefreshPolicy,
     state: S,
     changed: &Notify,
+    urgent: &Notify,
     mut shutdown: watch::Receiver<bool>,
     mut attempt: A,
 ) where
@@ -29,17 +31,23 @@ pub async fn run<S, A, F>(
     F: Future<Output = ()>,
 {
     let mut last_attempt: Option<Instant> = None;
+    let mut now_wanted = false;
     loop {
         if *shutdown.borrow() {
             return;
         }
         let now = Instant::now();
-        let mut wake = policy.next_attempt(now, &state(), fastrand::f64());
+        let mut wake = if now_wanted {
+            now
+        } else {
+            policy.next_attempt(now, &state(), fastrand::f64())
+        };
         if let Some(last) = last_attempt {
             wake = wake.max(last + MIN_ATTEMPT_SPACING);
         }
         tokio::select! {
             _ = sleep_until(wake) => {
+                now_wanted = false;
                 last_attempt = Some(Instant::now());
                 tokio::select! {
                     _ = attempt() => {}
@@ -47,6 +55,7 @@ pub async fn run<S, A, F>(
                 }
             }
             _ = changed.notified() => {}
+            _ = urgent.notified() => now_wanted = true,
             result = shutdown.changed() => {
                 if result.is_err() {
                     return;
@@ -108,6 +117,7 @@ mod tests {
                         state_script.policy.clone(),
                         || *state_script.state.lock().unwrap(),
                         &notify,
+                        &Notify::new(),
                         rx,
                         || {
                             script.attempt();
@@ -160,19 +170,22 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_notification_reschedules_without_an_attempt() {
+    async fn a_new_token_reschedules_without_an_attempt_and_a_new_secret_fetches_at_once() {
         let script = Script::new(Duration::from_secs(3600), vec![]);
         let (tx, rx) = watch::channel(false);
         let notify = Arc::new(Notify::new());
+        let urgent = Arc::new(Notify::new());
         let handle = {
             let script = Arc::clone(&script);
             let notify = Arc::clone(&notify);
+            let urgent = Arc::clone(&urgent);
             tokio::spawn(async move {
                 let state_script = Arc::clone(&script);
                 run(
                     RefreshPolicy::default(),
                     || *state_script.state.lock().unwrap(),
                     &notify,
+                    &urgent,
                     rx,
                     || {
                         script.attempt();
@@ -190,6 +203,10 @@ mod tests {
         notify.notify_one();
         tokio::time::sleep(Duration::from_secs(3000)).await;
         assert_eq!(script.attempts.lock().unwrap().len(), 1);
+        // The secret was replaced: an attempt at once, whatever the schedule says.
+        urgent.notify_one();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(script.attempts.lock().unwrap().len(), 2);
         tx.send(true).unwrap();
         handle.await.unwrap();
     }
