@@ -14,13 +14,26 @@ use crate::entity::EntityId;
 use crate::http::server::ServerLimits;
 use crate::http::{self, AppState};
 use crate::iam::IamClient;
+use crate::iam::client::ClientBuildError;
 use crate::metrics::Metrics;
 use crate::secret::manager::SecretManager;
+use crate::secret::sink::SinkSetupError;
 use crate::secret::{AdminSession, Rotator, SecretCell, SecretRecorder, SecretSink};
 use crate::supervise::supervise;
 use crate::token::broker::Broker;
 use crate::token::policy::RefreshPolicy;
 use crate::token::recorder::TokenRecorder;
+
+/// Why the application could not be built from valid settings.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Client(#[from] ClientBuildError),
+    #[error("entity {0} has no secret sink")]
+    NoSink(EntityId),
+    #[error(transparent)]
+    Sink(#[from] SinkSetupError),
+}
 
 /// A broker ready to run.
 pub struct Application {
@@ -38,7 +51,7 @@ impl Application {
         settings: BrokerSettings,
         listener: TcpListener,
         policy: RefreshPolicy,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, BuildError> {
         let iam = IamClient::new(&settings.iam_url, settings.iam_timeouts)?;
         let metrics = Arc::new(Metrics::new());
         // Each entity's secret lives in a cell the secret module owns; the token path reads it there.
@@ -66,7 +79,7 @@ impl Application {
                 let spec = entity
                     .sink
                     .clone()
-                    .ok_or_else(|| format!("entity {id} has no secret sink"))?;
+                    .ok_or_else(|| BuildError::NoSink(id.clone()))?;
                 let sink = SecretSink::new(spec, rotation.kube.as_ref())?;
                 secret_managers.push(SecretManager::new(
                     id.clone(),

@@ -25,22 +25,18 @@ pub struct EntityId(Arc<str>);
 
 impl EntityId {
     /// Accepts 1..=128 characters from `[A-Za-z0-9._@:-]`.
-    pub fn parse(raw: &str) -> Result<Self, String> {
+    pub fn parse(raw: &str) -> Result<Self, EntityIdError> {
         if raw.is_empty() {
-            return Err("entity id is empty".into());
+            return Err(EntityIdError::Empty);
         }
         if raw.len() > MAX_ENTITY_ID_LEN {
-            return Err(format!(
-                "entity id is longer than {MAX_ENTITY_ID_LEN} characters"
-            ));
+            return Err(EntityIdError::TooLong);
         }
         if let Some(bad) = raw
             .chars()
             .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@' | ':')))
         {
-            return Err(format!(
-                "entity id contains {bad:?}; allowed are letters, digits and . _ - @ :"
-            ));
+            return Err(EntityIdError::Character(bad));
         }
         Ok(Self(Arc::from(raw)))
     }
@@ -48,6 +44,17 @@ impl EntityId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Why a string is not an entity id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EntityIdError {
+    #[error("entity id is empty")]
+    Empty,
+    #[error("entity id is longer than {MAX_ENTITY_ID_LEN} characters")]
+    TooLong,
+    #[error("entity id contains {0:?}; allowed are letters, digits and . _ - @ :")]
+    Character(char),
 }
 
 /// Lets maps keyed by `EntityId` be searched with the `&str` from a request path, without allocating.

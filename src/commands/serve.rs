@@ -10,6 +10,7 @@ use crate::config::{self, BrokerArgs, BrokerSettings, ConfigError, EntitySetting
 use crate::iam::{IamClient, IamTimeouts};
 use crate::telemetry;
 use crate::token::Token;
+use crate::token::fetch::FetchError;
 use crate::token::policy::RefreshPolicy;
 
 pub fn serve_command(args: &ServeArgs) -> ExitCode {
@@ -122,12 +123,14 @@ pub async fn fetch_once(
     iam_url: &str,
     timeouts: IamTimeouts,
     entity: &EntitySettings,
-) -> Result<Token, String> {
+) -> Result<Token, FetchError> {
     let client = IamClient::new(iam_url, timeouts)?;
-    let secret = entity.secret.load().await.map_err(|e| e.to_string())?;
-    let grant = client
-        .entity_token(&entity.id, &secret)
-        .await
-        .map_err(|e| e.to_string())?;
-    Token::from_grant(&entity.id, grant, &RefreshPolicy::default(), 0.5).map_err(|e| e.to_string())
+    let secret = entity.secret.load().await?;
+    let grant = client.entity_token(&entity.id, &secret).await?;
+    Ok(Token::from_grant(
+        &entity.id,
+        grant,
+        &RefreshPolicy::default(),
+        0.5,
+    )?)
 }

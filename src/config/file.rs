@@ -87,18 +87,32 @@ pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
 }
 
 /// Parses TOML text; the error is one line with the line number.
-pub fn parse(text: &str) -> Result<FileConfig, String> {
-    toml::from_str(text).map_err(|e| {
-        let line = e
+pub fn parse(text: &str) -> Result<FileConfig, SyntaxError> {
+    toml::from_str(text).map_err(|e| SyntaxError {
+        line: e
             .span()
-            .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
-        let message = e.message().replace('\n', " ");
-        match line {
-            Some(line) => format!("line {line}: {message}"),
-            None => message,
-        }
+            .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1),
+        message: e.message().replace('\n', " "),
     })
 }
+
+/// What is wrong with the file, on one line, with the line number when the parser knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyntaxError {
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl std::fmt::Display for SyntaxError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "line {line}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for SyntaxError {}
 
 #[cfg(test)]
 mod tests {
@@ -124,17 +138,22 @@ secret_file = "/s/two"
 
     #[test]
     fn errors_are_one_line_with_a_line_number() {
-        let err = parse("environment = \"sandbox\"\nlisten = [\n").unwrap_err();
+        let err = parse("environment = \"sandbox\"\nlisten = [\n")
+            .unwrap_err()
+            .to_string();
         assert!(
             err.starts_with("line 2") || err.starts_with("line 3"),
             "{err}"
         );
         assert!(!err.contains('\n'));
-        let err = parse("environmnet = \"sandbox\"\n").unwrap_err();
+        let err = parse("environmnet = \"sandbox\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown field"), "{err}");
         assert!(
             parse("[[entities]]\nid = \"X\"\n")
                 .unwrap_err()
+                .message
                 .contains("secret_file")
         );
     }

@@ -40,10 +40,11 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    pub fn new(setting: impl Into<String>, reason: impl Into<String>) -> Self {
+    /// `reason` is any error or message; it is displayed on the same line.
+    pub fn new(setting: impl Into<String>, reason: impl fmt::Display) -> Self {
         Self {
             setting: setting.into(),
-            reason: reason.into(),
+            reason: reason.to_string(),
         }
     }
 }

@@ -60,6 +60,11 @@ pub struct SecretGrant {
     pub txn_id: Option<String>,
 }
 
+/// The HTTP client could not be built (no TLS roots, a bad proxy variable).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("cannot build the HTTP client: {0}")]
+pub struct ClientBuildError(String);
+
 /// The IAM client. Cheap to clone.
 #[derive(Clone)]
 pub struct IamClient {
@@ -69,7 +74,7 @@ pub struct IamClient {
 
 impl IamClient {
     /// `base` is the IAM base URL (e.g. `https://api.sandbox.sahamati.org.in/iam`); endpoints are `{base}/v1/…`.
-    pub fn new(base: &str, timeouts: IamTimeouts) -> Result<Self, String> {
+    pub fn new(base: &str, timeouts: IamTimeouts) -> Result<Self, ClientBuildError> {
         crate::install_crypto_provider();
         let mut builder = reqwest::Client::builder()
             .connect_timeout(timeouts.connect)
@@ -84,7 +89,7 @@ impl IamClient {
         }
         let http = builder
             .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+            .map_err(|e| ClientBuildError(e.to_string()))?;
         Ok(Self {
             http,
             base: base.trim_end_matches('/').to_string(),

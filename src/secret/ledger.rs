@@ -44,7 +44,7 @@ impl ResetLedger {
 
     /// When the last reset was recorded; `None` when never. A record that does not parse counts from the
     /// file's modification time, so damage to it cannot lift the bound.
-    pub fn last_reset(&self) -> Result<Option<SystemTime>, String> {
+    pub fn last_reset(&self) -> Result<Option<SystemTime>, LedgerError> {
         match std::fs::read_to_string(&self.path) {
             Ok(text) => match text.trim().parse::<u64>() {
                 Ok(secs) => Ok(UNIX_EPOCH.checked_add(Duration::from_secs(secs))),
@@ -59,18 +59,33 @@ impl ResetLedger {
     }
 
     /// Records a reset at `at`, atomically. Creates the directory if needed.
-    pub fn record(&self, at: SystemTime) -> Result<(), String> {
+    pub fn record(&self, at: SystemTime) -> Result<(), LedgerError> {
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| self.describe(&e))?;
         }
         let secs = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        write_atomically(&self.path, &SecretString::from(secs.to_string()))
-            .map_err(|e| e.to_string())
+        write_atomically(&self.path, &SecretString::from(secs.to_string())).map_err(|e| {
+            LedgerError {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            }
+        })
     }
 
-    fn describe(&self, e: &std::io::Error) -> String {
-        format!("reset record {}: {e}", self.path.display())
+    fn describe(&self, e: &std::io::Error) -> LedgerError {
+        LedgerError {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        }
     }
+}
+
+/// The reset record cannot be read or written.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("reset record {path}: {reason}")]
+pub struct LedgerError {
+    pub path: PathBuf,
+    pub reason: String,
 }
 
 #[cfg(test)]

@@ -26,8 +26,21 @@ pub fn lock_path(secret_file: &Path) -> PathBuf {
     secret_file.with_file_name(format!(".{name}.lock"))
 }
 
+/// Why the lock was not taken.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LockError {
+    #[error("cannot open the lock file {path}: {reason}")]
+    Open { path: PathBuf, reason: String },
+    #[error("another process held {path} for over {}s", .waited.as_secs())]
+    Busy { path: PathBuf, waited: Duration },
+    #[error("cannot lock {path}: {reason}")]
+    Lock { path: PathBuf, reason: String },
+    #[error("lock task failed: {0}")]
+    Task(String),
+}
+
 /// Takes the lock, waiting up to `wait`.
-pub async fn acquire(secret_file: &Path, wait: Duration) -> Result<SecretFileLock, String> {
+pub async fn acquire(secret_file: &Path, wait: Duration) -> Result<SecretFileLock, LockError> {
     let path = lock_path(secret_file);
     tokio::task::spawn_blocking(move || {
         let file = OpenOptions::new()
@@ -37,7 +50,10 @@ pub async fn acquire(secret_file: &Path, wait: Duration) -> Result<SecretFileLoc
             .mode(0o600)
             .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(&path)
-            .map_err(|e| format!("cannot open the lock file {}: {e}", path.display()))?;
+            .map_err(|e| LockError::Open {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
         let deadline = Instant::now() + wait;
         loop {
             match file.try_lock() {
@@ -46,20 +62,19 @@ pub async fn acquire(secret_file: &Path, wait: Duration) -> Result<SecretFileLoc
                     std::thread::sleep(Duration::from_millis(50));
                 }
                 Err(std::fs::TryLockError::WouldBlock) => {
-                    return Err(format!(
-                        "another process held {} for over {}s",
-                        path.display(),
-                        wait.as_secs()
-                    ));
+                    return Err(LockError::Busy { path, waited: wait });
                 }
                 Err(std::fs::TryLockError::Error(e)) => {
-                    return Err(format!("cannot lock {}: {e}", path.display()));
+                    return Err(LockError::Lock {
+                        path,
+                        reason: e.to_string(),
+                    });
                 }
             }
         }
     })
     .await
-    .map_err(|e| format!("lock task failed: {e}"))?
+    .map_err(|e| LockError::Task(e.to_string()))?
 }
 
 #[cfg(test)]
@@ -86,7 +101,8 @@ mod tests {
         let error = acquire(&dir.path().join("secret"), Duration::from_millis(100))
             .await
             .err()
-            .unwrap();
+            .unwrap()
+            .to_string();
         assert!(error.contains("lock file"), "{error}");
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
     }

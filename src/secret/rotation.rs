@@ -21,7 +21,8 @@ use std::time::{Duration, SystemTime};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::admin::{AdminError, AdminSession};
-use super::ledger::ResetLedger;
+use super::ledger::{LedgerError, ResetLedger};
+use super::lock::LockError;
 use super::policy::{Expiry, ExpirySource, check_expiry, reset_wait};
 use super::sink::{SecretSink, SinkError};
 use crate::entity::{EntityId, fingerprint};
@@ -69,8 +70,8 @@ pub enum RotationError {
     },
     #[error("the new secret was stored but minting a token with it failed: {0}")]
     Verify(IamError),
-    #[error("{0}")]
-    Lock(String),
+    #[error(transparent)]
+    Lock(#[from] LockError),
     #[error("no reset for another {}s: at most one per {}s (the last was recorded in {})", .retry_in.as_secs(), .interval.as_secs(), .ledger.display())]
     Deferred {
         retry_in: Duration,
@@ -78,7 +79,7 @@ pub enum RotationError {
         ledger: PathBuf,
     },
     #[error("the reset cannot be recorded, so it is not made: {0}")]
-    Ledger(String),
+    Ledger(#[from] LedgerError),
 }
 
 impl RotationError {

@@ -25,6 +25,7 @@ use super::slot::Slot;
 use super::status::TokenError;
 use super::{Token, TokenRejected};
 use crate::entity::{EntityId, SecretError, fingerprint};
+use crate::iam::client::ClientBuildError;
 use crate::iam::{IamClient, IamError};
 use crate::secret::SecretEvent;
 
@@ -40,6 +41,8 @@ pub enum FetchError {
     Rejected(#[from] TokenRejected),
     #[error("IAM returned the token already held; treated as not refreshed")]
     SameToken,
+    #[error(transparent)]
+    Client(#[from] ClientBuildError),
     #[error("fetch task ended abnormally: {0}")]
     Internal(String),
 }
@@ -52,6 +55,7 @@ impl FetchError {
             FetchError::Iam(e) => e.kind(),
             FetchError::Rejected(_) => "rejected_token",
             FetchError::SameToken => "same_token",
+            FetchError::Client(_) => "client",
             FetchError::Internal(_) => "internal",
         }
     }
