@@ -7,7 +7,11 @@
 //! `cargo test --test soak` runs 75 s (CI), long enough for every kind of fault once. A long run: `AA_SOAK_SECONDS=1800 AA_SOAK_SEED=7 cargo test
 //! --release --test soak -- --nocapture`.
 
-mod common;
+// The soak runs apart (its load would distort the timing of the other tests) and uses a part of the
+// helpers, so the rest of them are unused here.
+#[allow(dead_code)]
+#[path = "integration/helpers/mod.rs"]
+mod helpers;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,8 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aa_token_broker::simulator::FaultKind;
-use common::process::*;
-use common::*;
+use helpers::process::*;
+use helpers::*;
 
 const LIFETIME_SECS: u64 = 6;
 /// A token is handed out until `exp - margin` (1.5 s for 6 s tokens); `exp` is in whole seconds.
@@ -123,8 +127,7 @@ async fn soak_under_seeded_faults() {
                     // What had been served before this request left: a 503 only counts against the broker
                     // if a token it had already handed out was still inside its window.
                     let valid_before = *tally.newest_exp.lock().unwrap();
-                    let Ok(response) = client.get(&url).header("Metadata", "true").send().await
-                    else {
+                    let Ok(response) = client.get(&url).guarded().send().await else {
                         tally.other.fetch_add(1, Ordering::Relaxed);
                         continue;
                     };
@@ -259,7 +262,7 @@ async fn soak_under_seeded_faults() {
         let calm = Instant::now();
         while client
             .get(format!("{base}/v1/token"))
-            .header("Metadata", "true")
+            .guarded()
             .send()
             .await
             .map(|r| r.status().as_u16())

@@ -1,8 +1,7 @@
 //! Test helpers: a simulator on a loopback port, a broker on another, and request helpers, so that each
 //! test reads as a short story about what a user would see.
 
-#![allow(dead_code)]
-
+pub mod kube;
 pub mod process;
 
 use std::net::SocketAddr;
@@ -18,7 +17,6 @@ use aa_token_broker::http::server::ServerLimits;
 use aa_token_broker::iam::{Endpoint, IamTimeouts};
 use aa_token_broker::secret::{RotationSettings, SinkSpec};
 use aa_token_broker::simulator::{SimSettings, Simulator};
-use aa_token_broker::token::broker::Broker;
 use aa_token_broker::token::policy::RefreshPolicy;
 use secrecy::SecretString;
 use tokio::net::TcpListener;
@@ -54,7 +52,6 @@ impl Iam {
 /// A broker serving on a loopback port, stopped on drop of its shutdown sender.
 pub struct TestBroker {
     pub addr: SocketAddr,
-    pub broker: Broker,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<()>>,
     http: reqwest::Client,
@@ -150,14 +147,12 @@ impl TestBroker {
         let app = Application::build(settings(iam_url, options), listener, policy)
             .expect("broker builds");
         let addr = app.local_addr().unwrap();
-        let broker = app.broker().clone();
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(app.run_until(async {
             let _ = rx.await;
         }));
         TestBroker {
             addr,
-            broker,
             shutdown: Some(tx),
             handle: Some(handle),
             http: http_client(),
@@ -172,7 +167,7 @@ impl TestBroker {
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.http
             .get(self.url(path))
-            .header("Metadata", "true")
+            .guarded()
             .send()
             .await
             .expect("broker answers")
@@ -182,7 +177,7 @@ impl TestBroker {
     pub async fn post(&self, path: &str) -> reqwest::Response {
         self.http
             .post(self.url(path))
-            .header("Metadata", "true")
+            .guarded()
             .send()
             .await
             .expect("broker answers")
@@ -285,4 +280,39 @@ pub fn kubernetes_volume(dir: &Path, version: &str, secret: &str) -> PathBuf {
         std::os::unix::fs::symlink("..data/secret", &link).unwrap();
     }
     link
+}
+
+/// Waits until `check` holds, polling every 25 ms; fails the test after `within`.
+pub async fn eventually(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
+    eventually_some(what, within, async || check().await.then_some(())).await
+}
+
+/// Waits until `check` gives a value and returns it; fails the test after `within`.
+pub async fn eventually_some<T>(
+    what: &str,
+    within: Duration,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A request as a sibling container sends it to the token routes: with `Metadata: true`.
+pub trait Guarded {
+    fn guarded(self) -> Self;
+}
+
+impl Guarded for reqwest::RequestBuilder {
+    fn guarded(self) -> Self {
+        self.header("Metadata", "true")
+    }
 }

@@ -2,17 +2,15 @@
 //! failed or slow request, an outage is ridden out and then reported honestly, malformed answers change
 //! nothing, and a rotated secret file is picked up.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::helpers::*;
 use aa_token_broker::entity::SecretSource;
 use aa_token_broker::iam::{Endpoint, IamTimeouts};
 use aa_token_broker::simulator::FaultKind;
 use aa_token_broker::token::policy::RefreshPolicy;
-use common::*;
 
 /// What a fleet of clients saw while they hammered the broker.
 #[derive(Default)]
@@ -42,12 +40,7 @@ fn hammer(
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
                     let started = Instant::now();
-                    let response = client
-                        .get(&url)
-                        .header("Metadata", "true")
-                        .send()
-                        .await
-                        .unwrap();
+                    let response = client.get(&url).guarded().send().await.unwrap();
                     let took = started.elapsed().as_micros() as u64;
                     seen.slowest_micros.fetch_max(took, Ordering::Relaxed);
                     match response.status().as_u16() {

@@ -3,13 +3,13 @@
 //! `Retry-After`, clients that never read, DNS rebinding, echoed secrets. Each test is one finding of the
 //! review that asked for these guarantees, reproduced against the simulator over loopback.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::helpers::process::*;
+use crate::helpers::*;
 use aa_token_broker::entity::{EntityId, SecretSource};
 use aa_token_broker::http::server::ServerLimits;
 use aa_token_broker::iam::{Endpoint, IamClient, IamTimeouts};
@@ -20,8 +20,6 @@ use aa_token_broker::secret::{
 };
 use aa_token_broker::simulator::{EpochUnit, FaultKind};
 use aa_token_broker::token::policy::RefreshPolicy;
-use common::process::*;
-use common::*;
 use serde_json::{Map, Value, json};
 
 const ADMIN: &str = "ops@fiu.example";
@@ -63,14 +61,6 @@ fn patch(body: Value, claims: Value) -> FaultKind {
     FaultKind::Patch {
         body: object(body),
         claims: object(claims),
-    }
-}
-
-async fn eventually(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -231,7 +221,7 @@ async fn the_values_that_aborted_the_process_are_served_safely_by_the_binary() {
                     },
                     url,
                 )
-                .header("Metadata", "true")
+                .guarded()
                 .send()
                 .await
                 .expect("the broker is alive");

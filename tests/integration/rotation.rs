@@ -2,23 +2,19 @@
 //! file, a failing sink that loses nothing, recovery by read-back without a reset, the grace period, and
 //! the Kubernetes Secret sink against a stand-in API server that checks what it receives.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::helpers::kube::*;
+use crate::helpers::process::*;
+use crate::helpers::*;
 use aa_token_broker::entity::{EntityId, SecretSource};
 use aa_token_broker::iam::{Endpoint, IamClient, IamTimeouts};
 use aa_token_broker::secret::policy::DEFAULT_MIN_RESET_INTERVAL;
 use aa_token_broker::secret::{AdminCredentials, RotationSettings, SinkSpec};
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::IntoResponse;
 use base64::Engine;
-use common::process::*;
-use common::*;
 use secrecy::SecretString;
 
 const ADMIN: &str = "ops@fiu.example";
@@ -52,14 +48,6 @@ fn rotation(check_interval: Duration) -> RotationSettings {
     }
 }
 
-async fn wait_for(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 fn file_secret(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap().trim().to_string()
 }
@@ -74,7 +62,7 @@ async fn a_secret_near_expiry_is_rotated_persisted_and_used() {
     options.rotation = Some(rotation(Duration::from_secs(3600)));
     let broker = TestBroker::start(&iam.url, options).await;
 
-    wait_for("the rotation", Duration::from_secs(10), || {
+    eventually("the rotation", Duration::from_secs(10), async || {
         file_secret(&path) != SECRET
     })
     .await;
@@ -140,7 +128,7 @@ async fn two_brokers_on_one_secret_file_reset_once() {
         TestBroker::start(&iam.url, options)
     };
     let (first, second) = tokio::join!(start(&path), start(&path));
-    wait_for("the rotation", Duration::from_secs(15), || {
+    eventually("the rotation", Duration::from_secs(15), async || {
         file_secret(&path) != SECRET
     })
     .await;
@@ -180,21 +168,17 @@ async fn a_failing_sink_loses_nothing_and_is_retried_until_it_works() {
     )));
     let broker = TestBroker::start(&iam.url, options).await;
 
-    wait_for("the reset", Duration::from_secs(10), || {
+    eventually("the reset", Duration::from_secs(10), async || {
         iam.sim.calls(Endpoint::SecretReset) == 1
     })
     .await;
     let new_secret = iam.sim.current_secret(ENTITY).unwrap();
     // Not stored: not ready, with the reason; but tokens still come, minted with the in-memory secret.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let detail = loop {
+    let detail = eventually_some("not-ready", Duration::from_secs(5), async || {
         let (status, body) = broker.readyz().await;
-        if status == 503 {
-            break body["entities"][ENTITY].clone();
-        }
-        assert!(Instant::now() < deadline, "never reported not-ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        (status == 503).then(|| body["entities"][ENTITY].clone())
+    })
+    .await;
     assert!(
         detail["secretAlert"]
             .as_str()
@@ -218,7 +202,7 @@ async fn a_failing_sink_loses_nothing_and_is_retried_until_it_works() {
 
     // The sink comes back: the retry stores the very secret the IAM issued, and the entity is ready.
     std::fs::write(&gate, "").unwrap();
-    wait_for("the retried persist", Duration::from_secs(20), || {
+    eventually("the retried persist", Duration::from_secs(20), async || {
         stored.exists()
     })
     .await;
@@ -264,114 +248,22 @@ async fn the_grace_period_warning_means_rotate_now() {
     let mut options = BrokerOptions::one(SecretSource::File(path.clone()));
     options.rotation = Some(rotation(Duration::from_secs(3600)));
     let broker = TestBroker::start(&iam.url, options).await;
-    wait_for("the rotation", Duration::from_secs(10), || {
+    eventually("the rotation", Duration::from_secs(10), async || {
         file_secret(&path) != SECRET
     })
     .await;
     assert_eq!(iam.sim.calls(Endpoint::SecretReset), 1);
     // The token minted after the switch carries no warning.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (_, body) = broker.readyz().await;
-        if body["entities"][ENTITY]["secretInGrace"] == false && body["ready"] == true {
-            break;
-        }
-        assert!(Instant::now() < deadline, "still in grace: {body}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "a ready entity out of grace",
+        Duration::from_secs(5),
+        async || {
+            let (_, body) = broker.readyz().await;
+            body["entities"][ENTITY]["secretInGrace"] == false && body["ready"] == true
+        },
+    )
+    .await;
     broker.stop().await;
-}
-
-/// A stand-in for the Kubernetes API server's Secret endpoints. It checks every request the way the real
-/// one would (path, method, content type, bearer token, resourceVersion) and can play a concurrent writer.
-#[derive(Default)]
-struct FakeApiServer {
-    resource_version: u64,
-    data: serde_json::Map<String, serde_json::Value>,
-    /// Bump the version between the next GET and PATCH, as another writer would.
-    race_next_patch: bool,
-    log: Vec<String>,
-}
-
-type Api = Arc<Mutex<FakeApiServer>>;
-const KUBE_TOKEN: &str = "kube-sa-token";
-
-fn authorized(headers: &HeaderMap) -> bool {
-    headers.get("authorization").and_then(|v| v.to_str().ok())
-        == Some(&format!("Bearer {KUBE_TOKEN}"))
-}
-
-async fn get_secret(State(api): State<Api>, headers: HeaderMap) -> axum::response::Response {
-    let mut api = api.lock().unwrap();
-    api.log.push("GET".into());
-    if !authorized(&headers) {
-        return StatusCode::UNAUTHORIZED.into_response();
-    }
-    if api.race_next_patch {
-        api.race_next_patch = false;
-        api.resource_version += 1;
-        api.data.insert(
-            "secret".into(),
-            base64::engine::general_purpose::STANDARD
-                .encode("written-by-someone-else")
-                .into(),
-        );
-        // The version this GET returns is already stale.
-        let body = serde_json::json!({
-            "kind": "Secret", "apiVersion": "v1",
-            "metadata": { "name": "broker", "namespace": "aa", "resourceVersion": (api.resource_version - 1).to_string() },
-            "data": api.data,
-        });
-        return axum::Json(body).into_response();
-    }
-    let body = serde_json::json!({
-        "kind": "Secret", "apiVersion": "v1",
-        "metadata": { "name": "broker", "namespace": "aa", "resourceVersion": api.resource_version.to_string() },
-        "data": api.data,
-    });
-    axum::Json(body).into_response()
-}
-
-async fn patch_secret(
-    State(api): State<Api>,
-    headers: HeaderMap,
-    body: String,
-) -> axum::response::Response {
-    let mut api = api.lock().unwrap();
-    api.log.push("PATCH".into());
-    if !authorized(&headers) {
-        return StatusCode::UNAUTHORIZED.into_response();
-    }
-    if headers.get("content-type").and_then(|v| v.to_str().ok())
-        != Some("application/merge-patch+json")
-    {
-        return StatusCode::UNSUPPORTED_MEDIA_TYPE.into_response();
-    }
-    let patch: serde_json::Value = serde_json::from_str(&body).unwrap();
-    if patch["metadata"]["resourceVersion"].as_str() != Some(&api.resource_version.to_string()) {
-        api.log.push("409".into());
-        let status = serde_json::json!({ "kind": "Status", "status": "Failure", "reason": "Conflict", "code": 409,
-            "message": "Operation cannot be fulfilled on secrets \"broker\": the object has been modified" });
-        return (StatusCode::CONFLICT, axum::Json(status)).into_response();
-    }
-    for (key, value) in patch["data"].as_object().unwrap() {
-        api.data.insert(key.clone(), value.clone());
-    }
-    api.resource_version += 1;
-    (StatusCode::OK, "{}").into_response()
-}
-
-async fn start_api_server(api: Api) -> String {
-    let router = axum::Router::new()
-        .route(
-            "/api/v1/namespaces/aa/secrets/broker",
-            axum::routing::get(get_secret).patch(patch_secret),
-        )
-        .with_state(api);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    format!("http://{addr}")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -570,7 +462,7 @@ async fn serve_rotates_and_its_log_holds_no_secret_or_password() {
     })
     .await
     .unwrap();
-    wait_for("the rotation", Duration::from_secs(15), || {
+    eventually("the rotation", Duration::from_secs(15), async || {
         file_secret(&secret_file) != SECRET
     })
     .await;
@@ -578,7 +470,7 @@ async fn serve_rotates_and_its_log_holds_no_secret_or_password() {
     let client = http_client();
     let token = client
         .get(format!("http://{}/v1/token", served.addr))
-        .header("Metadata", "true")
+        .guarded()
         .header("Accept", "text/plain")
         .send()
         .await

@@ -1,16 +1,14 @@
 //! The HTTP API as a sibling container sees it: the token's shape, coalescing, forced refresh, several
 //! entities, the caller guard, readiness and metrics.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
+use crate::helpers::*;
 use aa_token_broker::http::GuardSettings;
 use aa_token_broker::simulator::FaultKind;
 use aa_token_broker::simulator::jwt::verify_with_jwks;
 use aa_token_broker::timefmt;
-use common::*;
 
 #[tokio::test]
 async fn serves_a_verifiable_token_in_the_documented_shape() {
@@ -51,7 +49,7 @@ async fn serves_a_verifiable_token_in_the_documented_shape() {
     let plain = broker
         .client()
         .get(broker.url("/v1/token"))
-        .header("Metadata", "true")
+        .guarded()
         .header("Accept", "text/plain")
         .send()
         .await
@@ -85,12 +83,7 @@ async fn a_thousand_concurrent_cold_requests_make_one_upstream_call() {
         let client = broker.client().clone();
         let url = broker.url("/v1/token");
         requests.push(tokio::spawn(async move {
-            let response = client
-                .get(url)
-                .header("Metadata", "true")
-                .send()
-                .await
-                .unwrap();
+            let response = client.get(url).guarded().send().await.unwrap();
             assert_eq!(response.status(), 200);
             let body: serde_json::Value = response.json().await.unwrap();
             body["accessToken"].as_str().unwrap().to_string()
@@ -120,12 +113,7 @@ async fn concurrent_cold_requests_share_one_failure() {
         let client = broker.client().clone();
         let url = broker.url("/v1/token");
         requests.push(tokio::spawn(async move {
-            let response = client
-                .get(url)
-                .header("Metadata", "true")
-                .send()
-                .await
-                .unwrap();
+            let response = client.get(url).guarded().send().await.unwrap();
             let retry_after = response
                 .headers()
                 .get("retry-after")
@@ -176,12 +164,7 @@ async fn forced_refresh_gets_a_new_token_and_is_rate_limited() {
         let client = broker.client().clone();
         let url = broker.url(&format!("/v1/token/{ENTITY}/refresh"));
         again.push(tokio::spawn(async move {
-            let response = client
-                .post(url)
-                .header("Metadata", "true")
-                .send()
-                .await
-                .unwrap();
+            let response = client.post(url).guarded().send().await.unwrap();
             assert_eq!(response.status(), 200);
             response.json::<serde_json::Value>().await.unwrap()["accessToken"]
                 .as_str()
@@ -219,7 +202,7 @@ async fn the_hot_path_and_the_router_give_the_same_answer() {
     let read = |path: &str, accept: &'static str, body: Option<&'static str>| {
         let mut request = client
             .get(broker.url(path))
-            .header("Metadata", "true")
+            .guarded()
             .header("Accept", accept);
         if let Some(body) = body {
             request = request.body(body);
@@ -262,7 +245,7 @@ async fn the_hot_path_and_the_router_give_the_same_answer() {
     }
     let head = client
         .head(broker.url("/v1/token"))
-        .header("Metadata", "true")
+        .guarded()
         .send()
         .await
         .unwrap();
@@ -353,21 +336,21 @@ async fn the_caller_guard_refuses_what_a_metadata_server_would() {
             "X-Forwarded-For",
             client
                 .get(&url)
-                .header("Metadata", "true")
+                .guarded()
                 .header("X-Forwarded-For", "10.1.2.3"),
         ),
         (
             "Forwarded",
             client
                 .get(&url)
-                .header("Metadata", "true")
+                .guarded()
                 .header("Forwarded", "for=10.1.2.3"),
         ),
         (
             "rebinding Host",
             client
                 .get(&url)
-                .header("Metadata", "true")
+                .guarded()
                 .header("Host", "attacker.example:7373"),
         ),
         (
@@ -386,7 +369,7 @@ async fn the_caller_guard_refuses_what_a_metadata_server_would() {
     // `localhost` and loopback literals are fine; health, readiness and metrics need no header.
     let ok = client
         .get(&url)
-        .header("Metadata", "true")
+        .guarded()
         .header("Host", "localhost:7373")
         .send()
         .await
@@ -484,7 +467,7 @@ async fn unknown_routes_and_methods_get_json_errors() {
     let wrong = broker
         .client()
         .delete(broker.url("/v1/token"))
-        .header("Metadata", "true")
+        .guarded()
         .send()
         .await
         .unwrap();
@@ -492,7 +475,7 @@ async fn unknown_routes_and_methods_get_json_errors() {
     let oversized = broker
         .client()
         .post(broker.url("/v1/token/refresh"))
-        .header("Metadata", "true")
+        .guarded()
         .body(vec![b'x'; 64 * 1024])
         .send()
         .await
@@ -524,7 +507,7 @@ async fn a_caller_that_hangs_up_does_not_strand_the_others() {
     let url = broker.url("/v1/token");
     let gave_up = tokio::spawn({
         let url = url.clone();
-        async move { impatient.get(url).header("Metadata", "true").send().await }
+        async move { impatient.get(url).guarded().send().await }
     });
     tokio::time::sleep(Duration::from_millis(50)).await;
     let patient = broker.get("/v1/token").await;

@@ -2,15 +2,13 @@
 //! the error envelope, and the simulator's own contract (JWKS, expiry and grace, reset semantics, faults,
 //! control API).
 
-mod common;
-
 use std::time::{Duration, SystemTime};
 
+use crate::helpers::*;
 use aa_token_broker::entity::EntityId;
 use aa_token_broker::iam::{Endpoint, IamClient, IamError, IamTimeouts};
 use aa_token_broker::simulator::jwt::verify_with_jwks;
 use aa_token_broker::simulator::{FaultKind, ResetMode};
-use common::*;
 use secrecy::{ExposeSecret, SecretString};
 
 const ADMIN: &str = "ops@fiu.example";

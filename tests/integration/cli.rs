@@ -1,14 +1,12 @@
 //! The binary as an operator runs it: configuration mistakes exit 2 with one line, `token` prints a token,
 //! `serve` logs nothing secret and drains on SIGTERM, and a TOML file can list several entities.
 
-mod common;
-
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::helpers::process::*;
+use crate::helpers::*;
 use aa_token_broker::simulator::FaultKind;
-use common::process::*;
-use common::*;
 
 fn assert_config_error(args: &[&str], env: &[(&str, &str)], names: &str) {
     let (code, stdout, stderr) = run(args, env);
@@ -313,23 +311,24 @@ async fn serve_logs_nothing_secret_and_drains_on_sigterm() {
         let client = http_client();
         let base = format!("http://{}", served.addr);
         // The first fetch may have hit the injected 401; wait for a token.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let token = loop {
-            let response = client
-                .get(format!("{base}/v1/token"))
-                .header("Metadata", "true")
-                .send()
-                .await
-                .unwrap();
-            if response.status() == 200 {
-                break response.json::<serde_json::Value>().await.unwrap()["accessToken"]
-                    .as_str()
-                    .unwrap()
-                    .to_string();
-            }
-            assert!(Instant::now() < deadline, "no token from the child broker");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
+        let token = eventually_some(
+            "a token from the child broker",
+            Duration::from_secs(10),
+            async || {
+                let response = client
+                    .get(format!("{base}/v1/token"))
+                    .guarded()
+                    .send()
+                    .await
+                    .unwrap();
+                if response.status() != 200 {
+                    return None;
+                }
+                let body: serde_json::Value = response.json().await.unwrap();
+                body["accessToken"].as_str().map(str::to_string)
+            },
+        )
+        .await;
         // Read only so that whatever /metrics logs is in the output searched below.
         let _ = client
             .get(format!("{base}/metrics"))
@@ -349,7 +348,7 @@ async fn serve_logs_nothing_secret_and_drains_on_sigterm() {
             tokio::spawn(async move {
                 client
                     .post(format!("{base}/v1/token/{ENTITY}/refresh"))
-                    .header("Metadata", "true")
+                    .guarded()
                     .send()
                     .await
             })
@@ -415,21 +414,18 @@ async fn a_config_file_can_list_several_entities() {
         .unwrap();
     let client = http_client();
     let base = format!("http://{}", served.addr);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while client
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        != 200
-    {
-        assert!(Instant::now() < deadline, "not ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "the child broker ready",
+        Duration::from_secs(10),
+        async || {
+            let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
+            ready.status() == 200
+        },
+    )
+    .await;
     let ambiguous = client
         .get(format!("{base}/v1/token"))
-        .header("Metadata", "true")
+        .guarded()
         .send()
         .await
         .unwrap();
@@ -437,7 +433,7 @@ async fn a_config_file_can_list_several_entities() {
     for id in [ENTITY, "FIU-OTHER"] {
         let body: serde_json::Value = client
             .get(format!("{base}/v1/token/{id}"))
-            .header("Metadata", "true")
+            .guarded()
             .send()
             .await
             .unwrap()
@@ -546,7 +542,7 @@ async fn healthcheck_probes_and_the_admin_listener() {
     assert!(metrics.contains("aa_broker_token_valid"));
     let token = client
         .get(format!("http://{admin}/v1/token"))
-        .header("Metadata", "true")
+        .guarded()
         .send()
         .await
         .unwrap();

@@ -2,12 +2,10 @@
 //! cap, unknown methods and paths, path tricks, huge entity ids, forced-refresh storms. Each gets a bounded,
 //! correct answer, and the broker keeps serving everyone else meanwhile.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
+use crate::helpers::*;
 use aa_token_broker::http::server::ServerLimits;
-use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -125,7 +123,7 @@ async fn a_slowloris_is_cut_off_and_idle_connections_cannot_pin_the_cap() {
     let ready = Instant::now();
     while client
         .get(&url)
-        .header("Metadata", "true")
+        .guarded()
         .send()
         .await
         .map(|r| r.status().as_u16())
@@ -191,7 +189,7 @@ async fn a_forced_refresh_storm_makes_at_most_one_call_per_window() {
         storm.push(tokio::spawn(async move {
             client
                 .post(url)
-                .header("Metadata", "true")
+                .guarded()
                 .send()
                 .await
                 .unwrap()

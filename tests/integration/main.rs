@@ -1,0 +1,14 @@
+//! The integration tests: one binary, one module per part of the broker, all talking to the real
+//! broker and the IAM simulator over loopback (and to the real binary where a process matters). The
+//! soak runs apart, in `tests/soak.rs`.
+
+mod helpers;
+
+mod api;
+mod cli;
+mod hostile;
+mod hostile_iam;
+mod iam_client;
+mod inject;
+mod resilience;
+mod rotation;
