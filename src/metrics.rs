@@ -5,6 +5,8 @@
 //! so they can never drift from what `/readyz` reports. Labels are configured entity ids and fixed words:
 //! nothing a client sends becomes a label, and no secret or token ever does.
 
+pub mod inbound;
+
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
 
@@ -81,6 +83,7 @@ pub struct Metrics {
     secret_alert: Family<EntityLabels, Gauge>,
     rotations: Family<OutcomeLabels, Counter>,
     last_rotation: Family<EntityLabels, FloatGauge>,
+    inbound: inbound::InboundMetrics,
 }
 
 impl Default for Metrics {
@@ -117,6 +120,7 @@ impl Metrics {
             secret_alert: Family::default(),
             rotations: Family::default(),
             last_rotation: Family::default(),
+            inbound: inbound::InboundMetrics::default(),
             registry,
         };
         let mut m = m;
@@ -206,6 +210,7 @@ impl Metrics {
             "When the last successful rotation finished, Unix seconds",
             m.last_rotation.clone(),
         );
+        m.inbound.register(&mut m.registry);
         m
     }
 

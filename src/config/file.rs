@@ -43,6 +43,11 @@ pub struct FileConfig {
     pub rotate_before_days: Option<f64>,
     pub secret_expiry_days: Option<u32>,
     pub secret_check_interval: Option<f64>,
+    pub verify_listen: Option<String>,
+    pub verify_issuers: Option<Vec<String>>,
+    pub jwks_url: Option<String>,
+    pub verify_leeway: Option<f64>,
+    pub jwks_refresh_interval: Option<f64>,
     #[serde(default)]
     pub entities: Vec<FileEntity>,
 }

@@ -328,6 +328,11 @@ impl Verifier {
         }
     }
 
+    /// Records a token refused before it could be looked at (e.g. a header given twice).
+    pub fn record_rejection(&self, rejection: Rejection) {
+        self.recorder.verification(Outcome::Invalid(rejection));
+    }
+
     /// The verification proper: the cache, then parse, issuer, key, signature, claims.
     async fn check(&self, token: &str) -> Result<(Arc<Verified>, bool), Rejection> {
         if token.is_empty() {

@@ -311,6 +311,12 @@ impl Simulator {
         self.shared.key.kid()
     }
 
+    /// Records where the simulator listens (from which the issuer is derived); [`Simulator::serve`] and
+    /// [`Simulator::spawn_local`] do it themselves.
+    pub fn note_listen_addr(&self, addr: std::net::SocketAddr) {
+        self.shared.key.set_listen_addr(addr);
+    }
+
     /// The issuer of the simulator's tokens.
     pub fn issuer(&self) -> String {
         self.shared.key.issuer()
