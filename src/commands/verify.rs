@@ -17,9 +17,11 @@ use crate::telemetry;
 const MAX_STDIN_BYTES: u64 = 64 * 1024;
 
 pub fn run(args: &VerifyTokenArgs) -> ExitCode {
+    // Errors only by default: the outcome is the one line printed at the end (a key set that could not
+    // be fetched is named in it).
     let log = LogArgs {
         log_format: args.log.log_format.clone(),
-        log_level: Some(args.log.log_level.clone().unwrap_or_else(|| "warn".into())),
+        log_level: Some(args.log.log_level.clone().unwrap_or_else(|| "error".into())),
     };
     let log = match log_or_exit(&log) {
         Ok(log) => log,

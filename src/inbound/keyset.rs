@@ -190,7 +190,7 @@ fn strip_leading_zeros(mut bytes: Vec<u8>) -> Vec<u8> {
 pub enum FetchError {
     #[error("timed out")]
     Timeout,
-    #[error("transport error: {0}")]
+    #[error("{0}")]
     Transport(String),
     #[error("HTTP {0}")]
     Status(u16),
@@ -508,11 +508,27 @@ impl KeySource {
 
 fn transport_error(error: reqwest::Error) -> FetchError {
     if error.is_timeout() {
-        FetchError::Timeout
-    } else {
-        // The URL is configured, not secret; the error text carries no credential.
-        FetchError::Transport(error.without_url().to_string())
+        return FetchError::Timeout;
     }
+    // The error and its sources on one line, clipped. The URL is configured, not secret, and reqwest
+    // puts no body in its errors.
+    let mut text = if error.is_connect() {
+        "connection failed".to_string()
+    } else {
+        "transport error".to_string()
+    };
+    let mut source = std::error::Error::source(&error);
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    FetchError::Transport(
+        text.chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .take(200)
+            .collect(),
+    )
 }
 
 #[cfg(test)]
