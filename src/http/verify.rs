@@ -167,18 +167,19 @@ fn expectation_from_query(query: Option<&str>) -> Result<Expectation, String> {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
         .map_err(|_| "the query string is not form-encoded".to_string())?;
     let mut roles: Vec<&str> = Vec::new();
-    let mut entity_id = None;
+    let mut entity_ids: Vec<&str> = Vec::new();
     for (name, value) in &pairs {
         match name.as_str() {
             "role" => roles.push(value),
-            "entityId" => {
-                if entity_id.replace(value.as_str()).is_some() {
-                    return Err("entityId is given twice".into());
-                }
-            }
+            "entityId" => entity_ids.push(value),
             _ => {}
         }
     }
+    let entity_id = match entity_ids.as_slice() {
+        [] => None,
+        [one] => Some(*one),
+        _ => return Err("entityId is given twice".into()),
+    };
     let roles = roles.join(",");
     Expectation::parse(Some(&roles), entity_id).map_err(|e| e.to_string())
 }
