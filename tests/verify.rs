@@ -674,11 +674,20 @@ async fn a_valid_token_of_the_wrong_sender_is_forbidden() {
     for query in [
         format!("?role=AA&entityId={AA}"),
         "?role=FIU,AA".to_string(),
-        "?role=fiu&role=aa".to_string(),
+        "?role=fiu%2Caa".to_string(),
         String::new(),
     ] {
         assert_eq!(broker.get(&query, &header).await.status, 200, "{query}");
     }
+    // A second `role` or `entityId` (a caller's query appended to the proxy's) is refused, not merged.
+    assert_eq!(broker.get("?role=AA&role=FIU", &header).await.status, 400);
+    assert_eq!(
+        broker
+            .get(&format!("?entityId={AA}&entityId={FIP}"), &header)
+            .await
+            .status,
+        400
+    );
     let posted = broker.post(json!({ "token": token, "role": "FIP" })).await;
     assert_eq!(posted.status, 403);
     assert_eq!(posted.body["error"], "wrong_role");
@@ -708,6 +717,67 @@ async fn a_valid_token_of_the_wrong_sender_is_forbidden() {
             .metric("aa_broker_verifications_total{outcome=\"forbidden\",reason=\"wrong_role\"}")
             .await,
         2.0
+    );
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_forms_forward_auth_proxies_send_are_verified_from_the_headers() {
+    let iam = realm().await;
+    let broker = Broker::start_with(&iam, true, |_| {}).await;
+    let verify_addr = broker.verify_addr.expect("verify listener");
+    let token = entity_token(&iam.url, AA, AA_SECRET).await;
+    // nginx `auth_request` keeps the original method: a POST with no body reads the headers.
+    let post = broker
+        .http
+        .post(broker.url("/v1/verify?role=AA"))
+        .header("aa_api_key", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 200);
+    assert_eq!(post.headers()["x-aa-entity-id"], AA);
+    let post = broker
+        .http
+        .post(broker.url("/v1/verify?role=FIU"))
+        .header("aa_api_key", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 403);
+    // Envoy `ext_authz` (HTTP service) sends its path prefix and the original path and query, with the
+    // original method and Host. The original query is the caller's: it sets no expectation.
+    for method in [
+        reqwest::Method::POST,
+        reqwest::Method::GET,
+        reqwest::Method::PUT,
+    ] {
+        let response = broker
+            .http
+            .request(
+                method.clone(),
+                format!("http://{verify_addr}/v1/verify/FI/Notification?role=FIU&entityId=FIU-X"),
+            )
+            .header("Authorization", format!("Bearer {token}"))
+            .header("Host", "fiu.example.in")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{method}");
+        assert_eq!(response.headers()["x-aa-role"], "AA");
+    }
+    let missing = broker
+        .http
+        .post(format!(
+            "http://{verify_addr}/v1/verify/Consent/Notification"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 401);
+    assert_eq!(
+        missing.headers()["www-authenticate"],
+        "Bearer error=\"invalid_token\""
     );
     broker.stop().await;
 }

@@ -2,8 +2,13 @@
 //!
 //! - `GET`: the token from `Authorization: Bearer …`, else from `client_api_key`, `fip_api_key` or
 //!   `aa_api_key` (ReBIT v2, spec §3.5), in that order; optional query `role` (`AA`, `FIU`, `FIP`,
-//!   comma-separated) and `entityId` (the expected sender).
-//! - `POST`: `{"token": "...", "role": "AA", "entityId": "..."}`, role and entityId optional.
+//!   comma-separated) and `entityId` (the expected sender), each at most once, so that a proxy that
+//!   appends a caller's query string cannot have a second `role` widen the first.
+//! - `POST`: `{"token": "...", "role": "AA", "entityId": "..."}`, role and entityId optional. A `POST`
+//!   with an empty body is read like a `GET`: nginx's `auth_request` keeps the original method.
+//! - `/v1/verify/{anything}`, any method: the form Envoy's `ext_authz` HTTP service sends (its
+//!   `path_prefix` followed by the original request's path and query). Like `GET`, but the query string
+//!   is the original request's, written by the caller, so it is ignored.
 //! - `200` `{"entityId","role","issuer","expiresAt","expiresIn","claims":{…}}` with `X-AA-Entity-Id` and
 //!   `X-AA-Role`, so a proxy can pass the verified identity upstream; `401 invalid_token` with the reason
 //!   and `WWW-Authenticate: Bearer error="invalid_token"`; `403 wrong_entity` / `wrong_role`; `400
@@ -21,7 +26,7 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
-use axum::routing::get;
+use axum::routing::{any, get};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -32,6 +37,8 @@ use crate::inbound::{Denied, Expectation, Mismatch, Rejection, Verified, Verifie
 
 /// The route.
 pub const VERIFY_PATH: &str = "/v1/verify";
+/// The forward-auth form: anything below the route (Envoy appends the original path).
+pub const VERIFY_SUBPATHS: &str = "/v1/verify/{*original}";
 /// Largest `POST` body: a token (1–2 KiB, at most 8 KiB) in JSON, with room to spare.
 pub const MAX_VERIFY_BODY_BYTES: usize = 16 * 1024;
 /// The verified sender, for the proxy to pass upstream.
@@ -61,6 +68,7 @@ pub fn routes(verifier: Arc<Verifier>, host_rule: Option<GuardSettings>) -> Rout
                 .post(post_verify)
                 .fallback(|| async { method_not_allowed() }),
         )
+        .route(VERIFY_SUBPATHS, any(forward_auth))
         .layer(RequestBodyLimitLayer::new(MAX_VERIFY_BODY_BYTES))
         .with_state(Arc::new(VerifyState {
             verifier,
@@ -87,14 +95,31 @@ async fn get_verify(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> axum::response::Response {
-    if let Some(refused) = host_refused(&state, &headers) {
+    from_headers(&state, &headers, query.as_deref()).await
+}
+
+/// `/v1/verify/{anything}`: the query string belongs to the original request, so no expectation is read.
+async fn forward_auth(
+    State(state): State<Arc<VerifyState>>,
+    headers: HeaderMap,
+) -> axum::response::Response {
+    from_headers(&state, &headers, None).await
+}
+
+/// The token from the headers, the expectation from `query`.
+async fn from_headers(
+    state: &VerifyState,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> axum::response::Response {
+    if let Some(refused) = host_refused(state, headers) {
         return refused;
     }
-    let expect = match expectation_from_query(query.as_deref()) {
+    let expect = match expectation_from_query(query) {
         Ok(expect) => expect,
         Err(message) => return bad_request(message),
     };
-    let token = match token_from_headers(&headers) {
+    let token = match token_from_headers(headers) {
         Ok(token) => token.unwrap_or(""),
         Err(rejection) => {
             state.verifier.record_rejection(rejection);
@@ -118,8 +143,12 @@ struct VerifyRequest {
 async fn post_verify(
     State(state): State<Arc<VerifyState>>,
     headers: HeaderMap,
+    RawQuery(query): RawQuery,
     body: Bytes,
 ) -> axum::response::Response {
+    if body.is_empty() {
+        return from_headers(&state, &headers, query.as_deref()).await;
+    }
     if let Some(refused) = host_refused(&state, &headers) {
         return refused;
     }
@@ -166,22 +195,21 @@ fn host_refused(state: &VerifyState, headers: &HeaderMap) -> Option<axum::respon
 fn expectation_from_query(query: Option<&str>) -> Result<Expectation, String> {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
         .map_err(|_| "the query string is not form-encoded".to_string())?;
-    let mut roles: Vec<&str> = Vec::new();
-    let mut entity_ids: Vec<&str> = Vec::new();
+    let mut role = None;
+    let mut entity_id = None;
     for (name, value) in &pairs {
-        match name.as_str() {
-            "role" => roles.push(value),
-            "entityId" => entity_ids.push(value),
-            _ => {}
+        let slot = match name.as_str() {
+            "role" => &mut role,
+            "entityId" => &mut entity_id,
+            _ => continue,
+        };
+        if slot.replace(value.as_str()).is_some() {
+            return Err(format!(
+                "{name} is given twice (several roles: role=AA,FIU)"
+            ));
         }
     }
-    let entity_id = match entity_ids.as_slice() {
-        [] => None,
-        [one] => Some(*one),
-        _ => return Err("entityId is given twice".into()),
-    };
-    let roles = roles.join(",");
-    Expectation::parse(Some(&roles), entity_id).map_err(|e| e.to_string())
+    Expectation::parse(role, entity_id).map_err(|e| e.to_string())
 }
 
 /// The token of a request: `Authorization: Bearer`, else the first ReBIT header present. `Ok(None)`
@@ -371,10 +399,12 @@ mod tests {
     fn expectations_come_from_the_query() {
         let e = |q: &str| expectation_from_query(Some(q));
         assert_eq!(e("").unwrap(), Expectation::default());
-        let both = e("role=AA&role=fip&entityId=AA-ONE&other=1").unwrap();
+        let both = e("role=AA,fip&entityId=AA-ONE&other=1").unwrap();
         assert_eq!(both.roles.len(), 2);
         assert_eq!(both.entity_id.as_deref(), Some("AA-ONE"));
         assert_eq!(e("role=AA%2CFIU").unwrap().roles.len(), 2);
+        // A second `role` (a caller's query appended by a proxy) would widen the first: refused.
+        assert!(e("role=AA&role=FIU").is_err());
         assert!(e("role=CR").is_err());
         assert!(e("entityId=a&entityId=b").is_err());
         assert!(e("entityId=%2F").is_err());
