@@ -49,7 +49,7 @@ pub fn frontend(state: Arc<AppState>) -> Frontend {
 
 /// What `--verify-listen` serves: the verify routes alone ([`verify::only_router`]), never tokens.
 pub fn verify_frontend(verifier: Arc<Verifier>) -> Frontend {
-    Frontend::router_only(verify::only_router(verifier))
+    Frontend::verify_only(Arc::clone(&verifier), verify::only_router(verifier))
 }
 
 /// What `--admin-listen` serves: the [`admin_router`] alone.

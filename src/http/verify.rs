@@ -59,6 +59,22 @@ pub struct VerifyState {
     pub host_rule: Option<GuardSettings>,
 }
 
+/// The answer to `GET /v1/verify` for a token verified before, or `None` (the router then answers): the
+/// hot path ([`super::hot_path`]) calls it in front of the router, as it does for token reads. It checks
+/// what the handler checks, in the same order, and gives the same bytes.
+pub fn answer_from_cache(
+    state: &VerifyState,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Option<axum::response::Response> {
+    if host_refused(state, headers).is_some() {
+        return None;
+    }
+    let expect = expectation_from_query(query).ok()?;
+    let token = token_from_headers(headers).ok()??;
+    state.verifier.verify_cached(token, &expect).map(answer)
+}
+
 /// The verify routes with their own body limit, ready to merge into a listener's router.
 pub fn routes(verifier: Arc<Verifier>, host_rule: Option<GuardSettings>) -> Router {
     Router::new()
