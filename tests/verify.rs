@@ -309,6 +309,41 @@ async fn a_valid_token_verifies_in_each_header_form_and_by_post() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_token_gets_the_same_answer_from_the_hot_path_as_from_the_router() {
+    let iam = realm().await;
+    let broker = Broker::start(&iam, |_| {}).await;
+    let token = entity_token(&iam.url, FIP, FIP_SECRET).await;
+    // The first sight goes through the router (a cache miss); the second is answered in front of it.
+    let first = broker.get("?role=FIP", &[("fip_api_key", &token)]).await;
+    let second = broker.get("?role=FIP", &[("fip_api_key", &token)]).await;
+    assert_eq!((first.status, second.status), (200, 200));
+    let strip = |mut body: Value| {
+        body.as_object_mut().unwrap().remove("expiresIn");
+        body
+    };
+    assert_eq!(strip(first.body), strip(second.body));
+    for name in [
+        "content-type",
+        "cache-control",
+        "x-aa-entity-id",
+        "x-aa-role",
+    ] {
+        assert_eq!(first.headers.get(name), second.headers.get(name), "{name}");
+    }
+    // The same holds for a refusal from the cache.
+    let wrong = broker.get("?role=AA", &[("fip_api_key", &token)]).await;
+    assert_eq!(wrong.status, 403);
+    assert_eq!(wrong.body["error"], "wrong_role");
+    assert_eq!(
+        broker
+            .metric("aa_broker_verifications_total{outcome=\"valid\",reason=\"cached\"}")
+            .await,
+        1.0
+    );
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_empty_zero_and_tampered_tokens_are_refused_with_the_reason() {
     let iam = realm().await;
     let broker = Broker::start(&iam, |_| {}).await;
@@ -1041,12 +1076,8 @@ fn verify_command(args: &[&str], stdin: &str) -> (i32, String, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
+    // A configuration error exits before reading stdin: the write may then meet a closed pipe.
+    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
     let output = child.wait_with_output().unwrap();
     (
         output.status.code().unwrap_or(-1),

@@ -1,5 +1,5 @@
 //! `verify`: one incoming token, read on stdin, verified like `/v1/verify` does — against the key set
-//! of an allow-listed issuer, fetched once. Prints the token's claims (JSON, one line) and exits 0, or
+//! of the allow-listed issuer it names, fetched once. Prints the token's claims (JSON, one line) and exits 0, or
 //! prints the reason and exits 1; a configuration mistake exits 2. The token is never printed.
 
 use std::io::Read;
@@ -64,10 +64,8 @@ pub fn run(args: &VerifyTokenArgs) -> ExitCode {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    let result = rt.block_on(async {
-        verifier.fetch_keys().await;
-        verifier.verify(token, &expect).await
-    });
+    // No fetch ahead: the first look-up fetches the key set of the token's (allowed) issuer, and only that.
+    let result = rt.block_on(verifier.verify(token, &expect));
     match result {
         Ok(verified) => {
             println!("{}", verified.claims_json);

@@ -417,7 +417,14 @@ impl KeySource {
             Err(error) => {
                 state.history.consecutive_failures =
                     state.history.consecutive_failures.saturating_add(1);
-                tracing::warn!(url = %self.url, trigger = trigger.as_str(), failures = state.history.consecutive_failures, %error, "cannot fetch the realm key set; the keys held (if any) stay in use");
+                let failures = state.history.consecutive_failures;
+                // A key URL that stays down (a retired host on the default allow-list) is reported on
+                // the 1st, 2nd, 4th, 8th… failure, not every minute; `/readyz` and the metrics say it always.
+                if failures.is_power_of_two() {
+                    tracing::warn!(url = %self.url, trigger = trigger.as_str(), failures, %error, "cannot fetch the realm key set; the keys held (if any) stay in use");
+                } else {
+                    tracing::debug!(url = %self.url, trigger = trigger.as_str(), failures, %error, "cannot fetch the realm key set; the keys held (if any) stay in use");
+                }
                 state.last_error = Some(error);
                 Refreshed::Failed
             }
