@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the benchmark (bench/bench.py): installs wrk and nginx-light if missing (and, for a full run, musl-tools
 # and the musl target), raises the file limit for the 1024-connection and 10000-request runs, writes
-# bench/results.json and bench/RESULTS.md.
+# bench/results.json and bench/RESULTS.md; then bench/verify.py adds incoming-token verification to both.
 #   bench/run.sh            the full run (about 20 minutes on 2 cores, including a clean release build)
 #   bench/run.sh --smoke    a few seconds per part; proves the bench works (CI runs this)
 set -euo pipefail
@@ -27,4 +27,5 @@ if [ "${1:-}" != --smoke ]; then
     echo "[bench] no musl target; the shipped build will be skipped" >&2
 fi
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-exec python3 bench/bench.py "$@"
+python3 bench/bench.py "$@"
+exec python3 bench/verify.py "$@"

@@ -15,6 +15,7 @@ use crate::http::server::ServerLimits;
 use crate::http::{self, AppState};
 use crate::iam::IamClient;
 use crate::iam::client::ClientBuildError;
+use crate::inbound::{InboundError, Verifier, VerifyRecorder};
 use crate::metrics::Metrics;
 use crate::secret::manager::SecretManager;
 use crate::secret::sink::SinkSetupError;
@@ -33,6 +34,8 @@ pub enum BuildError {
     NoSink(EntityId),
     #[error(transparent)]
     Sink(#[from] SinkSetupError),
+    #[error(transparent)]
+    Verify(#[from] InboundError),
 }
 
 /// A broker ready to run.
@@ -43,6 +46,8 @@ pub struct Application {
     broker: Broker,
     metrics: Arc<Metrics>,
     secret_managers: Vec<SecretManager>,
+    verifier: Arc<Verifier>,
+    verify_listener: Option<TcpListener>,
 }
 
 impl Application {
@@ -60,6 +65,10 @@ impl Application {
             .iter()
             .map(|e| (e.id.clone(), SecretCell::new(e.secret.clone())))
             .collect();
+        let verifier = Arc::new(Verifier::new(
+            &settings.verify,
+            Arc::clone(&metrics) as Arc<dyn VerifyRecorder>,
+        )?);
         let broker = Broker::new(
             cells.clone(),
             iam.clone(),
@@ -98,7 +107,26 @@ impl Application {
             broker,
             metrics,
             secret_managers,
+            verifier,
+            verify_listener: None,
         })
+    }
+
+    /// Also serves `/v1/verify` (and nothing else) on `listener`.
+    pub fn with_verify_listener(mut self, listener: TcpListener) -> Self {
+        self.verify_listener = Some(listener);
+        self
+    }
+
+    pub fn verify_addr(&self) -> Option<SocketAddr> {
+        self.verify_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
+    /// The verifier of incoming tokens.
+    pub fn verifier(&self) -> &Arc<Verifier> {
+        &self.verifier
     }
 
     /// Also serves the admin surface (`/healthz`, `/readyz`, `/metrics`, no tokens) on `listener`.
@@ -131,9 +159,29 @@ impl Application {
             broker,
             metrics,
             secret_managers,
+            verifier,
+            verify_listener,
         } = self;
         log_start(&settings, listener.local_addr().ok());
         let (stop_tx, stop_rx) = watch::channel(false);
+        let mut key_tasks = verifier.spawn_key_tasks(&stop_rx);
+        // The verify listener stops with the others: `shutdown` is relayed to it.
+        let (verify_down_tx, mut verify_down_rx) = watch::channel(false);
+        let shutdown = async move {
+            shutdown.await;
+            let _ = verify_down_tx.send(true);
+        };
+        let verify_server = verify_listener.map(|listener| {
+            tracing::info!(verify_listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving /v1/verify (and nothing else)");
+            tokio::spawn(http::server::serve(
+                listener,
+                http::verify_frontend(Arc::clone(&verifier)),
+                settings.limits.clone(),
+                async move {
+                    let _ = verify_down_rx.wait_for(|down| *down).await;
+                },
+            ))
+        });
         // Managers subscribe before the refreshers' first fetch, so no event is missed.
         let mut managers = tokio::task::JoinSet::new();
         for manager in secret_managers {
@@ -156,6 +204,7 @@ impl Application {
             broker,
             guard: settings.guard.clone(),
             metrics,
+            verifier: Some(verifier),
         });
         let frontend = http::frontend(Arc::clone(&state));
         match admin_listener {
@@ -192,7 +241,11 @@ impl Application {
                 );
             }
         }
+        if let Some(server) = verify_server {
+            let _ = server.await;
+        }
         let _ = stop_tx.send(true);
+        while key_tasks.join_next().await.is_some() {}
         while refreshers.join_next().await.is_some() {}
         while managers.join_next().await.is_some() {}
         tracing::info!("stopped");

@@ -12,6 +12,7 @@
 //! | [`entity`] | the entity id newtype and the entity secret: where it is read from, how it is fingerprinted |
 //! | [`iam`] | the HTTP client for the four IAM endpoints, their wire formats and their errors |
 //! | [`token`] | the token type, the pure refresh/backoff policy, the moka-backed broker and its background refresher |
+//! | [`inbound`] | verification of the entity tokens on incoming calls: the realm key set, its refetch policy, the checks |
 //! | [`http`] | the local HTTP surface: routes, the caller guard, the accept loop with its limits |
 //! | [`secret`] | the secret's lifecycle: admin login, secret read/reset, rotation, sinks, the lock, the manager task |
 //! | [`metrics`] | the Prometheus registry and every metric the broker exports |
@@ -36,6 +37,7 @@ pub mod config;
 pub mod entity;
 pub mod http;
 pub mod iam;
+pub mod inbound;
 pub mod inject;
 pub mod metrics;
 pub mod secret;

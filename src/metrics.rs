@@ -9,6 +9,8 @@
 //! so they can never drift from what `/readyz` reports. Labels are configured entity ids and fixed words:
 //! nothing a client sends becomes a label, and no secret or token ever does.
 
+pub mod inbound;
+
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
 
@@ -87,6 +89,7 @@ pub struct Metrics {
     admin_logins: Family<LoginLabels, Counter>,
     rotations: Family<OutcomeLabels, Counter>,
     last_rotation: Family<EntityLabels, FloatGauge>,
+    inbound: inbound::InboundMetrics,
 }
 
 impl Default for Metrics {
@@ -125,6 +128,7 @@ impl Metrics {
             admin_logins: Family::default(),
             rotations: Family::default(),
             last_rotation: Family::default(),
+            inbound: inbound::InboundMetrics::default(),
             registry,
         };
         let mut m = m;
@@ -224,6 +228,7 @@ impl Metrics {
             "When the last successful rotation finished, Unix seconds",
             m.last_rotation.clone(),
         );
+        m.inbound.register(&mut m.registry);
         m
     }
 

@@ -48,6 +48,13 @@ pub fn iam_simulator(args: &SimulatorArgs) -> ExitCode {
         Ok(simulator) => simulator,
         Err(e) => return failure(e),
     };
+    if let Some(issuer) = &args.issuer {
+        let issuer = issuer.trim().trim_end_matches('/').to_string();
+        if !(issuer.starts_with("http://") || issuer.starts_with("https://")) {
+            return config_error(&ConfigError::new("--issuer", "must be an http(s) URL"));
+        }
+        simulator.update_realm_settings(|s| s.issuer = Some(issuer));
+    }
     let mut entity_ids = Vec::new();
     for raw in &args.entities {
         let Some((id, secret)) = raw
@@ -89,10 +96,14 @@ pub fn iam_simulator(args: &SimulatorArgs) -> ExitCode {
             Ok(listener) => listener,
             Err(code) => return code,
         };
+        if let Ok(addr) = listener.local_addr() {
+            simulator.note_listen_addr(addr);
+        }
         let addr = listener
             .local_addr()
             .map_or_else(|_| args.listen.to_string(), |a| a.to_string());
         println!("IAM simulator: base URL http://{addr}/iam");
+        println!("  issuer:   {}", simulator.issuer());
         println!("  JWKS:     http://{addr}/auth/realms/sahamati/protocol/openid-connect/certs");
         println!("  control:  http://{addr}/_simulator/stats");
         if args.entities.is_empty() {
@@ -161,6 +172,8 @@ pub fn demo(args: &DemoArgs) -> ExitCode {
             worker_threads: config::DEFAULT_WORKER_THREADS,
             log,
             rotation: None,
+            verify: crate::inbound::VerifySettings::for_iam_url(&iam_url),
+            verify_listen: None,
         };
         let app = match Application::build(settings, listener, RefreshPolicy::default()) {
             Ok(app) => app,
@@ -179,6 +192,9 @@ pub fn demo(args: &DemoArgs) -> ExitCode {
         println!("Try:");
         println!("  curl -s -H 'Metadata: true' http://{addr}/v1/token");
         println!("  curl -s -H 'Metadata: true' -H 'Accept: text/plain' http://{addr}/v1/token");
+        println!(
+            "  curl -s -H \"Authorization: Bearer $(curl -s -H 'Metadata: true' -H 'Accept: text/plain' http://{addr}/v1/token)\" http://{addr}/v1/verify"
+        );
         println!("  curl -s http://{addr}/readyz");
         println!("  curl -s http://{addr}/metrics");
         println!();

@@ -4,13 +4,15 @@
 //! - [`serve`]: `serve` and `token`;
 //! - [`local`]: `iam-simulator` and `demo`;
 //! - [`secret`]: `secret read`, `secret reset` and `rotate`;
-//! - [`healthcheck`]: `healthcheck`, the probe for images without curl.
+//! - [`healthcheck`]: `healthcheck`, the probe for images without curl;
+//! - [`verify`]: `verify`, one incoming token checked from the command line.
 
 pub mod healthcheck;
 pub mod inject;
 pub mod local;
 pub mod secret;
 pub mod serve;
+pub mod verify;
 
 use std::process::ExitCode;
 
@@ -31,6 +33,7 @@ pub fn run(command: Command) -> ExitCode {
         Command::Rotate(args) => secret::rotate(&args),
         Command::Healthcheck(args) => healthcheck::run(&args),
         Command::Inject(args) => inject::run(&args),
+        Command::Verify(args) => verify::run(&args),
     }
 }
 

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use super::{bind, config_error, current_thread_runtime, failure, runtime, shutdown_signal};
 use crate::app::Application;
 use crate::config::admin::env_secrets;
-use crate::config::cli::{AdminArgs, ListenArgs, LogArgs, RotationArgs, ServeArgs, TokenArgs};
+use crate::config::cli::{
+    AdminArgs, ListenArgs, LogArgs, RotationArgs, ServeArgs, TokenArgs, VerifyArgs,
+};
 use crate::config::{self, BrokerArgs, BrokerSettings, ConfigError, EntitySettings};
 use crate::iam::{IamClient, IamTimeouts};
 use crate::telemetry;
@@ -21,6 +23,7 @@ pub fn serve_command(args: &ServeArgs) -> ExitCode {
         log: &args.log,
         admin: &args.admin,
         rotation: &args.rotation,
+        verify: &args.verify,
     };
     match config::broker_settings(broker_args, &env_secrets()) {
         Ok(settings) => serve(settings),
@@ -47,12 +50,22 @@ pub fn serve(settings: BrokerSettings) -> ExitCode {
             },
             None => None,
         };
+        let verify_listener = match settings.verify_listen {
+            Some(addr) => match bind(addr, "--verify-listen (AA_BROKER_VERIFY_LISTEN)").await {
+                Ok(listener) => Some(listener),
+                Err(code) => return code,
+            },
+            None => None,
+        };
         let mut app = match Application::build(settings, listener, RefreshPolicy::default()) {
             Ok(app) => app,
             Err(e) => return failure(e),
         };
         if let Some(admin_listener) = admin_listener {
             app = app.with_admin_listener(admin_listener);
+        }
+        if let Some(verify_listener) = verify_listener {
+            app = app.with_verify_listener(verify_listener);
         }
         app.run_until(shutdown_signal()).await;
         ExitCode::SUCCESS
@@ -72,6 +85,7 @@ pub fn token(args: &TokenArgs) -> ExitCode {
         log: &log,
         admin: &AdminArgs::default(),
         rotation: &RotationArgs::default(),
+        verify: &VerifyArgs::default(),
     };
     let settings = match config::broker_settings(broker_args, &env_secrets()) {
         Ok(settings) => settings,

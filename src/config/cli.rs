@@ -38,6 +38,8 @@ pub enum Command {
     Healthcheck(HealthcheckArgs),
     /// Add the broker as a sidecar to every pod template in Kubernetes manifests (files or stdin, to stdout).
     Inject(InjectArgs),
+    /// Verify an incoming entity token read on stdin: print its claims and exit 0, or the reason and exit 1.
+    Verify(VerifyTokenArgs),
 }
 
 #[derive(Debug, Args)]
@@ -323,6 +325,14 @@ pub struct ListenArgs {
         hide_env = true
     )]
     pub admin_listen: Option<SocketAddr>,
+    /// Also serve /v1/verify (and nothing else: never tokens) on this address, for an ingress proxy in another pod [env: AA_BROKER_VERIFY_LISTEN]
+    #[arg(
+        long,
+        env = "AA_BROKER_VERIFY_LISTEN",
+        value_name = "ADDR",
+        hide_env = true
+    )]
+    pub verify_listen: Option<SocketAddr>,
     /// Seconds to let requests in flight finish on SIGTERM (default 10) [env: AA_BROKER_SHUTDOWN_GRACE]
     #[arg(
         long,
@@ -363,6 +373,9 @@ pub struct ServeArgs {
     pub rotation: RotationArgs,
     #[command(flatten)]
     pub log: LogArgs,
+    /// Boxed: `serve` has the most flags, and the command enum should not grow by all of them.
+    #[command(flatten)]
+    pub verify: Box<VerifyArgs>,
 }
 
 #[derive(Debug, Args)]
@@ -403,6 +416,9 @@ pub struct SimulatorArgs {
     /// What a secret reset does to the old secret: revoke-immediately or grace-period
     #[arg(long, default_value = "revoke-immediately")]
     pub reset_mode: String,
+    /// The tokens' `iss` (default http://LISTEN/auth/realms/sahamati, whatever Host a client uses)
+    #[arg(long, value_name = "URL")]
+    pub issuer: Option<String>,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -462,4 +478,57 @@ pub struct InjectArgs {
     /// Kubernetes version the manifests are for, e.g. 1.28 (for --mode auto)
     #[arg(long, value_name = "VERSION")]
     pub kube_version: Option<String>,
+}
+
+/// How incoming tokens are verified (`/v1/verify` and the `verify` command).
+#[derive(Debug, Args, Default)]
+pub struct VerifyArgs {
+    /// Issuer whose tokens are accepted, exactly as in `iss`; repeatable (default: the IAM's realm, or the named environment's issuers) [env: AA_BROKER_VERIFY_ISSUERS, comma-separated]
+    #[arg(
+        long = "verify-issuer",
+        env = "AA_BROKER_VERIFY_ISSUERS",
+        value_name = "URL",
+        value_delimiter = ',',
+        hide_env = true
+    )]
+    pub verify_issuers: Vec<String>,
+    /// Key set URL for every allowed issuer (default: each issuer's /protocol/openid-connect/certs) [env: AA_BROKER_JWKS_URL]
+    #[arg(long, env = "AA_BROKER_JWKS_URL", value_name = "URL", hide_env = true)]
+    pub jwks_url: Option<String>,
+    /// Clock leeway for exp, nbf and iat, seconds, 0-600 (default 60) [env: AA_BROKER_VERIFY_LEEWAY]
+    #[arg(
+        long,
+        env = "AA_BROKER_VERIFY_LEEWAY",
+        value_name = "SECONDS",
+        hide_env = true
+    )]
+    pub verify_leeway: Option<f64>,
+    /// Seconds between fetches of the key set, 10-86400 (default 300) [env: AA_BROKER_JWKS_REFRESH_INTERVAL]
+    #[arg(
+        long,
+        env = "AA_BROKER_JWKS_REFRESH_INTERVAL",
+        value_name = "SECONDS",
+        hide_env = true
+    )]
+    pub jwks_refresh_interval: Option<f64>,
+}
+
+/// `verify`: one token on stdin.
+#[derive(Debug, Args)]
+pub struct VerifyTokenArgs {
+    #[command(flatten)]
+    pub iam: IamArgs,
+    #[command(flatten)]
+    pub verify: VerifyArgs,
+    /// TOML file with the IAM and verify settings [env: AA_BROKER_CONFIG]
+    #[arg(long, env = "AA_BROKER_CONFIG", value_name = "PATH", hide_env = true)]
+    pub config: Option<PathBuf>,
+    /// Expected role of the sender: AA, FIU or FIP (comma-separated for several)
+    #[arg(long, value_name = "ROLE")]
+    pub role: Option<String>,
+    /// Expected sender entity id (no environment fallback: AA_BROKER_ENTITY_ID is the broker's own id)
+    #[arg(long = "entity-id", value_name = "ID")]
+    pub entity_id: Option<String>,
+    #[command(flatten)]
+    pub log: LogArgs,
 }

@@ -47,6 +47,11 @@ pub struct FileConfig {
     pub secret_check_interval: Option<f64>,
     pub min_reset_interval: Option<f64>,
     pub state_dir: Option<PathBuf>,
+    pub verify_listen: Option<String>,
+    pub verify_issuers: Option<Vec<String>>,
+    pub jwks_url: Option<String>,
+    pub verify_leeway: Option<f64>,
+    pub jwks_refresh_interval: Option<f64>,
     #[serde(default)]
     pub entities: Vec<FileEntity>,
 }

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod cli;
 pub mod file;
+pub mod verify;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -21,8 +22,9 @@ use crate::entity::{EntityId, SecretSource, read_secret_file};
 use crate::http::GuardSettings;
 use crate::http::server::ServerLimits;
 use crate::iam::{IamTimeouts, environment_base_url};
+use crate::inbound::VerifySettings;
 use crate::secret::{RotationSettings, SinkSpec};
-use cli::{AdminArgs, EntityArgs, IamArgs, ListenArgs, LogArgs, RotationArgs};
+use cli::{AdminArgs, EntityArgs, IamArgs, ListenArgs, LogArgs, RotationArgs, VerifyArgs};
 
 /// The environment variable that may hold an entity secret when no secret file is given.
 pub const ENV_ENTITY_SECRET: &str = "AA_BROKER_ENTITY_SECRET";
@@ -101,6 +103,10 @@ pub struct BrokerSettings {
     pub log: LogSettings,
     /// Automatic rotation, when admin credentials are configured.
     pub rotation: Option<RotationSettings>,
+    /// Verification of incoming tokens (`/v1/verify`).
+    pub verify: VerifySettings,
+    /// A third address serving only `/v1/verify`.
+    pub verify_listen: Option<SocketAddr>,
 }
 
 const S_IAM_URL: &str = "--iam-url (AA_BROKER_IAM_URL)";
@@ -183,6 +189,7 @@ pub struct BrokerArgs<'a> {
     pub log: &'a LogArgs,
     pub admin: &'a AdminArgs,
     pub rotation: &'a RotationArgs,
+    pub verify: &'a VerifyArgs,
 }
 
 /// Validates `serve`'s (and `token`'s) settings.
@@ -197,6 +204,7 @@ pub fn broker_settings(
         log,
         admin,
         rotation,
+        verify,
     } = args;
     let log = log_settings(log)?;
     let Common {
@@ -251,6 +259,14 @@ pub fn broker_settings(
             "must differ from --listen",
         ));
     }
+    let verify_listen = verify::verify_listen(listen, &file)?;
+    if verify_listen.is_some_and(|a| a == listen_addr || Some(a) == admin_listen) {
+        return Err(ConfigError::new(
+            verify::S_VERIFY_LISTEN,
+            "must differ from --listen and --admin-listen",
+        ));
+    }
+    let verify = verify::verify_settings(verify, &file, &iam_url, iam_timeouts)?;
     let mut allowed_hosts: Vec<String> = if listen.allow_hosts.is_empty() {
         file.allowed_hosts.clone().unwrap_or_default()
     } else {
@@ -329,6 +345,8 @@ pub fn broker_settings(
         worker_threads,
         log,
         rotation,
+        verify,
+        verify_listen,
     })
 }
 

@@ -1,5 +1,5 @@
-//! `GET /healthz` (the process is alive), `GET /readyz` (every entity holds a valid token) and
-//! `GET /metrics` (Prometheus). None needs the `Metadata` header and none reveals a token or secret.
+//! `GET /healthz` (the process is alive), `GET /readyz` (every entity holds a valid token; also the state
+//! of the realm key sets used to verify incoming tokens) and `GET /metrics` (Prometheus). None needs the `Metadata` header and none reveals a token or secret.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -51,12 +51,17 @@ struct EntityReadiness {
 /// 200 only when every configured entity holds a token that may be handed out; 503 otherwise, with the
 /// detail per entity either way.
 pub async fn readyz(State(app): State<Arc<AppState>>) -> Response {
-    let (ready, body) = readiness(app.broker.status());
+    let (ready, mut body) = readiness(app.broker.status());
     let code = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    // Verification of incoming tokens: the allow-list and each key set's state and age. Reported, not
+    // part of `ready`, which is about the tokens this broker hands out.
+    if let Some(verifier) = &app.verifier {
+        body["verify"] = serde_json::json!(verifier.status());
+    }
     reply::no_store((code, axum::Json(body)).into_response())
 }
 

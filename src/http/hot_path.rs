@@ -8,7 +8,9 @@
 //!
 //! [`Frontend`] answers the common case — a GET that passes the caller guard, for an entity whose held
 //! token may be handed out now — from the token's pre-serialized bytes, and hands every other request to
-//! the router unchanged. The router stays the one definition of every answer: this path calls the same
+//! the router unchanged. It does the same for `GET /v1/verify` with a token verified before (the common
+//! case of a forward-auth proxy: a peer presents the same token on every call), through
+//! [`verify::answer_from_cache`]. The router stays the one definition of every answer: this path calls the same
 //! [`guard::check`] and [`tokens::answer`], so the bytes are the same (`tests/api.rs` compares them).
 
 use std::convert::Infallible;
@@ -26,6 +28,7 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 use tower::Service;
 
+use super::verify::{self, VerifyState};
 use super::{AppState, guard, tokens};
 use crate::token::status::Served;
 
@@ -33,6 +36,8 @@ use crate::token::status::Served;
 pub struct Frontend {
     /// `None` on the admin listener, which serves no tokens.
     tokens: Option<Arc<AppState>>,
+    /// Repeated `GET /v1/verify` answered from the verifier's cache; `None` where it is not served.
+    verify: Option<Arc<VerifyState>>,
     router: Router,
     /// Requests this connection may still make; the answer to the last says `Connection: close`.
     requests_left: AtomicU32,
@@ -42,6 +47,7 @@ impl Clone for Frontend {
     fn clone(&self) -> Self {
         Self {
             tokens: self.tokens.clone(),
+            verify: self.verify.clone(),
             router: self.router.clone(),
             requests_left: AtomicU32::new(u32::MAX),
         }
@@ -50,8 +56,15 @@ impl Clone for Frontend {
 
 impl Frontend {
     pub fn new(app: Arc<AppState>, router: Router) -> Self {
+        let verify = app.verifier.clone().map(|verifier| {
+            Arc::new(VerifyState {
+                verifier,
+                host_rule: Some(app.guard.clone()),
+            })
+        });
         Self {
             tokens: Some(app),
+            verify,
             router,
             requests_left: AtomicU32::new(u32::MAX),
         }
@@ -61,6 +74,7 @@ impl Frontend {
     pub fn router_only(router: Router) -> Self {
         Self {
             tokens: None,
+            verify: None,
             router,
             requests_left: AtomicU32::new(u32::MAX),
         }
@@ -83,8 +97,36 @@ impl Frontend {
         left == 0
     }
 
+    /// The verify listener: repeated verifications on the hot path (no Host rule), the router for the rest.
+    pub fn verify_only(verifier: Arc<crate::inbound::Verifier>, router: Router) -> Self {
+        Self {
+            tokens: None,
+            verify: Some(Arc::new(VerifyState {
+                verifier,
+                host_rule: None,
+            })),
+            router,
+            requests_left: AtomicU32::new(u32::MAX),
+        }
+    }
+
+    /// `GET /v1/verify` of a token verified before; `None` sends the request to the router.
+    fn try_verify(&self, request: &Request<Incoming>) -> Option<Response<Body>> {
+        let state = self.verify.as_ref()?;
+        if request.uri().path() != verify::VERIFY_PATH
+            || request.method() != Method::GET
+            || !request.body().is_end_stream()
+        {
+            return None;
+        }
+        verify::answer_from_cache(state, request.headers(), request.uri().query())
+    }
+
     /// The answer if the hot path can give it; `None` sends the request to the router.
     fn try_answer(&self, request: &Request<Incoming>) -> Option<Response<Body>> {
+        if let Some(answer) = self.try_verify(request) {
+            return Some(answer);
+        }
         let app = self.tokens.as_ref()?;
         // A body (which the router would limit) or any other method goes the long way.
         if request.method() != Method::GET || !request.body().is_end_stream() {

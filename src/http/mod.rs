@@ -8,6 +8,8 @@
 //! - [`guard`]: the SSRF / DNS-rebinding defence that cloud metadata servers use.
 //! - [`reply`]: the JSON error shape and the headers every answer carries.
 //! - [`server`]: the accept loop — connection cap, header timeout, graceful shutdown.
+//! - [`verify`]: `GET|POST /v1/verify`, verification of incoming entity tokens; on the token listener
+//!   (loopback `Host` rule only) and alone on `--verify-listen`.
 
 pub mod admin;
 pub mod guard;
@@ -15,6 +17,7 @@ pub mod hot_path;
 pub mod reply;
 pub mod server;
 pub mod tokens;
+pub mod verify;
 
 use std::sync::Arc;
 
@@ -23,6 +26,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use tower_http::limit::RequestBodyLimitLayer;
 
+use crate::inbound::Verifier;
 use crate::metrics::Metrics;
 use crate::token::broker::Broker;
 pub use guard::GuardSettings;
@@ -37,11 +41,18 @@ pub struct AppState {
     pub guard: GuardSettings,
     /// The registry `/metrics` renders; the guard counts its refusals in it.
     pub metrics: Arc<Metrics>,
+    /// Verification of incoming tokens (`/v1/verify`), when configured.
+    pub verifier: Option<Arc<Verifier>>,
 }
 
 /// What the token listener serves: the hot path, then the [`router`].
 pub fn frontend(state: Arc<AppState>) -> Frontend {
     Frontend::new(Arc::clone(&state), router(state))
+}
+
+/// What `--verify-listen` serves: the verify routes alone ([`verify::only_router`]), never tokens.
+pub fn verify_frontend(verifier: Arc<Verifier>) -> Frontend {
+    Frontend::verify_only(Arc::clone(&verifier), verify::only_router(verifier))
 }
 
 /// What `--admin-listen` serves: the [`admin_router`] alone.
@@ -68,7 +79,13 @@ pub fn admin_router(state: Arc<AppState>) -> Router {
 /// timeout (see [`server`]), and the only slow step, a cold fetch, is bounded by the IAM client's own
 /// connect and request timeouts.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    // The verify routes have their own body limit (a token in JSON exceeds 1 KiB) and no caller guard
+    // but the Host rule, so they join after the layer below, which wraps only the routes before it.
+    let verify = state
+        .verifier
+        .clone()
+        .map(|verifier| verify::routes(verifier, Some(state.guard.clone())));
+    let router = Router::new()
         .route("/v1/token", get(tokens::get_default))
         .route("/v1/token/refresh", post(tokens::refresh_default))
         .route("/v1/token/{entity_id}", get(tokens::get_one))
@@ -89,5 +106,9 @@ pub fn router(state: Arc<AppState>) -> Router {
             guard::host_only,
         ))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
-        .with_state(state)
+        .with_state(state);
+    match verify {
+        Some(verify) => router.merge(verify),
+        None => router,
+    }
 }

@@ -1,4 +1,4 @@
-//! The simulator's IAM endpoints (spec §2), JWKS (§3.4), and the faults that can replace their answers.
+//! The simulator's IAM endpoints (spec §2) and the faults that can replace their answers.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -179,14 +179,6 @@ fn form_fields(body: &[u8]) -> HashMap<String, String> {
         .collect()
 }
 
-fn issuer(headers: &HeaderMap) -> String {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("localhost");
-    format!("http://{host}/auth/realms/sahamati")
-}
-
 fn epoch_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
@@ -263,7 +255,7 @@ pub async fn entity_token(
     ) else {
         return bad_request(MISSING_ENTITY_CREDENTIALS, None);
     };
-    let issuer = issuer(&headers);
+    let issuer = shared.key.issuer();
     let mut world = shared.world();
     let now = world.now();
     let settings = world.settings.clone();
@@ -386,7 +378,7 @@ pub async fn user_token(
     ) else {
         return bad_request("User Id/Password is missing in the request", None);
     };
-    let issuer = issuer(&headers);
+    let issuer = shared.key.issuer();
     let mut world = shared.world();
     let now = world.now();
     let lockout = (
@@ -575,9 +567,4 @@ async fn secret_call(
     }
     drop(world);
     (StatusCode::OK, axum::Json(body)).into_response()
-}
-
-/// `GET /auth/realms/sahamati/protocol/openid-connect/certs`.
-pub async fn jwks(State(shared): State<Arc<Shared>>) -> Response {
-    axum::Json(shared.key.jwks()).into_response()
 }

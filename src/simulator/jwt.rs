@@ -23,7 +23,12 @@ pub struct SigningKey {
 
 impl SigningKey {
     pub fn simulator_key() -> Result<Self, String> {
-        let pair = RsaKeyPair::from_der(KEY_DER)
+        Self::from_der(KEY_DER)
+    }
+
+    /// A key from PKCS#1 DER (the realm's other keys, see `realm.rs`).
+    pub fn from_der(der: &[u8]) -> Result<Self, String> {
+        let pair = RsaKeyPair::from_der(der)
             .map_err(|e| format!("simulator signing key is invalid: {e}"))?;
         let components = RsaPublicKeyComponents::<Vec<u8>>::from(pair.public());
         let digest = ring::digest::digest(&ring::digest::SHA256, &components.n);
@@ -44,6 +49,15 @@ impl SigningKey {
     /// A compact JWS: `base64url(header).base64url(claims).base64url(RS256 signature)`.
     pub fn sign(&self, claims: &serde_json::Value) -> Result<String, String> {
         let header = serde_json::json!({ "alg": "RS256", "typ": "JWT", "kid": self.kid });
+        self.sign_with_header(&header, claims)
+    }
+
+    /// Signs with RS256 under any header, e.g. one naming another key's `kid` (for forgery tests).
+    pub fn sign_with_header(
+        &self,
+        header: &serde_json::Value,
+        claims: &serde_json::Value,
+    ) -> Result<String, String> {
         let mut message = URL_SAFE_NO_PAD.encode(header.to_string());
         message.push('.');
         message.push_str(&URL_SAFE_NO_PAD.encode(claims.to_string()));
@@ -63,15 +77,18 @@ impl SigningKey {
 
     /// The Keycloak-shaped JWKS document.
     pub fn jwks(&self) -> serde_json::Value {
+        serde_json::json!({ "keys": [self.jwk()] })
+    }
+
+    /// This key's entry in a JWKS.
+    pub fn jwk(&self) -> serde_json::Value {
         serde_json::json!({
-            "keys": [{
-                "kid": self.kid,
-                "kty": "RSA",
-                "alg": "RS256",
-                "use": "sig",
-                "n": URL_SAFE_NO_PAD.encode(&self.n),
-                "e": URL_SAFE_NO_PAD.encode(&self.e),
-            }]
+            "kid": self.kid,
+            "kty": "RSA",
+            "alg": "RS256",
+            "use": "sig",
+            "n": URL_SAFE_NO_PAD.encode(&self.n),
+            "e": URL_SAFE_NO_PAD.encode(&self.e),
         })
     }
 }

@@ -3,7 +3,9 @@
 //! It serves the four endpoints of the spec under `/iam/v1/…` (so its IAM base is `http://HOST:PORT/iam`)
 //! with the spec's bodies, envelope and error texts; issues real RS256 JWTs with the documented claims and
 //! publishes the JWKS at `/auth/realms/sahamati/protocol/openid-connect/certs`; models secret expiry, the
-//! 5-day grace period and its warning, and both readings of reset semantics.
+//! 5-day grace period and its warning, and both readings of reset semantics. The realm (`realm` module)
+//! rotates its signing key on request, takes its issuer from a setting or the listen address, and serves
+//! the OpenID discovery document.
 //!
 //! Tests drive it through the [`Simulator`] handle (or the same operations over HTTP under `/_simulator/`,
 //! see the `control` module): entities, users, token lifetime, latency, a shifted clock, injected faults (status
@@ -12,6 +14,7 @@
 mod control;
 mod iam_routes;
 pub mod jwt;
+pub mod realm;
 pub mod state;
 
 use std::future::Future;
@@ -34,7 +37,8 @@ pub struct Simulator {
 
 pub(crate) struct Shared {
     world: Mutex<World>,
-    key: jwt::SigningKey,
+    /// The realm: its signing keys, issuer and published key set.
+    key: realm::Realm,
     counters: Counters,
 }
 
@@ -55,7 +59,7 @@ impl Simulator {
         Ok(Self {
             shared: Arc::new(Shared {
                 world: Mutex::new(world),
-                key: jwt::SigningKey::simulator_key()?,
+                key: realm::Realm::new()?,
                 counters: Counters::default(),
             }),
         })
@@ -76,9 +80,11 @@ impl Simulator {
             )
             .route(
                 "/auth/realms/sahamati/protocol/openid-connect/certs",
-                get(iam_routes::jwks),
+                get(realm::jwks),
             )
+            .route(realm::DISCOVERY_PATH, get(realm::discovery))
             .merge(control::router())
+            .merge(realm::router())
             .with_state(Arc::clone(&self.shared))
     }
 
@@ -88,6 +94,7 @@ impl Simulator {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        self.shared.key.set_listen_addr(listener.local_addr()?);
         axum::serve(listener, self.router())
             .with_graceful_shutdown(shutdown)
             .await
@@ -97,6 +104,7 @@ impl Simulator {
     pub async fn spawn_local(&self) -> std::io::Result<String> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
+        self.shared.key.set_listen_addr(addr);
         let router = self.router();
         tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;

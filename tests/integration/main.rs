@@ -12,3 +12,4 @@ mod iam_client;
 mod inject;
 mod resilience;
 mod rotation;
+mod verify;

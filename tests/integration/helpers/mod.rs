@@ -128,6 +128,8 @@ pub fn settings(iam_url: &str, options: BrokerOptions) -> BrokerSettings {
             filter: "info".into(),
         },
         rotation: options.rotation,
+        verify: aa_token_broker::inbound::VerifySettings::for_iam_url(iam_url),
+        verify_listen: None,
     }
 }
 

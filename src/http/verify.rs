@@ -1,0 +1,428 @@
+//! `GET /v1/verify` (for forward-auth proxies) and `POST /v1/verify` (for code that holds the token).
+//!
+//! - `GET`: the token from `Authorization: Bearer …`, else from `client_api_key`, `fip_api_key` or
+//!   `aa_api_key` (ReBIT v2, spec §3.5), in that order; optional query `role` (`AA`, `FIU`, `FIP`,
+//!   comma-separated) and `entityId` (the expected sender), each at most once, so that a proxy that
+//!   appends a caller's query string cannot have a second `role` widen the first.
+//! - `POST`: `{"token": "...", "role": "AA", "entityId": "..."}`, role and entityId optional. A `POST`
+//!   with an empty body is read like a `GET`: nginx's `auth_request` keeps the original method.
+//! - `/v1/verify/{anything}`, any method: the form Envoy's `ext_authz` HTTP service sends (its
+//!   `path_prefix` followed by the original request's path and query). Like `GET`, but the query string
+//!   is the original request's, written by the caller, so it is ignored.
+//! - `200` `{"entityId","role","issuer","expiresAt","expiresIn","claims":{…}}` with `X-AA-Entity-Id` and
+//!   `X-AA-Role`, so a proxy can pass the verified identity upstream; `401 invalid_token` with the reason
+//!   and `WWW-Authenticate: Bearer error="invalid_token"`; `403 wrong_entity` / `wrong_role`; `400
+//!   bad_request` for a malformed `role`/`entityId` or body (a mistake of the caller, not of the token).
+//!
+//! These routes hand out nothing secret, so the caller guard's `Metadata` and forwarding-header checks do
+//! not apply (a local proxy adds forwarding headers). On the token listener the loopback `Host` rule
+//! still holds (it is what stops DNS rebinding); on the `--verify-listen` listener, which serves these
+//! routes and nothing else, there is no guard at all.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
+use axum::routing::{any, get};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use tower_http::limit::RequestBodyLimitLayer;
+
+use super::guard::{self, GuardSettings};
+use super::reply;
+use crate::inbound::{Denied, Expectation, Mismatch, Rejection, Verified, Verifier};
+
+/// The route.
+pub const VERIFY_PATH: &str = "/v1/verify";
+/// The forward-auth form: anything below the route (Envoy appends the original path).
+pub const VERIFY_SUBPATHS: &str = "/v1/verify/{*original}";
+/// Largest `POST` body: a token (1–2 KiB, at most 8 KiB) in JSON, with room to spare.
+pub const MAX_VERIFY_BODY_BYTES: usize = 16 * 1024;
+/// The verified sender, for the proxy to pass upstream.
+pub const ENTITY_HEADER: HeaderName = HeaderName::from_static("x-aa-entity-id");
+/// The verified sender's role (`FIU`, or `FIU,FIP` for a token with several).
+pub const ROLE_HEADER: HeaderName = HeaderName::from_static("x-aa-role");
+/// The ReBIT v2 headers, in the order they are looked at after `Authorization`.
+pub const API_KEY_HEADERS: [HeaderName; 3] = [
+    HeaderName::from_static("client_api_key"),
+    HeaderName::from_static("fip_api_key"),
+    HeaderName::from_static("aa_api_key"),
+];
+
+/// What the verify handlers share.
+pub struct VerifyState {
+    pub verifier: Arc<Verifier>,
+    /// The `Host` rule of the token listener; `None` on the verify listener.
+    pub host_rule: Option<GuardSettings>,
+}
+
+/// The answer to `GET /v1/verify` for a token verified before, or `None` (the router then answers): the
+/// hot path ([`super::hot_path`]) calls it in front of the router, as it does for token reads. It checks
+/// what the handler checks, in the same order, and gives the same bytes.
+pub fn answer_from_cache(
+    state: &VerifyState,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Option<axum::response::Response> {
+    if host_refused(state, headers).is_some() {
+        return None;
+    }
+    let expect = expectation_from_query(query).ok()?;
+    let token = token_from_headers(headers).ok()??;
+    state.verifier.verify_cached(token, &expect).map(answer)
+}
+
+/// The verify routes with their own body limit, ready to merge into a listener's router.
+pub fn routes(verifier: Arc<Verifier>, host_rule: Option<GuardSettings>) -> Router {
+    Router::new()
+        .route(
+            VERIFY_PATH,
+            get(get_verify)
+                .post(post_verify)
+                .fallback(|| async { method_not_allowed() }),
+        )
+        .route(VERIFY_SUBPATHS, any(forward_auth))
+        .layer(RequestBodyLimitLayer::new(MAX_VERIFY_BODY_BYTES))
+        .with_state(Arc::new(VerifyState {
+            verifier,
+            host_rule,
+        }))
+}
+
+/// What `--verify-listen` serves: the verify routes, and `404` for everything else (tokens above all).
+pub fn only_router(verifier: Arc<Verifier>) -> Router {
+    routes(verifier, None)
+        .fallback(|| async { reply::error(StatusCode::NOT_FOUND, "not_found", "no such route") })
+}
+
+fn method_not_allowed() -> axum::response::Response {
+    reply::error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this route",
+    )
+}
+
+async fn get_verify(
+    State(state): State<Arc<VerifyState>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> axum::response::Response {
+    from_headers(&state, &headers, query.as_deref()).await
+}
+
+/// `/v1/verify/{anything}`: the query string belongs to the original request, so no expectation is read.
+async fn forward_auth(
+    State(state): State<Arc<VerifyState>>,
+    headers: HeaderMap,
+) -> axum::response::Response {
+    from_headers(&state, &headers, None).await
+}
+
+/// The token from the headers, the expectation from `query`.
+async fn from_headers(
+    state: &VerifyState,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> axum::response::Response {
+    if let Some(refused) = host_refused(state, headers) {
+        return refused;
+    }
+    let expect = match expectation_from_query(query) {
+        Ok(expect) => expect,
+        Err(message) => return bad_request(message),
+    };
+    let token = match token_from_headers(headers) {
+        Ok(token) => token.unwrap_or(""),
+        Err(rejection) => {
+            state.verifier.record_rejection(rejection);
+            return unauthorized(rejection);
+        }
+    };
+    answer(state.verifier.verify(token, &expect).await)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct VerifyRequest {
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    role: Option<String>,
+    #[serde(default)]
+    entity_id: Option<String>,
+}
+
+async fn post_verify(
+    State(state): State<Arc<VerifyState>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> axum::response::Response {
+    if body.is_empty() {
+        return from_headers(&state, &headers, query.as_deref()).await;
+    }
+    if let Some(refused) = host_refused(&state, &headers) {
+        return refused;
+    }
+    let request: VerifyRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(_) => {
+            return bad_request(
+                "the body must be JSON: {\"token\": \"...\", \"role\": \"AA\", \"entityId\": \"...\"}"
+                    .into(),
+            );
+        }
+    };
+    // Held as a secret from here on: its `Debug` redacts it.
+    let token = SecretString::from(request.token.unwrap_or_default());
+    let expect = match Expectation::parse(request.role.as_deref(), request.entity_id.as_deref()) {
+        Ok(expect) => expect,
+        Err(e) => return bad_request(e.to_string()),
+    };
+    answer(
+        state
+            .verifier
+            .verify(token.expose_secret().trim(), &expect)
+            .await,
+    )
+}
+
+/// The loopback `Host` rule of the token listener: exactly one `Host`, naming loopback or an allowed name.
+fn host_refused(state: &VerifyState, headers: &HeaderMap) -> Option<axum::response::Response> {
+    let rule = state.host_rule.as_ref()?;
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let allowed = match (hosts.next().map(HeaderValue::to_str), hosts.next()) {
+        (Some(Ok(host)), None) => guard::host_allowed(host, &rule.allowed_hosts),
+        _ => false,
+    };
+    (!allowed).then(|| {
+        reply::error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the Host header must name a loopback address or an allowed host (or use --verify-listen)",
+        )
+    })
+}
+
+fn expectation_from_query(query: Option<&str>) -> Result<Expectation, String> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
+        .map_err(|_| "the query string is not form-encoded".to_string())?;
+    let mut role = None;
+    let mut entity_id = None;
+    for (name, value) in &pairs {
+        let slot = match name.as_str() {
+            "role" => &mut role,
+            "entityId" => &mut entity_id,
+            _ => continue,
+        };
+        if slot.replace(value.as_str()).is_some() {
+            return Err(format!(
+                "{name} is given twice (several roles: role=AA,FIU)"
+            ));
+        }
+    }
+    Expectation::parse(role, entity_id).map_err(|e| e.to_string())
+}
+
+/// The token of a request: `Authorization: Bearer`, else the first ReBIT header present. `Ok(None)`
+/// when none is there. A header given twice, or a value that is not visible ASCII, is malformed.
+pub fn token_from_headers(headers: &HeaderMap) -> Result<Option<&str>, Rejection> {
+    if let Some(value) = single(headers, &header::AUTHORIZATION)? {
+        // Another scheme (Basic, say) is not ours to judge: look at the ReBIT headers instead.
+        if let Some(token) = bearer(value)? {
+            return Ok(Some(token));
+        }
+    }
+    for name in &API_KEY_HEADERS {
+        if let Some(value) = single(headers, name)? {
+            return value
+                .to_str()
+                .map(|v| Some(v.trim()))
+                .map_err(|_| Rejection::Malformed);
+        }
+    }
+    Ok(None)
+}
+
+fn single<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+) -> Result<Option<&'a HeaderValue>, Rejection> {
+    let mut values = headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (None, _) => Ok(None),
+        (Some(value), None) => Ok(Some(value)),
+        (Some(_), Some(_)) => Err(Rejection::Malformed),
+    }
+}
+
+/// `Bearer <token>` (scheme in any case, RFC 7235) → the token; another scheme → `None`.
+fn bearer(value: &HeaderValue) -> Result<Option<&str>, Rejection> {
+    let bytes = value.as_bytes();
+    let scheme_len = bytes.iter().position(|b| *b == b' ').unwrap_or(bytes.len());
+    if !bytes[..scheme_len].eq_ignore_ascii_case(b"bearer") {
+        return Ok(None);
+    }
+    let text = value.to_str().map_err(|_| Rejection::Malformed)?;
+    Ok(Some(text[scheme_len..].trim()))
+}
+
+fn answer(result: Result<Arc<Verified>, Denied>) -> axum::response::Response {
+    match result {
+        Ok(verified) => verified_response(&verified),
+        Err(Denied::Invalid(rejection)) => unauthorized(rejection),
+        Err(Denied::Forbidden(mismatch)) => forbidden(mismatch),
+    }
+}
+
+fn verified_response(verified: &Verified) -> axum::response::Response {
+    let role = verified.role();
+    let mut body = Vec::with_capacity(verified.claims_json.len() + 256);
+    body.extend_from_slice(b"{\"entityId\":\"");
+    // Entity ids and role names are checked to hold no character JSON or a header would escape.
+    body.extend_from_slice(verified.entity_id.as_str().as_bytes());
+    body.extend_from_slice(b"\",\"role\":\"");
+    body.extend_from_slice(role.as_bytes());
+    body.extend_from_slice(b"\",\"issuer\":");
+    // The issuer is configured, but written as JSON all the same.
+    if serde_json::to_writer(&mut body, &verified.issuer).is_err() {
+        return reply::error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "cannot render",
+        );
+    }
+    body.extend_from_slice(b",\"expiresAt\":\"");
+    body.extend_from_slice(verified.expires_at_text.as_bytes());
+    body.extend_from_slice(b"\",\"expiresIn\":");
+    body.extend_from_slice(
+        itoa::Buffer::new()
+            .format(verified.expires_in(SystemTime::now()))
+            .as_bytes(),
+    );
+    body.extend_from_slice(b",\"claims\":");
+    body.extend_from_slice(verified.claims_json.as_bytes());
+    body.push(b'}');
+    let mut response = Response::new(Body::from(body));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Ok(value) = HeaderValue::from_str(verified.entity_id.as_str()) {
+        headers.insert(ENTITY_HEADER, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&role) {
+        headers.insert(ROLE_HEADER, value);
+    }
+    response
+}
+
+fn unauthorized(rejection: Rejection) -> axum::response::Response {
+    let mut response = reply::error(
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+        rejection.message(),
+    );
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer error=\"invalid_token\""),
+    );
+    response
+}
+
+fn forbidden(mismatch: Mismatch) -> axum::response::Response {
+    let message = match mismatch {
+        Mismatch::WrongEntity => "the token is valid but was issued to another entity",
+        Mismatch::WrongRole => "the token is valid but the sender has another role",
+    };
+    reply::error(StatusCode::FORBIDDEN, mismatch.as_str(), message)
+}
+
+fn bad_request(message: String) -> axum::response::Response {
+    reply::error(StatusCode::BAD_REQUEST, "bad_request", message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &[u8])]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_bytes(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn the_token_comes_from_bearer_then_the_rebit_headers_in_order() {
+        let t = |pairs: &[(&str, &[u8])]| {
+            token_from_headers(&headers(pairs)).map(|t| t.map(str::to_string))
+        };
+        assert_eq!(t(&[]), Ok(None));
+        assert_eq!(
+            t(&[("authorization", b"Bearer abc")]),
+            Ok(Some("abc".into()))
+        );
+        assert_eq!(
+            t(&[("authorization", b"bearer   abc ")]),
+            Ok(Some("abc".into()))
+        );
+        assert_eq!(t(&[("authorization", b"Bearer")]), Ok(Some(String::new())));
+        assert_eq!(t(&[("authorization", b"Basic Zm9vOmJhcg==")]), Ok(None));
+        assert_eq!(
+            t(&[("authorization", b"Basic x"), ("aa_api_key", b"tok")]),
+            Ok(Some("tok".into()))
+        );
+        assert_eq!(
+            t(&[
+                ("aa_api_key", b"a"),
+                ("fip_api_key", b"f"),
+                ("client_api_key", b"c")
+            ]),
+            Ok(Some("c".into()))
+        );
+        assert_eq!(
+            t(&[("aa_api_key", b"a"), ("authorization", b"Bearer b")]),
+            Ok(Some("b".into()))
+        );
+        assert_eq!(t(&[("fip_api_key", b"")]), Ok(Some(String::new())));
+        assert_eq!(
+            t(&[("client_api_key", b"a"), ("client_api_key", b"b")]),
+            Err(Rejection::Malformed)
+        );
+        assert_eq!(
+            t(&[("client_api_key", b"\xff\xfe")]),
+            Err(Rejection::Malformed)
+        );
+        assert_eq!(
+            t(&[("authorization", b"Bearer \xff")]),
+            Err(Rejection::Malformed)
+        );
+        assert_eq!(t(&[("authorization", b"\xff\xfe")]), Ok(None));
+    }
+
+    #[test]
+    fn expectations_come_from_the_query() {
+        let e = |q: &str| expectation_from_query(Some(q));
+        assert_eq!(e("").unwrap(), Expectation::default());
+        let both = e("role=AA,fip&entityId=AA-ONE&other=1").unwrap();
+        assert_eq!(both.roles.len(), 2);
+        assert_eq!(both.entity_id.as_deref(), Some("AA-ONE"));
+        assert_eq!(e("role=AA%2CFIU").unwrap().roles.len(), 2);
+        // A second `role` (a caller's query appended by a proxy) would widen the first: refused.
+        assert!(e("role=AA&role=FIU").is_err());
+        assert!(e("role=CR").is_err());
+        assert!(e("entityId=a&entityId=b").is_err());
+        assert!(e("entityId=%2F").is_err());
+    }
+}

@@ -1,0 +1,517 @@
+//! Verification of the entity tokens on *incoming* calls: the other half of the handshake.
+//!
+//! Every member of the AA network must check the token on each call it receives (spec §3.5): the RS256
+//! signature against the Sahamati realm's keys, the issuer, the expiry, and that the sender is who the
+//! request says it is. This module does it once, for every service in the pod.
+//!
+//! - [`verify`]: the pure verification of one token (parse, algorithm, signature, claims, expectations).
+//! - [`keyset`]: the realm's key set — its parsing, and the cache that fetches it (single flight, last
+//!   good keys through an outage, age reported).
+//! - [`policy`]: when to fetch keys, and the rate limit on refetches an unknown `kid` may trigger.
+//! - [`Verifier`] (this file): ties them together, with a cache of verified tokens by SHA-256 of the token
+//!   (never past the token's `exp`), so a peer presenting the same token on every call costs a hash and
+//!   a lookup after the first.
+//!
+//! The issuer is never trusted from the token: it must be on the allow-list, and the keys come from that
+//! issuer's configured key URL — never from a URL the token names (`jku`, `x5u`, or `iss` itself). Metrics
+//! are recorded through [`VerifyRecorder`], which the application implements; this module does not know
+//! the metrics registry. Tokens are never logged: a rejection logs the token's `sha256:` fingerprint.
+
+pub mod keyset;
+pub mod policy;
+pub mod verify;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use moka::Expiry;
+use moka::sync::Cache;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::iam::{IamTimeouts, environment_base_url};
+use keyset::{FetchTrigger, KeySource, KeySourceStatus};
+use policy::KeyPolicy;
+pub use verify::{BadExpectation, Expectation, Mismatch, Rejection, Role, Verified};
+
+/// The realm's path below the IAM host (spec §0: a Keycloak realm named `sahamati`).
+pub const REALM_PATH: &str = "/auth/realms/sahamati";
+/// The key set's path below an issuer (Keycloak's).
+pub const CERTS_PATH: &str = "/protocol/openid-connect/certs";
+/// Default clock leeway for `exp`, `nbf` and `iat`.
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(60);
+/// Verified tokens remembered. Only tokens that verified are kept, so only tokens the realm issued can
+/// fill it: a few per peer and day.
+pub const RESULT_CACHE_CAPACITY: u64 = 4096;
+
+/// The issuers documented (or, where marked in the spec, likely) for the named environments (spec §3.2):
+/// the realm on the IAM host, and the older `tokens.*` host that issued the sandbox samples.
+const ENVIRONMENT_ISSUERS: [(&str, [&str; 2]); 3] = [
+    (
+        "sandbox",
+        [
+            "https://api.sandbox.sahamati.org.in/auth/realms/sahamati",
+            "https://tokens.sandbox.sahamati.org.in/auth/realms/sahamati",
+        ],
+    ),
+    (
+        "uat",
+        [
+            "https://api.uat.sahamati.org.in/auth/realms/sahamati",
+            "https://uattokens.sahamati.org.in/auth/realms/sahamati",
+        ],
+    ),
+    (
+        "production",
+        [
+            "https://api.sahamati.org.in/auth/realms/sahamati",
+            "https://tokens.sahamati.org.in/auth/realms/sahamati",
+        ],
+    ),
+];
+
+/// The default issuer allow-list for an IAM base URL: the named environment's issuers when the URL is one
+/// of the documented bases, else the realm on the IAM's own origin (`https://host/iam` →
+/// `https://host/auth/realms/sahamati`, and likewise for a simulator on `http://127.0.0.1:PORT/iam`).
+pub fn default_issuers(iam_url: &str) -> Vec<String> {
+    let base = iam_url.trim_end_matches('/');
+    for (name, issuers) in ENVIRONMENT_ISSUERS {
+        if environment_base_url(name) == Some(base) {
+            return issuers.iter().map(|i| i.to_string()).collect();
+        }
+    }
+    match reqwest::Url::parse(base) {
+        Ok(url) if url.has_host() => {
+            vec![format!(
+                "{}{REALM_PATH}",
+                url.origin().ascii_serialization()
+            )]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Where an issuer publishes its keys.
+pub fn jwks_url_for(issuer: &str) -> String {
+    format!("{}{CERTS_PATH}", issuer.trim_end_matches('/'))
+}
+
+/// What verification needs, validated.
+#[derive(Debug, Clone)]
+pub struct VerifySettings {
+    /// Issuers whose tokens are accepted, exactly as they appear in `iss`.
+    pub issuers: Vec<String>,
+    /// One key URL for every issuer, instead of each issuer's own.
+    pub jwks_url: Option<String>,
+    pub leeway: Duration,
+    pub policy: KeyPolicy,
+    /// Connect and request timeouts of key fetches.
+    pub timeouts: IamTimeouts,
+}
+
+impl VerifySettings {
+    /// The defaults for an IAM base URL: its issuers, their key URLs, 60 s leeway.
+    pub fn for_iam_url(iam_url: &str) -> Self {
+        Self {
+            issuers: default_issuers(iam_url),
+            jwks_url: None,
+            leeway: DEFAULT_LEEWAY,
+            policy: KeyPolicy::default(),
+            timeouts: IamTimeouts::default(),
+        }
+    }
+}
+
+/// How a verification ended; also the metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Valid; `cached` when the token had been verified before.
+    Valid {
+        cached: bool,
+    },
+    Invalid(Rejection),
+    Forbidden(Mismatch),
+}
+
+impl Outcome {
+    /// Every outcome, so a recorder can create its counters once.
+    pub fn all() -> impl Iterator<Item = Outcome> {
+        [
+            Outcome::Valid { cached: false },
+            Outcome::Valid { cached: true },
+        ]
+        .into_iter()
+        .chain(Rejection::ALL.into_iter().map(Outcome::Invalid))
+        .chain(Mismatch::ALL.into_iter().map(Outcome::Forbidden))
+    }
+
+    /// `(outcome, reason)`: `valid` (`verified`, `cached`), `invalid` (the rejection) or `forbidden`
+    /// (`wrong_entity`, `wrong_role`).
+    pub fn labels(self) -> (&'static str, &'static str) {
+        match self {
+            Outcome::Valid { cached: false } => ("valid", "verified"),
+            Outcome::Valid { cached: true } => ("valid", "cached"),
+            Outcome::Invalid(r) => ("invalid", r.as_str()),
+            Outcome::Forbidden(m) => ("forbidden", m.as_str()),
+        }
+    }
+
+    /// A dense index in `0..Outcome::all().count()`, for counters kept in an array.
+    pub fn index(self) -> usize {
+        match self {
+            Outcome::Valid { cached } => usize::from(cached),
+            Outcome::Invalid(r) => 2 + Rejection::ALL.iter().position(|x| *x == r).unwrap_or(0),
+            Outcome::Forbidden(m) => {
+                2 + Rejection::ALL.len() + Mismatch::ALL.iter().position(|x| *x == m).unwrap_or(0)
+            }
+        }
+    }
+}
+
+/// What verification reports, implemented by the application's metrics. Every method has a no-op
+/// default, so tests and the CLI can pass [`NoRecorder`].
+pub trait VerifyRecorder: Send + Sync {
+    /// One verification finished.
+    fn verification(&self, _outcome: Outcome) {}
+    /// One key-set fetch finished; `outcome` is `ok` or a [`keyset::FetchError::kind`].
+    fn key_fetch(&self, _url: &str, _trigger: &'static str, _outcome: &'static str) {}
+    /// A key set was stored.
+    fn key_set(&self, _url: &str, _keys: usize, _fetched_at: SystemTime) {}
+    /// A token with an unknown `kid` was refused without a refetch (the rate limit).
+    fn unknown_kid_refused(&self) {}
+}
+
+/// A recorder that records nothing.
+pub struct NoRecorder;
+
+impl VerifyRecorder for NoRecorder {}
+
+/// Why a token was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    /// Not a valid token: `401`.
+    #[error("invalid token: {0}")]
+    Invalid(Rejection),
+    /// A valid token from the wrong sender: `403`.
+    #[error("{0}")]
+    Forbidden(Mismatch),
+}
+
+/// Building a verifier failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InboundError {
+    #[error("no issuer is allowed; give --verify-issuer")]
+    NoIssuer,
+    #[error("cannot build the HTTP client for the key set: {0}")]
+    Client(String),
+}
+
+/// The status of the key sets, for `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifierStatus {
+    pub issuers: Vec<String>,
+    pub key_sets: Vec<KeySourceStatus>,
+}
+
+/// Cached results live until the token's `exp`, never longer.
+struct UntilExp;
+
+impl Expiry<[u8; 32], Arc<Verified>> for UntilExp {
+    fn expire_after_create(
+        &self,
+        _: &[u8; 32],
+        verified: &Arc<Verified>,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(
+            verified
+                .expires_at
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO),
+        )
+    }
+}
+
+/// Verifies entity tokens against the allow-listed issuers' key sets. Shared behind an `Arc`.
+pub struct Verifier {
+    /// Each allowed issuer and the index of its key source.
+    issuers: Vec<(String, usize)>,
+    sources: Vec<Arc<KeySource>>,
+    leeway: Duration,
+    verified: Cache<[u8; 32], Arc<Verified>>,
+    recorder: Arc<dyn VerifyRecorder>,
+}
+
+impl Verifier {
+    /// Builds the verifier and its key sources (one per distinct key URL). Fetches nothing yet: see
+    /// [`Verifier::spawn_key_tasks`] and [`Verifier::fetch_keys`].
+    pub fn new(
+        settings: &VerifySettings,
+        recorder: Arc<dyn VerifyRecorder>,
+    ) -> Result<Self, InboundError> {
+        if settings.issuers.is_empty() {
+            return Err(InboundError::NoIssuer);
+        }
+        crate::install_crypto_provider();
+        let client = reqwest::Client::builder()
+            .connect_timeout(settings.timeouts.connect)
+            .timeout(settings.timeouts.request)
+            // The key URL is configured; a redirect would let the server pick another one.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("aa-token-broker/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| InboundError::Client(e.to_string()))?;
+        let verified: Cache<[u8; 32], Arc<Verified>> = Cache::builder()
+            .max_capacity(RESULT_CACHE_CAPACITY)
+            .expire_after(UntilExp)
+            .build();
+        let mut sources: Vec<Arc<KeySource>> = Vec::new();
+        let mut issuers = Vec::new();
+        for issuer in &settings.issuers {
+            let url = settings
+                .jwks_url
+                .clone()
+                .unwrap_or_else(|| jwks_url_for(issuer));
+            let index = match sources.iter().position(|s| s.url() == url) {
+                Some(index) => index,
+                None => {
+                    let cache = verified.clone();
+                    sources.push(Arc::new(KeySource::new(
+                        url,
+                        client.clone(),
+                        settings.policy.clone(),
+                        Arc::clone(&recorder),
+                        // A key withdrawn from the set takes the results it verified with it.
+                        Box::new(move || cache.invalidate_all()),
+                    )));
+                    sources.len() - 1
+                }
+            };
+            if !issuers.iter().any(|(i, _)| i == issuer) {
+                issuers.push((issuer.clone(), index));
+            }
+        }
+        Ok(Self {
+            issuers,
+            sources,
+            leeway: settings.leeway,
+            verified,
+            recorder,
+        })
+    }
+
+    /// Verifies `token` and checks it against `expect`; records the outcome.
+    pub async fn verify(&self, token: &str, expect: &Expectation) -> Result<Arc<Verified>, Denied> {
+        let outcome = match self.check(token).await {
+            Err(rejection) => Err(Denied::Invalid(rejection)),
+            Ok((verified, cached)) => match expect.check(&verified) {
+                Ok(()) => Ok((verified, cached)),
+                Err(mismatch) => Err(Denied::Forbidden(mismatch)),
+            },
+        };
+        match outcome {
+            Ok((verified, cached)) => {
+                self.recorder.verification(Outcome::Valid { cached });
+                Ok(verified)
+            }
+            Err(denied) => {
+                self.recorder.verification(match denied {
+                    Denied::Invalid(r) => Outcome::Invalid(r),
+                    Denied::Forbidden(m) => Outcome::Forbidden(m),
+                });
+                if !token.is_empty() {
+                    tracing::debug!(token = %fingerprint(token), reason = %denied, "incoming token refused");
+                }
+                Err(denied)
+            }
+        }
+    }
+
+    /// The answer for a token verified before, without waiting on anything: `None` when it is not in the
+    /// cache (the caller then takes the long way, [`Verifier::verify`]). Records the outcome when `Some`.
+    /// The hot path answers repeated tokens with this, in front of the router.
+    pub fn verify_cached(
+        &self,
+        token: &str,
+        expect: &Expectation,
+    ) -> Option<Result<Arc<Verified>, Denied>> {
+        if token.is_empty() || token.len() > verify::MAX_TOKEN_BYTES {
+            return None;
+        }
+        let hit = self.cached(&sha256(token), SystemTime::now())?;
+        Some(match expect.check(&hit) {
+            Ok(()) => {
+                self.recorder.verification(Outcome::Valid { cached: true });
+                Ok(hit)
+            }
+            Err(mismatch) => {
+                self.recorder.verification(Outcome::Forbidden(mismatch));
+                Err(Denied::Forbidden(mismatch))
+            }
+        })
+    }
+
+    /// A cached result still valid at `now`. The cache expires entries at `exp` on the monotonic clock;
+    /// the wall clock decides too.
+    fn cached(&self, digest: &[u8; 32], now: SystemTime) -> Option<Arc<Verified>> {
+        self.verified.get(digest).filter(|hit| {
+            hit.expires_at
+                .checked_add(self.leeway)
+                .is_some_and(|t| now < t)
+        })
+    }
+
+    /// Records a token refused before it could be looked at (e.g. a header given twice).
+    pub fn record_rejection(&self, rejection: Rejection) {
+        self.recorder.verification(Outcome::Invalid(rejection));
+    }
+
+    /// The verification proper: the cache, then parse, issuer, key, signature, claims.
+    async fn check(&self, token: &str) -> Result<(Arc<Verified>, bool), Rejection> {
+        if token.is_empty() {
+            return Err(Rejection::Missing);
+        }
+        if token.len() > verify::MAX_TOKEN_BYTES {
+            return Err(Rejection::Malformed);
+        }
+        let digest = sha256(token);
+        let now = SystemTime::now();
+        if let Some(hit) = self.cached(&digest, now) {
+            return Ok((hit, true));
+        }
+        let parsed = verify::parse(token)?;
+        let (issuer, source) = parsed
+            .issuer
+            .as_deref()
+            .and_then(|iss| self.issuers.iter().find(|(allowed, _)| allowed == iss))
+            .map(|(issuer, index)| (issuer.as_str(), &self.sources[*index]))
+            .ok_or(Rejection::IssuerNotAllowed)?;
+        // No `kid`, no key: a realm with several keys cannot be guessed at, and one is never refetched for.
+        let kid = parsed.kid.clone().ok_or(Rejection::UnknownKey)?;
+        let held = source.keys();
+        match held.as_ref().and_then(|keys| keys.get(&kid)) {
+            Some(key) => verify::check_signature(&parsed, key)?,
+            None => {
+                let key = source
+                    .key_for_unknown_kid(&kid)
+                    .await
+                    .ok_or(Rejection::UnknownKey)?;
+                verify::check_signature(&parsed, &key)?;
+            }
+        }
+        let verified = Arc::new(verify::check_claims(
+            parsed,
+            issuer,
+            &kid,
+            SystemTime::now(),
+            self.leeway,
+        )?);
+        if verified.expires_in(SystemTime::now()) > 0 {
+            self.verified.insert(digest, Arc::clone(&verified));
+        }
+        Ok((verified, false))
+    }
+
+    /// Starts one background task per key source: fetch at once, then on the policy's schedule.
+    pub fn spawn_key_tasks(&self, shutdown: &watch::Receiver<bool>) -> JoinSet<()> {
+        let mut tasks = JoinSet::new();
+        for source in &self.sources {
+            let source = Arc::clone(source);
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move { source.run(shutdown).await });
+        }
+        tasks
+    }
+
+    /// Fetches every key set once, now (for the `verify` command, which has no background task).
+    pub async fn fetch_keys(&self) {
+        for source in &self.sources {
+            source.refresh(FetchTrigger::Scheduled).await;
+        }
+    }
+
+    /// The allow-list and the state of each key set.
+    pub fn status(&self) -> VerifierStatus {
+        VerifierStatus {
+            issuers: self.issuers.iter().map(|(i, _)| i.clone()).collect(),
+            key_sets: self.sources.iter().map(|s| s.status()).collect(),
+        }
+    }
+
+    /// True when every key source holds keys (a verification can succeed).
+    pub fn has_keys(&self) -> bool {
+        self.sources
+            .iter()
+            .all(|s| s.keys().is_some_and(|k| !k.is_empty()))
+    }
+}
+
+fn sha256(token: &str) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// `sha256:` and 8 hex digits of the token: the same fingerprint [`crate::entity::fingerprint`] gives,
+/// so a token can be recognised across log lines without being written.
+pub fn fingerprint(token: &str) -> String {
+    let digest = sha256(token);
+    let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_issuers_follow_the_iam_url() {
+        assert_eq!(
+            default_issuers("https://api.sandbox.sahamati.org.in/iam"),
+            [
+                "https://api.sandbox.sahamati.org.in/auth/realms/sahamati",
+                "https://tokens.sandbox.sahamati.org.in/auth/realms/sahamati"
+            ]
+        );
+        assert_eq!(
+            default_issuers("https://api.sahamati.org.in/iam/")[0],
+            "https://api.sahamati.org.in/auth/realms/sahamati"
+        );
+        assert_eq!(
+            default_issuers("https://iam.example.in/iam"),
+            ["https://iam.example.in/auth/realms/sahamati"]
+        );
+        assert_eq!(
+            default_issuers("https://iam.example.in:8443/some/iam"),
+            ["https://iam.example.in:8443/auth/realms/sahamati"]
+        );
+        assert_eq!(
+            default_issuers("http://127.0.0.1:7380/iam"),
+            ["http://127.0.0.1:7380/auth/realms/sahamati"]
+        );
+        assert!(default_issuers("not a url").is_empty());
+        assert_eq!(
+            jwks_url_for("https://h/auth/realms/sahamati/"),
+            "https://h/auth/realms/sahamati/protocol/openid-connect/certs"
+        );
+    }
+
+    #[test]
+    fn outcome_indices_are_dense_and_distinct() {
+        let all: Vec<Outcome> = Outcome::all().collect();
+        let mut indices: Vec<usize> = all.iter().map(|o| o.index()).collect();
+        indices.sort_unstable();
+        assert_eq!(indices, (0..all.len()).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn the_fingerprint_matches_the_entity_one() {
+        let token = "eyJhbGciOiJSUzI1NiJ9.e30.c2ln";
+        assert_eq!(
+            fingerprint(token),
+            crate::entity::fingerprint(&secrecy::SecretString::from(token))
+        );
+    }
+}
