@@ -13,6 +13,8 @@
 //! | [`iam`] | the HTTP client for the four IAM endpoints, their wire formats and their errors |
 //! | [`token`] | the token type, the pure refresh/backoff policy, the moka-backed broker and its background refresher |
 //! | [`inbound`] | verification of the entity tokens on incoming calls: the realm key set, its refetch policy, the checks |
+//! | [`jws`] | detached `x-jws-signature`s (RFC 7797): parse, sign, verify; our signing key; the CR cache policy |
+//! | [`registry`] | the Central Registry entity-info client and the cache of peers' signing keys |
 //! | [`http`] | the local HTTP surface: routes, the caller guard, the accept loop with its limits |
 //! | [`secret`] | the secret's lifecycle: admin login, secret read/reset, rotation, sinks, the lock, the manager task |
 //! | [`metrics`] | the Prometheus registry and every metric the broker exports |
@@ -39,7 +41,9 @@ pub mod http;
 pub mod iam;
 pub mod inbound;
 pub mod inject;
+pub mod jws;
 pub mod metrics;
+pub mod registry;
 pub mod secret;
 pub mod simulator;
 pub mod supervise;

@@ -1,0 +1,382 @@
+//! The entity's private signing key: read from a file (PKCS#8 PEM, PKCS#1 PEM or a private RSA JWK), held
+//! in a type that never prints it, and re-read when the file changes.
+//!
+//! The key never leaves this type: no accessor returns its bytes, `Debug` and `Display` say only its `kid`
+//! and size, and errors name the file and what is wrong with it, never its content. [`SigningKeyFile`]
+//! checks the file's modification time and length on each use (one `stat`) and parses it again only when
+//! they changed, so a key rotated by replacing the file (a Kubernetes Secret volume swaps a symlink) is
+//! used from the next request on.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD};
+use ring::rand::SystemRandom;
+use ring::rsa::{KeyPairComponents, PublicKeyComponents};
+use ring::signature::{RSA_PKCS1_SHA256, RsaKeyPair};
+use zeroize_lite::Wipe;
+
+use super::{MAX_KID_LEN, header_segment};
+
+/// Largest key file read: a 8192-bit key in PEM is under 7 KiB.
+const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
+
+/// Why a key could not be had. Never holds the key's bytes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read the signing key file {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error(
+        "the signing key file {path} is not a PKCS#8 or PKCS#1 PEM RSA key, nor a private RSA JWK: {reason}"
+    )]
+    Format { path: String, reason: String },
+    #[error(
+        "the signing key file {path} has no kid; give --signing-kid (the kid registered in the CR)"
+    )]
+    NoKid { path: String },
+    #[error("the kid must be 1 to {MAX_KID_LEN} visible ASCII characters")]
+    BadKid,
+    #[error("RS256 signing failed")]
+    Sign,
+}
+
+/// An RSA private key and the `kid` it signs under.
+pub struct SigningKey {
+    pair: RsaKeyPair,
+    kid: String,
+    /// The protected header, encoded once: every signature starts with it.
+    header: String,
+    rng: SystemRandom,
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "SigningKey(kid={:?}, {} bits, private part redacted)",
+            self.kid,
+            self.pair.public().modulus_len() * 8
+        )
+    }
+}
+
+impl fmt::Display for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+impl SigningKey {
+    /// A key from the bytes of a key file; `kid` overrides the JWK's own. `path` only names the file in
+    /// errors.
+    pub fn from_file_bytes(bytes: &[u8], kid: Option<&str>, path: &str) -> Result<Self, KeyError> {
+        let format = |reason: &str| KeyError::Format {
+            path: path.to_string(),
+            reason: reason.to_string(),
+        };
+        let text = std::str::from_utf8(bytes).map_err(|_| format("not text"))?;
+        let trimmed = text.trim_start();
+        let (pair, jwk_kid) = if trimmed.starts_with('{') {
+            let (pair, jwk_kid) = from_jwk(trimmed).map_err(&format)?;
+            (pair, jwk_kid)
+        } else if let Some(mut der) = pem_body(trimmed, "PRIVATE KEY") {
+            let pair = RsaKeyPair::from_pkcs8(&der).map_err(|_| format("PKCS#8 rejected"));
+            der.wipe();
+            (pair?, None)
+        } else if let Some(mut der) = pem_body(trimmed, "RSA PRIVATE KEY") {
+            let pair = RsaKeyPair::from_der(&der).map_err(|_| format("PKCS#1 rejected"));
+            der.wipe();
+            (pair?, None)
+        } else {
+            return Err(format("no PEM block or JSON object found"));
+        };
+        let kid = match kid.map(str::trim).filter(|k| !k.is_empty()) {
+            Some(kid) => kid.to_string(),
+            None => jwk_kid.ok_or_else(|| KeyError::NoKid {
+                path: path.to_string(),
+            })?,
+        };
+        Self::new(pair, kid)
+    }
+
+    /// A key with its `kid`.
+    pub fn new(pair: RsaKeyPair, kid: String) -> Result<Self, KeyError> {
+        if kid.is_empty()
+            || kid.len() > MAX_KID_LEN
+            || !kid.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+        {
+            return Err(KeyError::BadKid);
+        }
+        Ok(Self {
+            header: header_segment(&kid),
+            pair,
+            kid,
+            rng: SystemRandom::new(),
+        })
+    }
+
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The public half as a JWK (what the CR must hold as `certificate`).
+    pub fn public_jwk(&self) -> serde_json::Value {
+        let components = PublicKeyComponents::<Vec<u8>>::from(self.pair.public());
+        serde_json::json!({
+            "kty": "RSA", "use": "sig", "alg": "RS256", "kid": self.kid,
+            "n": URL_SAFE_NO_PAD.encode(&components.n),
+            "e": URL_SAFE_NO_PAD.encode(&components.e),
+        })
+    }
+
+    /// The `x-jws-signature` value over `body`: `<header>..<signature>`.
+    pub fn sign(&self, body: &[u8]) -> Result<String, KeyError> {
+        let input = super::signing_input(&self.header, body);
+        let mut signature = vec![0; self.pair.public().modulus_len()];
+        self.pair
+            .sign(&RSA_PKCS1_SHA256, &self.rng, &input, &mut signature)
+            .map_err(|_| KeyError::Sign)?;
+        let mut value = String::with_capacity(self.header.len() + 2 + signature.len() * 4 / 3 + 4);
+        value.push_str(&self.header);
+        value.push_str("..");
+        URL_SAFE_NO_PAD.encode_string(&signature, &mut value);
+        Ok(value)
+    }
+}
+
+/// The DER inside `-----BEGIN {label}-----` … `-----END {label}-----`, when the text has that block.
+fn pem_body(text: &str, label: &str) -> Option<Vec<u8>> {
+    let begin = format!("-----BEGIN {label}-----");
+    let end = format!("-----END {label}-----");
+    let start = text.find(&begin)? + begin.len();
+    let stop = start + text[start..].find(&end)?;
+    let mut base64: String = text[start..stop]
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace())
+        .collect();
+    let der = STANDARD.decode(&base64).ok();
+    base64.wipe();
+    der
+}
+
+/// A private RSA JWK: `kty` RSA and the CRT parameters (`n`, `e`, `d`, `p`, `q`, `dp`, `dq`, `qi`).
+fn from_jwk(text: &str) -> Result<(RsaKeyPair, Option<String>), &'static str> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|_| "not JSON")?;
+    if value.get("kty").and_then(|v| v.as_str()) != Some("RSA") {
+        return Err("the JWK's kty is not RSA");
+    }
+    let part = |name: &str| -> Result<Vec<u8>, &'static str> {
+        let raw = value
+            .get(name)
+            .and_then(|v| v.as_str())
+            .ok_or("the JWK lacks a private RSA parameter (n, e, d, p, q, dp, dq, qi)")?;
+        URL_SAFE_NO_PAD
+            .decode(raw)
+            .or_else(|_| URL_SAFE.decode(raw))
+            .map_err(|_| "a JWK parameter is not base64url")
+    };
+    let mut parts = [
+        part("d")?,
+        part("p")?,
+        part("q")?,
+        part("dp")?,
+        part("dq")?,
+        part("qi")?,
+    ];
+    let components = KeyPairComponents {
+        public_key: PublicKeyComponents {
+            n: part("n")?,
+            e: part("e")?,
+        },
+        d: parts[0].as_slice(),
+        p: parts[1].as_slice(),
+        q: parts[2].as_slice(),
+        dP: parts[3].as_slice(),
+        dQ: parts[4].as_slice(),
+        qInv: parts[5].as_slice(),
+    };
+    let pair = RsaKeyPair::from_components(&components).map_err(|_| "the JWK's key is rejected");
+    for part in &mut parts {
+        part.wipe();
+    }
+    let kid = value
+        .get("kid")
+        .and_then(|v| v.as_str())
+        .filter(|k| !k.is_empty())
+        .map(str::to_string);
+    Ok((pair?, kid))
+}
+
+/// What identifies a version of the file without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    modified: Option<SystemTime>,
+    len: u64,
+}
+
+/// A key file, parsed once and again whenever its modification time or length changes.
+pub struct SigningKeyFile {
+    path: PathBuf,
+    kid: Option<String>,
+    loaded: Mutex<Option<(Stamp, Arc<SigningKey>)>>,
+}
+
+impl fmt::Debug for SigningKeyFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SigningKeyFile({})", self.path.display())
+    }
+}
+
+impl SigningKeyFile {
+    /// Reads the file once now, so a wrong path or format is a start-up error.
+    pub fn open(path: &Path, kid: Option<&str>) -> Result<Self, KeyError> {
+        let file = Self {
+            path: path.to_path_buf(),
+            kid: kid.map(str::to_string),
+            loaded: Mutex::new(None),
+        };
+        file.key()?;
+        Ok(file)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The current key: the one held when the file is unchanged, else the file parsed again. When the
+    /// new content is bad, the error is returned (a half-written file is not signed with).
+    pub fn key(&self) -> Result<Arc<SigningKey>, KeyError> {
+        let shown = self.path.display().to_string();
+        let read_error = |e: std::io::Error| KeyError::Read {
+            path: shown.clone(),
+            reason: e.kind().to_string(),
+        };
+        let meta = std::fs::metadata(&self.path).map_err(read_error)?;
+        let stamp = Stamp {
+            modified: meta.modified().ok(),
+            len: meta.len(),
+        };
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((held, key)) = loaded.as_ref()
+            && *held == stamp
+        {
+            return Ok(Arc::clone(key));
+        }
+        if stamp.len > MAX_KEY_FILE_BYTES {
+            return Err(KeyError::Format {
+                path: shown,
+                reason: "larger than 64 KiB".into(),
+            });
+        }
+        let mut bytes = std::fs::read(&self.path).map_err(read_error)?;
+        let key = SigningKey::from_file_bytes(&bytes, self.kid.as_deref(), &shown);
+        bytes.wipe();
+        let key = Arc::new(key?);
+        if loaded.is_some() {
+            tracing::info!(path = %shown, kid = key.kid(), "signing key file changed; key re-read");
+        }
+        *loaded = Some((stamp, Arc::clone(&key)));
+        Ok(key)
+    }
+}
+
+/// Overwrites buffers that held key material before they are freed, so a copy does not linger in the
+/// heap. Best effort: the compiler may not elide these writes through `black_box`.
+mod zeroize_lite {
+    pub trait Wipe {
+        fn wipe(&mut self);
+    }
+
+    impl Wipe for Vec<u8> {
+        fn wipe(&mut self) {
+            for byte in self.iter_mut() {
+                *byte = 0;
+            }
+            std::hint::black_box(&self);
+        }
+    }
+
+    impl Wipe for String {
+        fn wipe(&mut self) {
+            let mut bytes = std::mem::take(self).into_bytes();
+            bytes.wipe();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A PKCS#8 key of the simulator's peer pool (public by design).
+    pub(crate) fn test_pem() -> String {
+        let der = include_bytes!("../simulator/peer-key-6.der");
+        let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
+        for line in STANDARD.encode(der).as_bytes().chunks(64) {
+            pem.push_str(std::str::from_utf8(line).unwrap());
+            pem.push('\n');
+        }
+        pem.push_str("-----END PRIVATE KEY-----\n");
+        pem
+    }
+
+    #[test]
+    fn a_pem_key_signs_what_its_public_jwk_verifies_and_never_prints_itself() {
+        let pem = test_pem();
+        assert!(matches!(
+            SigningKey::from_file_bytes(pem.as_bytes(), None, "k.pem"),
+            Err(KeyError::NoKid { .. })
+        ));
+        let key = SigningKey::from_file_bytes(pem.as_bytes(), Some("kid-1"), "k.pem").unwrap();
+        let value = key.sign(b"{\"a\":1}").unwrap();
+        let public = super::super::public_key_from_jwk(&key.public_jwk()).unwrap();
+        let parsed = super::super::parse(value.as_bytes()).unwrap();
+        assert_eq!(parsed.kid.as_deref(), Some("kid-1"));
+        assert!(super::super::verify(&parsed, &public, b"{\"a\":1}").is_ok());
+        assert!(super::super::verify(&parsed, &public, b"{\"a\":2}").is_err());
+        let shown = format!("{key:?} {key}");
+        let body: String = pem.lines().nth(1).unwrap().to_string();
+        assert!(!shown.contains(&body[..20]), "{shown}");
+        assert!(shown.contains("redacted"));
+    }
+
+    #[test]
+    fn bad_files_are_errors_that_do_not_repeat_their_content() {
+        for bytes in [
+            &b"-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWJ5dGVz\n-----END PRIVATE KEY-----\n"[..],
+            b"{\"kty\":\"RSA\",\"n\":\"secret-bytes\"}",
+            b"{\"kty\":\"EC\"}",
+            b"secret-bytes",
+            b"\xff\xfe",
+        ] {
+            let error = SigningKey::from_file_bytes(bytes, Some("k"), "f").unwrap_err();
+            let text = error.to_string();
+            assert!(
+                !text.contains("secret-bytes") && !text.contains("c2Vj"),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_file_is_re_read_when_it_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key.pem");
+        std::fs::write(&path, test_pem()).unwrap();
+        let file = SigningKeyFile::open(&path, Some("one")).unwrap();
+        let first = file.key().unwrap();
+        assert!(Arc::ptr_eq(&first, &file.key().unwrap()), "unchanged: held");
+        let other = include_bytes!("../simulator/peer-key-5.der");
+        let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
+        pem.push_str(&STANDARD.encode(other));
+        pem.push_str("\n-----END PRIVATE KEY-----\n\n\n");
+        std::fs::write(&path, pem).unwrap();
+        let second = file.key().unwrap();
+        assert_ne!(first.public_jwk()["n"], second.public_jwk()["n"]);
+        std::fs::write(&path, "garbage").unwrap();
+        assert!(file.key().is_err());
+    }
+}
