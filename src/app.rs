@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::BrokerSettings;
+use crate::config::jws::JwsSettings;
 use crate::entity::EntityId;
 use crate::http::server::ServerLimits;
 use crate::http::{self, AppState};
@@ -48,6 +49,8 @@ pub struct Application {
     secret_managers: Vec<SecretManager>,
     verifier: Arc<Verifier>,
     verify_listener: Option<TcpListener>,
+    /// Signing keys, the CR and the body cap; verification only, with the CR beside the IAM, when unset.
+    jws: Option<JwsSettings>,
 }
 
 impl Application {
@@ -109,7 +112,15 @@ impl Application {
             secret_managers,
             verifier,
             verify_listener: None,
+            jws: None,
         })
+    }
+
+    /// Signs with these keys and reads peers' keys from this CR (`/v1/sign`, `/v1/verify-signature`,
+    /// `/v1/authorize`).
+    pub fn with_jws(mut self, jws: JwsSettings) -> Self {
+        self.jws = Some(jws);
+        self
     }
 
     /// Also serves `/v1/verify` (and nothing else) on `listener`.
@@ -161,7 +172,15 @@ impl Application {
             secret_managers,
             verifier,
             verify_listener,
+            jws,
         } = self;
+        let jws = jws_state(
+            jws.unwrap_or_else(|| JwsSettings::for_iam_url(&settings.iam_url)),
+            &settings,
+            &broker,
+            &verifier,
+            &metrics,
+        );
         log_start(&settings, listener.local_addr().ok());
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut key_tasks = verifier.spawn_key_tasks(&stop_rx);
@@ -175,7 +194,7 @@ impl Application {
             tracing::info!(verify_listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving /v1/verify (and nothing else)");
             tokio::spawn(http::server::serve(
                 listener,
-                http::verify_frontend(Arc::clone(&verifier)),
+                http::verify_frontend(Arc::clone(&verifier), jws.clone()),
                 settings.limits.clone(),
                 async move {
                     let _ = verify_down_rx.wait_for(|down| *down).await;
@@ -205,6 +224,7 @@ impl Application {
             guard: settings.guard.clone(),
             metrics,
             verifier: Some(verifier),
+            jws,
         });
         let frontend = http::frontend(Arc::clone(&state));
         match admin_listener {
@@ -250,6 +270,44 @@ impl Application {
         while managers.join_next().await.is_some() {}
         tracing::info!("stopped");
     }
+}
+
+/// The state of the signature routes: the CR client calls with the first entity's token.
+fn jws_state(
+    jws: JwsSettings,
+    settings: &BrokerSettings,
+    broker: &Broker,
+    verifier: &Arc<Verifier>,
+    metrics: &Arc<Metrics>,
+) -> Option<Arc<http::jws::JwsState>> {
+    let caller = settings.entities.first()?.id.clone();
+    let registry = match crate::registry::Registry::new(
+        &jws.cr_url,
+        broker.clone(),
+        caller,
+        jws.policy.clone(),
+        settings.iam_timeouts,
+    ) {
+        Ok(registry) => Arc::new(registry),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the Central Registry client; signature routes are off");
+            return None;
+        }
+    };
+    tracing::info!(cr = %jws.cr_url, max_body_bytes = jws.max_body_bytes, "signature verification reads peers' keys from the Central Registry");
+    for (entity, file) in &jws.signers {
+        // The kid and the file, never the key.
+        let kid = file.key().map(|k| k.kid().to_string()).unwrap_or_default();
+        tracing::info!(entity = %entity, kid, path = %file.path().display(), "signing key configured");
+    }
+    Some(Arc::new(http::jws::JwsState {
+        signers: jws.signers,
+        registry,
+        verifier: Arc::clone(verifier),
+        guard: settings.guard.clone(),
+        metrics: Arc::clone(metrics),
+        max_body_bytes: jws.max_body_bytes,
+    }))
 }
 
 fn log_start(settings: &BrokerSettings, addr: Option<SocketAddr>) {

@@ -5,10 +5,12 @@
 //! - [`local`]: `iam-simulator` and `demo`;
 //! - [`secret`]: `secret read`, `secret reset` and `rotate`;
 //! - [`healthcheck`]: `healthcheck`, the probe for images without curl;
-//! - [`verify`]: `verify`, one incoming token checked from the command line.
+//! - [`verify`]: `verify`, one incoming token checked from the command line;
+//! - [`jws`]: `sign` and `verify-signature`, one body on stdin.
 
 pub mod healthcheck;
 pub mod inject;
+pub mod jws;
 pub mod local;
 pub mod secret;
 pub mod serve;
@@ -34,6 +36,8 @@ pub fn run(command: Command) -> ExitCode {
         Command::Healthcheck(args) => healthcheck::run(&args),
         Command::Inject(args) => inject::run(&args),
         Command::Verify(args) => verify::run(&args),
+        Command::Sign(args) => jws::sign(&args),
+        Command::VerifySignature(args) => jws::verify_signature(&args),
     }
 }
 

@@ -8,6 +8,7 @@ use crate::config::admin::env_secrets;
 use crate::config::cli::{
     AdminArgs, ListenArgs, LogArgs, RotationArgs, ServeArgs, TokenArgs, VerifyArgs,
 };
+use crate::config::jws::JwsSettings;
 use crate::config::{self, BrokerArgs, BrokerSettings, ConfigError, EntitySettings};
 use crate::iam::{IamClient, IamTimeouts};
 use crate::telemetry;
@@ -25,14 +26,23 @@ pub fn serve_command(args: &ServeArgs) -> ExitCode {
         rotation: &args.rotation,
         verify: &args.verify,
     };
-    match config::broker_settings(broker_args, &env_secrets()) {
-        Ok(settings) => serve(settings),
+    let settings = match config::broker_settings(broker_args, &env_secrets()) {
+        Ok(settings) => settings,
+        Err(e) => return config_error(&e),
+    };
+    match config::broker_jws_settings(&args.entity, &args.jws, &settings) {
+        Ok(jws) => serve_with(settings, Some(jws)),
         Err(e) => config_error(&e),
     }
 }
 
 /// Runs the sidecar until SIGTERM/SIGINT.
 pub fn serve(settings: BrokerSettings) -> ExitCode {
+    serve_with(settings, None)
+}
+
+/// Runs the sidecar with signing settings (`None`: verification only, the CR beside the IAM).
+pub fn serve_with(settings: BrokerSettings, jws: Option<JwsSettings>) -> ExitCode {
     telemetry::init(&settings.log);
     let rt = match runtime(settings.worker_threads) {
         Ok(rt) => rt,
@@ -63,6 +73,9 @@ pub fn serve(settings: BrokerSettings) -> ExitCode {
         };
         if let Some(admin_listener) = admin_listener {
             app = app.with_admin_listener(admin_listener);
+        }
+        if let Some(jws) = jws {
+            app = app.with_jws(jws);
         }
         if let Some(verify_listener) = verify_listener {
             app = app.with_verify_listener(verify_listener);

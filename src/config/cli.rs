@@ -21,7 +21,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the sidecar: keep tokens fresh and serve them on a local port.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Fetch one entity token from the IAM, print it to stdout and exit (for scripts and init containers).
     Token(TokenArgs),
     /// Run the built-in IAM simulator as a server.
@@ -40,6 +40,10 @@ pub enum Command {
     Inject(InjectArgs),
     /// Verify an incoming entity token read on stdin: print its claims and exit 0, or the reason and exit 1.
     Verify(VerifyTokenArgs),
+    /// Sign the body read on stdin with the entity's key: print the x-jws-signature value.
+    Sign(SignArgs),
+    /// Verify the x-jws-signature of a body read on stdin against the sender's key in the Central Registry.
+    VerifySignature(VerifySignatureArgs),
 }
 
 #[derive(Debug, Args)]
@@ -376,6 +380,8 @@ pub struct ServeArgs {
     /// Boxed: `serve` has the most flags, and the command enum should not grow by all of them.
     #[command(flatten)]
     pub verify: Box<VerifyArgs>,
+    #[command(flatten)]
+    pub jws: Box<JwsArgs>,
 }
 
 #[derive(Debug, Args)]
@@ -529,6 +535,82 @@ pub struct VerifyTokenArgs {
     /// Expected sender entity id (no environment fallback: AA_BROKER_ENTITY_ID is the broker's own id)
     #[arg(long = "entity-id", value_name = "ID")]
     pub entity_id: Option<String>,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// Signing and signature verification (`/v1/sign`, `/v1/verify-signature`, `/v1/authorize`).
+#[derive(Debug, Args, Default)]
+pub struct JwsArgs {
+    /// The entity's private key for x-jws-signature: PKCS#8 PEM or a private RSA JWK; re-read when it changes [env: AA_BROKER_SIGNING_KEY_FILE]
+    #[arg(
+        long,
+        env = "AA_BROKER_SIGNING_KEY_FILE",
+        value_name = "PATH",
+        hide_env = true
+    )]
+    pub signing_key_file: Option<PathBuf>,
+    /// The kid to sign under; must equal the kid registered in the CR (default: the JWK's kid) [env: AA_BROKER_SIGNING_KID]
+    #[arg(
+        long,
+        env = "AA_BROKER_SIGNING_KID",
+        value_name = "KID",
+        hide_env = true
+    )]
+    pub signing_kid: Option<String>,
+    /// Central Registry base URL; entity info is read at {base}/v2/entityInfo/{type}/{id} (default: the IAM's host, /cr) [env: AA_BROKER_CR_URL]
+    #[arg(long, env = "AA_BROKER_CR_URL", value_name = "URL", hide_env = true)]
+    pub cr_url: Option<String>,
+    /// Largest body signed or verified, bytes (default 16 MiB); larger ones get 413 [env: AA_BROKER_MAX_BODY_BYTES]
+    #[arg(
+        long,
+        env = "AA_BROKER_MAX_BODY_BYTES",
+        value_name = "BYTES",
+        hide_env = true
+    )]
+    pub max_body_bytes: Option<usize>,
+}
+
+/// `sign`: one body on stdin, signed locally with the key file.
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    /// The private key: PKCS#8 PEM or a private RSA JWK [env: AA_BROKER_SIGNING_KEY_FILE]
+    #[arg(
+        long,
+        env = "AA_BROKER_SIGNING_KEY_FILE",
+        value_name = "PATH",
+        hide_env = true
+    )]
+    pub signing_key_file: Option<PathBuf>,
+    /// The kid to sign under (default: the JWK's kid) [env: AA_BROKER_SIGNING_KID]
+    #[arg(
+        long,
+        env = "AA_BROKER_SIGNING_KID",
+        value_name = "KID",
+        hide_env = true
+    )]
+    pub signing_kid: Option<String>,
+}
+
+/// `verify-signature`: one body on stdin, its signature in --signature, the sender's key from the CR
+/// (read with this entity's token).
+#[derive(Debug, Args)]
+pub struct VerifySignatureArgs {
+    #[command(flatten)]
+    pub iam: IamArgs,
+    #[command(flatten)]
+    pub entity: EntityArgs,
+    #[command(flatten)]
+    pub jws: JwsArgs,
+    /// The sender's entity id
+    #[arg(long, value_name = "ID")]
+    pub sender: String,
+    /// The sender's type: AA, FIU or FIP
+    #[arg(long = "type", value_name = "TYPE")]
+    pub kind: String,
+    /// The x-jws-signature value received with the body
+    #[arg(long, value_name = "VALUE")]
+    pub signature: String,
     #[command(flatten)]
     pub log: LogArgs,
 }

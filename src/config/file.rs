@@ -52,6 +52,8 @@ pub struct FileConfig {
     pub jwks_url: Option<String>,
     pub verify_leeway: Option<f64>,
     pub jwks_refresh_interval: Option<f64>,
+    pub cr_url: Option<String>,
+    pub max_body_bytes: Option<usize>,
     #[serde(default)]
     pub entities: Vec<FileEntity>,
 }
@@ -63,6 +65,10 @@ pub struct FileEntity {
     pub secret_file: PathBuf,
     /// Where a rotated secret goes; `file:<secret_file>` when absent.
     pub secret_sink: Option<String>,
+    /// The entity's private key for `x-jws-signature` (PKCS#8 PEM or a private JWK).
+    pub signing_key_file: Option<PathBuf>,
+    /// The `kid` registered in the CR (default: the JWK's own).
+    pub signing_kid: Option<String>,
 }
 
 const SETTING: &str = "--config (AA_BROKER_CONFIG)";

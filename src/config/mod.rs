@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod cli;
 pub mod file;
+pub mod jws;
 pub mod verify;
 
 use std::fmt;
@@ -348,6 +349,19 @@ pub fn broker_settings(
         verify,
         verify_listen,
     })
+}
+
+/// Validates the signing and signature settings of `serve` against its validated `settings`.
+pub fn broker_jws_settings(
+    entity: &EntityArgs,
+    args: &cli::JwsArgs,
+    settings: &BrokerSettings,
+) -> Result<jws::JwsSettings, ConfigError> {
+    let file = match &entity.config {
+        Some(path) => file::load(path)?,
+        None => file::FileConfig::default(),
+    };
+    jws::jws_settings(args, &file, &settings.iam_url, &settings.entities)
 }
 
 pub(crate) fn seconds(

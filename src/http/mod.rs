@@ -10,10 +10,13 @@
 //! - [`server`]: the accept loop — connection cap, header timeout, graceful shutdown.
 //! - [`verify`]: `GET|POST /v1/verify`, verification of incoming entity tokens; on the token listener
 //!   (loopback `Host` rule only) and alone on `--verify-listen`.
+//! - [`jws`]: `POST /v1/sign` (guarded, token port only), `/v1/verify-signature` and `/v1/authorize`
+//!   (like the verify routes: `Host` rule on the token port, and on `--verify-listen`).
 
 pub mod admin;
 pub mod guard;
 pub mod hot_path;
+pub mod jws;
 pub mod reply;
 pub mod server;
 pub mod tokens;
@@ -43,6 +46,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Verification of incoming tokens (`/v1/verify`), when configured.
     pub verifier: Option<Arc<Verifier>>,
+    /// Signing and signature verification (`/v1/sign`, `/v1/verify-signature`, `/v1/authorize`).
+    pub jws: Option<Arc<jws::JwsState>>,
 }
 
 /// What the token listener serves: the hot path, then the [`router`].
@@ -51,8 +56,13 @@ pub fn frontend(state: Arc<AppState>) -> Frontend {
 }
 
 /// What `--verify-listen` serves: the verify routes alone ([`verify::only_router`]), never tokens.
-pub fn verify_frontend(verifier: Arc<Verifier>) -> Frontend {
-    Frontend::verify_only(Arc::clone(&verifier), verify::only_router(verifier))
+pub fn verify_frontend(verifier: Arc<Verifier>, jws: Option<Arc<jws::JwsState>>) -> Frontend {
+    let router = verify::only_router(Arc::clone(&verifier));
+    let router = match jws {
+        Some(jws) => router.merge(jws::verify_port_routes(jws)),
+        None => router,
+    };
+    Frontend::verify_only(verifier, router)
 }
 
 /// What `--admin-listen` serves: the [`admin_router`] alone.
@@ -85,6 +95,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .verifier
         .clone()
         .map(|verifier| verify::routes(verifier, Some(state.guard.clone())));
+    let signatures = state.jws.clone().map(jws::token_port_routes);
     let router = Router::new()
         .route("/v1/token", get(tokens::get_default))
         .route("/v1/token/refresh", post(tokens::refresh_default))
@@ -107,8 +118,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         ))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .with_state(state);
-    match verify {
+    let router = match verify {
         Some(verify) => router.merge(verify),
+        None => router,
+    };
+    match signatures {
+        Some(signatures) => router.merge(signatures),
         None => router,
     }
 }

@@ -9,12 +9,14 @@
 //!
 //! Tests drive it through the [`Simulator`] handle (or the same operations over HTTP under `/_simulator/`,
 //! see the `control` module): entities, users, token lifetime, latency, a shifted clock, injected faults (status
-//! codes, delays, hung requests, malformed bodies) and call counters.
+//! codes, delays, hung requests, malformed bodies) and call counters. The `registry` module serves the
+//! Central Registry's entity-info API (`/cr/v2/entityInfo/…`) with peers that hold real key pairs.
 
 mod control;
 mod iam_routes;
 pub mod jwt;
 pub mod realm;
+mod registry;
 pub mod state;
 
 use std::future::Future;
@@ -40,6 +42,8 @@ pub(crate) struct Shared {
     /// The realm: its signing keys, issuer and published key set.
     key: realm::Realm,
     counters: Counters,
+    /// The Central Registry: entities, their keys, its faults (`registry` module).
+    cr: registry::CrState,
 }
 
 impl Shared {
@@ -61,6 +65,7 @@ impl Simulator {
                 world: Mutex::new(world),
                 key: realm::Realm::new()?,
                 counters: Counters::default(),
+                cr: registry::CrState::default(),
             }),
         })
     }
@@ -85,6 +90,7 @@ impl Simulator {
             .route(realm::DISCOVERY_PATH, get(realm::discovery))
             .merge(control::router())
             .merge(realm::router())
+            .merge(registry::router())
             .with_state(Arc::clone(&self.shared))
     }
 

@@ -1,0 +1,124 @@
+//! The settings of signing and signature verification: each entity's signing key file and `kid`, the
+//! Central Registry URL, and the body-size cap. Validated once, like every other setting: a key file that
+//! cannot be read or parsed is one line naming the setting (exit 2), and never shows the key.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::cli::JwsArgs;
+use super::file::FileConfig;
+use super::{ConfigError, EntitySettings};
+use crate::entity::EntityId;
+use crate::http::jws::DEFAULT_MAX_BODY_BYTES;
+use crate::jws::SigningKeyFile;
+use crate::jws::policy::RegistryPolicy;
+use crate::registry::default_cr_url;
+
+pub const S_SIGNING_KEY_FILE: &str = "--signing-key-file (AA_BROKER_SIGNING_KEY_FILE)";
+pub const S_SIGNING_KID: &str = "--signing-kid (AA_BROKER_SIGNING_KID)";
+pub const S_CR_URL: &str = "--cr-url (AA_BROKER_CR_URL)";
+pub const S_MAX_BODY: &str = "--max-body-bytes (AA_BROKER_MAX_BODY_BYTES)";
+
+/// Largest body cap accepted: 1 GiB.
+const MAX_BODY_CAP: usize = 1 << 30;
+
+/// Signing and verification settings, validated.
+#[derive(Debug, Clone)]
+pub struct JwsSettings {
+    /// The CR base URL (`https://…/cr`).
+    pub cr_url: String,
+    /// Each entity with a signing key, opened (and parsed once) at validation.
+    pub signers: Vec<(EntityId, Arc<SigningKeyFile>)>,
+    pub max_body_bytes: usize,
+    pub policy: RegistryPolicy,
+}
+
+impl JwsSettings {
+    /// Verification only, with the CR beside the IAM.
+    pub fn for_iam_url(iam_url: &str) -> Self {
+        Self {
+            cr_url: default_cr_url(iam_url),
+            signers: Vec::new(),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            policy: RegistryPolicy::default(),
+        }
+    }
+}
+
+/// Validates the flags and the file's keys. `--signing-key-file` belongs to the one entity of the command
+/// line (or the file's only entity); with several, each sets `signing_key_file` in `[[entities]]`.
+pub fn jws_settings(
+    args: &JwsArgs,
+    file: &FileConfig,
+    iam_url: &str,
+    entities: &[EntitySettings],
+) -> Result<JwsSettings, ConfigError> {
+    let cr_url = match args.cr_url.as_deref().or(file.cr_url.as_deref()) {
+        Some(raw) => super::resolve_iam_url(Some(raw), None, false)
+            .map_err(|e| ConfigError::new(S_CR_URL, e.reason))?,
+        None => default_cr_url(iam_url),
+    };
+    let max_body_bytes = args
+        .max_body_bytes
+        .or(file.max_body_bytes)
+        .unwrap_or(DEFAULT_MAX_BODY_BYTES);
+    if !(1024..=MAX_BODY_CAP).contains(&max_body_bytes) {
+        return Err(ConfigError::new(
+            S_MAX_BODY,
+            "must be between 1024 and 1073741824",
+        ));
+    }
+    let mut keys: Vec<(EntityId, PathBuf, Option<String>, String)> = Vec::new();
+    for (index, entry) in file.entities.iter().enumerate() {
+        if let Some(path) = &entry.signing_key_file {
+            let id = EntityId::parse(&entry.id)
+                .map_err(|e| ConfigError::new(format!("entities[{index}].id"), e))?;
+            keys.push((
+                id,
+                path.clone(),
+                entry.signing_kid.clone(),
+                format!("entities[{index}].signing_key_file (in --config)"),
+            ));
+        }
+    }
+    if let Some(path) = &args.signing_key_file {
+        let id = match entities {
+            [only] => only.id.clone(),
+            _ => {
+                return Err(ConfigError::new(
+                    S_SIGNING_KEY_FILE,
+                    "several entities are configured; set signing_key_file per entity in --config",
+                ));
+            }
+        };
+        if keys.iter().any(|(k, ..)| *k == id) {
+            return Err(ConfigError::new(
+                S_SIGNING_KEY_FILE,
+                format!("{id} also has a signing_key_file in --config; configure it in one place"),
+            ));
+        }
+        keys.push((
+            id,
+            path.clone(),
+            args.signing_kid.clone(),
+            S_SIGNING_KEY_FILE.to_string(),
+        ));
+    } else if args.signing_kid.is_some() {
+        return Err(ConfigError::new(
+            S_SIGNING_KID,
+            "--signing-kid needs --signing-key-file",
+        ));
+    }
+    let mut signers = Vec::new();
+    for (id, path, kid, setting) in keys {
+        let file = SigningKeyFile::open(&path, kid.as_deref())
+            .map_err(|e| ConfigError::new(setting, e))?;
+        signers.push((id, Arc::new(file)));
+    }
+    Ok(JwsSettings {
+        cr_url,
+        signers,
+        max_body_bytes,
+        policy: RegistryPolicy::default(),
+    })
+}
