@@ -10,6 +10,7 @@ mod hostile;
 mod hostile_iam;
 mod iam_client;
 mod inject;
+mod jws;
 mod resilience;
 mod rotation;
 mod verify;
