@@ -3,7 +3,8 @@
 # venv under target/, checks the simulator's tokens through its discovery document and key set, and signs
 # tokens of its own that the broker's verifier must accept (RS256 with the realm key) or refuse (`none`,
 # HS256 with the public key, a foreign key). Starts the simulator and a broker from the debug build on free
-# loopback ports; stops them on exit. Run from CI (.ci/run) after `cargo test`.
+# loopback ports; stops them on exit. Then tests/interop/jws_check.py checks x-jws-signature both ways with
+# `cryptography`. Run from CI (.ci/run) after `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -14,4 +15,7 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import jwt, cryptogra
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "PyJWT[crypto]==2.10.1" "cryptography>=42"
 fi
-exec "$venv/bin/python" tests/interop/pyjwt_check.py target/debug/aa-token-broker src/simulator/signing-key.der
+"$venv/bin/python" tests/interop/pyjwt_check.py target/debug/aa-token-broker src/simulator/signing-key.der
+# Detached x-jws-signature both ways, with `cryptography` (installed above as PyJWT's crypto backend).
+echo "== interop: Python cryptography against /v1/sign, /v1/verify-signature and /v1/authorize"
+exec "$venv/bin/python" tests/interop/jws_check.py target/debug/aa-token-broker
