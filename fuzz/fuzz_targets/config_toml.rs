@@ -7,6 +7,6 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
     if let Err(message) = parse(text) {
-        assert!(!message.contains('\n'), "config errors are one line");
+        assert!(!message.to_string().contains('\n'), "config errors are one line");
     }
 });
