@@ -344,6 +344,21 @@ mod tests {
     }
 
     #[test]
+    fn a_private_jwk_signs_like_the_same_key_in_pkcs8_and_names_its_kid() {
+        // The simulator's fourth pool key, exported as a JWK with Python `cryptography`.
+        let jwk = include_str!("testdata/peer-key-4.jwk.json");
+        let key = SigningKey::from_file_bytes(jwk.as_bytes(), None, "k.json").unwrap();
+        assert_eq!(key.kid(), "pool-4");
+        let der = include_bytes!("../simulator/peer-key-4.der");
+        let same = SigningKey::new(RsaKeyPair::from_pkcs8(der).unwrap(), "pool-4".into()).unwrap();
+        assert_eq!(key.sign(b"body").unwrap(), same.sign(b"body").unwrap());
+        let renamed = SigningKey::from_file_bytes(jwk.as_bytes(), Some("other"), "k.json").unwrap();
+        assert_eq!(renamed.kid(), "other");
+        let public_only = jwk.replace("\"d\"", "\"x\"");
+        assert!(SigningKey::from_file_bytes(public_only.as_bytes(), None, "k.json").is_err());
+    }
+
+    #[test]
     fn bad_files_are_errors_that_do_not_repeat_their_content() {
         for bytes in [
             &b"-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWJ5dGVz\n-----END PRIVATE KEY-----\n"[..],
