@@ -137,7 +137,7 @@ pub fn verify_signature(args: &VerifySignatureArgs) -> ExitCode {
             .map_err(|e| e.to_string())?;
         match found {
             Found::Key(choice) => crate::jws::verify(&detached, &choice.key, &body)
-                .map(|()| choice.kid)
+                .map(|()| choice.kid.clone())
                 .map_err(|e| format!("signature_mismatch: {e}")),
             Found::NoSuchKid => Err(
                 "signature_mismatch: the signature names a kid the sender has not registered"

@@ -244,7 +244,9 @@ async fn check(
         }
     };
     match jws::verify(&detached, &choice.key, body) {
-        Ok(()) => Checked::Valid { kid: choice.kid },
+        Ok(()) => Checked::Valid {
+            kid: choice.kid.clone(),
+        },
         Err(e) => {
             tracing::debug!(
                 sender,

@@ -22,7 +22,6 @@ use tokio::time::Instant;
 
 use crate::entity::EntityId;
 use crate::iam::IamTimeouts;
-use crate::inbound::keyset::RsaKey;
 use crate::jws::policy::{Action, EntryClock, RegistryPolicy};
 use crate::token::broker::Broker;
 pub use record::{EntityKey, RecordError, TYPES};
@@ -44,31 +43,25 @@ pub enum RegistryError {
     },
 }
 
-/// The key a signature must verify with.
-#[derive(Debug, Clone)]
-pub struct KeyChoice {
-    /// The `kid` of the key, when known.
-    pub kid: Option<String>,
-    pub key: RsaKey,
-}
-
 /// What the lookup of a `kid` found.
 #[derive(Debug, Clone)]
 pub enum Found {
-    Key(KeyChoice),
+    /// The key a signature must verify with (shared with the cache: no copy per request).
+    Key(Arc<EntityKey>),
     /// The entity is known but holds no key with that `kid` (now, or within the previous-key period).
     NoSuchKid,
 }
 
-/// Entries by `(type, id)`, each behind its own async lock: the single flight.
-type Entries = HashMap<(String, String), Arc<tokio::sync::Mutex<Entry>>>;
+/// Entries by type (in the order of [`TYPES`]) and id, each behind its own async lock: the single flight.
+/// Looked up by `&str`, so a request allocates nothing to find its sender.
+type Entries = [HashMap<String, Arc<tokio::sync::Mutex<Entry>>>; 3];
 
 #[derive(Default)]
 struct Entry {
     clock: EntryClock,
-    current: Option<EntityKey>,
+    current: Option<Arc<EntityKey>>,
     /// The key `current` replaced, and when the change was seen.
-    previous: Option<(EntityKey, Instant)>,
+    previous: Option<(Arc<EntityKey>, Instant)>,
     /// The CR said the entity does not exist (kept like a record, so it is not asked again at once).
     unknown: bool,
     last_error: Option<String>,
@@ -107,7 +100,7 @@ impl Registry {
             broker,
             caller,
             policy,
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(Default::default()),
         })
     }
 
@@ -127,13 +120,17 @@ impl Registry {
         id: &str,
         kid: Option<&str>,
     ) -> Result<Found, RegistryError> {
+        let index = TYPES
+            .iter()
+            .position(|t| *t == kind)
+            .ok_or_else(|| RegistryError::UnknownSender(id.to_string()))?;
         let slot = {
             let mut entries = self.entries();
-            Arc::clone(
-                entries
-                    .entry((kind.to_string(), id.to_string()))
-                    .or_default(),
-            )
+            let of_type = &mut entries[index];
+            match of_type.get(id) {
+                Some(slot) => Arc::clone(slot),
+                None => Arc::clone(of_type.entry(id.to_string()).or_default()),
+            }
         };
         let mut entry = slot.lock().await;
         let now = Instant::now();
@@ -163,7 +160,7 @@ impl Registry {
                             tracing::info!(entity = id, old_kid = ?old.kid, new_kid = ?fetched.kid, "a peer's signing key changed in the CR; the previous one verifies for one cache period");
                             entry.previous = Some((old, Instant::now()));
                         }
-                        entry.current = Some(fetched);
+                        entry.current = Some(Arc::new(fetched));
                     }
                     Ok(None) => {
                         entry.clock.failed = false;
@@ -250,24 +247,20 @@ fn choose(
     kid: Option<&str>,
     policy: &RegistryPolicy,
     now: Instant,
-) -> Option<KeyChoice> {
+) -> Option<Arc<EntityKey>> {
     let current = entry.current.as_ref()?;
-    let pick = |key: &EntityKey| KeyChoice {
-        kid: key.kid.clone(),
-        key: key.key.clone(),
-    };
     let Some(kid) = kid else {
-        return Some(pick(current));
+        return Some(Arc::clone(current));
     };
     // A certificate without a `kid` matches any: it is the sender's single key.
     if current.kid.as_deref().is_none_or(|k| k == kid) {
-        return Some(pick(current));
+        return Some(Arc::clone(current));
     }
     entry
         .previous
         .as_ref()
         .filter(|(old, at)| old.kid.as_deref() == Some(kid) && policy.previous_key_valid(*at, now))
-        .map(|(old, _)| pick(old))
+        .map(|(old, _)| Arc::clone(old))
 }
 
 fn without_url(error: &reqwest::Error) -> String {
