@@ -153,6 +153,20 @@ def markdown(jws, command, date):
     lines += ["", f"Targets (≥ {TARGET_RATIO}× openssl): sign **{t['sign']['ratio']:.2f}**"
               f" ({'met' if t['sign']['met'] else 'missed'}), verify **{t['verify']['ratio']:.2f}**"
               f" ({'met' if t['verify']['met'] else 'missed'}).", "",
+              "Where the time goes. Over HTTP a verification costs"
+              f" {1e6 / h['verify']['rps']:.1f} µs of the machine, the route alone (parse, route, read the body,"
+              f" answer) {1e6 / h['floor']['rps']:.1f} µs; the difference,"
+              f" {1e6 / h['verify']['rps'] - 1e6 / h['floor']['rps']:.1f} µs, is the key look-up and one RS256"
+              f" verification, which ring does in {1e6 / c['rs256_verify_per_sec_1kib']:.1f} µs on one thread."
+              f" Signing is ring's RSA private-key operation, {1e6 / c['rs256_sign_per_sec_1kib']:.0f} µs on one"
+              f" thread: over HTTP the broker signs {h['sign']['rps'] / c['rs256_sign_per_sec_1kib']:.2f}× ring's"
+              " one-thread rate (both cores, shared with wrk), so HTTP adds little; the gap to the target is"
+              f" ring against OpenSSL's assembly (one thread: sign {c['rs256_sign_per_sec_1kib']:.0f} vs"
+              f" {o['sign_per_sec']:.0f}/s, verify {c['rs256_verify_per_sec_1kib']:.0f} vs {o['verify_per_sec']:.0f}/s)."
+              f" For verification, 0.8× of one openssl thread allows {1e6 / (TARGET_RATIO * o['verify_per_sec']):.1f} µs"
+              f" per request; the route's floor ({1e6 / h['floor']['rps']:.1f} µs) plus one ring verification spread"
+              f" over both cores ({0.5e6 / c['rs256_verify_per_sec_1kib']:.1f} µs) already exceed it, before wrk takes"
+              " its share of the cores.", "",
               "Cost per MiB of body, verification:", "",
               "| | ms per MiB |", "|---|---|",
               f"| SHA-256 alone (ring, in process, {c['sha256_mib_per_sec']:.0f} MiB/s) | {c['sha256_ms_per_mib']:.2f} |",

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -199,7 +199,11 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
         .route("/cr/v2/entityInfo/{kind}", get(entity_list))
         .route("/_simulator/cr/entities", post(control_register))
         .route("/_simulator/cr/entities/{id}/rotate", post(control_rotate))
-        .route("/_simulator/cr/entities/{id}/sign", post(control_sign))
+        // Bodies as large as the broker verifies (FI data responses): past axum's 2 MB default.
+        .route(
+            "/_simulator/cr/entities/{id}/sign",
+            post(control_sign).layer(DefaultBodyLimit::max(64 * 1024 * 1024)),
+        )
         .route("/_simulator/cr/entities/{id}/key", get(control_key))
         .route("/_simulator/cr/status", put(control_status))
         .route("/_simulator/cr/stats", get(control_stats))
