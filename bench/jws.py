@@ -23,7 +23,6 @@ import tempfile
 import time
 
 import bench as b
-import verify as v
 
 AA = "AA-JWS-BENCH"
 COST = os.path.join(b.RELEASE, "examples", "bench-jws-cost")
@@ -181,6 +180,19 @@ def markdown(jws, command, date):
     return "\n".join(lines) + "\n"
 
 
+def write_section(path, section):
+    """Replaces this bench's section of RESULTS.md (from its title to the next `## `), or appends it."""
+    text = open(path).read() if os.path.exists(path) else ""
+    at = text.find(SECTION)
+    if at >= 0:
+        following = text.find("\n## ", at + len(SECTION))
+        text = text[:at] + section + ("" if following < 0 else text[following + 1:])
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + section
+    with open(path, "w") as f:
+        f.write(text)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true")
@@ -218,7 +230,7 @@ def main():
         json.dump(results, f, indent=2)
     date = subprocess.run(["date", "-u", "+%Y-%m-%d %H:%M UTC"], capture_output=True, text=True).stdout.strip()
     section = markdown(jws, command, date)
-    v.write_section(os.path.join(args.out, f"RESULTS{suffix}.md"), section)
+    write_section(os.path.join(args.out, f"RESULTS{suffix}.md"), section)
     print(section)
     errors = sum(row["errors"] for name, row in jws["http"].items() if name != "floor")
     if errors:
