@@ -26,6 +26,9 @@ use crate::jws::policy::{Action, EntryClock, RegistryPolicy};
 use crate::token::broker::Broker;
 pub use record::{EntityKey, RecordError, TYPES};
 
+/// Entities remembered per type. Senders come from local callers (`/v1/verify-signature`) or verified
+/// tokens (`/v1/authorize`); a caller that names endless distinct senders cannot grow the cache past this.
+pub const MAX_ENTRIES_PER_TYPE: usize = 4096;
 /// Largest CR answer read: one record is a few KiB.
 pub const MAX_RECORD_BYTES: usize = 256 * 1024;
 
@@ -129,7 +132,19 @@ impl Registry {
             let of_type = &mut entries[index];
             match of_type.get(id) {
                 Some(slot) => Arc::clone(slot),
-                None => Arc::clone(of_type.entry(id.to_string()).or_default()),
+                None => {
+                    if of_type.len() >= MAX_ENTRIES_PER_TYPE {
+                        // Forget entities that hold no key and that no lookup is using.
+                        of_type.retain(|_, slot| {
+                            slot.try_lock()
+                                .map_or(true, |entry| entry.current.is_some())
+                        });
+                    }
+                    if of_type.len() >= MAX_ENTRIES_PER_TYPE {
+                        return Err(RegistryError::UnknownSender(id.to_string()));
+                    }
+                    Arc::clone(of_type.entry(id.to_string()).or_default())
+                }
             }
         };
         let mut entry = slot.lock().await;
