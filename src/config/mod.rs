@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod cli;
 pub mod file;
+pub mod settings;
 pub mod verify;
 
 use std::fmt;
@@ -43,9 +44,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     /// `reason` is any error or message; it is displayed on the same line.
-    pub fn new(setting: impl Into<String>, reason: impl fmt::Display) -> Self {
+    /// `setting` is a [`settings::Setting`] or, for a key of the file alone, a description of where it is.
+    pub fn new(setting: impl fmt::Display, reason: impl fmt::Display) -> Self {
         Self {
-            setting: setting.into(),
+            setting: setting.to_string(),
             reason: reason.to_string(),
         }
     }
@@ -109,14 +111,6 @@ pub struct BrokerSettings {
     pub verify_listen: Option<SocketAddr>,
 }
 
-const S_IAM_URL: &str = "--iam-url (AA_BROKER_IAM_URL)";
-const S_ENVIRONMENT: &str = "--environment (AA_BROKER_ENVIRONMENT)";
-const S_ENTITY_ID: &str = "--entity-id (AA_BROKER_ENTITY_ID)";
-const S_SECRET_FILE: &str = "--secret-file (AA_BROKER_SECRET_FILE)";
-const S_CONFIG: &str = "--config (AA_BROKER_CONFIG)";
-const S_LOG_FORMAT: &str = "--log-format (AA_BROKER_LOG_FORMAT)";
-const S_LOG_LEVEL: &str = "--log-level (AA_BROKER_LOG)";
-
 /// Validates the log settings alone (every subcommand has them).
 pub fn log_settings(args: &LogArgs) -> Result<LogSettings, ConfigError> {
     let json = match args.log_format.as_deref().map(str::trim) {
@@ -124,14 +118,17 @@ pub fn log_settings(args: &LogArgs) -> Result<LogSettings, ConfigError> {
         Some("json") => true,
         Some(other) => {
             return Err(ConfigError::new(
-                S_LOG_FORMAT,
+                settings::LOG_FORMAT,
                 format!("{other:?} is neither text nor json"),
             ));
         }
     };
     let filter = args.log_level.clone().unwrap_or_else(|| "info".into());
     tracing_subscriber::EnvFilter::try_new(&filter).map_err(|e| {
-        ConfigError::new(S_LOG_LEVEL, format!("{filter:?} is not a log filter: {e}"))
+        ConfigError::new(
+            settings::LOG_LEVEL,
+            format!("{filter:?} is not a log filter: {e}"),
+        )
     })?;
     Ok(LogSettings { json, filter })
 }
@@ -158,18 +155,18 @@ pub(crate) fn common(iam: &IamArgs, entity: &EntityArgs) -> Result<Common, Confi
         && !reqwest::Url::parse(&iam_url).is_ok_and(|u| crate::iam::client::is_loopback_url(&u))
     {
         return Err(ConfigError::new(
-            S_IAM_URL,
+            settings::IAM_URL,
             "plain http is accepted only for a loopback IAM (a local simulator); use https, or --allow-plain-http for a simulator in another container",
         ));
     }
     let iam_timeouts = IamTimeouts {
         connect: seconds(
-            "--iam-connect-timeout (AA_BROKER_IAM_CONNECT_TIMEOUT)",
+            settings::IAM_CONNECT_TIMEOUT,
             iam.iam_connect_timeout.or(file.iam_connect_timeout),
             5.0,
         )?,
         request: seconds(
-            "--iam-timeout (AA_BROKER_IAM_TIMEOUT)",
+            settings::IAM_TIMEOUT,
             iam.iam_timeout.or(file.iam_timeout),
             10.0,
         )?,
@@ -224,7 +221,7 @@ pub fn broker_settings(
         && let Some(entity) = entities.iter().find(|e| e.sink.is_none())
     {
         return Err(ConfigError::new(
-            admin::S_SINK,
+            settings::SECRET_SINK,
             format!(
                 "rotation is on (admin credentials are set) but entity {} has no secret file to write to; give --secret-sink",
                 entity.id
@@ -255,14 +252,14 @@ pub fn broker_settings(
     };
     if admin_listen.is_some_and(|a| a == listen_addr) {
         return Err(ConfigError::new(
-            "--admin-listen (AA_BROKER_ADMIN_LISTEN)",
+            settings::ADMIN_LISTEN,
             "must differ from --listen",
         ));
     }
     let verify_listen = verify::verify_listen(listen, &file)?;
     if verify_listen.is_some_and(|a| a == listen_addr || Some(a) == admin_listen) {
         return Err(ConfigError::new(
-            verify::S_VERIFY_LISTEN,
+            settings::VERIFY_LISTEN,
             "must differ from --listen and --admin-listen",
         ));
     }
@@ -276,7 +273,7 @@ pub fn broker_settings(
         *host = host.trim().trim_end_matches('.').to_ascii_lowercase();
         if host.is_empty() || host.contains(['/', ' ', '@']) {
             return Err(ConfigError::new(
-                "--allow-host (AA_BROKER_ALLOW_HOSTS)",
+                settings::ALLOW_HOST,
                 "host names must be plain names without port",
             ));
         }
@@ -290,7 +287,7 @@ pub fn broker_settings(
         .unwrap_or(1024);
     if !(1..=65_536).contains(&max_connections) {
         return Err(ConfigError::new(
-            "--max-connections (AA_BROKER_MAX_CONNECTIONS)",
+            settings::MAX_CONNECTIONS,
             "must be between 1 and 65536",
         ));
     }
@@ -300,17 +297,17 @@ pub fn broker_settings(
         .unwrap_or(DEFAULT_WORKER_THREADS);
     if !(1..=64).contains(&worker_threads) {
         return Err(ConfigError::new(
-            "--worker-threads (AA_BROKER_WORKER_THREADS)",
+            settings::WORKER_THREADS,
             "must be between 1 and 64",
         ));
     }
     let shutdown_grace = seconds(
-        "--shutdown-grace (AA_BROKER_SHUTDOWN_GRACE)",
+        settings::SHUTDOWN_GRACE,
         listen.shutdown_grace.or(file.shutdown_grace),
         10.0,
     )?;
     let write_timeout = seconds(
-        "--write-timeout (AA_BROKER_WRITE_TIMEOUT)",
+        settings::WRITE_TIMEOUT,
         listen.write_timeout.or(file.write_timeout),
         10.0,
     )?;
@@ -320,7 +317,7 @@ pub fn broker_settings(
         .unwrap_or(10_000);
     if max_requests_per_connection == 0 {
         return Err(ConfigError::new(
-            "--max-requests-per-connection (AA_BROKER_MAX_REQUESTS_PER_CONNECTION)",
+            settings::MAX_REQUESTS_PER_CONNECTION,
             "must be at least 1",
         ));
     }
@@ -351,7 +348,7 @@ pub fn broker_settings(
 }
 
 pub(crate) fn seconds(
-    setting: &str,
+    setting: impl std::fmt::Display + Copy,
     value: Option<f64>,
     default: f64,
 ) -> Result<Duration, ConfigError> {
@@ -375,7 +372,7 @@ pub fn resolve_iam_url(
     let raw = match (url, environment) {
         (Some(_), Some(_)) if from_cli => {
             return Err(ConfigError::new(
-                S_IAM_URL,
+                settings::IAM_URL,
                 "give either --iam-url or --environment, not both",
             ));
         }
@@ -383,38 +380,38 @@ pub fn resolve_iam_url(
         (None, Some(env)) => environment_base_url(env.trim())
             .ok_or_else(|| {
                 ConfigError::new(
-                    S_ENVIRONMENT,
+                    settings::ENVIRONMENT,
                     format!("{env:?} is not one of sandbox, uat, production"),
                 )
             })?
             .to_string(),
         (None, None) => {
             return Err(ConfigError::new(
-                S_IAM_URL,
+                settings::IAM_URL,
                 "no IAM given; set --iam-url or --environment sandbox|uat|production",
             ));
         }
     };
     let parsed = reqwest::Url::parse(&raw)
-        .map_err(|e| ConfigError::new(S_IAM_URL, format!("{raw:?} is not a URL: {e}")))?;
+        .map_err(|e| ConfigError::new(settings::IAM_URL, format!("{raw:?} is not a URL: {e}")))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(ConfigError::new(
-            S_IAM_URL,
+            settings::IAM_URL,
             "the scheme must be https (or http for a local simulator)",
         ));
     }
     if parsed.host_str().is_none_or(str::is_empty) {
-        return Err(ConfigError::new(S_IAM_URL, "the URL has no host"));
+        return Err(ConfigError::new(settings::IAM_URL, "the URL has no host"));
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err(ConfigError::new(
-            S_IAM_URL,
+            settings::IAM_URL,
             "the URL must not carry credentials",
         ));
     }
     if parsed.query().is_some() || parsed.fragment().is_some() {
         return Err(ConfigError::new(
-            S_IAM_URL,
+            settings::IAM_URL,
             "the URL must not have a query or fragment",
         ));
     }
@@ -445,11 +442,12 @@ fn resolve_entities(
         });
     }
     if let Some(raw) = &args.entity_id {
-        let id = EntityId::parse(raw.trim()).map_err(|e| ConfigError::new(S_ENTITY_ID, e))?;
+        let id =
+            EntityId::parse(raw.trim()).map_err(|e| ConfigError::new(settings::ENTITY_ID, e))?;
         let listed = entities.iter().any(|e| e.id == id);
         let secret = match (&args.secret_file, entity_secret_env) {
             (Some(path), _) => {
-                check_secret_file(S_SECRET_FILE, path)?;
+                check_secret_file(settings::SECRET_FILE, path)?;
                 Some(SecretSource::File(path.clone()))
             }
             (None, Some(secret)) => Some(SecretSource::Inline(Arc::new(secret))),
@@ -460,17 +458,18 @@ fn resolve_entities(
             (true, None) => {}
             (true, Some(_)) => {
                 return Err(ConfigError::new(
-                    S_ENTITY_ID,
+                    settings::ENTITY_ID,
                     format!("{id} is also listed in --config; configure it in one place"),
                 ));
             }
             (false, Some(secret)) => {
-                let sink = admin::sink_for(cli_sink, admin::S_SINK, args.secret_file.as_deref())?;
+                let sink =
+                    admin::sink_for(cli_sink, settings::SECRET_SINK, args.secret_file.as_deref())?;
                 entities.push(EntitySettings { id, secret, sink });
             }
             (false, None) => {
                 return Err(ConfigError::new(
-                    S_SECRET_FILE,
+                    settings::SECRET_FILE,
                     format!(
                         "no secret for entity {id}; give --secret-file or set {ENV_ENTITY_SECRET}"
                     ),
@@ -479,19 +478,20 @@ fn resolve_entities(
         }
     } else if args.secret_file.is_some() {
         return Err(ConfigError::new(
-            S_ENTITY_ID,
+            settings::ENTITY_ID,
             "--secret-file is given but no --entity-id",
         ));
     } else if let Some(raw) = cli_sink {
         // `--secret-sink` without `--entity-id` names the sink of the file's only entity.
         match entities.as_mut_slice() {
             [only] => {
-                only.sink =
-                    Some(SinkSpec::parse(raw).map_err(|e| ConfigError::new(admin::S_SINK, e))?)
+                only.sink = Some(
+                    SinkSpec::parse(raw).map_err(|e| ConfigError::new(settings::SECRET_SINK, e))?,
+                )
             }
             _ => {
                 return Err(ConfigError::new(
-                    admin::S_SINK,
+                    settings::SECRET_SINK,
                     "with several entities, set secret_sink per entity in --config",
                 ));
             }
@@ -499,7 +499,7 @@ fn resolve_entities(
     }
     if entities.is_empty() {
         return Err(ConfigError::new(
-            S_ENTITY_ID,
+            settings::ENTITY_ID,
             "no entity configured; give --entity-id with --secret-file, or --config listing [[entities]]",
         ));
     }
@@ -507,7 +507,7 @@ fn resolve_entities(
     for entity in &entities {
         if !seen.insert(entity.id.clone()) {
             return Err(ConfigError::new(
-                S_CONFIG,
+                settings::CONFIG,
                 format!("entity {} is listed twice", entity.id),
             ));
         }
@@ -515,7 +515,10 @@ fn resolve_entities(
     Ok(entities)
 }
 
-fn check_secret_file(setting: &str, path: &Path) -> Result<(), ConfigError> {
+fn check_secret_file(
+    setting: impl std::fmt::Display + Copy,
+    path: &Path,
+) -> Result<(), ConfigError> {
     read_secret_file(path)
         .map(drop)
         .map_err(|e| ConfigError::new(setting, e.to_string()))
