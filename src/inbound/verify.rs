@@ -667,6 +667,52 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Whatever the bytes, the parser and the claim checks answer; they never panic. (The fuzz target
+        /// `inbound_token` does the same, longer, under libFuzzer.)
+        #[test]
+        fn no_token_makes_the_checks_panic(
+            header in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400),
+            signature in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            raw in ".{0,300}",
+        ) {
+            let _ = parse(&raw);
+            let token = format!(
+                "{}.{}.{}",
+                URL_SAFE_NO_PAD.encode(header),
+                URL_SAFE_NO_PAD.encode(payload),
+                URL_SAFE_NO_PAD.encode(signature)
+            );
+            if let Ok(parsed) = parse(&token) {
+                let _ = check_claims(parsed, ISS, "kid", now(), Duration::from_secs(60));
+            }
+        }
+
+        /// Any numbers in the time claims: a verdict, never a panic or an overflow; a token accepted has an
+        /// `exp` that formats, after `now - leeway`.
+        #[test]
+        fn any_numbers_in_the_time_claims_get_a_verdict(
+            exp in proptest::prelude::any::<f64>(),
+            iat in proptest::prelude::any::<i64>(),
+            nbf in proptest::prelude::any::<u64>(),
+            leeway in 0u64..100_000,
+            use_int in proptest::prelude::any::<bool>(),
+        ) {
+            let exp = if use_int { json!(exp as i64) } else { json!(exp) };
+            let token = format!(
+                "{}.{}.c2ln",
+                b64(&json!({ "alg": "RS256", "kid": "k" }).to_string()),
+                b64(&with(json!({ "exp": exp, "iat": iat, "nbf": nbf })).to_string())
+            );
+            let parsed = parse(&token).unwrap();
+            if let Ok(verified) = check_claims(parsed, ISS, "k", now(), Duration::from_secs(leeway)) {
+                proptest::prop_assert!(!verified.expires_at_text.is_empty());
+                proptest::prop_assert!(verified.expires_at + Duration::from_secs(leeway) > now());
+            }
+        }
+    }
+
     #[test]
     fn expectations_are_parsed_and_checked() {
         let key = key();
