@@ -11,8 +11,8 @@ use secrecy::ExposeSecret;
 
 use super::{config_error, current_thread_runtime, failure};
 use crate::config::ConfigError;
-use crate::config::admin::{AdminContext, admin_context, env_secrets};
 use crate::config::cli::{LogArgs, RotateArgs, RotationArgs, SecretReadArgs, SecretResetArgs};
+use crate::config::rotation::{AdminContext, admin_context, env_secrets};
 use crate::entity::fingerprint;
 use crate::iam::IamClient;
 use crate::secret::policy::{RotationDecision, decide};

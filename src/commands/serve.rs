@@ -5,10 +5,10 @@ use std::process::ExitCode;
 
 use super::{bind, config_error, current_thread_runtime, failure, runtime, shutdown_signal};
 use crate::app::Application;
-use crate::config::admin::env_secrets;
 use crate::config::cli::{
     AdminArgs, ListenArgs, LogArgs, RotationArgs, ServeArgs, TokenArgs, VerifyArgs,
 };
+use crate::config::rotation::env_secrets;
 use crate::config::{self, BrokerArgs, BrokerSettings, ConfigError, EntitySettings};
 use crate::iam::{IamClient, IamTimeouts};
 use crate::telemetry;

@@ -1,25 +1,24 @@
-//! Configuration: the command line ([`cli`]), environment fallbacks, and the TOML file ([`file`]), merged
+//! Configuration: the command line ([`cli`]), environment fallbacks, and the TOML file ([`file`](mod@file)), merged
 //! and validated once at start into typed settings.
 //!
 //! Precedence is flag, then environment variable, then the file, then the default. Every mistake becomes a
 //! [`ConfigError`] naming the setting, which `main` prints as one line before exiting with code 2 —
 //! before anything listens or calls the IAM.
 
-pub mod admin;
 pub mod cli;
+pub mod entities;
 pub mod file;
+pub mod rotation;
 pub mod settings;
 pub mod verify;
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::SecretString;
 
-use crate::entity::{EntityId, SecretSource, read_secret_file};
+use crate::entity::{EntityId, SecretSource};
 use crate::http::GuardSettings;
 use crate::http::server::ServerLimits;
 use crate::iam::{IamTimeouts, environment_base_url};
@@ -209,14 +208,14 @@ pub fn broker_settings(
         iam_url,
         iam_timeouts,
     } = common(iam, entity)?;
-    let entities = resolve_entities(
+    let entities = entities::resolve_entities(
         entity,
         rotation.secret_sink.as_deref(),
         &file,
         env.entity_secret.clone(),
     )?;
     let sinks: Vec<&SinkSpec> = entities.iter().filter_map(|e| e.sink.as_ref()).collect();
-    let rotation = admin::rotation_settings(admin, rotation, &file, env, &sinks)?;
+    let rotation = rotation::rotation_settings(admin, rotation, &file, env, &sinks)?;
     if rotation.is_some()
         && let Some(entity) = entities.iter().find(|e| e.sink.is_none())
     {
@@ -416,110 +415,4 @@ pub fn resolve_iam_url(
         ));
     }
     Ok(parsed.as_str().trim_end_matches('/').to_string())
-}
-
-fn resolve_entities(
-    args: &EntityArgs,
-    cli_sink: Option<&str>,
-    file: &file::FileConfig,
-    entity_secret_env: Option<SecretString>,
-) -> Result<Vec<EntitySettings>, ConfigError> {
-    let mut entities = Vec::new();
-    for (index, entry) in file.entities.iter().enumerate() {
-        let setting = format!("entities[{index}] (in --config)");
-        let id =
-            EntityId::parse(&entry.id).map_err(|e| ConfigError::new(format!("{setting}.id"), e))?;
-        check_secret_file(&format!("{setting}.secret_file"), &entry.secret_file)?;
-        let sink = admin::sink_for(
-            entry.secret_sink.as_deref(),
-            &format!("{setting}.secret_sink"),
-            Some(&entry.secret_file),
-        )?;
-        entities.push(EntitySettings {
-            id,
-            secret: SecretSource::File(entry.secret_file.clone()),
-            sink,
-        });
-    }
-    if let Some(raw) = &args.entity_id {
-        let id =
-            EntityId::parse(raw.trim()).map_err(|e| ConfigError::new(settings::ENTITY_ID, e))?;
-        let listed = entities.iter().any(|e| e.id == id);
-        let secret = match (&args.secret_file, entity_secret_env) {
-            (Some(path), _) => {
-                check_secret_file(settings::SECRET_FILE, path)?;
-                Some(SecretSource::File(path.clone()))
-            }
-            (None, Some(secret)) => Some(SecretSource::Inline(Arc::new(secret))),
-            (None, None) => None,
-        };
-        match (listed, secret) {
-            // `--entity-id` naming an entity of the file selects it (for `token`).
-            (true, None) => {}
-            (true, Some(_)) => {
-                return Err(ConfigError::new(
-                    settings::ENTITY_ID,
-                    format!("{id} is also listed in --config; configure it in one place"),
-                ));
-            }
-            (false, Some(secret)) => {
-                let sink =
-                    admin::sink_for(cli_sink, settings::SECRET_SINK, args.secret_file.as_deref())?;
-                entities.push(EntitySettings { id, secret, sink });
-            }
-            (false, None) => {
-                return Err(ConfigError::new(
-                    settings::SECRET_FILE,
-                    format!(
-                        "no secret for entity {id}; give --secret-file or set {ENV_ENTITY_SECRET}"
-                    ),
-                ));
-            }
-        }
-    } else if args.secret_file.is_some() {
-        return Err(ConfigError::new(
-            settings::ENTITY_ID,
-            "--secret-file is given but no --entity-id",
-        ));
-    } else if let Some(raw) = cli_sink {
-        // `--secret-sink` without `--entity-id` names the sink of the file's only entity.
-        match entities.as_mut_slice() {
-            [only] => {
-                only.sink = Some(
-                    SinkSpec::parse(raw).map_err(|e| ConfigError::new(settings::SECRET_SINK, e))?,
-                )
-            }
-            _ => {
-                return Err(ConfigError::new(
-                    settings::SECRET_SINK,
-                    "with several entities, set secret_sink per entity in --config",
-                ));
-            }
-        }
-    }
-    if entities.is_empty() {
-        return Err(ConfigError::new(
-            settings::ENTITY_ID,
-            "no entity configured; give --entity-id with --secret-file, or --config listing [[entities]]",
-        ));
-    }
-    let mut seen = std::collections::HashSet::new();
-    for entity in &entities {
-        if !seen.insert(entity.id.clone()) {
-            return Err(ConfigError::new(
-                settings::CONFIG,
-                format!("entity {} is listed twice", entity.id),
-            ));
-        }
-    }
-    Ok(entities)
-}
-
-fn check_secret_file(
-    setting: impl std::fmt::Display + Copy,
-    path: &Path,
-) -> Result<(), ConfigError> {
-    read_secret_file(path)
-        .map(drop)
-        .map_err(|e| ConfigError::new(setting, e.to_string()))
 }

@@ -11,7 +11,7 @@
 //! the router unchanged. It does the same for `GET /v1/verify` with a token verified before (the common
 //! case of a forward-auth proxy: a peer presents the same token on every call), through
 //! [`verify::answer_from_cache`]. The router stays the one definition of every answer: this path calls the same
-//! [`guard::check`] and [`tokens::answer`], so the bytes are the same (`tests/api.rs` compares them).
+//! [`guard::check`] and `tokens::answer`, so the bytes are the same (`tests/api.rs` compares them).
 
 use std::convert::Infallible;
 use std::future::Future;

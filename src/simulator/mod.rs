@@ -12,6 +12,7 @@
 //! codes, delays, hung requests, malformed bodies) and call counters.
 
 mod control;
+mod faults;
 mod iam_routes;
 pub mod jwt;
 pub mod realm;
