@@ -158,7 +158,20 @@ pub(crate) fn common(iam: &IamArgs, entity: &EntityArgs) -> Result<Common, Confi
             "plain http is accepted only for a loopback IAM (a local simulator); use https, or --allow-plain-http for a simulator in another container",
         ));
     }
-    let iam_timeouts = IamTimeouts {
+    let iam_timeouts = iam_timeouts(iam, &file)?;
+    Ok(Common {
+        file,
+        iam_url,
+        iam_timeouts,
+    })
+}
+
+/// The IAM's connect and request timeouts: flag, variable, file, default (5 s and 10 s).
+pub(crate) fn iam_timeouts(
+    iam: &IamArgs,
+    file: &file::FileConfig,
+) -> Result<IamTimeouts, ConfigError> {
+    Ok(IamTimeouts {
         connect: seconds(
             settings::IAM_CONNECT_TIMEOUT,
             iam.iam_connect_timeout.or(file.iam_connect_timeout),
@@ -169,11 +182,6 @@ pub(crate) fn common(iam: &IamArgs, entity: &EntityArgs) -> Result<Common, Confi
             iam.iam_timeout.or(file.iam_timeout),
             10.0,
         )?,
-    };
-    Ok(Common {
-        file,
-        iam_url,
-        iam_timeouts,
     })
 }
 

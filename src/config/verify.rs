@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::cli::{IamArgs, ListenArgs, VerifyArgs, VerifyTokenArgs};
 use super::file::{self, FileConfig};
-use super::{ConfigError, resolve_iam_url, seconds};
+use super::{ConfigError, resolve_iam_url};
 use crate::iam::IamTimeouts;
 use crate::inbound::policy::KeyPolicy;
 use crate::inbound::{DEFAULT_LEEWAY, VerifySettings, default_issuers};
@@ -111,18 +111,7 @@ pub fn verify_command_settings(args: &VerifyTokenArgs) -> Result<VerifySettings,
         Err(_) if issuers_given => String::new(),
         Err(e) => return Err(e),
     };
-    let timeouts = IamTimeouts {
-        connect: seconds(
-            settings::IAM_CONNECT_TIMEOUT,
-            iam.iam_connect_timeout.or(file.iam_connect_timeout),
-            5.0,
-        )?,
-        request: seconds(
-            settings::IAM_TIMEOUT,
-            iam.iam_timeout.or(file.iam_timeout),
-            10.0,
-        )?,
-    };
+    let timeouts = super::iam_timeouts(iam, &file)?;
     verify_settings(&args.verify, &file, &iam_url, timeouts)
 }
 
