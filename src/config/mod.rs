@@ -424,3 +424,6 @@ pub fn resolve_iam_url(
     }
     Ok(parsed.as_str().trim_end_matches('/').to_string())
 }
+
+#[cfg(test)]
+mod tests;
