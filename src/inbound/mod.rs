@@ -35,10 +35,7 @@ use keyset::{FetchTrigger, KeySource, KeySourceStatus};
 use policy::KeyPolicy;
 pub use verify::{BadExpectation, Expectation, Mismatch, Rejection, Role, Verified};
 
-/// The realm's path below the IAM host (spec §0: a Keycloak realm named `sahamati`).
-pub const REALM_PATH: &str = "/auth/realms/sahamati";
-/// The key set's path below an issuer (Keycloak's).
-pub const CERTS_PATH: &str = "/protocol/openid-connect/certs";
+pub use crate::iam::{CERTS_PATH, REALM_PATH};
 /// Default clock leeway for `exp`, `nbf` and `iat`.
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(60);
 /// Verified tokens remembered. Only tokens that verified are kept, so only tokens the realm issued can
