@@ -8,16 +8,16 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`config`] | the command line, the environment fallbacks and the TOML file, validated once into [`config::BrokerSettings`] |
+//! | [`config`] | the command line, the environment fallbacks and the TOML file, validated once into [`config::BrokerSettings`]; every setting's names in [`config::settings`] |
 //! | [`entity`] | the entity id newtype and the entity secret: where it is read from, how it is fingerprinted |
 //! | [`iam`] | the HTTP client for the four IAM endpoints, their wire formats and their errors |
-//! | [`token`] | the token type, the pure refresh/backoff policy, the moka-backed broker and its background refresher |
+//! | [`token`] | the token type, its pure refresh/backoff/caller policy, the broker handle, the one place that fetches, the background refresher |
+//! | [`secret`] | the secret's lifecycle: the cell the token path reads the secret from, admin login within its limits, the reset bound, rotation, sinks, the lock, the manager task |
 //! | [`inbound`] | verification of the entity tokens on incoming calls: the realm key set, its refetch policy, the checks |
 //! | [`jws`] | detached `x-jws-signature`s (RFC 7797): parse, sign, verify; our signing key; the CR cache policy |
 //! | [`registry`] | the Central Registry entity-info client and the cache of peers' signing keys |
-//! | [`http`] | the local HTTP surface: routes, the caller guard, the accept loop with its limits |
-//! | [`secret`] | the secret's lifecycle: admin login, secret read/reset, rotation, sinks, the lock, the manager task |
-//! | [`metrics`] | the Prometheus registry and every metric the broker exports |
+//! | [`http`] | the local HTTP surface: routes, the caller guard, the hot path, the accept loop with its limits |
+//! | [`metrics`] | the Prometheus registry; it implements the recorder traits of `token`, `secret` and `inbound` |
 //! | [`simulator`] | a faithful, test-drivable stand-in for the IAM (real RS256 JWTs, JWKS, faults, counters) |
 //! | [`telemetry`] | tracing subscriber set-up (text or JSON) |
 //! | [`timefmt`] | the one checked conversion of upstream times, total formatters, the lenient IAM timestamp parser |
@@ -25,10 +25,17 @@
 //! | [`supervise`] | restarts a long-lived task that panicked, so refresh and rotation survive a bug |
 //! | [`app`] | the broker application: built on a bound listener, run until a shutdown future completes |
 //! | [`inject`] | `inject`: Kubernetes manifests in, the same with the sidecar in every pod template out (a pure function; never on the serving path) |
-//! | [`commands`] | one function per subcommand: `serve`, `token`, `iam-simulator`, `demo`, `secret`, `rotate` |
+//! | [`commands`] | one function per subcommand: `serve`, `token`, `iam-simulator`, `demo`, `secret`, `rotate`, `inject`, `verify` |
 //!
-//! Where is the refresh-ahead decision made? In [`token::policy`], a pure function of times and outcomes.
-//! The task that sleeps and calls the IAM ([`token::refresher`]) only follows it.
+//! Dependencies point one way: `app` and `commands` wire everything; `http` uses `token`, `inbound` and
+//! `metrics`; `token` reads the secret from `secret` ([`secret::SecretCell`]) and both call `iam`; the
+//! foundations (`entity`, `timefmt`, `backoff`) use nothing above them. `metrics` observes: `token`,
+//! `secret` and `inbound` define what they report (recorder traits) and never import it.
+//!
+//! Where is a decision made? In a `policy` module, as a pure function of times and outcomes:
+//! [`token::policy`] (refresh ahead, retry, when a caller may call the IAM), [`secret::policy`] (when to
+//! rotate, which expiries to believe, the reset bound, the admin-login limits), [`inbound::policy`] (when
+//! to fetch keys). The tasks that sleep and call upstream only follow them.
 
 #![forbid(unsafe_code)]
 
@@ -56,4 +63,19 @@ pub mod token;
 pub fn install_crypto_provider() {
     // An error only means a provider is already installed, which is what we want.
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Helpers for the unit tests.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::path::{Path, PathBuf};
+
+    /// Writes a secret file with mode 0600 and returns its path.
+    pub fn secret_file(dir: &Path, name: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(name);
+        std::fs::write(&path, "unit-test-secret\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path
+    }
 }

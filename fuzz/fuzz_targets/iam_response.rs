@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use aa_token_broker::entity::EntityId;
-use aa_token_broker::http::admin::readiness;
+use aa_token_broker::http::health::readiness;
 use aa_token_broker::iam::client::{parse_secret_answer, parse_token_answer};
 use aa_token_broker::iam::error::sanitize_excerpt;
 use aa_token_broker::iam::wire::ErrorBody;

@@ -15,7 +15,7 @@ use super::{config_error, current_thread_runtime, failure, log_or_exit};
 use crate::config::cli::{
     AdminArgs, ListenArgs, LogArgs, RotationArgs, SignArgs, VerifyArgs, VerifySignatureArgs,
 };
-use crate::config::jws::S_SIGNING_KEY_FILE;
+use crate::config::settings::SIGNING_KEY_FILE as S_SIGNING_KEY_FILE;
 use crate::config::{self, BrokerArgs, ConfigError};
 use crate::http::jws::DEFAULT_MAX_BODY_BYTES;
 use crate::iam::IamClient;
@@ -88,7 +88,7 @@ pub fn verify_signature(args: &VerifySignatureArgs) -> ExitCode {
         rotation: &RotationArgs::default(),
         verify: &VerifyArgs::default(),
     };
-    let settings = match config::broker_settings(broker_args, &config::admin::env_secrets()) {
+    let settings = match config::broker_settings(broker_args, &config::rotation::env_secrets()) {
         Ok(settings) => settings,
         Err(e) => return config_error(&e),
     };

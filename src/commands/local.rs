@@ -1,5 +1,6 @@
 //! `iam-simulator` (the simulator as a server) and `demo` (simulator and broker in one process).
 
+use crate::config::settings;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,7 +93,7 @@ pub fn iam_simulator(args: &SimulatorArgs) -> ExitCode {
         Err(code) => return code,
     };
     rt.block_on(async move {
-        let listener = match bind(args.listen, "--listen (AA_SIMULATOR_LISTEN)").await {
+        let listener = match bind(args.listen, settings::SIMULATOR_LISTEN).await {
             Ok(listener) => listener,
             Err(code) => return code,
         };
@@ -149,7 +150,7 @@ pub fn demo(args: &DemoArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let listener = match bind(args.listen, "--listen (AA_BROKER_LISTEN)").await {
+        let listener = match bind(args.listen, settings::LISTEN).await {
             Ok(listener) => listener,
             Err(code) => return code,
         };

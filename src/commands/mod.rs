@@ -68,7 +68,10 @@ fn current_thread_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
         .map_err(|e| failure(format!("cannot start the runtime: {e}")))
 }
 
-async fn bind(addr: std::net::SocketAddr, setting: &str) -> Result<TcpListener, ExitCode> {
+async fn bind(
+    addr: std::net::SocketAddr,
+    setting: crate::config::settings::Setting,
+) -> Result<TcpListener, ExitCode> {
     TcpListener::bind(addr).await.map_err(|e| {
         config_error(&ConfigError::new(
             setting,

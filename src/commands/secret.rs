@@ -2,6 +2,7 @@
 //! CronJob. Passwords and secrets are never echoed, logged or put in errors; a reset secret is stored in
 //! the sink before anything is printed.
 
+use crate::config::settings;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -10,8 +11,8 @@ use secrecy::ExposeSecret;
 
 use super::{config_error, current_thread_runtime, failure};
 use crate::config::ConfigError;
-use crate::config::admin::{AdminContext, admin_context, env_secrets};
 use crate::config::cli::{LogArgs, RotateArgs, RotationArgs, SecretReadArgs, SecretResetArgs};
+use crate::config::rotation::{AdminContext, admin_context, env_secrets};
 use crate::entity::fingerprint;
 use crate::iam::IamClient;
 use crate::secret::policy::{RotationDecision, decide};
@@ -53,16 +54,12 @@ fn rotator(ctx: &AdminContext, expiry_days: u32) -> Result<Rotator, ExitCode> {
 fn sink(ctx: &AdminContext) -> Result<SecretSink, ExitCode> {
     let spec = ctx.sink.clone().ok_or_else(|| {
         config_error(&ConfigError::new(
-            "--secret-sink (AA_BROKER_SECRET_SINK)",
+            settings::SECRET_SINK,
             "nowhere to store a new secret: give --secret-file or --secret-sink",
         ))
     })?;
-    SecretSink::new(spec, ctx.rotation.kube.as_ref()).map_err(|e| {
-        config_error(&ConfigError::new(
-            "--secret-sink (AA_BROKER_SECRET_SINK)",
-            e,
-        ))
-    })
+    SecretSink::new(spec, ctx.rotation.kube.as_ref())
+        .map_err(|e| config_error(&ConfigError::new(settings::SECRET_SINK, e)))
 }
 
 fn describe_expiry(expires_on: Option<SystemTime>) -> String {

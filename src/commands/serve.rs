@@ -1,14 +1,15 @@
 //! `serve` (the sidecar) and `token` (one token for a script or an init container).
 
+use crate::config::settings;
 use std::process::ExitCode;
 
 use super::{bind, config_error, current_thread_runtime, failure, runtime, shutdown_signal};
 use crate::app::Application;
-use crate::config::admin::env_secrets;
 use crate::config::cli::{
     AdminArgs, ListenArgs, LogArgs, RotationArgs, ServeArgs, TokenArgs, VerifyArgs,
 };
 use crate::config::jws::JwsSettings;
+use crate::config::rotation::env_secrets;
 use crate::config::{self, BrokerArgs, BrokerSettings, ConfigError, EntitySettings};
 use crate::iam::{IamClient, IamTimeouts};
 use crate::telemetry;
@@ -49,19 +50,19 @@ pub fn serve_with(settings: BrokerSettings, jws: Option<JwsSettings>) -> ExitCod
         Err(code) => return code,
     };
     rt.block_on(async move {
-        let listener = match bind(settings.listen, "--listen (AA_BROKER_LISTEN)").await {
+        let listener = match bind(settings.listen, settings::LISTEN).await {
             Ok(listener) => listener,
             Err(code) => return code,
         };
         let admin_listener = match settings.admin_listen {
-            Some(addr) => match bind(addr, "--admin-listen (AA_BROKER_ADMIN_LISTEN)").await {
+            Some(addr) => match bind(addr, settings::ADMIN_LISTEN).await {
                 Ok(listener) => Some(listener),
                 Err(code) => return code,
             },
             None => None,
         };
         let verify_listener = match settings.verify_listen {
-            Some(addr) => match bind(addr, "--verify-listen (AA_BROKER_VERIFY_LISTEN)").await {
+            Some(addr) => match bind(addr, settings::VERIFY_LISTEN).await {
                 Ok(listener) => Some(listener),
                 Err(code) => return code,
             },
@@ -114,7 +115,7 @@ pub fn token(args: &TokenArgs) -> ExitCode {
     };
     let Some(entity) = chosen else {
         return config_error(&ConfigError::new(
-            "--entity-id (AA_BROKER_ENTITY_ID)",
+            settings::ENTITY_ID,
             "several entities are configured; choose one with --entity-id",
         ));
     };

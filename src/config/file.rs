@@ -15,6 +15,7 @@
 //!
 //! Unknown keys are errors, so a typo cannot silently fall back to a default.
 
+use super::settings;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -71,30 +72,29 @@ pub struct FileEntity {
     pub signing_kid: Option<String>,
 }
 
-const SETTING: &str = "--config (AA_BROKER_CONFIG)";
-
 /// Reads and parses the file. Errors name the file and, for syntax errors, the line.
 pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
     let meta = std::fs::metadata(path).map_err(|e| {
         ConfigError::new(
-            SETTING,
+            settings::CONFIG,
             format!("cannot read {}: {}", path.display(), e.kind()),
         )
     })?;
     if !meta.is_file() || meta.len() > MAX_CONFIG_BYTES {
         return Err(ConfigError::new(
-            SETTING,
+            settings::CONFIG,
             format!("{} is not a regular file under 1 MiB", path.display()),
         ));
     }
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigError::new(
-            SETTING,
+            settings::CONFIG,
             format!("cannot read {}: {}", path.display(), e.kind()),
         )
     })?;
-    parse(&text)
-        .map_err(|reason| ConfigError::new(SETTING, format!("{}: {reason}", path.display())))
+    parse(&text).map_err(|reason| {
+        ConfigError::new(settings::CONFIG, format!("{}: {reason}", path.display()))
+    })
 }
 
 /// Parses TOML text; the error is one line with the line number.

@@ -14,10 +14,7 @@ use crate::jws::SigningKeyFile;
 use crate::jws::policy::RegistryPolicy;
 use crate::registry::default_cr_url;
 
-pub const S_SIGNING_KEY_FILE: &str = "--signing-key-file (AA_BROKER_SIGNING_KEY_FILE)";
-pub const S_SIGNING_KID: &str = "--signing-kid (AA_BROKER_SIGNING_KID)";
-pub const S_CR_URL: &str = "--cr-url (AA_BROKER_CR_URL)";
-pub const S_MAX_BODY: &str = "--max-body-bytes (AA_BROKER_MAX_BODY_BYTES)";
+use super::settings::{CR_URL, MAX_BODY_BYTES, SIGNING_KEY_FILE, SIGNING_KID};
 
 /// Largest body cap accepted: 1 GiB.
 const MAX_BODY_CAP: usize = 1 << 30;
@@ -55,7 +52,7 @@ pub fn jws_settings(
 ) -> Result<JwsSettings, ConfigError> {
     let cr_url = match args.cr_url.as_deref().or(file.cr_url.as_deref()) {
         Some(raw) => super::resolve_iam_url(Some(raw), None, false)
-            .map_err(|e| ConfigError::new(S_CR_URL, e.reason))?,
+            .map_err(|e| ConfigError::new(CR_URL, e.reason))?,
         None => default_cr_url(iam_url),
     };
     let max_body_bytes = args
@@ -64,7 +61,7 @@ pub fn jws_settings(
         .unwrap_or(DEFAULT_MAX_BODY_BYTES);
     if !(1024..=MAX_BODY_CAP).contains(&max_body_bytes) {
         return Err(ConfigError::new(
-            S_MAX_BODY,
+            MAX_BODY_BYTES,
             "must be between 1024 and 1073741824",
         ));
     }
@@ -86,14 +83,14 @@ pub fn jws_settings(
             [only] => only.id.clone(),
             _ => {
                 return Err(ConfigError::new(
-                    S_SIGNING_KEY_FILE,
+                    SIGNING_KEY_FILE,
                     "several entities are configured; set signing_key_file per entity in --config",
                 ));
             }
         };
         if keys.iter().any(|(k, ..)| *k == id) {
             return Err(ConfigError::new(
-                S_SIGNING_KEY_FILE,
+                SIGNING_KEY_FILE,
                 format!("{id} also has a signing_key_file in --config; configure it in one place"),
             ));
         }
@@ -101,11 +98,11 @@ pub fn jws_settings(
             id,
             path.clone(),
             args.signing_kid.clone(),
-            S_SIGNING_KEY_FILE.to_string(),
+            SIGNING_KEY_FILE.to_string(),
         ));
     } else if args.signing_kid.is_some() {
         return Err(ConfigError::new(
-            S_SIGNING_KID,
+            SIGNING_KID,
             "--signing-kid needs --signing-key-file",
         ));
     }

@@ -1,25 +1,25 @@
-//! Configuration: the command line ([`cli`]), environment fallbacks, and the TOML file ([`file`]), merged
+//! Configuration: the command line ([`cli`]), environment fallbacks, and the TOML file ([`file`](mod@file)), merged
 //! and validated once at start into typed settings.
 //!
 //! Precedence is flag, then environment variable, then the file, then the default. Every mistake becomes a
 //! [`ConfigError`] naming the setting, which `main` prints as one line before exiting with code 2 —
 //! before anything listens or calls the IAM.
 
-pub mod admin;
 pub mod cli;
+pub mod entities;
 pub mod file;
 pub mod jws;
+pub mod rotation;
+pub mod settings;
 pub mod verify;
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::SecretString;
 
-use crate::entity::{EntityId, SecretSource, read_secret_file};
+use crate::entity::{EntityId, SecretSource};
 use crate::http::GuardSettings;
 use crate::http::server::ServerLimits;
 use crate::iam::{IamTimeouts, environment_base_url};
@@ -44,9 +44,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     /// `reason` is any error or message; it is displayed on the same line.
-    pub fn new(setting: impl Into<String>, reason: impl fmt::Display) -> Self {
+    /// `setting` is a [`settings::Setting`] or, for a key of the file alone, a description of where it is.
+    pub fn new(setting: impl fmt::Display, reason: impl fmt::Display) -> Self {
         Self {
-            setting: setting.into(),
+            setting: setting.to_string(),
             reason: reason.to_string(),
         }
     }
@@ -110,14 +111,6 @@ pub struct BrokerSettings {
     pub verify_listen: Option<SocketAddr>,
 }
 
-const S_IAM_URL: &str = "--iam-url (AA_BROKER_IAM_URL)";
-const S_ENVIRONMENT: &str = "--environment (AA_BROKER_ENVIRONMENT)";
-const S_ENTITY_ID: &str = "--entity-id (AA_BROKER_ENTITY_ID)";
-const S_SECRET_FILE: &str = "--secret-file (AA_BROKER_SECRET_FILE)";
-const S_CONFIG: &str = "--config (AA_BROKER_CONFIG)";
-const S_LOG_FORMAT: &str = "--log-format (AA_BROKER_LOG_FORMAT)";
-const S_LOG_LEVEL: &str = "--log-level (AA_BROKER_LOG)";
-
 /// Validates the log settings alone (every subcommand has them).
 pub fn log_settings(args: &LogArgs) -> Result<LogSettings, ConfigError> {
     let json = match args.log_format.as_deref().map(str::trim) {
@@ -125,14 +118,17 @@ pub fn log_settings(args: &LogArgs) -> Result<LogSettings, ConfigError> {
         Some("json") => true,
         Some(other) => {
             return Err(ConfigError::new(
-                S_LOG_FORMAT,
+                settings::LOG_FORMAT,
                 format!("{other:?} is neither text nor json"),
             ));
         }
     };
     let filter = args.log_level.clone().unwrap_or_else(|| "info".into());
     tracing_subscriber::EnvFilter::try_new(&filter).map_err(|e| {
-        ConfigError::new(S_LOG_LEVEL, format!("{filter:?} is not a log filter: {e}"))
+        ConfigError::new(
+            settings::LOG_LEVEL,
+            format!("{filter:?} is not a log filter: {e}"),
+        )
     })?;
     Ok(LogSettings { json, filter })
 }
@@ -159,26 +155,34 @@ pub(crate) fn common(iam: &IamArgs, entity: &EntityArgs) -> Result<Common, Confi
         && !reqwest::Url::parse(&iam_url).is_ok_and(|u| crate::iam::client::is_loopback_url(&u))
     {
         return Err(ConfigError::new(
-            S_IAM_URL,
+            settings::IAM_URL,
             "plain http is accepted only for a loopback IAM (a local simulator); use https, or --allow-plain-http for a simulator in another container",
         ));
     }
-    let iam_timeouts = IamTimeouts {
-        connect: seconds(
-            "--iam-connect-timeout (AA_BROKER_IAM_CONNECT_TIMEOUT)",
-            iam.iam_connect_timeout.or(file.iam_connect_timeout),
-            5.0,
-        )?,
-        request: seconds(
-            "--iam-timeout (AA_BROKER_IAM_TIMEOUT)",
-            iam.iam_timeout.or(file.iam_timeout),
-            10.0,
-        )?,
-    };
+    let iam_timeouts = iam_timeouts(iam, &file)?;
     Ok(Common {
         file,
         iam_url,
         iam_timeouts,
+    })
+}
+
+/// The IAM's connect and request timeouts: flag, variable, file, default (5 s and 10 s).
+pub(crate) fn iam_timeouts(
+    iam: &IamArgs,
+    file: &file::FileConfig,
+) -> Result<IamTimeouts, ConfigError> {
+    Ok(IamTimeouts {
+        connect: seconds(
+            settings::IAM_CONNECT_TIMEOUT,
+            iam.iam_connect_timeout.or(file.iam_connect_timeout),
+            5.0,
+        )?,
+        request: seconds(
+            settings::IAM_TIMEOUT,
+            iam.iam_timeout.or(file.iam_timeout),
+            10.0,
+        )?,
     })
 }
 
@@ -213,19 +217,19 @@ pub fn broker_settings(
         iam_url,
         iam_timeouts,
     } = common(iam, entity)?;
-    let entities = resolve_entities(
+    let entities = entities::resolve_entities(
         entity,
         rotation.secret_sink.as_deref(),
         &file,
         env.entity_secret.clone(),
     )?;
     let sinks: Vec<&SinkSpec> = entities.iter().filter_map(|e| e.sink.as_ref()).collect();
-    let rotation = admin::rotation_settings(admin, rotation, &file, env, &sinks)?;
+    let rotation = rotation::rotation_settings(admin, rotation, &file, env, &sinks)?;
     if rotation.is_some()
         && let Some(entity) = entities.iter().find(|e| e.sink.is_none())
     {
         return Err(ConfigError::new(
-            admin::S_SINK,
+            settings::SECRET_SINK,
             format!(
                 "rotation is on (admin credentials are set) but entity {} has no secret file to write to; give --secret-sink",
                 entity.id
@@ -256,14 +260,14 @@ pub fn broker_settings(
     };
     if admin_listen.is_some_and(|a| a == listen_addr) {
         return Err(ConfigError::new(
-            "--admin-listen (AA_BROKER_ADMIN_LISTEN)",
+            settings::ADMIN_LISTEN,
             "must differ from --listen",
         ));
     }
     let verify_listen = verify::verify_listen(listen, &file)?;
     if verify_listen.is_some_and(|a| a == listen_addr || Some(a) == admin_listen) {
         return Err(ConfigError::new(
-            verify::S_VERIFY_LISTEN,
+            settings::VERIFY_LISTEN,
             "must differ from --listen and --admin-listen",
         ));
     }
@@ -277,7 +281,7 @@ pub fn broker_settings(
         *host = host.trim().trim_end_matches('.').to_ascii_lowercase();
         if host.is_empty() || host.contains(['/', ' ', '@']) {
             return Err(ConfigError::new(
-                "--allow-host (AA_BROKER_ALLOW_HOSTS)",
+                settings::ALLOW_HOST,
                 "host names must be plain names without port",
             ));
         }
@@ -291,7 +295,7 @@ pub fn broker_settings(
         .unwrap_or(1024);
     if !(1..=65_536).contains(&max_connections) {
         return Err(ConfigError::new(
-            "--max-connections (AA_BROKER_MAX_CONNECTIONS)",
+            settings::MAX_CONNECTIONS,
             "must be between 1 and 65536",
         ));
     }
@@ -301,17 +305,17 @@ pub fn broker_settings(
         .unwrap_or(DEFAULT_WORKER_THREADS);
     if !(1..=64).contains(&worker_threads) {
         return Err(ConfigError::new(
-            "--worker-threads (AA_BROKER_WORKER_THREADS)",
+            settings::WORKER_THREADS,
             "must be between 1 and 64",
         ));
     }
     let shutdown_grace = seconds(
-        "--shutdown-grace (AA_BROKER_SHUTDOWN_GRACE)",
+        settings::SHUTDOWN_GRACE,
         listen.shutdown_grace.or(file.shutdown_grace),
         10.0,
     )?;
     let write_timeout = seconds(
-        "--write-timeout (AA_BROKER_WRITE_TIMEOUT)",
+        settings::WRITE_TIMEOUT,
         listen.write_timeout.or(file.write_timeout),
         10.0,
     )?;
@@ -321,7 +325,7 @@ pub fn broker_settings(
         .unwrap_or(10_000);
     if max_requests_per_connection == 0 {
         return Err(ConfigError::new(
-            "--max-requests-per-connection (AA_BROKER_MAX_REQUESTS_PER_CONNECTION)",
+            settings::MAX_REQUESTS_PER_CONNECTION,
             "must be at least 1",
         ));
     }
@@ -365,7 +369,7 @@ pub fn broker_jws_settings(
 }
 
 pub(crate) fn seconds(
-    setting: &str,
+    setting: impl std::fmt::Display + Copy,
     value: Option<f64>,
     default: f64,
 ) -> Result<Duration, ConfigError> {
@@ -389,7 +393,7 @@ pub fn resolve_iam_url(
     let raw = match (url, environment) {
         (Some(_), Some(_)) if from_cli => {
             return Err(ConfigError::new(
-                S_IAM_URL,
+                settings::IAM_URL,
                 "give either --iam-url or --environment, not both",
             ));
         }
@@ -397,140 +401,43 @@ pub fn resolve_iam_url(
         (None, Some(env)) => environment_base_url(env.trim())
             .ok_or_else(|| {
                 ConfigError::new(
-                    S_ENVIRONMENT,
+                    settings::ENVIRONMENT,
                     format!("{env:?} is not one of sandbox, uat, production"),
                 )
             })?
             .to_string(),
         (None, None) => {
             return Err(ConfigError::new(
-                S_IAM_URL,
+                settings::IAM_URL,
                 "no IAM given; set --iam-url or --environment sandbox|uat|production",
             ));
         }
     };
     let parsed = reqwest::Url::parse(&raw)
-        .map_err(|e| ConfigError::new(S_IAM_URL, format!("{raw:?} is not a URL: {e}")))?;
+        .map_err(|e| ConfigError::new(settings::IAM_URL, format!("{raw:?} is not a URL: {e}")))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(ConfigError::new(
-            S_IAM_URL,
+            settings::IAM_URL,
             "the scheme must be https (or http for a local simulator)",
         ));
     }
     if parsed.host_str().is_none_or(str::is_empty) {
-        return Err(ConfigError::new(S_IAM_URL, "the URL has no host"));
+        return Err(ConfigError::new(settings::IAM_URL, "the URL has no host"));
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err(ConfigError::new(
-            S_IAM_URL,
+            settings::IAM_URL,
             "the URL must not carry credentials",
         ));
     }
     if parsed.query().is_some() || parsed.fragment().is_some() {
         return Err(ConfigError::new(
-            S_IAM_URL,
+            settings::IAM_URL,
             "the URL must not have a query or fragment",
         ));
     }
     Ok(parsed.as_str().trim_end_matches('/').to_string())
 }
 
-fn resolve_entities(
-    args: &EntityArgs,
-    cli_sink: Option<&str>,
-    file: &file::FileConfig,
-    entity_secret_env: Option<SecretString>,
-) -> Result<Vec<EntitySettings>, ConfigError> {
-    let mut entities = Vec::new();
-    for (index, entry) in file.entities.iter().enumerate() {
-        let setting = format!("entities[{index}] (in --config)");
-        let id =
-            EntityId::parse(&entry.id).map_err(|e| ConfigError::new(format!("{setting}.id"), e))?;
-        check_secret_file(&format!("{setting}.secret_file"), &entry.secret_file)?;
-        let sink = admin::sink_for(
-            entry.secret_sink.as_deref(),
-            &format!("{setting}.secret_sink"),
-            Some(&entry.secret_file),
-        )?;
-        entities.push(EntitySettings {
-            id,
-            secret: SecretSource::File(entry.secret_file.clone()),
-            sink,
-        });
-    }
-    if let Some(raw) = &args.entity_id {
-        let id = EntityId::parse(raw.trim()).map_err(|e| ConfigError::new(S_ENTITY_ID, e))?;
-        let listed = entities.iter().any(|e| e.id == id);
-        let secret = match (&args.secret_file, entity_secret_env) {
-            (Some(path), _) => {
-                check_secret_file(S_SECRET_FILE, path)?;
-                Some(SecretSource::File(path.clone()))
-            }
-            (None, Some(secret)) => Some(SecretSource::Inline(Arc::new(secret))),
-            (None, None) => None,
-        };
-        match (listed, secret) {
-            // `--entity-id` naming an entity of the file selects it (for `token`).
-            (true, None) => {}
-            (true, Some(_)) => {
-                return Err(ConfigError::new(
-                    S_ENTITY_ID,
-                    format!("{id} is also listed in --config; configure it in one place"),
-                ));
-            }
-            (false, Some(secret)) => {
-                let sink = admin::sink_for(cli_sink, admin::S_SINK, args.secret_file.as_deref())?;
-                entities.push(EntitySettings { id, secret, sink });
-            }
-            (false, None) => {
-                return Err(ConfigError::new(
-                    S_SECRET_FILE,
-                    format!(
-                        "no secret for entity {id}; give --secret-file or set {ENV_ENTITY_SECRET}"
-                    ),
-                ));
-            }
-        }
-    } else if args.secret_file.is_some() {
-        return Err(ConfigError::new(
-            S_ENTITY_ID,
-            "--secret-file is given but no --entity-id",
-        ));
-    } else if let Some(raw) = cli_sink {
-        // `--secret-sink` without `--entity-id` names the sink of the file's only entity.
-        match entities.as_mut_slice() {
-            [only] => {
-                only.sink =
-                    Some(SinkSpec::parse(raw).map_err(|e| ConfigError::new(admin::S_SINK, e))?)
-            }
-            _ => {
-                return Err(ConfigError::new(
-                    admin::S_SINK,
-                    "with several entities, set secret_sink per entity in --config",
-                ));
-            }
-        }
-    }
-    if entities.is_empty() {
-        return Err(ConfigError::new(
-            S_ENTITY_ID,
-            "no entity configured; give --entity-id with --secret-file, or --config listing [[entities]]",
-        ));
-    }
-    let mut seen = std::collections::HashSet::new();
-    for entity in &entities {
-        if !seen.insert(entity.id.clone()) {
-            return Err(ConfigError::new(
-                S_CONFIG,
-                format!("entity {} is listed twice", entity.id),
-            ));
-        }
-    }
-    Ok(entities)
-}
-
-fn check_secret_file(setting: &str, path: &Path) -> Result<(), ConfigError> {
-    read_secret_file(path)
-        .map(drop)
-        .map_err(|e| ConfigError::new(setting, e.to_string()))
-}
+#[cfg(test)]
+mod tests;

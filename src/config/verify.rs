@@ -2,21 +2,16 @@
 //! refresh interval and the verify-only listener. Validated once, like every other setting; a mistake is
 //! one line naming the setting (exit 2).
 
+use super::settings;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::cli::{IamArgs, ListenArgs, VerifyArgs, VerifyTokenArgs};
 use super::file::{self, FileConfig};
-use super::{ConfigError, resolve_iam_url, seconds};
+use super::{ConfigError, resolve_iam_url};
 use crate::iam::IamTimeouts;
 use crate::inbound::policy::KeyPolicy;
 use crate::inbound::{DEFAULT_LEEWAY, VerifySettings, default_issuers};
-
-pub const S_VERIFY_LISTEN: &str = "--verify-listen (AA_BROKER_VERIFY_LISTEN)";
-pub const S_VERIFY_ISSUER: &str = "--verify-issuer (AA_BROKER_VERIFY_ISSUERS)";
-pub const S_JWKS_URL: &str = "--jwks-url (AA_BROKER_JWKS_URL)";
-pub const S_VERIFY_LEEWAY: &str = "--verify-leeway (AA_BROKER_VERIFY_LEEWAY)";
-pub const S_JWKS_REFRESH: &str = "--jwks-refresh-interval (AA_BROKER_JWKS_REFRESH_INTERVAL)";
 
 /// Largest leeway accepted: ten minutes is already generous for clocks kept by NTP.
 const MAX_LEEWAY_SECS: f64 = 600.0;
@@ -39,7 +34,7 @@ pub fn verify_settings(
         if issuer.is_empty() {
             continue;
         }
-        check_url(S_VERIFY_ISSUER, issuer)?;
+        check_url(settings::VERIFY_ISSUER, issuer)?;
         if !issuers.iter().any(|i| i == issuer) {
             issuers.push(issuer.to_string());
         }
@@ -49,14 +44,14 @@ pub fn verify_settings(
     }
     if issuers.is_empty() {
         return Err(ConfigError::new(
-            S_VERIFY_ISSUER,
+            settings::VERIFY_ISSUER,
             format!("no issuer can be derived from the IAM URL {iam_url:?}; give --verify-issuer"),
         ));
     }
     let jwks_url = match args.jwks_url.as_deref().or(file.jwks_url.as_deref()) {
         Some(raw) => {
             let url = raw.trim();
-            check_url(S_JWKS_URL, url)?;
+            check_url(settings::JWKS_URL, url)?;
             Some(url.to_string())
         }
         None => None,
@@ -68,7 +63,7 @@ pub fn verify_settings(
         }
         Some(_) => {
             return Err(ConfigError::new(
-                S_VERIFY_LEEWAY,
+                settings::VERIFY_LEEWAY,
                 "must be a number of seconds between 0 and 600",
             ));
         }
@@ -80,7 +75,7 @@ pub fn verify_settings(
         }
         Some(_) => {
             return Err(ConfigError::new(
-                S_JWKS_REFRESH,
+                settings::JWKS_REFRESH_INTERVAL,
                 "must be a number of seconds between 10 and 86400",
             ));
         }
@@ -116,18 +111,7 @@ pub fn verify_command_settings(args: &VerifyTokenArgs) -> Result<VerifySettings,
         Err(_) if issuers_given => String::new(),
         Err(e) => return Err(e),
     };
-    let timeouts = IamTimeouts {
-        connect: seconds(
-            "--iam-connect-timeout (AA_BROKER_IAM_CONNECT_TIMEOUT)",
-            iam.iam_connect_timeout.or(file.iam_connect_timeout),
-            5.0,
-        )?,
-        request: seconds(
-            "--iam-timeout (AA_BROKER_IAM_TIMEOUT)",
-            iam.iam_timeout.or(file.iam_timeout),
-            10.0,
-        )?,
-    };
+    let timeouts = super::iam_timeouts(iam, &file)?;
     verify_settings(&args.verify, &file, &iam_url, timeouts)
 }
 
@@ -150,7 +134,7 @@ pub fn verify_listen(
 
 /// An http(s) URL with a host and no credentials, query or fragment. Issuers are compared with `iss`
 /// exactly, so the text is kept as given.
-fn check_url(setting: &str, raw: &str) -> Result<(), ConfigError> {
+fn check_url(setting: impl std::fmt::Display + Copy, raw: &str) -> Result<(), ConfigError> {
     let url = reqwest::Url::parse(raw)
         .map_err(|e| ConfigError::new(setting, format!("{raw:?} is not a URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") {
@@ -221,47 +205,47 @@ mod tests {
                     verify_issuers: vec!["ftp://x/realm".into()],
                     ..VerifyArgs::default()
                 },
-                S_VERIFY_ISSUER,
+                settings::VERIFY_ISSUER,
             ),
             (
                 VerifyArgs {
                     verify_issuers: vec!["not a url".into()],
                     ..VerifyArgs::default()
                 },
-                S_VERIFY_ISSUER,
+                settings::VERIFY_ISSUER,
             ),
             (
                 VerifyArgs {
                     jwks_url: Some("https://u:p@kc.example/certs".into()),
                     ..VerifyArgs::default()
                 },
-                S_JWKS_URL,
+                settings::JWKS_URL,
             ),
             (
                 VerifyArgs {
                     verify_leeway: Some(-1.0),
                     ..VerifyArgs::default()
                 },
-                S_VERIFY_LEEWAY,
+                settings::VERIFY_LEEWAY,
             ),
             (
                 VerifyArgs {
                     verify_leeway: Some(f64::NAN),
                     ..VerifyArgs::default()
                 },
-                S_VERIFY_LEEWAY,
+                settings::VERIFY_LEEWAY,
             ),
             (
                 VerifyArgs {
                     jwks_refresh_interval: Some(1.0),
                     ..VerifyArgs::default()
                 },
-                S_JWKS_REFRESH,
+                settings::JWKS_REFRESH_INTERVAL,
             ),
         ];
         for (args, setting) in cases {
             let err = settings(args).unwrap_err();
-            assert_eq!(err.setting, setting);
+            assert_eq!(err.setting, setting.to_string());
             assert!(!err.to_string().contains('\n'));
         }
     }

@@ -4,7 +4,7 @@
 //!   `/readyz` and `/metrics`, which need no `Metadata` header but, on the token port, a loopback `Host`.
 //! - [`hot_path`]: the token read answered in front of the router, with the same guard and bytes.
 //! - [`tokens`]: `GET /v1/token[/{entityId}]` and the forced refresh.
-//! - [`admin`]: health, readiness and metrics.
+//! - [`health`]: health, readiness and metrics.
 //! - [`guard`]: the SSRF / DNS-rebinding defence that cloud metadata servers use.
 //! - [`reply`]: the JSON error shape and the headers every answer carries.
 //! - [`server`]: the accept loop — connection cap, header timeout, graceful shutdown.
@@ -13,8 +13,8 @@
 //! - [`jws`]: `POST /v1/sign` (guarded, token port only), `/v1/verify-signature` and `/v1/authorize`
 //!   (like the verify routes: `Host` rule on the token port, and on `--verify-listen`).
 
-pub mod admin;
 pub mod guard;
+pub mod health;
 pub mod hot_path;
 pub mod jws;
 pub mod reply;
@@ -74,9 +74,9 @@ pub fn admin_frontend(state: Arc<AppState>) -> Frontend {
 /// kubelet probes may reach on the pod IP, while tokens stay on loopback.
 pub fn admin_router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/healthz", get(admin::healthz))
-        .route("/readyz", get(admin::readyz))
-        .route("/metrics", get(admin::metrics))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
         .fallback(|| async { reply::error(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .with_state(state)
@@ -101,9 +101,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/token/refresh", post(tokens::refresh_default))
         .route("/v1/token/{entity_id}", get(tokens::get_one))
         .route("/v1/token/{entity_id}/refresh", post(tokens::refresh_one))
-        .route("/healthz", get(admin::healthz))
-        .route("/readyz", get(admin::readyz))
-        .route("/metrics", get(admin::metrics))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
         .fallback(|| async { reply::error(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
             reply::error(

@@ -442,20 +442,12 @@ fn clip(s: &str) -> String {
     clean
 }
 
-/// A random RFC 4122 version 4 UUID for `txnId`.
+/// A random RFC 4122 version 4 UUID for `txnId` (uuid sets the version and variant bits).
 pub fn new_txn_id() -> String {
-    let mut bytes = fastrand::u128(..).to_be_bytes();
-    bytes[6] = (bytes[6] & 0x0f) | 0x40;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    uuid::Builder::from_random_bytes(fastrand::u128(..).to_ne_bytes())
+        .into_uuid()
+        .hyphenated()
+        .to_string()
 }
 
 #[cfg(test)]

@@ -159,9 +159,9 @@ fn lowercase_percent_escapes(encoded: &str) -> String {
 }
 
 /// Makes a foreign body safe and short enough to keep in an error: control characters become spaces,
-/// whitespace collapses, every run of [`CREDENTIAL_RUN`] or more token-like characters (JWTs, secrets,
+/// whitespace collapses, every run of `CREDENTIAL_RUN` (20) or more token-like characters (JWTs, secrets,
 /// base64) is replaced by `[redacted]`, any of `known_secrets` is removed wherever it appears, and the
-/// result is cut to [`EXCERPT_CHARS`] characters. Returns `None` for an empty body.
+/// result is cut to `EXCERPT_CHARS` (160) characters. Returns `None` for an empty body.
 pub fn sanitize_excerpt<S: AsRef<str>>(body: &[u8], known_secrets: &[S]) -> Option<String> {
     let mut text = String::from_utf8_lossy(body).into_owned();
     for secret in known_secrets

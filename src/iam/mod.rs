@@ -13,6 +13,11 @@ pub mod wire;
 pub use client::{IamClient, IamTimeouts, SecretGrant, TokenGrant};
 pub use error::IamError;
 
+/// The realm's path below the IAM host (spec §0: a Keycloak realm named `sahamati`).
+pub const REALM_PATH: &str = "/auth/realms/sahamati";
+/// The key set's path below an issuer (Keycloak's).
+pub const CERTS_PATH: &str = "/protocol/openid-connect/certs";
+
 /// The documented IAM bases, by environment name.
 pub fn environment_base_url(name: &str) -> Option<&'static str> {
     match name {

@@ -17,6 +17,7 @@
 //! are recorded through [`VerifyRecorder`], which the application implements; this module does not know
 //! the metrics registry. Tokens are never logged: a rejection logs the token's `sha256:` fingerprint.
 
+pub mod jwks;
 pub mod keyset;
 pub mod policy;
 pub mod verify;
@@ -34,10 +35,7 @@ use keyset::{FetchTrigger, KeySource, KeySourceStatus};
 use policy::KeyPolicy;
 pub use verify::{BadExpectation, Expectation, Mismatch, Rejection, Role, Verified};
 
-/// The realm's path below the IAM host (spec §0: a Keycloak realm named `sahamati`).
-pub const REALM_PATH: &str = "/auth/realms/sahamati";
-/// The key set's path below an issuer (Keycloak's).
-pub const CERTS_PATH: &str = "/protocol/openid-connect/certs";
+pub use crate::iam::{CERTS_PATH, REALM_PATH};
 /// Default clock leeway for `exp`, `nbf` and `iat`.
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(60);
 /// Verified tokens remembered. Only tokens that verified are kept, so only tokens the realm issued can
@@ -463,55 +461,4 @@ pub fn fingerprint(token: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn default_issuers_follow_the_iam_url() {
-        assert_eq!(
-            default_issuers("https://api.sandbox.sahamati.org.in/iam"),
-            [
-                "https://api.sandbox.sahamati.org.in/auth/realms/sahamati",
-                "https://tokens.sandbox.sahamati.org.in/auth/realms/sahamati"
-            ]
-        );
-        assert_eq!(
-            default_issuers("https://api.sahamati.org.in/iam/")[0],
-            "https://api.sahamati.org.in/auth/realms/sahamati"
-        );
-        assert_eq!(
-            default_issuers("https://iam.example.in/iam"),
-            ["https://iam.example.in/auth/realms/sahamati"]
-        );
-        assert_eq!(
-            default_issuers("https://iam.example.in:8443/some/iam"),
-            ["https://iam.example.in:8443/auth/realms/sahamati"]
-        );
-        assert_eq!(
-            default_issuers("http://127.0.0.1:7380/iam"),
-            ["http://127.0.0.1:7380/auth/realms/sahamati"]
-        );
-        assert!(default_issuers("not a url").is_empty());
-        assert_eq!(
-            jwks_url_for("https://h/auth/realms/sahamati/"),
-            "https://h/auth/realms/sahamati/protocol/openid-connect/certs"
-        );
-    }
-
-    #[test]
-    fn outcome_indices_are_dense_and_distinct() {
-        let all: Vec<Outcome> = Outcome::all().collect();
-        let mut indices: Vec<usize> = all.iter().map(|o| o.index()).collect();
-        indices.sort_unstable();
-        assert_eq!(indices, (0..all.len()).collect::<Vec<_>>());
-    }
-
-    #[test]
-    fn the_fingerprint_matches_the_entity_one() {
-        let token = "eyJhbGciOiJSUzI1NiJ9.e30.c2ln";
-        assert_eq!(
-            fingerprint(token),
-            crate::entity::fingerprint(&secrecy::SecretString::from(token))
-        );
-    }
-}
+mod tests;

@@ -5,6 +5,7 @@
 
 use super::yaml::{Node, boolean, integer, mapping, string, strings};
 use super::{Iam, InjectOptions, Mode};
+use crate::config::settings;
 
 /// The container's name, in both forms; what later runs look for.
 pub const CONTAINER_NAME: &str = "aa-token-broker";
@@ -70,25 +71,25 @@ fn probe(options: &InjectOptions, live: bool, period: i64, failures: i64) -> Nod
 pub fn container(options: &InjectOptions) -> Node<'static> {
     // In the chart's order, so that the two render the same container.
     let mut env_list = vec![
-        env("AA_BROKER_ENTITY_ID", options.entity_id.as_str()),
+        env(settings::ENTITY_ID.env, options.entity_id.as_str()),
         env(
-            "AA_BROKER_SECRET_FILE",
+            settings::SECRET_FILE.env,
             &format!("{MOUNT_PATH}/{}", options.secret_key),
         ),
     ];
     env_list.push(match &options.iam {
-        Iam::Environment(name) => env("AA_BROKER_ENVIRONMENT", name),
-        Iam::Url(url) => env("AA_BROKER_IAM_URL", url),
+        Iam::Environment(name) => env(settings::ENVIRONMENT.env, name),
+        Iam::Url(url) => env(settings::IAM_URL.env, url),
     });
     env_list.push(env(
-        "AA_BROKER_LISTEN",
+        settings::LISTEN.env,
         &format!("127.0.0.1:{}", options.port),
     ));
     if let Some(admin) = options.admin_port {
-        env_list.push(env("AA_BROKER_ADMIN_LISTEN", &format!("0.0.0.0:{admin}")));
+        env_list.push(env(settings::ADMIN_LISTEN.env, &format!("0.0.0.0:{admin}")));
     }
-    env_list.push(env("AA_BROKER_LOG_FORMAT", "json"));
-    env_list.push(env("AA_BROKER_LOG", "info"));
+    env_list.push(env(settings::LOG_FORMAT.env, "json"));
+    env_list.push(env(settings::LOG_LEVEL.env, "info"));
 
     let mut fields: Vec<(&'static str, Node<'static>)> = vec![
         ("name", string(CONTAINER_NAME)),

@@ -1,5 +1,5 @@
 //! The metrics of incoming-token verification: [`crate::inbound::VerifyRecorder`] implemented for
-//! [`Metrics`](super::Metrics), so the verifier never sees the registry.
+//! [`super::Metrics`], so the verifier never sees the registry.
 //!
 //! - `aa_broker_verifications_total{outcome,reason}`: `valid` (`verified`, `cached`), `invalid` (the
 //!   `401` message, as a label) or `forbidden` (`wrong_entity`, `wrong_role`);

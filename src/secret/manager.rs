@@ -20,8 +20,8 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until};
 
-use super::admin::SecretRecorder;
 use super::cell::{SecretCell, SecretEvent};
+use super::login::SecretRecorder;
 use super::policy::{Expiry, ExpirySource, RotationDecision, check_expiry, decide};
 use super::rotation::{RotationError, Rotator};
 use super::sink::{SecretSink, SinkSpec};

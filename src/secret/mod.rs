@@ -1,7 +1,7 @@
 //! The entity secret's lifecycle: admin operations and rotation that never locks the entity out.
 //!
 //! - [`cell`]: the entity secret as the token path reads it, and what the lifecycle reports about it.
-//! - [`admin`]: the admin user's credentials and a cached user token for secret read/reset.
+//! - [`login`]: the admin user's credentials, the login limits and a cached user token for secret read/reset.
 //! - [`policy`]: when a rotation is due — a pure function of the secret's expiry, the grace warning and the
 //!   threshold.
 //! - [`rotation`]: the one safe order — user token → reset → **persist** → verify → switch — and the
@@ -11,10 +11,10 @@
 //! - [`ledger`]: the on-disk record of the last reset, which bounds resets across restarts.
 //! - [`manager`]: the task `serve` runs per entity when admin credentials are configured.
 
-pub mod admin;
 pub mod cell;
 pub mod ledger;
 pub mod lock;
+pub mod login;
 pub mod manager;
 pub mod policy;
 pub mod rotation;
@@ -23,8 +23,8 @@ pub mod sink;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use admin::{AdminCredentials, AdminSession, NoRecorder, SecretRecorder};
 pub use cell::{SecretCell, SecretEvent, SecretStatus};
+pub use login::{AdminCredentials, AdminSession, NoRecorder, SecretRecorder};
 pub use rotation::{ResetBound, RotationError, Rotator};
 pub use sink::{KubeAccess, SecretSink, SinkSpec};
 

@@ -20,9 +20,9 @@ use std::time::{Duration, SystemTime};
 
 use secrecy::{ExposeSecret, SecretString};
 
-use super::admin::{AdminError, AdminSession};
 use super::ledger::{LedgerError, ResetLedger};
 use super::lock::LockError;
+use super::login::{AdminError, AdminSession};
 use super::policy::{Expiry, ExpirySource, check_expiry, reset_wait};
 use super::sink::{SecretSink, SinkError};
 use crate::entity::{EntityId, fingerprint};

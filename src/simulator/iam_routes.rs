@@ -1,4 +1,5 @@
-//! The simulator's IAM endpoints (spec §2) and the faults that can replace their answers.
+//! The simulator's IAM endpoints (spec §2). How an injected fault replaces or spoils an answer is in
+//! [`super::faults`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -7,11 +8,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::Shared;
+use super::faults::{Prelude, prelude};
 use super::state::{
     EpochUnit, FaultKind, GRACE_PERIOD, LocalZone, MAX_SECRET_DAYS, ResetMode, SimSettings,
     UserSession, random_secret,
@@ -25,126 +27,14 @@ const USER_SCOPE: &str = "email secret-expiry-ts profile entityMetadata";
 const MISSING_ENTITY_CREDENTIALS: &str = "Entity Id/Secret is missing in the request";
 const BAD_ENTITY_CREDENTIALS: &str = "Invalid entity id/secret or secret is expired";
 
-/// What the fault queue decided for this request.
-enum Prelude {
-    /// Answer normally, possibly spoiling the success body with this fault.
-    Proceed(Option<FaultKind>),
-    Respond(Response),
-}
-
-async fn prelude(shared: &Shared, endpoint: Endpoint) -> Prelude {
-    shared.counters.record(endpoint);
-    let (latency, fault) = {
-        let mut world = shared.world();
-        (
-            Duration::from_millis(world.settings.latency_ms),
-            world.take_fault(endpoint),
-        )
-    };
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
-    }
-    match fault {
-        None => Prelude::Proceed(None),
-        Some(FaultKind::Delay { ms }) => {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            Prelude::Proceed(None)
-        }
-        Some(FaultKind::Reset) => Prelude::Respond(reset_mid_body()),
-        Some(FaultKind::Hang) => {
-            tokio::time::sleep(Duration::from_secs(3600)).await;
-            Prelude::Respond(StatusCode::GATEWAY_TIMEOUT.into_response())
-        }
-        Some(FaultKind::Status {
-            status,
-            retry_after_secs,
-            body,
-        }) => {
-            let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let mut response = match body {
-                Some(raw) => (code, raw).into_response(),
-                None => envelope_error(
-                    code,
-                    code.canonical_reason().unwrap_or("Error"),
-                    "Injected failure",
-                    None,
-                ),
-            };
-            if let Some(secs) = retry_after_secs {
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-            }
-            Prelude::Respond(response)
-        }
-        Some(FaultKind::Html { status }) => {
-            let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
-            let page = format!(
-                "<html>\r\n<head><title>{0}</title></head>\r\n<body>\r\n<center><h1>{0}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n",
-                code
-            );
-            Prelude::Respond((code, [(header::CONTENT_TYPE, "text/html")], page).into_response())
-        }
-        Some(FaultKind::Empty { status }) => Prelude::Respond(
-            StatusCode::from_u16(status)
-                .unwrap_or(StatusCode::OK)
-                .into_response(),
-        ),
-        Some(FaultKind::HugeBody) => {
-            let body = format!("{{\"padding\":\"{}\"}}", "x".repeat(1 << 20));
-            Prelude::Respond(
-                (
-                    StatusCode::OK,
-                    [(header::CONTENT_TYPE, "application/json")],
-                    body,
-                )
-                    .into_response(),
-            )
-        }
-        Some(spoiler) => Prelude::Proceed(Some(spoiler)),
-    }
-}
-
-/// A body that fails on its first frame. hyper has sent the head by then, so it aborts the connection and
-/// the client sees it closed in the middle of the answer.
-struct BrokenBody;
-
-impl http_body::Body for BrokenBody {
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        std::task::Poll::Ready(Some(Err(std::io::Error::new(
-            std::io::ErrorKind::ConnectionReset,
-            "injected reset",
-        ))))
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        http_body::SizeHint::with_exact(512)
-    }
-}
-
-fn reset_mid_body() -> Response {
-    let mut response = Response::new(axum::body::Body::new(BrokenBody));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
-fn envelope(mut body: Value, txn_id: Option<String>) -> Value {
+pub(super) fn envelope(mut body: Value, txn_id: Option<String>) -> Value {
     body["ver"] = json!("1.0.0");
     body["timestamp"] = json!(timefmt::rfc3339_nanos(SystemTime::now()));
     body["txnId"] = json!(txn_id.unwrap_or_else(new_txn_id));
     body
 }
 
-fn envelope_error(
+pub(super) fn envelope_error(
     status: StatusCode,
     code: &str,
     message: &str,

@@ -13,6 +13,7 @@
 //! Central Registry's entity-info API (`/cr/v2/entityInfo/…`) with peers that hold real key pairs.
 
 mod control;
+mod faults;
 mod iam_routes;
 pub mod jwt;
 pub mod realm;

@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 
 use super::jwt::SigningKey;
 use super::{Shared, Simulator};
-use crate::inbound::{CERTS_PATH, REALM_PATH};
+use crate::iam::{CERTS_PATH, REALM_PATH};
 
 /// The realm's keys, in rotation order. The first is the simulator's original key.
 const KEY_POOL: [&[u8]; 4] = [

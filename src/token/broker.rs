@@ -1,9 +1,9 @@
 //! The broker: the handle every other part of the process holds to get a token for an entity.
 //!
-//! It keeps one [`Slot`] per configured entity and one moka cache keyed by entity. A request that finds a
+//! It keeps one `Slot` per configured entity and one moka cache keyed by entity. A request that finds a
 //! servable token is answered from the slot's `current` pointer (no await, no allocation: what the hot
 //! path uses). A request that finds none joins moka's `try_get_with`, so concurrent cold requests share one
-//! upstream call and its result or error; the call itself is the [`Fetcher`]'s. moka remains the cache that
+//! upstream call and its result or error; the call itself is the `Fetcher`'s. moka remains the cache that
 //! coalesces cold fetches and expires entries at their hand-out deadline.
 
 use std::collections::BTreeMap;

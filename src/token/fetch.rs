@@ -1,6 +1,6 @@
 //! The one place that calls the IAM for entity tokens, and what it records about each call.
 //!
-//! Three paths reach the IAM, and all of them go through [`Fetcher::fetch`], which holds the entity's fetch
+//! Three paths reach the IAM, and all of them go through `Fetcher::fetch`, which holds the entity's fetch
 //! gate for the duration of the call:
 //! - the background refresher ([`super::refresher`]), which keeps a token ready so that after warm-up no
 //!   client request waits on the IAM;

@@ -842,7 +842,7 @@ async fn a_secret_file_others_can_read_is_warned_about() {
 /// that is accepted is never handed out past its `exp`, its `expiresIn` or the ceiling.
 mod pipeline {
     use super::*;
-    use aa_token_broker::http::admin::readiness;
+    use aa_token_broker::http::health::readiness;
     use aa_token_broker::iam::client::{parse_secret_answer, parse_token_answer};
     use aa_token_broker::metrics::Metrics;
     use aa_token_broker::secret::policy::{ExpirySource, check_expiry};

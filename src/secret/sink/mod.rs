@@ -15,7 +15,7 @@
 //!   `sh -c '…'`.
 
 //!
-//! One file per kind: [`file`], [`kubernetes`], [`exec`]; this file parses the `--secret-sink` setting and
+//! One file per kind: `file`, `kubernetes`, `exec`; this file parses the `--secret-sink` setting and
 //! dispatches.
 
 mod exec;

@@ -1,10 +1,17 @@
 //! The command line. Every setting is a flag with an environment fallback; none has a clap default, so
-//! that [`super::validate`] can tell "given" from "not given" and let the TOML file fill the gaps.
+//! that the validation in `config` can tell "given" from "not given" and let the TOML file fill the gaps.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+
+use super::settings as S;
+
+mod rotation;
+pub use rotation::{
+    AdminArgs, RotateArgs, RotationArgs, SecretCommand, SecretReadArgs, SecretResetArgs,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -48,8 +55,8 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct HealthcheckArgs {
-    /// Address the broker serves on (default 127.0.0.1:7373) [env: AA_BROKER_LISTEN]
-    #[arg(long, env = "AA_BROKER_LISTEN", value_name = "ADDR", hide_env = true)]
+    /// Address the broker serves on (default 127.0.0.1:7373)
+    #[arg(long = S::LISTEN.flag, env = S::LISTEN.env, value_name = "ADDR", hide_env_values = true)]
     pub listen: Option<SocketAddr>,
     /// Check liveness (/healthz) instead of readiness (/readyz)
     #[arg(long)]
@@ -59,306 +66,148 @@ pub struct HealthcheckArgs {
     pub wait: Option<f64>,
 }
 
-#[derive(Debug, Subcommand)]
-pub enum SecretCommand {
-    /// Print the secret's expiry (and, only when asked, the secret).
-    Read(SecretReadArgs),
-    /// Reset the secret, store the new one in the sink, then print its expiry.
-    Reset(SecretResetArgs),
-}
-
-/// The entity's admin user.
-#[derive(Debug, Args, Default)]
-pub struct AdminArgs {
-    /// Email of the entity's admin user [env: AA_BROKER_ADMIN_EMAIL]
-    #[arg(
-        long,
-        env = "AA_BROKER_ADMIN_EMAIL",
-        value_name = "EMAIL",
-        hide_env = true
-    )]
-    pub admin_email: Option<String>,
-    /// File holding the admin password (or set AA_BROKER_ADMIN_PASSWORD) [env: AA_BROKER_ADMIN_PASSWORD_FILE]
-    #[arg(
-        long,
-        env = "AA_BROKER_ADMIN_PASSWORD_FILE",
-        value_name = "PATH",
-        hide_env = true
-    )]
-    pub admin_password_file: Option<PathBuf>,
-}
-
-/// When and where to rotate.
-#[derive(Debug, Args, Default)]
-pub struct RotationArgs {
-    /// Rotate when fewer days than this remain (default 15) [env: AA_BROKER_ROTATE_BEFORE_DAYS]
-    #[arg(
-        long,
-        env = "AA_BROKER_ROTATE_BEFORE_DAYS",
-        value_name = "DAYS",
-        hide_env = true
-    )]
-    pub rotate_before_days: Option<f64>,
-    /// Validity to ask for on reset, 1-180 days (default 180) [env: AA_BROKER_SECRET_EXPIRY_DAYS]
-    #[arg(
-        long,
-        env = "AA_BROKER_SECRET_EXPIRY_DAYS",
-        value_name = "DAYS",
-        hide_env = true
-    )]
-    pub secret_expiry_days: Option<u32>,
-    /// Where a new secret goes: file:PATH, kubernetes-secret:NS/NAME[/KEY] or exec:COMMAND (default file:<secret file>) [env: AA_BROKER_SECRET_SINK]
-    #[arg(
-        long,
-        env = "AA_BROKER_SECRET_SINK",
-        value_name = "SINK",
-        hide_env = true
-    )]
-    pub secret_sink: Option<String>,
-    /// Seconds between reads of the secret's expiry in serve (default 21600) [env: AA_BROKER_SECRET_CHECK_INTERVAL]
-    #[arg(
-        long,
-        env = "AA_BROKER_SECRET_CHECK_INTERVAL",
-        value_name = "SECONDS",
-        hide_env = true
-    )]
-    pub secret_check_interval: Option<f64>,
-    /// Least time between two resets of one entity's secret, in seconds, kept across restarts (default 3600, at least 600) [env: AA_BROKER_MIN_RESET_INTERVAL]
-    #[arg(
-        long,
-        env = "AA_BROKER_MIN_RESET_INTERVAL",
-        value_name = "SECONDS",
-        hide_env = true
-    )]
-    pub min_reset_interval: Option<f64>,
-    /// Directory for the reset records of sinks that are not files (default: $TMPDIR/aa-token-broker) [env: AA_BROKER_STATE_DIR]
-    #[arg(
-        long,
-        env = "AA_BROKER_STATE_DIR",
-        value_name = "PATH",
-        hide_env = true
-    )]
-    pub state_dir: Option<PathBuf>,
-    /// Kubernetes API server for a kubernetes-secret sink (default from KUBERNETES_SERVICE_HOST/PORT) [env: AA_BROKER_KUBE_API_URL]
-    #[arg(
-        long,
-        env = "AA_BROKER_KUBE_API_URL",
-        value_name = "URL",
-        hide_env = true
-    )]
-    pub kube_api_url: Option<String>,
-    /// Bearer token file for the API server (default: the pod's service account token) [env: AA_BROKER_KUBE_TOKEN_FILE]
-    #[arg(
-        long,
-        env = "AA_BROKER_KUBE_TOKEN_FILE",
-        value_name = "PATH",
-        hide_env = true
-    )]
-    pub kube_token_file: Option<PathBuf>,
-    /// CA bundle of the API server (default: the pod's service account CA) [env: AA_BROKER_KUBE_CA_FILE]
-    #[arg(
-        long,
-        env = "AA_BROKER_KUBE_CA_FILE",
-        value_name = "PATH",
-        hide_env = true
-    )]
-    pub kube_ca_file: Option<PathBuf>,
-}
-
-#[derive(Debug, Args)]
-pub struct SecretReadArgs {
-    #[command(flatten)]
-    pub iam: IamArgs,
-    #[command(flatten)]
-    pub entity: EntityArgs,
-    #[command(flatten)]
-    pub admin: AdminArgs,
-    #[command(flatten)]
-    pub log: LogArgs,
-    /// Also print the secret itself on stdout
-    #[arg(long)]
-    pub show_secret: bool,
-    /// Write the secret to this file (atomically, mode 0600)
-    #[arg(long, value_name = "PATH")]
-    pub output: Option<PathBuf>,
-}
-
-#[derive(Debug, Args)]
-pub struct SecretResetArgs {
-    #[command(flatten)]
-    pub iam: IamArgs,
-    #[command(flatten)]
-    pub entity: EntityArgs,
-    #[command(flatten)]
-    pub admin: AdminArgs,
-    #[command(flatten)]
-    pub rotation: RotationArgs,
-    #[command(flatten)]
-    pub log: LogArgs,
-    /// Validity to ask for, 1-180 days (overrides --secret-expiry-days)
-    #[arg(long, value_name = "DAYS")]
-    pub expiry_days: Option<u32>,
-}
-
-#[derive(Debug, Args)]
-pub struct RotateArgs {
-    #[command(flatten)]
-    pub iam: IamArgs,
-    #[command(flatten)]
-    pub entity: EntityArgs,
-    #[command(flatten)]
-    pub admin: AdminArgs,
-    #[command(flatten)]
-    pub rotation: RotationArgs,
-    #[command(flatten)]
-    pub log: LogArgs,
-    /// Rotate even if the secret is not due
-    #[arg(long)]
-    pub force: bool,
-}
-
 /// Where the IAM is and how long to wait for it.
 #[derive(Debug, Args, Default)]
 pub struct IamArgs {
-    /// IAM base URL; endpoints are {base}/v1/... [env: AA_BROKER_IAM_URL]
-    #[arg(long, env = "AA_BROKER_IAM_URL", value_name = "URL", hide_env = true)]
+    /// IAM base URL; endpoints are {base}/v1/...
+    #[arg(long = S::IAM_URL.flag, env = S::IAM_URL.env, value_name = "URL", hide_env_values = true)]
     pub iam_url: Option<String>,
-    /// Use the documented IAM base of an environment: sandbox, uat or production [env: AA_BROKER_ENVIRONMENT]
+    /// Use the documented IAM base of an environment: sandbox, uat or production
     #[arg(
-        long,
-        env = "AA_BROKER_ENVIRONMENT",
+        long = S::ENVIRONMENT.flag,
+        env = S::ENVIRONMENT.env,
         value_name = "NAME",
-        hide_env = true
+        hide_env_values = true
     )]
     pub environment: Option<String>,
-    /// Seconds to wait for a connection to the IAM (default 5) [env: AA_BROKER_IAM_CONNECT_TIMEOUT]
+    /// Seconds to wait for a connection to the IAM (default 5)
     #[arg(
-        long,
-        env = "AA_BROKER_IAM_CONNECT_TIMEOUT",
+        long = S::IAM_CONNECT_TIMEOUT.flag,
+        env = S::IAM_CONNECT_TIMEOUT.env,
         value_name = "SECONDS",
-        hide_env = true
+        hide_env_values = true
     )]
     pub iam_connect_timeout: Option<f64>,
-    /// Seconds to wait for a whole IAM request (default 10) [env: AA_BROKER_IAM_TIMEOUT]
+    /// Seconds to wait for a whole IAM request (default 10)
     #[arg(
-        long,
-        env = "AA_BROKER_IAM_TIMEOUT",
+        long = S::IAM_TIMEOUT.flag,
+        env = S::IAM_TIMEOUT.env,
         value_name = "SECONDS",
-        hide_env = true
+        hide_env_values = true
     )]
     pub iam_timeout: Option<f64>,
-    /// Allow a plain-http IAM URL that is not loopback (a simulator in another container); logged as a warning [env: AA_BROKER_ALLOW_PLAIN_HTTP]
-    #[arg(long, env = "AA_BROKER_ALLOW_PLAIN_HTTP", hide_env = true)]
+    /// Allow a plain-http IAM URL that is not loopback (a simulator in another container); logged as a warning
+    #[arg(long = S::ALLOW_PLAIN_HTTP.flag, env = S::ALLOW_PLAIN_HTTP.env, hide_env_values = true)]
     pub allow_plain_http: bool,
 }
 
 /// Which entity (or entities) and their secrets.
 #[derive(Debug, Args, Default)]
 pub struct EntityArgs {
-    /// Central Registry entity id [env: AA_BROKER_ENTITY_ID]
-    #[arg(long, env = "AA_BROKER_ENTITY_ID", value_name = "ID", hide_env = true)]
+    /// Central Registry entity id
+    #[arg(long = S::ENTITY_ID.flag, env = S::ENTITY_ID.env, value_name = "ID", hide_env_values = true)]
     pub entity_id: Option<String>,
-    /// File holding the entity secret, re-read on every fetch (or set AA_BROKER_ENTITY_SECRET) [env: AA_BROKER_SECRET_FILE]
+    /// File holding the entity secret, re-read on every fetch (or set AA_BROKER_ENTITY_SECRET)
     #[arg(
-        long,
-        env = "AA_BROKER_SECRET_FILE",
+        long = S::SECRET_FILE.flag,
+        env = S::SECRET_FILE.env,
         value_name = "PATH",
-        hide_env = true
+        hide_env_values = true
     )]
     pub secret_file: Option<PathBuf>,
-    /// TOML file; may list several entities under [[entities]] [env: AA_BROKER_CONFIG]
-    #[arg(long, env = "AA_BROKER_CONFIG", value_name = "PATH", hide_env = true)]
+    /// TOML file; may list several entities under `[[entities]]`
+    #[arg(long = S::CONFIG.flag, env = S::CONFIG.env, value_name = "PATH", hide_env_values = true)]
     pub config: Option<PathBuf>,
 }
 
 /// Logging.
 #[derive(Debug, Args, Default)]
 pub struct LogArgs {
-    /// Log format: text or json [env: AA_BROKER_LOG_FORMAT]
+    /// Log format: text or json
     #[arg(
-        long,
-        env = "AA_BROKER_LOG_FORMAT",
+        long = S::LOG_FORMAT.flag,
+        env = S::LOG_FORMAT.env,
         value_name = "FORMAT",
-        hide_env = true
+        hide_env_values = true
     )]
     pub log_format: Option<String>,
-    /// Log filter, e.g. info or aa_token_broker=debug [env: AA_BROKER_LOG]
-    #[arg(long, env = "AA_BROKER_LOG", value_name = "FILTER", hide_env = true)]
+    /// Log filter, e.g. info or aa_token_broker=debug
+    #[arg(long = S::LOG_LEVEL.flag, env = S::LOG_LEVEL.env, value_name = "FILTER", hide_env_values = true)]
     pub log_level: Option<String>,
 }
 
 /// The local HTTP surface.
 #[derive(Debug, Args, Default)]
 pub struct ListenArgs {
-    /// Address to serve on (default 127.0.0.1:7373) [env: AA_BROKER_LISTEN]
-    #[arg(long, env = "AA_BROKER_LISTEN", value_name = "ADDR", hide_env = true)]
+    /// Address to serve on (default 127.0.0.1:7373)
+    #[arg(long = S::LISTEN.flag, env = S::LISTEN.env, value_name = "ADDR", hide_env_values = true)]
     pub listen: Option<SocketAddr>,
-    /// Extra Host name accepted by the caller guard besides loopback; repeatable [env: AA_BROKER_ALLOW_HOSTS, comma-separated]
+    /// Extra Host name accepted by the caller guard besides loopback; repeatable (comma-separated in the variable)
     #[arg(
-        long = "allow-host",
-        env = "AA_BROKER_ALLOW_HOSTS",
+        long = S::ALLOW_HOST.flag,
+        env = S::ALLOW_HOST.env,
         value_name = "HOST",
         value_delimiter = ',',
-        hide_env = true
+        hide_env_values = true
     )]
     pub allow_hosts: Vec<String>,
-    /// Do not require the `Metadata: true` header (logged as a warning at start) [env: AA_BROKER_NO_METADATA_HEADER]
-    #[arg(long, env = "AA_BROKER_NO_METADATA_HEADER", hide_env = true)]
+    /// Do not require the `Metadata: true` header (logged as a warning at start)
+    #[arg(long = S::NO_METADATA_HEADER.flag, env = S::NO_METADATA_HEADER.env, hide_env_values = true)]
     pub no_metadata_header: bool,
-    /// Most concurrent client connections (default 1024) [env: AA_BROKER_MAX_CONNECTIONS]
+    /// Most concurrent client connections (default 1024)
     #[arg(
-        long,
-        env = "AA_BROKER_MAX_CONNECTIONS",
+        long = S::MAX_CONNECTIONS.flag,
+        env = S::MAX_CONNECTIONS.env,
         value_name = "N",
-        hide_env = true
+        hide_env_values = true
     )]
     pub max_connections: Option<usize>,
-    /// Runtime worker threads (default 2) [env: AA_BROKER_WORKER_THREADS]
+    /// Runtime worker threads (default 2)
     #[arg(
-        long,
-        env = "AA_BROKER_WORKER_THREADS",
+        long = S::WORKER_THREADS.flag,
+        env = S::WORKER_THREADS.env,
         value_name = "N",
-        hide_env = true
+        hide_env_values = true
     )]
     pub worker_threads: Option<usize>,
-    /// Also serve /healthz, /readyz and /metrics (never tokens) on this address, e.g. 0.0.0.0:9373 for Prometheus [env: AA_BROKER_ADMIN_LISTEN]
+    /// Also serve /healthz, /readyz and /metrics (never tokens) on this address, e.g. 0.0.0.0:9373 for Prometheus
     #[arg(
-        long,
-        env = "AA_BROKER_ADMIN_LISTEN",
+        long = S::ADMIN_LISTEN.flag,
+        env = S::ADMIN_LISTEN.env,
         value_name = "ADDR",
-        hide_env = true
+        hide_env_values = true
     )]
     pub admin_listen: Option<SocketAddr>,
-    /// Also serve /v1/verify (and nothing else: never tokens) on this address, for an ingress proxy in another pod [env: AA_BROKER_VERIFY_LISTEN]
+    /// Also serve /v1/verify (and nothing else: never tokens) on this address, for an ingress proxy in another pod
     #[arg(
-        long,
-        env = "AA_BROKER_VERIFY_LISTEN",
+        long = S::VERIFY_LISTEN.flag,
+        env = S::VERIFY_LISTEN.env,
         value_name = "ADDR",
-        hide_env = true
+        hide_env_values = true
     )]
     pub verify_listen: Option<SocketAddr>,
-    /// Seconds to let requests in flight finish on SIGTERM (default 10) [env: AA_BROKER_SHUTDOWN_GRACE]
+    /// Seconds to let requests in flight finish on SIGTERM (default 10)
     #[arg(
-        long,
-        env = "AA_BROKER_SHUTDOWN_GRACE",
+        long = S::SHUTDOWN_GRACE.flag,
+        env = S::SHUTDOWN_GRACE.env,
         value_name = "SECONDS",
-        hide_env = true
+        hide_env_values = true
     )]
     pub shutdown_grace: Option<f64>,
-    /// Seconds a write to a client may make no progress before the connection is closed (default 10) [env: AA_BROKER_WRITE_TIMEOUT]
+    /// Seconds a write to a client may make no progress before the connection is closed (default 10)
     #[arg(
-        long,
-        env = "AA_BROKER_WRITE_TIMEOUT",
+        long = S::WRITE_TIMEOUT.flag,
+        env = S::WRITE_TIMEOUT.env,
         value_name = "SECONDS",
-        hide_env = true
+        hide_env_values = true
     )]
     pub write_timeout: Option<f64>,
-    /// Requests served on one connection before it is closed (default 10000) [env: AA_BROKER_MAX_REQUESTS_PER_CONNECTION]
+    /// Requests served on one connection before it is closed (default 10000)
     #[arg(
-        long,
-        env = "AA_BROKER_MAX_REQUESTS_PER_CONNECTION",
+        long = S::MAX_REQUESTS_PER_CONNECTION.flag,
+        env = S::MAX_REQUESTS_PER_CONNECTION.env,
         value_name = "N",
-        hide_env = true
+        hide_env_values = true
     )]
     pub max_requests_per_connection: Option<u32>,
 }
@@ -399,10 +248,10 @@ pub struct TokenArgs {
 
 #[derive(Debug, Args)]
 pub struct SimulatorArgs {
-    /// Address to serve on [env: AA_SIMULATOR_LISTEN]
+    /// Address to serve on
     #[arg(
         long,
-        env = "AA_SIMULATOR_LISTEN",
+        env = S::SIMULATOR_LISTEN.env,
         default_value = "127.0.0.1:7380",
         hide_env = true
     )]
@@ -433,10 +282,10 @@ pub struct SimulatorArgs {
 pub struct DemoArgs {
     /// Address the broker serves on
     #[arg(
-        long,
-        env = "AA_BROKER_LISTEN",
+        long = S::LISTEN.flag,
+        env = S::LISTEN.env,
         default_value = "127.0.0.1:7373",
-        hide_env = true
+        hide_env_values = true
     )]
     pub listen: SocketAddr,
     /// Entity token lifetime in seconds (make it short to watch refreshes happen)
@@ -489,32 +338,32 @@ pub struct InjectArgs {
 /// How incoming tokens are verified (`/v1/verify` and the `verify` command).
 #[derive(Debug, Args, Default)]
 pub struct VerifyArgs {
-    /// Issuer whose tokens are accepted, exactly as in `iss`; repeatable (default: the IAM's realm, or the named environment's issuers) [env: AA_BROKER_VERIFY_ISSUERS, comma-separated]
+    /// Issuer whose tokens are accepted, exactly as in `iss`; repeatable (default: the IAM's realm, or the named environment's issuers) (comma-separated in the variable)
     #[arg(
-        long = "verify-issuer",
-        env = "AA_BROKER_VERIFY_ISSUERS",
+        long = S::VERIFY_ISSUER.flag,
+        env = S::VERIFY_ISSUER.env,
         value_name = "URL",
         value_delimiter = ',',
-        hide_env = true
+        hide_env_values = true
     )]
     pub verify_issuers: Vec<String>,
-    /// Key set URL for every allowed issuer (default: each issuer's /protocol/openid-connect/certs) [env: AA_BROKER_JWKS_URL]
-    #[arg(long, env = "AA_BROKER_JWKS_URL", value_name = "URL", hide_env = true)]
+    /// Key set URL for every allowed issuer (default: each issuer's /protocol/openid-connect/certs)
+    #[arg(long = S::JWKS_URL.flag, env = S::JWKS_URL.env, value_name = "URL", hide_env_values = true)]
     pub jwks_url: Option<String>,
-    /// Clock leeway for exp, nbf and iat, seconds, 0-600 (default 60) [env: AA_BROKER_VERIFY_LEEWAY]
+    /// Clock leeway for exp, nbf and iat, seconds, 0-600 (default 60)
     #[arg(
-        long,
-        env = "AA_BROKER_VERIFY_LEEWAY",
+        long = S::VERIFY_LEEWAY.flag,
+        env = S::VERIFY_LEEWAY.env,
         value_name = "SECONDS",
-        hide_env = true
+        hide_env_values = true
     )]
     pub verify_leeway: Option<f64>,
-    /// Seconds between fetches of the key set, 10-86400 (default 300) [env: AA_BROKER_JWKS_REFRESH_INTERVAL]
+    /// Seconds between fetches of the key set, 10-86400 (default 300)
     #[arg(
-        long,
-        env = "AA_BROKER_JWKS_REFRESH_INTERVAL",
+        long = S::JWKS_REFRESH_INTERVAL.flag,
+        env = S::JWKS_REFRESH_INTERVAL.env,
         value_name = "SECONDS",
-        hide_env = true
+        hide_env_values = true
     )]
     pub jwks_refresh_interval: Option<f64>,
 }
@@ -526,8 +375,8 @@ pub struct VerifyTokenArgs {
     pub iam: IamArgs,
     #[command(flatten)]
     pub verify: VerifyArgs,
-    /// TOML file with the IAM and verify settings [env: AA_BROKER_CONFIG]
-    #[arg(long, env = "AA_BROKER_CONFIG", value_name = "PATH", hide_env = true)]
+    /// TOML file with the IAM and verify settings
+    #[arg(long = S::CONFIG.flag, env = S::CONFIG.env, value_name = "PATH", hide_env_values = true)]
     pub config: Option<PathBuf>,
     /// Expected role of the sender: AA, FIU or FIP (comma-separated for several)
     #[arg(long, value_name = "ROLE")]

@@ -1,6 +1,7 @@
 //! The admin and rotation settings: the admin user's credentials, the rotation threshold and validity,
 //! where new secrets go, and how to reach the Kubernetes API server when a Secret is the sink.
 
+use super::settings;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,10 +18,6 @@ use crate::secret::{AdminCredentials, KubeAccess, RotationSettings, SinkSpec};
 
 /// The variable that may hold the admin password when no file is given.
 pub const ENV_ADMIN_PASSWORD: &str = "AA_BROKER_ADMIN_PASSWORD";
-
-const S_ADMIN_EMAIL: &str = "--admin-email (AA_BROKER_ADMIN_EMAIL)";
-const S_ADMIN_PASSWORD: &str = "--admin-password-file (AA_BROKER_ADMIN_PASSWORD_FILE)";
-pub(super) const S_SINK: &str = "--secret-sink (AA_BROKER_SECRET_SINK)";
 
 /// Rotation settings, or `None` when no admin user is configured (rotation off).
 pub fn rotation_settings(
@@ -41,25 +38,28 @@ pub fn rotation_settings(
     let Some(email) = email.map(|e| e.trim().to_string()) else {
         if password_file.is_some() {
             return Err(ConfigError::new(
-                S_ADMIN_EMAIL,
+                settings::ADMIN_EMAIL,
                 "an admin password is given but no admin email",
             ));
         }
         return Ok(None);
     };
     if email.is_empty() || !email.contains('@') || email.len() > 254 {
-        return Err(ConfigError::new(S_ADMIN_EMAIL, "not an email address"));
+        return Err(ConfigError::new(
+            settings::ADMIN_EMAIL,
+            "not an email address",
+        ));
     }
     let password = match (password_file, &env.admin_password) {
         (Some(path), _) => {
             read_secret_file(&path)
-                .map_err(|e| ConfigError::new(S_ADMIN_PASSWORD, e.to_string()))?;
+                .map_err(|e| ConfigError::new(settings::ADMIN_PASSWORD_FILE, e.to_string()))?;
             SecretSource::File(path)
         }
         (None, Some(password)) => SecretSource::Inline(Arc::new(password.clone())),
         (None, None) => {
             return Err(ConfigError::new(
-                S_ADMIN_PASSWORD,
+                settings::ADMIN_PASSWORD_FILE,
                 format!(
                     "the admin user needs a password: give --admin-password-file or set {ENV_ADMIN_PASSWORD}"
                 ),
@@ -76,13 +76,13 @@ pub fn rotation_settings(
         .unwrap_or(180);
     if !(1..=180).contains(&expiry_days) {
         return Err(ConfigError::new(
-            "--secret-expiry-days (AA_BROKER_SECRET_EXPIRY_DAYS)",
+            settings::SECRET_EXPIRY_DAYS,
             "must be between 1 and 180",
         ));
     }
     if !(days.is_finite() && days > 0.0 && days < f64::from(expiry_days)) {
         return Err(ConfigError::new(
-            "--rotate-before-days (AA_BROKER_ROTATE_BEFORE_DAYS)",
+            settings::ROTATE_BEFORE_DAYS,
             format!("must be more than 0 and less than the secret's validity ({expiry_days} days)"),
         ));
     }
@@ -95,7 +95,7 @@ pub fn rotation_settings(
         }
         Some(_) => {
             return Err(ConfigError::new(
-                "--secret-check-interval (AA_BROKER_SECRET_CHECK_INTERVAL)",
+                settings::SECRET_CHECK_INTERVAL,
                 "must be between 1 second and 7 days",
             ));
         }
@@ -116,7 +116,7 @@ pub fn rotation_settings(
         }
         Some(_) => {
             return Err(ConfigError::new(
-                "--min-reset-interval (AA_BROKER_MIN_RESET_INTERVAL)",
+                settings::MIN_RESET_INTERVAL,
                 format!("must be between {floor} seconds (10 minutes) and 30 days"),
             ));
         }
@@ -141,7 +141,7 @@ pub fn rotation_settings(
 /// The sink for an entity: the explicit one, else its secret file.
 pub fn sink_for(
     explicit: Option<&str>,
-    setting: &str,
+    setting: impl std::fmt::Display + Copy,
     secret_file: Option<&Path>,
 ) -> Result<Option<SinkSpec>, ConfigError> {
     match (explicit, secret_file) {
@@ -172,7 +172,7 @@ fn kube_access(rotation: &RotationArgs) -> Result<KubeAccess, ConfigError> {
                 }
                 (None, _) => {
                     return Err(ConfigError::new(
-                        "--kube-api-url (AA_BROKER_KUBE_API_URL)",
+                        settings::KUBE_API_URL,
                         "a kubernetes-secret sink needs the API server; not in a pod (no KUBERNETES_SERVICE_HOST), so give --kube-api-url",
                     ));
                 }
@@ -181,14 +181,14 @@ fn kube_access(rotation: &RotationArgs) -> Result<KubeAccess, ConfigError> {
     };
     let parsed = reqwest::Url::parse(&api_url).map_err(|e| {
         ConfigError::new(
-            "--kube-api-url (AA_BROKER_KUBE_API_URL)",
+            settings::KUBE_API_URL,
             format!("{api_url:?} is not a URL: {e}"),
         )
     })?;
     let loopback = crate::iam::client::is_loopback_url(&parsed);
     if !(parsed.scheme() == "https" || (parsed.scheme() == "http" && loopback)) {
         return Err(ConfigError::new(
-            "--kube-api-url (AA_BROKER_KUBE_API_URL)",
+            settings::KUBE_API_URL,
             "the scheme must be https (plain http only for a loopback address, e.g. kubectl proxy)",
         ));
     }
@@ -238,13 +238,14 @@ pub fn admin_context(
     // The entity: --entity-id, or the only one in the file.
     let listed = |id: &EntityId| file.entities.iter().find(|e| e.id == id.as_str());
     let entity_id = match (&entity.entity_id, file.entities.as_slice()) {
-        (Some(raw), _) => EntityId::parse(raw.trim())
-            .map_err(|e| ConfigError::new("--entity-id (AA_BROKER_ENTITY_ID)", e))?,
+        (Some(raw), _) => {
+            EntityId::parse(raw.trim()).map_err(|e| ConfigError::new(settings::ENTITY_ID, e))?
+        }
         (None, [only]) => EntityId::parse(&only.id)
             .map_err(|e| ConfigError::new("entities[0].id (in --config)", e))?,
         (None, _) => {
             return Err(ConfigError::new(
-                "--entity-id (AA_BROKER_ENTITY_ID)",
+                settings::ENTITY_ID,
                 "name the entity with --entity-id",
             ));
         }
@@ -258,11 +259,15 @@ pub fn admin_context(
         .secret_sink
         .clone()
         .or_else(|| from_file.and_then(|e| e.secret_sink.clone()));
-    let sink = sink_for(explicit_sink.as_deref(), S_SINK, secret_file.as_deref())?;
+    let sink = sink_for(
+        explicit_sink.as_deref(),
+        settings::SECRET_SINK,
+        secret_file.as_deref(),
+    )?;
     let sinks: Vec<&SinkSpec> = sink.iter().collect();
     let rotation = rotation_settings(admin, rotation, &file, env, &sinks)?.ok_or_else(|| {
         ConfigError::new(
-            S_ADMIN_EMAIL,
+            settings::ADMIN_EMAIL,
             "the admin user's email is required for this command",
         )
     })?;
