@@ -25,17 +25,20 @@
 //! | [`supervise`] | restarts a long-lived task that panicked, so refresh and rotation survive a bug |
 //! | [`app`] | the broker application: built on a bound listener, run until a shutdown future completes |
 //! | [`inject`] | `inject`: Kubernetes manifests in, the same with the sidecar in every pod template out (a pure function; never on the serving path) |
-//! | [`commands`] | one function per subcommand: `serve`, `token`, `iam-simulator`, `demo`, `secret`, `rotate`, `inject`, `verify` |
+//! | [`commands`] | one function per subcommand: `serve`, `token`, `iam-simulator`, `demo`, `secret`, `rotate`, `inject`, `verify`, `sign`, `verify-signature` |
 //!
 //! Dependencies point one way: `app` and `commands` wire everything; `http` uses `token`, `inbound` and
 //! `metrics`; `token` reads the secret from `secret` ([`secret::SecretCell`]) and both call `iam`; the
 //! foundations (`entity`, `timefmt`, `backoff`) use nothing above them. `metrics` observes: `token`,
-//! `secret` and `inbound` define what they report (recorder traits) and never import it.
+//! `secret` and `inbound` define what they report (recorder traits) and never import it. `jws` works on
+//! bytes (and its own key file); `registry` fetches CR keys with a token from `token` and follows
+//! [`jws::policy`].
 //!
 //! Where is a decision made? In a `policy` module, as a pure function of times and outcomes:
 //! [`token::policy`] (refresh ahead, retry, when a caller may call the IAM), [`secret::policy`] (when to
 //! rotate, which expiries to believe, the reset bound, the admin-login limits), [`inbound::policy`] (when
-//! to fetch keys). The tasks that sleep and call upstream only follow them.
+//! to fetch keys), [`jws::policy`] (when to ask the CR for a peer's key, and how long a replaced key
+//! verifies). The tasks that sleep and call upstream only follow them.
 
 #![forbid(unsafe_code)]
 
