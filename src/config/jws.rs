@@ -119,3 +119,121 @@ pub fn jws_settings(
         policy: RegistryPolicy::default(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::file::parse;
+    use crate::entity::SecretSource;
+
+    fn entity(id: &str) -> EntitySettings {
+        EntitySettings {
+            id: EntityId::parse(id).unwrap(),
+            secret: SecretSource::File("/dev/null".into()),
+            sink: None,
+        }
+    }
+
+    /// A PKCS#8 key of the simulator's pool, written as PEM.
+    fn key_file(dir: &std::path::Path, name: &str) -> PathBuf {
+        use base64::Engine;
+        let der = include_bytes!("../simulator/peer-key-3.der");
+        let pem = format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            base64::engine::general_purpose::STANDARD.encode(der)
+        );
+        let path = dir.join(name);
+        std::fs::write(&path, pem).unwrap();
+        path
+    }
+
+    fn args(key: Option<PathBuf>, kid: Option<&str>) -> JwsArgs {
+        JwsArgs {
+            signing_key_file: key,
+            signing_kid: kid.map(str::to_string),
+            ..JwsArgs::default()
+        }
+    }
+
+    #[test]
+    fn defaults_follow_the_iam_and_keys_belong_to_one_entity() {
+        let none = FileConfig::default();
+        let settings = jws_settings(
+            &args(None, None),
+            &none,
+            "https://x.in/iam",
+            &[entity("FIU-A")],
+        )
+        .unwrap();
+        assert_eq!(settings.cr_url, "https://x.in/cr");
+        assert_eq!(settings.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+        assert!(settings.signers.is_empty(), "verification needs no key");
+        let dir = tempfile::tempdir().unwrap();
+        let key = key_file(dir.path(), "k.pem");
+        let one = jws_settings(
+            &args(Some(key.clone()), Some("kid-a")),
+            &none,
+            "https://x.in/iam",
+            &[entity("FIU-A")],
+        )
+        .unwrap();
+        assert_eq!(one.signers[0].0.as_str(), "FIU-A");
+        let two = [entity("FIU-A"), entity("FIU-B")];
+        let error =
+            jws_settings(&args(Some(key), Some("k")), &none, "https://x.in/iam", &two).unwrap_err();
+        assert_eq!(error.setting, SIGNING_KEY_FILE.to_string());
+    }
+
+    #[test]
+    fn mistakes_name_their_setting_and_never_show_the_key() {
+        let none = FileConfig::default();
+        let fiu = [entity("FIU-A")];
+        let dir = tempfile::tempdir().unwrap();
+        let kid_alone = jws_settings(&args(None, Some("k")), &none, "https://x.in/iam", &fiu);
+        assert_eq!(kid_alone.unwrap_err().setting, SIGNING_KID.to_string());
+        let no_kid = key_file(dir.path(), "k.pem");
+        let error =
+            jws_settings(&args(Some(no_kid), None), &none, "https://x.in/iam", &fiu).unwrap_err();
+        assert!(error.reason.contains("kid"), "{error}");
+        let bad = dir.path().join("bad.pem");
+        std::fs::write(
+            &bad,
+            "-----BEGIN PRIVATE KEY-----\nc2VjcmV0\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let error =
+            jws_settings(&args(Some(bad), Some("k")), &none, "https://x.in/iam", &fiu).unwrap_err();
+        assert!(!error.to_string().contains("c2VjcmV0"), "{error}");
+        let small = JwsArgs {
+            max_body_bytes: Some(10),
+            ..JwsArgs::default()
+        };
+        let error = jws_settings(&small, &none, "https://x.in/iam", &fiu).unwrap_err();
+        assert_eq!(error.setting, MAX_BODY_BYTES.to_string());
+        let cr = JwsArgs {
+            cr_url: Some("ftp://cr".into()),
+            ..JwsArgs::default()
+        };
+        let error = jws_settings(&cr, &none, "https://x.in/iam", &fiu).unwrap_err();
+        assert_eq!(error.setting, CR_URL.to_string());
+    }
+
+    #[test]
+    fn the_file_gives_each_entity_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = key_file(dir.path(), "a.pem");
+        let text = format!(
+            "cr_url = \"https://cr.example/cr\"\nmax_body_bytes = 4096\n\
+             [[entities]]\nid = \"FIU-A\"\nsecret_file = \"/s\"\nsigning_key_file = \"{}\"\nsigning_kid = \"a-1\"\n\
+             [[entities]]\nid = \"FIU-B\"\nsecret_file = \"/s\"\n",
+            a.display()
+        );
+        let file = parse(&text).unwrap();
+        let two = [entity("FIU-A"), entity("FIU-B")];
+        let settings = jws_settings(&JwsArgs::default(), &file, "https://x.in/iam", &two).unwrap();
+        assert_eq!(settings.cr_url, "https://cr.example/cr");
+        assert_eq!(settings.max_body_bytes, 4096);
+        assert_eq!(settings.signers.len(), 1);
+        assert_eq!(settings.signers[0].1.key().unwrap().kid(), "a-1");
+    }
+}
