@@ -329,4 +329,26 @@ mod tests {
             Err(JwsError::TooLong)
         );
     }
+
+    proptest::proptest! {
+        /// What the fuzz target checks, on every test run: any bytes as the header value, any body —
+        /// never a panic, and the golden signature never verifies a body other than its own.
+        #[test]
+        fn arbitrary_headers_and_bodies_are_refused_with_a_reason(
+            value in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            header in "[ -~]{0,80}",
+        ) {
+            let key = golden_key();
+            if let Ok(parsed) = parse(&value) {
+                proptest::prop_assert!(verify(&parsed, &key, &body).is_err());
+            }
+            let built = format!("{}..{}", URL_SAFE_NO_PAD.encode(&header), URL_SAFE_NO_PAD.encode(&value));
+            if let Ok(parsed) = parse(built.as_bytes()) {
+                proptest::prop_assert!(verify(&parsed, &key, &body).is_err());
+            }
+            let golden = parse(GOLDEN_SIGNATURE.as_bytes()).unwrap();
+            proptest::prop_assert!(verify(&golden, &key, &body).is_err());
+        }
+    }
 }
