@@ -14,8 +14,8 @@
 //! | [`token`] | the token type, its pure refresh/backoff/caller policy, the broker handle, the one place that fetches, the background refresher |
 //! | [`secret`] | the secret's lifecycle: the cell the token path reads the secret from, admin login within its limits, the reset bound, rotation, sinks, the lock, the manager task |
 //! | [`inbound`] | verification of the entity tokens on incoming calls: the realm key set, its refetch policy, the checks |
-//! | [`jws`] | detached `x-jws-signature`s (RFC 7797): parse, sign, verify; our signing key; the CR cache policy |
-//! | [`registry`] | the Central Registry entity-info client and the cache of peers' signing keys |
+//! | [`jws`] | detached `x-jws-signature`s (RFC 7797): parse, sign, verify; our signing key |
+//! | [`registry`] | the Central Registry entity-info client, the cache of peers' signing keys and its refetch policy |
 //! | [`http`] | the local HTTP surface: routes, the caller guard, the hot path, the accept loop with its limits |
 //! | [`metrics`] | the Prometheus registry; it implements the recorder traits of `token`, `secret` and `inbound` |
 //! | [`simulator`] | a faithful, test-drivable stand-in for the IAM (real RS256 JWTs, JWKS, faults, counters) |
@@ -32,12 +32,12 @@
 //! foundations (`entity`, `timefmt`, `backoff`) use nothing above them. `metrics` observes: `token`,
 //! `secret` and `inbound` define what they report (recorder traits) and never import it. `jws` works on
 //! bytes (and its own key file); `registry` fetches CR keys with a token from `token` and follows
-//! [`jws::policy`].
+//! [`registry::policy`].
 //!
 //! Where is a decision made? In a `policy` module, as a pure function of times and outcomes:
 //! [`token::policy`] (refresh ahead, retry, when a caller may call the IAM), [`secret::policy`] (when to
 //! rotate, which expiries to believe, the reset bound, the admin-login limits), [`inbound::policy`] (when
-//! to fetch keys), [`jws::policy`] (when to ask the CR for a peer's key, and how long a replaced key
+//! to fetch keys), [`registry::policy`] (when to ask the CR for a peer's key, and how long a replaced key
 //! verifies). The tasks that sleep and call upstream only follow them.
 
 #![forbid(unsafe_code)]

@@ -11,8 +11,8 @@ use super::{ConfigError, EntitySettings};
 use crate::entity::EntityId;
 use crate::http::jws::DEFAULT_MAX_BODY_BYTES;
 use crate::jws::SigningKeyFile;
-use crate::jws::policy::RegistryPolicy;
 use crate::registry::default_cr_url;
+use crate::registry::policy::RegistryPolicy;
 
 use super::settings::{CR_URL, MAX_BODY_BYTES, SIGNING_KEY_FILE, SIGNING_KID};
 

@@ -4,7 +4,7 @@
 //! This module owns the bytes: [`parse`] reads a header value into its parts, [`verify`] checks one against
 //! a public key and a body, [`SigningKey::sign`](key::SigningKey::sign) makes one. They are pure functions
 //! over bytes; nothing here fetches a key, reads a clock or logs. Where keys come from is
-//! [`crate::registry`] (the peers' public keys) and [`key`] (our own private key).
+//! the `registry` module (the peers' public keys) and [`key`] (our own private key).
 //!
 //! - The signing input is `BASE64URL(header) || "." || body`, the body exactly as received: no
 //!   canonicalisation, and the header segment exactly as sent (never re-serialised).
@@ -15,7 +15,6 @@
 //! - Every failure is a typed [`JwsError`] with a reason; none panics, whatever the bytes.
 
 pub mod key;
-pub mod policy;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

@@ -6,12 +6,13 @@
 //!   fetch per entity at a time; callers that find one in flight wait for it and use its answer), a rate
 //!   limit on the refetches callers can trigger (an unknown `kid`), the last good record served through an
 //!   outage, and the previous key kept one cache period after a change. When to fetch is decided by
-//!   [`crate::jws::policy`]; this file only follows it.
+//!   [`crate::registry::policy`]; this file only follows it.
 //!
 //! A `401` from the CR means our token was refused: the token is refreshed once through the broker's
 //! forced-refresh path and the call retried; a second `401` is an outage, not a reason to loop. The CR is
 //! never asked to do anything but read (`GET`), redirects are not followed, and answers are capped.
 
+pub mod policy;
 pub mod record;
 
 use std::collections::HashMap;
@@ -22,7 +23,7 @@ use tokio::time::Instant;
 
 use crate::entity::EntityId;
 use crate::iam::IamTimeouts;
-use crate::jws::policy::{Action, EntryClock, RegistryPolicy};
+use crate::registry::policy::{Action, EntryClock, RegistryPolicy};
 use crate::token::broker::Broker;
 pub use record::{EntityKey, RecordError, TYPES};
 

@@ -1,5 +1,5 @@
 //! When the cache of peers' keys goes to the Central Registry: a pure function of times and of what the
-//! cache holds, so that it can be tested with a paused clock. [`crate::registry`] only follows it.
+//! cache holds, so that it can be tested with a paused clock. the cache ([`super`]) only follows it.
 //!
 //! - A record is fresh for `ttl` (at most 24 h: the CR's only guidance is "refresh daily").
 //! - A `kid` the record does not hold triggers a refetch, at most once per `unknown_kid_interval` per
