@@ -22,7 +22,7 @@ use tokio::time::{Instant, sleep_until};
 
 use super::cell::{SecretCell, SecretEvent};
 use super::login::SecretRecorder;
-use super::policy::{Expiry, ExpirySource, RotationDecision, check_expiry, decide};
+use super::policy::{Expiry, RotationDecision, check_read_expiry, decide};
 use super::rotation::{RotationError, Rotator};
 use super::sink::{SecretSink, SinkSpec};
 use super::{RotationSettings, lock};
@@ -66,6 +66,8 @@ struct Known {
     read_failures: u32,
     /// When an error said how long to wait (a deferred reset, a held-back login).
     retry_in: Option<Duration>,
+    /// When the secret in use was issued by a reset of ours (unknown for one found in place).
+    issued_at: Option<SystemTime>,
 }
 
 impl SecretManager {
@@ -191,7 +193,7 @@ impl SecretManager {
                     Some(SecretEvent::GraceWarning) => known.in_grace = true,
                     Some(SecretEvent::ExpiryHint(at)) => {
                         if known.expiry.is_none() {
-                            known.expiry = check_expiry(SystemTime::now(), Some(at), ExpirySource::Read).known();
+                            known.expiry = check_read_expiry(SystemTime::now(), Some(at), known.issued_at).known();
                         }
                     }
                     None => events_open = false,
@@ -228,6 +230,7 @@ impl SecretManager {
         if ours.as_ref().map(|s| s.expose_secret()) != Some(current.secret.expose_secret()) {
             tracing::info!(entity = %self.entity, current = %fingerprint(&current.secret), "the IAM's current secret differs from ours (rotated elsewhere); adopting it");
             known.in_grace = false;
+            known.issued_at = None;
             return self.adopt(current.secret).await;
         }
         if !matches!(
@@ -254,6 +257,7 @@ impl SecretManager {
                 known.expiry = rotated.expires_on;
                 known.granted_validity = rotated.granted_validity;
                 known.in_grace = false;
+                known.issued_at = Some(SystemTime::now());
                 tracing::info!(entity = %self.entity, secret = %rotated.fingerprint, "secret rotated");
                 true
             }
@@ -267,6 +271,7 @@ impl SecretManager {
                 known.expiry = rotated.expires_on;
                 known.granted_validity = rotated.granted_validity;
                 known.in_grace = false;
+                known.issued_at = Some(SystemTime::now());
                 known.pending = Some(rotated.secret.clone());
                 known.failures = 1;
                 false
@@ -281,7 +286,7 @@ impl SecretManager {
 
     /// Takes a read-back expiry if it is believable; reports one that is not, and forgets the expiry.
     fn note_read_expiry(&self, known: &mut Known, expires_on: Option<SystemTime>) {
-        let checked = check_expiry(SystemTime::now(), expires_on, ExpirySource::Read);
+        let checked = check_read_expiry(SystemTime::now(), expires_on, known.issued_at);
         known.expiry = checked.known();
         self.cell.report(|s| s.expires_at = known.expiry);
         match checked {
@@ -385,6 +390,7 @@ impl SecretManager {
             return;
         }
         tracing::warn!(entity = %self.entity, current = %fingerprint(&current.secret), "the IAM rejected our secret; recovering the current one by reading it back (no reset)");
+        known.issued_at = None;
         if self.adopt(current.secret).await {
             self.rotated("recovered");
         }

@@ -125,6 +125,19 @@ pub fn check_expiry(now: SystemTime, expiry: Option<SystemTime>, source: ExpiryS
     }
 }
 
+/// A read-back expiry, judged also against when the secret in use was issued by a reset of ours: a secret
+/// cannot have expired before it existed, so such a read is as wrong as an impossible grant.
+pub fn check_read_expiry(
+    now: SystemTime,
+    expiry: Option<SystemTime>,
+    issued_at: Option<SystemTime>,
+) -> Expiry {
+    match (check_expiry(now, expiry, ExpirySource::Read), issued_at) {
+        (Expiry::Known(at), Some(issued)) if at < issued => Expiry::Implausible(at),
+        (judged, _) => judged,
+    }
+}
+
 /// Least interval between two resets that can be configured.
 pub const MIN_RESET_INTERVAL_FLOOR: Duration = Duration::from_secs(600);
 /// Default least interval between two resets of one entity's secret.
@@ -383,6 +396,20 @@ mod safety {
         assert!(matches!(read(now - 400 * DAY), Expiry::Implausible(_)));
         assert!(matches!(read(now + 200 * DAY), Expiry::Implausible(_)));
         assert_eq!(check_expiry(now, None, ExpirySource::Read), Expiry::Unknown);
+        // After our own reset an hour ago, "expired yesterday" cannot be right; "in 180 days" can.
+        let reset = Some(now - Duration::from_secs(3600));
+        assert!(matches!(
+            check_read_expiry(now, Some(now - DAY), reset),
+            Expiry::Implausible(_)
+        ));
+        assert_eq!(
+            check_read_expiry(now, Some(now + 180 * DAY), reset),
+            Expiry::Known(now + 180 * DAY)
+        );
+        assert_eq!(
+            check_read_expiry(now, Some(now - DAY), None),
+            Expiry::Known(now - DAY)
+        );
     }
 
     #[test]
