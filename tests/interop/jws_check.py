@@ -18,17 +18,15 @@ Usage: jws_check.py BROKER_BINARY
 import base64
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from common import b64, check, failures, free_port, request, wait
 
 BINARY = sys.argv[1]
 AA, AA_SECRET = "AA-JWS", "aa-jws-secret"
@@ -37,47 +35,6 @@ BODY = b'{"ver":"2.0.0","timestamp":"2026-11-25T10:00:00.000Z","txnid":"7d1c0de0
 GOLDEN_N = "pA2LihUAwJ4yO0IwHlY0F0N-oAr9OgCXUL4uryK39PP9f-s0aGL1Q_4sj6AR7xJDivSAlQeW6_yAEjunnNNUl45Su1m2n9LX2YyuU4-4UzCq2c-1oMcQ9ChmYZ9k2HyWxRUZjVlnIiHHXNGrVvdGRAR7Z7kMrGq1pdPv35oPKZO1YM9nmsjUOUlPgQSwOSGYokNjT96QCOWElid_C6gRwtMc6YyVLXEXYj16xR_OqDWSyEbUO7P1xrZh4b-ekvahL2so1aH6_aqyP70RG2y8zC-oREd1v3MnsMGSjlGjGSifo21hYYXW45OEp5-ygFhBOM0SMhP0O_5rM7tsgO6cZw"
 GOLDEN_BODY = b'{"ver":"2.0.0","timestamp":"2023-06-26T11:33:34.509Z","txnid":"0b811819-9044-4856-b0ee-8c88035f8858"}'
 GOLDEN_SIGNATURE = "eyJhbGciOiJSUzI1NiIsImtpZCI6IjQyNzE5MTNlLTdiOTMtNDlkZC05OTQ5LTFjNzZmZjVmYzVjZiIsImI2NCI6ZmFsc2UsImNyaXQiOlsiYjY0Il19..aivfdMJX22ePby6Xlky4BgrnX9eAJY5_6QquQr8fDDKx4tRqyrn93F_JoQXju9muTVa9VVnVXHUtN9J5F7MUIAyDkt0P0Z-MUiLH3sryYTw1tAfmEYWfsg-3Egd_7JxVoqDZ7R4sUjlVP_8WTBFDIR0eemNnoexrASJ5kbOV0DspZQ7nP4E0Vk_80vyY2LbU3NxKuvqoPyo0glpgFyIfd6Z40z_z5vim-s4cbZTWBQ_8cOL13L8jamQMNCvp_GXTwjqcqzYM1U8jYU9y9Y4l9g1lqkD4Lu-G-us7yoJf35g_7w7_1LT_t3SXhdVDKHCobZKf713qCicVj2acRCuxRw"
-failures = []
-
-
-def check(condition, what, detail=None):
-    print(("ok   " if condition else "FAIL ") + what, flush=True)
-    if not condition:
-        if detail is not None:
-            print(f"     {detail}", flush=True)
-        failures.append(what)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def request(method, url, body=None, headers=None):
-    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as response:
-            return response.status, response.headers, response.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.headers, e.read()
-
-
-def wait(url, status=200):
-    deadline = time.time() + 20
-    while time.time() < deadline:
-        try:
-            if request("GET", url)[0] == status:
-                return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"{url} never answered {status}")
-
-
-def b64(data):
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
 
 def unb64(text):
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))

@@ -12,67 +12,24 @@
 Usage: pyjwt_check.py BROKER_BINARY SIMULATOR_KEY_DER
 """
 
-import base64
 import hashlib
 import hmac
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from common import b64, check, failures, free_port, request, wait
+
 BINARY, KEY_DER = sys.argv[1], sys.argv[2]
 AA, AA_SECRET = "AA-INTEROP", "aa-interop-secret"
 FIU, FIU_SECRET = "FIU-INTEROP", "fiu-interop-secret"
-failures = []
-
-
-def check(condition, what, detail=None):
-    print(("ok   " if condition else "FAIL ") + what, flush=True)
-    if not condition:
-        if detail is not None:
-            print(f"     {detail}", flush=True)
-        failures.append(what)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def request(method, url, body=None, headers=None):
-    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as response:
-            return response.status, response.headers, response.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.headers, e.read()
-
-
-def wait(url, status=200):
-    deadline = time.time() + 20
-    while time.time() < deadline:
-        try:
-            if request("GET", url)[0] == status:
-                return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"{url} never answered {status}")
-
-
-def b64(data):
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
 
 def entity_token(iam_url, entity, secret):
     status, _, body = request("POST", iam_url + "/v1/entity/token/generate",
