@@ -12,6 +12,9 @@ use tokio::sync::watch;
 use crate::config::BrokerSettings;
 use crate::config::jws::JwsSettings;
 use crate::entity::EntityId;
+use crate::budget::{self, ByteBudget};
+use crate::crypto_pool::CryptoPool;
+use crate::http::body::BodyLimits;
 use crate::http::server::ServerLimits;
 use crate::http::{self, AppState};
 use crate::iam::IamClient;
@@ -174,12 +177,30 @@ impl Application {
             verify_listener,
             jws,
         } = self;
+        // One body budget and one crypto pool for every listener.
+        let limits = BodyLimits {
+            budget: ByteBudget::new(settings.inbound.max_buffered_bytes, budget::DEFAULT_WAIT),
+            timeout: settings.inbound.body_timeout,
+        };
+        let pool = match CryptoPool::new(
+            settings.inbound.crypto_threads,
+            settings.inbound.crypto_queue,
+        ) {
+            Ok(pool) => Arc::new(pool),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the crypto pool's threads");
+                return;
+            }
+        };
+        metrics.observe_limits(limits.budget.clone(), Arc::clone(&pool));
         let jws = jws_state(
             jws.unwrap_or_else(|| JwsSettings::for_iam_url(&settings.iam_url)),
             &settings,
             &broker,
             &verifier,
             &metrics,
+            &limits,
+            &pool,
         );
         log_start(&settings, listener.local_addr().ok());
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -191,10 +212,10 @@ impl Application {
             let _ = verify_down_tx.send(true);
         };
         let verify_server = verify_listener.map(|listener| {
-            tracing::info!(verify_listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving /v1/verify (and nothing else)");
+            tracing::info!(verify_listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), routes = http::VERIFY_LISTEN_ROUTES, "serving the verification routes (and nothing else)");
             tokio::spawn(http::server::serve(
                 listener,
-                http::verify_frontend(Arc::clone(&verifier), jws.clone()),
+                http::verify_frontend(Arc::clone(&verifier), jws.clone(), limits.clone()),
                 settings.limits.clone(),
                 async move {
                     let _ = verify_down_rx.wait_for(|down| *down).await;
@@ -225,6 +246,7 @@ impl Application {
             metrics,
             verifier: Some(verifier),
             jws,
+            limits,
         });
         let frontend = http::frontend(Arc::clone(&state));
         match admin_listener {
@@ -279,6 +301,8 @@ fn jws_state(
     broker: &Broker,
     verifier: &Arc<Verifier>,
     metrics: &Arc<Metrics>,
+    limits: &BodyLimits,
+    pool: &Arc<CryptoPool>,
 ) -> Option<Arc<http::jws::JwsState>> {
     let caller = settings.entities.first()?.id.clone();
     let registry = match crate::registry::Registry::new(
@@ -304,9 +328,10 @@ fn jws_state(
         signers: jws.signers,
         registry,
         verifier: Arc::clone(verifier),
-        guard: settings.guard.clone(),
         metrics: Arc::clone(metrics),
         max_body_bytes: jws.max_body_bytes,
+        limits: limits.clone(),
+        pool: Arc::clone(pool),
     }))
 }
 

@@ -22,6 +22,8 @@
 //! | [`telemetry`] | tracing subscriber set-up (text or JSON) |
 //! | [`timefmt`] | the one checked conversion of upstream times, total formatters, the lenient IAM timestamp parser |
 //! | [`backoff`] | the exponential backoff with equal jitter that every retry loop uses |
+//! | [`budget`] | the one budget of request-body bytes the process may hold at once |
+//! | [`crypto_pool`] | the bounded threads that run RSA (and the hashing of large bodies) off the async workers |
 //! | [`supervise`] | restarts a long-lived task that panicked, so refresh and rotation survive a bug |
 //! | [`app`] | the broker application: built on a bound listener, run until a shutdown future completes |
 //! | [`inject`] | `inject`: Kubernetes manifests in, the same with the sidecar in every pod template out (a pure function; never on the serving path) |
@@ -44,8 +46,10 @@
 
 pub mod app;
 pub mod backoff;
+pub mod budget;
 pub mod commands;
 pub mod config;
+pub mod crypto_pool;
 pub mod entity;
 pub mod http;
 pub mod iam;

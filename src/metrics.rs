@@ -9,6 +9,7 @@
 //! so they can never drift from what `/readyz` reports. Labels are configured entity ids and fixed words:
 //! nothing a client sends becomes a label, and no secret or token ever does.
 
+pub mod edge;
 pub mod inbound;
 
 use std::sync::atomic::AtomicU64;
@@ -90,6 +91,7 @@ pub struct Metrics {
     rotations: Family<OutcomeLabels, Counter>,
     last_rotation: Family<EntityLabels, FloatGauge>,
     inbound: inbound::InboundMetrics,
+    edge: edge::EdgeMetrics,
 }
 
 impl Default for Metrics {
@@ -129,9 +131,16 @@ impl Metrics {
             rotations: Family::default(),
             last_rotation: Family::default(),
             inbound: inbound::InboundMetrics::default(),
+            edge: edge::EdgeMetrics::default(),
             registry,
         };
         let mut m = m;
+        // Known label values exist from start, so a dashboard shows 0 rather than no series.
+        for reason in ["missing_metadata_header", "forwarded", "host"] {
+            let _ = m.guard_rejections.get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            });
+        }
         let r = &mut m.registry;
         r.register(
             "token_requests",
@@ -229,6 +238,7 @@ impl Metrics {
             m.last_rotation.clone(),
         );
         m.inbound.register(&mut m.registry);
+        m.edge.register(&mut m.registry);
         m
     }
 
@@ -240,8 +250,22 @@ impl Metrics {
             .inc();
     }
 
+    /// Reads the body budget's and the crypto pool's figures at every scrape.
+    pub fn observe_limits(&self, budget: crate::budget::ByteBudget, pool: std::sync::Arc<crate::crypto_pool::CryptoPool>) {
+        self.edge.observe(budget, pool);
+    }
+
+    pub fn signature_check(&self, outcome: edge::SignatureOutcome) {
+        self.edge.signature_check(outcome);
+    }
+
+    pub fn authorize(&self, outcome: edge::AuthorizeOutcome) {
+        self.edge.authorize(outcome);
+    }
+
     /// Renders the registry in the OpenMetrics text format, after setting the state gauges from `status`.
     pub fn render(&self, status: &[EntityStatus]) -> String {
+        self.edge.refresh();
         for entity in status {
             let labels = EntityLabels {
                 entity: entity.entity_id.to_string(),

@@ -175,6 +175,7 @@ pub fn demo(args: &DemoArgs) -> ExitCode {
             rotation: None,
             verify: crate::inbound::VerifySettings::for_iam_url(&iam_url),
             verify_listen: None,
+            inbound: config::InboundLimits::defaults(config::DEFAULT_WORKER_THREADS),
         };
         let app = match Application::build(settings, listener, RefreshPolicy::default()) {
             Ok(app) => app,

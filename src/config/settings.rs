@@ -137,6 +137,20 @@ pub const WORKER_THREADS: Setting = setting(
     "AA_BROKER_WORKER_THREADS",
     Some("worker_threads"),
 );
+pub const MAX_BUFFERED_BYTES: Setting = setting(
+    "max-buffered-bytes",
+    "AA_BROKER_MAX_BUFFERED_BYTES",
+    Some("max_buffered_bytes"),
+);
+pub const BODY_TIMEOUT: Setting =
+    setting("body-timeout", "AA_BROKER_BODY_TIMEOUT", Some("body_timeout"));
+pub const CRYPTO_THREADS: Setting = setting(
+    "crypto-threads",
+    "AA_BROKER_CRYPTO_THREADS",
+    Some("crypto_threads"),
+);
+pub const CRYPTO_QUEUE: Setting =
+    setting("crypto-queue", "AA_BROKER_CRYPTO_QUEUE", Some("crypto_queue"));
 pub const WRITE_TIMEOUT: Setting = setting(
     "write-timeout",
     "AA_BROKER_WRITE_TIMEOUT",
@@ -205,6 +219,10 @@ pub const ALL: &[Setting] = &[
     VERIFY_LISTEN,
     WORKER_THREADS,
     WRITE_TIMEOUT,
+    MAX_BUFFERED_BYTES,
+    BODY_TIMEOUT,
+    CRYPTO_THREADS,
+    CRYPTO_QUEUE,
 ];
 
 #[cfg(test)]

@@ -1,16 +1,21 @@
-//! The caller guard of the token port.
+//! The caller guard of the token port: one check, applied as a layer per route group.
 //!
-//! A token is handed only to a request that (1) carries `Metadata: true`, which a browser cannot add to a
-//! cross-origin request without a preflight and which an SSRF-able service does not add to the URLs it is
-//! tricked into fetching; (2) carries no `Forwarded`/`X-Forwarded-For`, which a proxy adds on the way in;
-//! and (3) names a loopback `Host` (or one the operator explicitly allowed), which a DNS-rebinding page
-//! cannot do — in the `Host` header and, for an absolute-form request (`GET http://host/…`), in the request
-//! target too. This is the defence the cloud metadata servers use. The header requirement can be turned
-//! off by configuration, and the broker says so loudly at start; the other two checks cannot be.
+//! A credential (a token, a signature) is handed only to a request that (1) carries `Metadata: true`,
+//! which a browser cannot add to a cross-origin request without a preflight and which an SSRF-able service
+//! does not add to the URLs it is tricked into fetching; (2) carries no `Forwarded`/`X-Forwarded-For`,
+//! which a proxy adds on the way in; and (3) names a loopback `Host` (or one the operator explicitly
+//! allowed), which a DNS-rebinding page cannot do — in the `Host` header and, for an absolute-form request
+//! (`GET http://host/…`), in the request target too. This is the defence the cloud metadata servers use.
+//! The header requirement can be turned off by configuration, and the broker says so loudly at start; the
+//! other two checks cannot be.
 //!
-//! Every other route of the token port (`/healthz`, `/readyz`, `/metrics`) hands out no credential but
-//! still says a lot about the entity, so it gets check (3) alone ([`host_only`]): a DNS-rebinding page
-//! cannot read it either. The admin listener, bound to the pod IP for probes and Prometheus, has no guard.
+//! Every other route of the token port (health, metrics, and the verification routes, which hand out no
+//! credential but say a lot about the entity) gets check (3) alone: a DNS-rebinding page cannot read them
+//! either. The admin and verify listeners, bound to the pod IP for probes and proxies, have no guard.
+//!
+//! [`admit`] is the one function that decides; [`enforce`] is the middleware each route group of the
+//! token port is wrapped in (it runs before the handler, so before any body byte is read), and the hot
+//! path ([`super::hot_path`]) calls [`admit`] itself. Refusals are counted by reason.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -21,7 +26,8 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::middleware::Next;
 use axum::response::Response;
 
-use super::{AppState, reply};
+use super::reply;
+use crate::metrics::Metrics;
 
 /// The header a caller must send, and its value.
 pub const METADATA_HEADER: &str = "metadata";
@@ -74,7 +80,7 @@ impl Refusal {
     fn message(self) -> &'static str {
         match self {
             Refusal::MissingMetadataHeader => {
-                "requests for tokens must carry the header `Metadata: true`"
+                "requests for tokens and signatures must carry the header `Metadata: true`"
             }
             Refusal::Forwarded => {
                 "requests that passed through a proxy (Forwarded / X-Forwarded-For) are refused"
@@ -144,17 +150,61 @@ pub fn check_host(uri: &Uri, headers: &HeaderMap, allowed: &[String]) -> Result<
     }
 }
 
-/// Middleware for the token port's routes that hand out no credential: [`check_host`] only.
-pub async fn host_only(State(app): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    match check_host(request.uri(), request.headers(), &app.guard.allowed_hosts) {
-        Ok(()) => next.run(request).await,
-        Err(refusal) => refuse(&app, refusal, request.uri().path()),
+/// What a route group of the token port requires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// Check (3): a loopback (or allowed) `Host` and target. Routes that hand out no credential.
+    HostOnly,
+    /// All three checks. Routes that hand out or use a credential (tokens, signatures).
+    Caller,
+}
+
+/// The one decision: may this request reach a route of `level`?
+pub fn admit(
+    level: Level,
+    uri: &Uri,
+    headers: &HeaderMap,
+    settings: &GuardSettings,
+) -> Result<CallerAllowed, Refusal> {
+    match level {
+        Level::HostOnly => check_host(uri, headers, &settings.allowed_hosts).map(|()| CallerAllowed {
+            wants_plain_text: false,
+        }),
+        Level::Caller => {
+            check_target(uri, &settings.allowed_hosts)?;
+            check(headers, settings)
+        }
+    }
+}
+
+/// The guard of one route group: its level, the settings, and where refusals are counted.
+#[derive(Clone)]
+pub struct Guard {
+    pub level: Level,
+    pub settings: GuardSettings,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The middleware: [`admit`], then the handler with [`CallerAllowed`] in the request's extensions, or a
+/// counted `403`.
+pub async fn enforce(State(guard): State<Guard>, mut request: Request, next: Next) -> Response {
+    match admit(
+        guard.level,
+        request.uri(),
+        request.headers(),
+        &guard.settings,
+    ) {
+        Ok(allowed) => {
+            request.extensions_mut().insert(allowed);
+            next.run(request).await
+        }
+        Err(refusal) => refuse(&guard.metrics, refusal, request.uri().path()),
     }
 }
 
 /// Counts, logs (at debug) and answers a refusal.
-fn refuse(app: &AppState, refusal: Refusal, path: &str) -> Response {
-    app.metrics.guard_rejection(refusal.as_str());
+fn refuse(metrics: &Metrics, refusal: Refusal, path: &str) -> Response {
+    metrics.guard_rejection(refusal.as_str());
     tracing::debug!(
         reason = refusal.as_str(),
         path,
@@ -197,25 +247,27 @@ fn is_port_suffix(s: &str) -> bool {
         .is_some_and(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
 }
 
-/// Proof that a request passed the guard: every `/v1/*` handler takes it as its first argument. An
-/// extractor rather than a middleware layer, so the hot path pays for a header check and nothing more.
-/// It also carries the one thing the handlers need from the headers, so they never copy the header map.
+/// Proof that a request passed the guard: [`enforce`] puts it in the request's extensions, and every
+/// handler behind it takes it as an argument. It also carries the one thing the handlers need from the
+/// headers, so they never copy the header map.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CallerAllowed {
     /// `Accept` prefers `text/plain` over `application/json`.
     pub wants_plain_text: bool,
 }
 
-impl FromRequestParts<Arc<AppState>> for CallerAllowed {
+impl<S: Send + Sync> FromRequestParts<S> for CallerAllowed {
     type Rejection = Response;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        app: &Arc<AppState>,
-    ) -> Result<Self, Self::Rejection> {
-        check_target(&parts.uri, &app.guard.allowed_hosts)
-            .and_then(|()| check(&parts.headers, &app.guard))
-            .map_err(|refusal| refuse(app, refusal, parts.uri.path()))
+    /// Fails closed: a handler reached without the layer (a wiring mistake) refuses the request.
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parts.extensions.get::<CallerAllowed>().copied().ok_or_else(|| {
+            reply::error(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "the caller guard did not admit this request",
+            )
+        })
     }
 }
 

@@ -10,7 +10,7 @@
 //! the router unchanged. It does the same for `GET /v1/verify` with a token verified before (the common
 //! case of a forward-auth proxy: a peer presents the same token on every call), through
 //! [`verify::answer_from_cache`]. The router stays the one definition of every answer: this path calls the same
-//! [`guard::check`] and `tokens::answer`, so the bytes are the same (`tests/integration/api.rs` compares them).
+//! [`guard::admit`] and `tokens::answer`, so the bytes are the same (`tests/integration/api.rs` compares them).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -55,12 +55,7 @@ impl Clone for Frontend {
 
 impl Frontend {
     pub fn new(app: Arc<AppState>, router: Router) -> Self {
-        let verify = app.verifier.clone().map(|verifier| {
-            Arc::new(VerifyState {
-                verifier,
-                host_rule: Some(app.guard.clone()),
-            })
-        });
+        let verify = app.verify_state();
         Self {
             tokens: Some(app),
             verify,
@@ -97,13 +92,10 @@ impl Frontend {
     }
 
     /// The verify listener: repeated verifications on the hot path (no Host rule), the router for the rest.
-    pub fn verify_only(verifier: Arc<crate::inbound::Verifier>, router: Router) -> Self {
+    pub fn verify_only(state: Arc<VerifyState>, router: Router) -> Self {
         Self {
             tokens: None,
-            verify: Some(Arc::new(VerifyState {
-                verifier,
-                host_rule: None,
-            })),
+            verify: Some(state),
             router,
             requests_left: AtomicU32::new(u32::MAX),
         }
@@ -118,7 +110,7 @@ impl Frontend {
         {
             return None;
         }
-        verify::answer_from_cache(state, request.headers(), request.uri().query())
+        verify::answer_from_cache(state, request.uri(), request.headers())
     }
 
     /// The answer if the hot path can give it; `None` sends the request to the router.
@@ -145,9 +137,14 @@ impl Frontend {
             }
         };
         let id = tokens::resolve(app, raw_id).ok()?;
-        // A refusal is answered (and counted) by the router's guard.
-        guard::check_target(request.uri(), &app.guard.allowed_hosts).ok()?;
-        let caller = guard::check(request.headers(), &app.guard).ok()?;
+        // A refusal is answered (and counted) by the router's guard layer, which calls the same function.
+        let caller = guard::admit(
+            guard::Level::Caller,
+            request.uri(),
+            request.headers(),
+            &app.guard,
+        )
+        .ok()?;
         let served: Served = app.broker.held(id)?;
         Some(tokens::answer(app, id, Ok(served), caller.wants_plain_text))
     }

@@ -1,7 +1,7 @@
 //! `POST /v1/sign[/{entityId}]`, `POST /v1/verify-signature` and `POST /v1/authorize`: `x-jws-signature`s
 //! made with a key that never leaves the sidecar, and checked against the keys peers publish in the CR.
 //!
-//! - `sign` (token port only, behind the same caller guard as `/v1/token`): the body is the exact bytes the
+//! - `sign` (token port only, behind the caller guard, like `/v1/token`): the body is the exact bytes the
 //!   service will send; `200` with `x-jws-signature: <header>..<signature>` and `{"signature","kid"}`.
 //! - `verify-signature?sender=ID&type=AA|FIU|FIP` with the received body and its `x-jws-signature`:
 //!   `200 {"sender","kid"}`; `400 signature_mismatch` (→ ReBIT `SignatureDoesNotMatch`); `400
@@ -12,39 +12,47 @@
 //!   otherwise a ReBIT `ErrorResponse` that can go back to the peer as it is: `401 Unauthorized` (no valid
 //!   token, or a sender the CR does not know), `400 InvalidRequest` (no signature, or one made with a key
 //!   that is not the token entity's), `400 SignatureDoesNotMatch`, `503 ServiceUnavailable` (the CR cannot
-//!   be asked and no key is held).
+//!   be asked and no key is held, or the broker is busy).
 //!
 //! Verification hands out nothing secret, so, like `/v1/verify`, it needs no `Metadata` header: on the
-//! token port the loopback `Host` rule holds, and `--verify-listen` serves it with no guard. Bodies are
-//! capped (`--max-body-bytes`): a declared length over the cap is refused with `413` before any of the
-//! body is read, and a chunked body is cut off at the cap. Bodies and keys are never logged.
+//! token port the loopback `Host` rule holds (a layer, [`super::guard`]), and `--verify-listen` serves it
+//! with no guard.
+//!
+//! Order of work, cheapest refusal first: everything that can be decided from the head — the token, the
+//! signature header, the sender's key — is decided before any body byte is read ([`super::body`]); the
+//! body is then read after the signature's header segment, so the buffer *is* the signing input; the RSA
+//! work runs on the [`CryptoPool`]. A refused request has at most its first 64 KiB read, for the `txnid`
+//! of the ReBIT error ([`super::rebit`]). Bodies and keys are never logged.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, post};
-use tower_http::limit::RequestBodyLimitLayer;
 
-use super::guard::{self, GuardSettings};
+use super::body::{self, BodyError, BodyLimits, Buffered};
+use super::guard::CallerAllowed;
+use super::rebit::{self, TXNID_SCAN_BYTES};
 use super::reply;
 use super::verify::{ENTITY_HEADER, ROLE_HEADER, token_from_headers};
+use crate::crypto_pool::{CryptoPool, PoolError};
 use crate::entity::EntityId;
 use crate::inbound::{Expectation, Verifier};
 use crate::jws::{self, JwsError, SigningKeyFile};
 use crate::metrics::Metrics;
-use crate::registry::{Found, Registry, RegistryError, TYPES};
+use crate::metrics::edge::{AuthorizeOutcome, SignatureOutcome};
+use crate::registry::{EntityKey, Found, Registry, RegistryError, TYPES};
 
 /// Default cap on a signed or verified body: FI data responses are large.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 /// The signature header.
 pub const SIGNATURE: HeaderName = HeaderName::from_static(jws::SIGNATURE_HEADER);
-/// The ReBIT API version written in error bodies.
-const REBIT_VERSION: &str = "2.0.0";
+/// `Retry-After` when the crypto pool or the body budget is full.
+const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// What the signing and verification handlers share.
 pub struct JwsState {
@@ -52,107 +60,48 @@ pub struct JwsState {
     pub signers: Vec<(EntityId, Arc<SigningKeyFile>)>,
     pub registry: Arc<Registry>,
     pub verifier: Arc<Verifier>,
-    pub guard: GuardSettings,
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: usize,
+    pub limits: BodyLimits,
+    pub pool: Arc<CryptoPool>,
 }
 
-struct Routes {
-    jws: Arc<JwsState>,
-    /// The token port's `Host` rule; `None` on the verify listener.
-    host_rule: bool,
+/// `/v1/sign[/{entityId}]`: for the token port, behind the caller guard.
+pub fn sign_routes(state: Arc<JwsState>) -> Router {
+    Router::new()
+        .route("/v1/sign", post(sign_default))
+        .route("/v1/sign/{entity_id}", post(sign_one))
+        .with_state(state)
 }
 
-/// The routes of the token port: sign (guarded), verify-signature and authorize (`Host` rule).
-pub fn token_port_routes(state: Arc<JwsState>) -> Router {
-    routes(state, true, true)
-}
-
-/// The routes of `--verify-listen`: verify-signature and authorize, no guard.
-pub fn verify_port_routes(state: Arc<JwsState>) -> Router {
-    routes(state, false, false)
-}
-
-fn routes(state: Arc<JwsState>, sign: bool, host_rule: bool) -> Router {
-    let limit = state.max_body_bytes;
-    let mut router = Router::new()
+/// `/v1/verify-signature` and `/v1/authorize[/…]`: on the token port behind the `Host` rule, and alone on
+/// `--verify-listen`.
+pub fn check_routes(state: Arc<JwsState>) -> Router {
+    Router::new()
         .route("/v1/verify-signature", post(verify_signature))
         .route("/v1/authorize", post(authorize))
-        .route("/v1/authorize/{*original}", any(authorize));
-    if sign {
-        router = router
-            .route("/v1/sign", post(sign_default))
-            .route("/v1/sign/{entity_id}", post(sign_one));
-    }
-    router
-        .layer(DefaultBodyLimit::max(limit))
-        .layer(RequestBodyLimitLayer::new(limit))
-        .with_state(Arc::new(Routes {
-            jws: state,
-            host_rule,
-        }))
-}
-
-fn host_refused(routes: &Routes, uri: &Uri, headers: &HeaderMap) -> Option<Response> {
-    if !routes.host_rule {
-        return None;
-    }
-    guard::check_host(uri, headers, &routes.jws.guard.allowed_hosts)
-        .err()
-        .map(|refusal| {
-            routes.jws.metrics.guard_rejection(refusal.as_str());
-            reply::error(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "the Host header must name a loopback address or an allowed host (or use --verify-listen)",
-            )
-        })
+        .route("/v1/authorize/{*original}", any(authorize))
+        .with_state(state)
 }
 
 async fn sign_default(
-    State(routes): State<Arc<Routes>>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    _: CallerAllowed,
+    State(state): State<Arc<JwsState>>,
+    body: Body,
 ) -> Response {
-    sign(&routes, &uri, &headers, None, &body)
+    sign(&state, None, body).await
 }
 
 async fn sign_one(
-    State(routes): State<Arc<Routes>>,
+    _: CallerAllowed,
+    State(state): State<Arc<JwsState>>,
     Path(entity_id): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
-    sign(&routes, &uri, &headers, Some(&entity_id), &body)
+    sign(&state, Some(&entity_id), body).await
 }
 
-fn sign(
-    routes: &Routes,
-    uri: &Uri,
-    headers: &HeaderMap,
-    entity_id: Option<&str>,
-    body: &[u8],
-) -> Response {
-    let state = &routes.jws;
-    if let Err(refusal) = guard::check_target(uri, &state.guard.allowed_hosts)
-        .and_then(|()| guard::check(headers, &state.guard).map(drop))
-    {
-        state.metrics.guard_rejection(refusal.as_str());
-        let message = match refusal {
-            guard::Refusal::MissingMetadataHeader => {
-                "requests for signatures must carry the header `Metadata: true`"
-            }
-            guard::Refusal::Forwarded => {
-                "requests that passed through a proxy (Forwarded / X-Forwarded-For) are refused"
-            }
-            guard::Refusal::Host => {
-                "the Host header must name a loopback address or an allowed host"
-            }
-        };
-        return reply::error(StatusCode::FORBIDDEN, "forbidden", message);
-    }
+async fn sign(state: &JwsState, entity_id: Option<&str>, body: Body) -> Response {
     let signer = match (entity_id, state.signers.as_slice()) {
         (Some(id), signers) => signers.iter().find(|(e, _)| e.as_str() == id),
         (None, [only]) => Some(only),
@@ -183,80 +132,177 @@ fn sign(
             );
         }
     };
-    let signature = match key.sign(body) {
-        Ok(signature) => signature,
-        Err(e) => {
+    let prefix = format!("{}.", key.header());
+    let buffered = match body::read(body, prefix.as_bytes(), state.max_body_bytes, &state.limits)
+        .await
+    {
+        Ok(buffered) => buffered,
+        Err(error) => return error.response(),
+    };
+    let kid = key.kid().to_string();
+    let signed = state
+        .pool
+        .run(move || key.sign_input(buffered.with_prefix()))
+        .await;
+    let signature = match signed {
+        Ok(Ok(signature)) => signature,
+        Ok(Err(e)) => {
             return reply::error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string());
         }
+        Err(PoolError::Busy) => return busy(),
+        Err(PoolError::Failed) => {
+            return reply::error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "signing failed");
+        }
     };
-    let json = serde_json::json!({ "signature": signature, "kid": key.kid() });
+    let json = serde_json::json!({ "signature": signature, "kid": kid });
     let mut response = (StatusCode::OK, axum::Json(json)).into_response();
     if let Ok(value) = HeaderValue::from_str(&signature) {
         response.headers_mut().insert(SIGNATURE, value);
     }
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    reply::no_store(response)
+}
+
+fn busy() -> Response {
+    reply::unavailable(
+        "busy",
+        "the broker is busy with other signatures; try again shortly",
+        BUSY_RETRY_AFTER,
+    )
+}
+
+/// A parsed `x-jws-signature`, owned so that it can travel to the crypto pool.
+struct Signature {
+    /// `<header segment>.`: what precedes the body in the signing input.
+    prefix: String,
+    kid: Option<String>,
+    bytes: Vec<u8>,
 }
 
 /// How one signature check ended.
 enum Checked {
-    Valid {
-        kid: Option<String>,
-    },
+    Valid { kid: Option<String> },
     Missing,
     Mismatch(JwsError),
     /// The sender has no key with the `kid` the signature names.
     ForeignKey,
     UnknownSender,
-    Unavailable(std::time::Duration),
+    Unavailable(Duration),
+    /// The crypto pool's queue is full.
+    Busy,
+    /// The body could not be read within its limits.
+    Body(BodyError),
 }
 
-/// Parses the signature header and verifies it over `body` with `sender`'s key from the CR.
+impl Checked {
+    fn outcome(&self) -> Option<SignatureOutcome> {
+        Some(match self {
+            Checked::Valid { .. } => SignatureOutcome::Valid,
+            Checked::Missing => SignatureOutcome::Missing,
+            Checked::Mismatch(_) => SignatureOutcome::Mismatch,
+            Checked::ForeignKey => SignatureOutcome::ForeignKey,
+            Checked::UnknownSender => SignatureOutcome::UnknownSender,
+            Checked::Unavailable(_) => SignatureOutcome::Unavailable,
+            Checked::Busy => SignatureOutcome::Busy,
+            Checked::Body(_) => return None,
+        })
+    }
+}
+
+/// What can be known before the body: the signature header parsed, and `sender`'s key for its `kid`.
+async fn signature_and_key(
+    state: &JwsState,
+    kind: &str,
+    sender: &str,
+    headers: &HeaderMap,
+) -> Result<(Signature, Arc<EntityKey>), Checked> {
+    let mut values = headers.get_all(&SIGNATURE).iter();
+    let value = match (values.next(), values.next()) {
+        (None, _) => return Err(Checked::Missing),
+        (Some(value), None) => value,
+        (Some(_), Some(_)) => return Err(Checked::Mismatch(JwsError::NotDetached)),
+    };
+    let detached = jws::parse(value.as_bytes()).map_err(Checked::Mismatch)?;
+    let signature = Signature {
+        prefix: format!("{}.", detached.header_segment),
+        kid: detached.kid,
+        bytes: detached.signature,
+    };
+    match state
+        .registry
+        .key_for(kind, sender, signature.kid.as_deref())
+        .await
+    {
+        Ok(Found::Key(key)) => Ok((signature, key)),
+        Ok(Found::NoSuchKid) => Err(Checked::ForeignKey),
+        Err(RegistryError::UnknownSender(_)) => Err(Checked::UnknownSender),
+        Err(RegistryError::Unavailable { retry_after, .. }) => {
+            Err(Checked::Unavailable(retry_after))
+        }
+    }
+}
+
+/// Reads the body after the signature's header segment and verifies it on the crypto pool. Returns the
+/// body when it was read (for the `txnid` of an error answer).
+async fn verify_body(
+    state: &JwsState,
+    signature: Signature,
+    key: Arc<EntityKey>,
+    body: Body,
+) -> (Checked, Option<Buffered>) {
+    let buffered = match body::read(
+        body,
+        signature.prefix.as_bytes(),
+        state.max_body_bytes,
+        &state.limits,
+    )
+    .await
+    {
+        Ok(buffered) => buffered,
+        Err(error) => return (Checked::Body(error), None),
+    };
+    let kid = key.kid.clone();
+    let verified = state
+        .pool
+        .run(move || {
+            let valid = key.key.verify(buffered.with_prefix(), &signature.bytes);
+            (valid, buffered)
+        })
+        .await;
+    match verified {
+        Ok((true, buffered)) => (Checked::Valid { kid }, Some(buffered)),
+        Ok((false, buffered)) => (Checked::Mismatch(JwsError::Mismatch), Some(buffered)),
+        Err(PoolError::Busy) => (Checked::Busy, None),
+        Err(PoolError::Failed) => (Checked::Mismatch(JwsError::Mismatch), None),
+    }
+}
+
+/// The whole check of one signed body by `sender`.
 async fn check(
     state: &JwsState,
     kind: &str,
     sender: &str,
     headers: &HeaderMap,
-    body: &[u8],
-) -> Checked {
-    let mut values = headers.get_all(&SIGNATURE).iter();
-    let value = match (values.next(), values.next()) {
-        (None, _) => return Checked::Missing,
-        (Some(value), None) => value,
-        (Some(_), Some(_)) => return Checked::Mismatch(JwsError::NotDetached),
-    };
-    let detached = match jws::parse(value.as_bytes()) {
-        Ok(detached) => detached,
-        Err(e) => return Checked::Mismatch(e),
-    };
-    let found = state
-        .registry
-        .key_for(kind, sender, detached.kid.as_deref())
-        .await;
-    let choice = match found {
-        Ok(Found::Key(choice)) => choice,
-        Ok(Found::NoSuchKid) => return Checked::ForeignKey,
-        Err(RegistryError::UnknownSender(_)) => return Checked::UnknownSender,
-        Err(RegistryError::Unavailable { retry_after, .. }) => {
-            return Checked::Unavailable(retry_after);
+    body: Body,
+) -> (Checked, Option<Buffered>, Option<Body>) {
+    let checked = match signature_and_key(state, kind, sender, headers).await {
+        Ok((signature, key)) => {
+            let (checked, buffered) = verify_body(state, signature, key, body).await;
+            if let Checked::Mismatch(e) = &checked {
+                tracing::debug!(
+                    sender,
+                    kind,
+                    reason = e.as_str(),
+                    "incoming signature refused"
+                );
+            }
+            (checked, buffered, None)
         }
+        Err(refused) => (refused, None, Some(body)),
     };
-    match jws::verify(&detached, &choice.key, body) {
-        Ok(()) => Checked::Valid {
-            kid: choice.kid.clone(),
-        },
-        Err(e) => {
-            tracing::debug!(
-                sender,
-                kind,
-                reason = e.as_str(),
-                "incoming signature refused"
-            );
-            Checked::Mismatch(e)
-        }
+    if let Some(outcome) = checked.0.outcome() {
+        state.metrics.signature_check(outcome);
     }
+    checked
 }
 
 fn sender_type(raw: &str) -> Option<&'static str> {
@@ -266,15 +312,11 @@ fn sender_type(raw: &str) -> Option<&'static str> {
 }
 
 async fn verify_signature(
-    State(routes): State<Arc<Routes>>,
-    uri: Uri,
+    State(state): State<Arc<JwsState>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
-    body: Bytes,
+    body: Body,
 ) -> Response {
-    if let Some(refused) = host_refused(&routes, &uri, &headers) {
-        return refused;
-    }
     let pairs: Vec<(String, String)> =
         serde_urlencoded::from_str(query.as_deref().unwrap_or("")).unwrap_or_default();
     let one = |name: &str| {
@@ -301,10 +343,12 @@ async fn verify_signature(
             "give the sender's type once: AA, FIU or FIP",
         );
     };
-    match check(&routes.jws, kind, sender.as_str(), &headers, &body).await {
-        Checked::Valid { kid } => {
-            axum::Json(serde_json::json!({ "sender": sender.as_str(), "kid": kid })).into_response()
-        }
+    let (checked, _, _) = check(&state, kind, sender.as_str(), &headers, body).await;
+    match checked {
+        Checked::Valid { kid } => reply::no_store(
+            axum::Json(serde_json::json!({ "sender": sender.as_str(), "kid": kid }))
+                .into_response(),
+        ),
         Checked::Missing => reply::error(
             StatusCode::BAD_REQUEST,
             "missing_signature",
@@ -328,86 +372,172 @@ async fn verify_signature(
             "the Central Registry cannot be asked and no key for the sender is held",
             wait,
         ),
+        Checked::Busy => busy(),
+        Checked::Body(error) => error.response(),
     }
 }
 
-/// The ReBIT `ErrorResponse`, echoing the request's `txnid` when its body is JSON with one.
-fn rebit_error(status: StatusCode, code: &str, message: &str, body: &[u8]) -> Response {
-    let txnid = serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v.get("txnid").and_then(|t| t.as_str()).map(str::to_string))
-        .unwrap_or_default();
-    let json = serde_json::json!({
-        "ver": REBIT_VERSION,
-        "timestamp": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-        "txnid": txnid,
-        "errorCode": code,
-        "errorMsg": message,
-    });
-    let mut response = (status, axum::Json(json)).into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+/// A refusal of `/v1/authorize`, before the body was read: the ReBIT error with the `txnid` from at most
+/// the body's first [`TXNID_SCAN_BYTES`].
+struct Refusal {
+    outcome: AuthorizeOutcome,
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    retry_after: Option<Duration>,
+}
+
+impl Refusal {
+    fn new(
+        outcome: AuthorizeOutcome,
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            outcome,
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(
+            AuthorizeOutcome::Unauthorized,
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            message,
+        )
+    }
+
+    fn retry_after(mut self, wait: Duration) -> Self {
+        self.retry_after = Some(wait);
+        self
+    }
+
+    /// The answer, with the `txnid` of `read` (the body, when it was read) or of the body's head.
+    async fn answer(
+        self,
+        state: &JwsState,
+        read: Option<&Buffered>,
+        unread: Option<Body>,
+    ) -> Response {
+        state.metrics.authorize(self.outcome);
+        let head = match (read, unread) {
+            (Some(_), _) | (None, None) => None,
+            (None, Some(body)) => body::read_head(body, TXNID_SCAN_BYTES, &state.limits)
+                .await
+                .ok(),
+        };
+        let txnid = rebit::answer_txnid(read.or(head.as_ref()).map(Buffered::body));
+        let mut response = rebit::error(self.status, self.code, &self.message, &txnid);
+        if let Some(wait) = self.retry_after {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            if let Ok(value) = HeaderValue::from_str(&secs.max(1).to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        }
+        response
+    }
 }
 
 async fn authorize(
-    State(routes): State<Arc<Routes>>,
-    uri: Uri,
+    State(state): State<Arc<JwsState>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
-    if let Some(refused) = host_refused(&routes, &uri, &headers) {
-        return refused;
-    }
-    let state = &routes.jws;
-    let unauthorized =
-        |message: &str| rebit_error(StatusCode::UNAUTHORIZED, "Unauthorized", message, &body);
+    // The token first: a caller without a valid one never has its body read (beyond the txnid scan).
     let token = match token_from_headers(&headers) {
         Ok(Some(token)) if !token.is_empty() => token,
-        Ok(_) => return unauthorized("the request carries no entity token"),
+        Ok(_) => {
+            return Refusal::unauthorized("the request carries no entity token")
+                .answer(&state, None, Some(body))
+                .await;
+        }
         Err(rejection) => {
             state.verifier.record_rejection(rejection);
-            return unauthorized(rejection.message());
+            return Refusal::unauthorized(rejection.message())
+                .answer(&state, None, Some(body))
+                .await;
         }
     };
     let verified = match state.verifier.verify(token, &Expectation::default()).await {
         Ok(verified) => verified,
-        Err(denied) => return unauthorized(&denied.to_string()),
+        Err(denied) => {
+            return Refusal::unauthorized(denied.to_string())
+                .answer(&state, None, Some(body))
+                .await;
+        }
     };
     let Some(kind) = verified.roles.iter().find_map(|r| sender_type(r)) else {
-        return unauthorized("the token's role is not AA, FIU or FIP");
+        return Refusal::unauthorized("the token's role is not AA, FIU or FIP")
+            .answer(&state, None, Some(body))
+            .await;
     };
     let sender = verified.entity_id.as_str();
-    let bad_request =
-        |code: &str, message: &str| rebit_error(StatusCode::BAD_REQUEST, code, message, &body);
-    match check(state, kind, sender, &headers, &body).await {
-        Checked::Valid { .. } => {}
-        Checked::Missing => return bad_request("InvalidRequest", "x-jws-signature is missing"),
-        Checked::Mismatch(e) => return bad_request("SignatureDoesNotMatch", &e.to_string()),
-        Checked::ForeignKey => {
-            return bad_request(
-                "InvalidRequest",
-                "the body is signed with a key that is not registered to the token's entity",
-            );
-        }
-        Checked::UnknownSender => {
-            return unauthorized("the token's entity has no usable key in the Central Registry");
-        }
-        Checked::Unavailable(wait) => {
-            let mut response = rebit_error(
+    let (checked, read, unread) = check(&state, kind, sender, &headers, body).await;
+    let invalid = |message: &str| {
+        Refusal::new(
+            AuthorizeOutcome::InvalidRequest,
+            StatusCode::BAD_REQUEST,
+            "InvalidRequest",
+            message,
+        )
+    };
+    let refusal = match checked {
+        Checked::Valid { .. } => None,
+        Checked::Missing => Some(invalid("x-jws-signature is missing")),
+        Checked::Mismatch(e) => Some(Refusal::new(
+            AuthorizeOutcome::SignatureDoesNotMatch,
+            StatusCode::BAD_REQUEST,
+            "SignatureDoesNotMatch",
+            e.to_string(),
+        )),
+        Checked::ForeignKey => Some(invalid(
+            "the body is signed with a key that is not registered to the token's entity",
+        )),
+        Checked::UnknownSender => Some(Refusal::unauthorized(
+            "the token's entity has no usable key in the Central Registry",
+        )),
+        Checked::Unavailable(wait) => Some(
+            Refusal::new(
+                AuthorizeOutcome::Unavailable,
                 StatusCode::SERVICE_UNAVAILABLE,
                 "ServiceUnavailable",
                 "the Central Registry cannot be asked and no key for the sender is held",
-                &body,
-            );
-            let secs = wait.as_secs().max(1);
-            if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
-                response.headers_mut().insert(header::RETRY_AFTER, value);
-            }
-            return response;
+            )
+            .retry_after(wait),
+        ),
+        Checked::Busy => Some(
+            Refusal::new(
+                AuthorizeOutcome::Busy,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "the broker is busy; try again shortly",
+            )
+            .retry_after(BUSY_RETRY_AFTER),
+        ),
+        Checked::Body(error) => {
+            state.metrics.authorize(AuthorizeOutcome::BodyRefused);
+            let txnid = rebit::answer_txnid(None);
+            let code = match error {
+                BodyError::Busy => "ServiceUnavailable",
+                _ => "InvalidRequest",
+            };
+            return error.finish(rebit::error(
+                error.status(),
+                code,
+                &error.message(),
+                &txnid,
+            ));
         }
+    };
+    if let Some(refusal) = refusal {
+        return refusal.answer(&state, read.as_ref(), unread).await;
     }
+    state.metrics.authorize(AuthorizeOutcome::Allowed);
     let role = verified.role();
     let mut response = axum::Json(serde_json::json!({
         "entityId": sender,

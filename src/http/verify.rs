@@ -23,15 +23,15 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, Uri, header};
 use axum::routing::{any, get};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use tower_http::limit::RequestBodyLimitLayer;
 
-use super::guard::{self, GuardSettings};
+use super::body::{self, BodyLimits};
+use super::guard::{self, GuardSettings, Level};
 use super::reply;
 use crate::inbound::{Denied, Expectation, Mismatch, Rejection, Verified, Verifier};
 
@@ -55,8 +55,10 @@ pub const API_KEY_HEADERS: [HeaderName; 3] = [
 /// What the verify handlers share.
 pub struct VerifyState {
     pub verifier: Arc<Verifier>,
-    /// The `Host` rule of the token listener; `None` on the verify listener.
+    /// The `Host` rule of the token listener, for the hot path (the router applies it as a layer);
+    /// `None` on the verify listener.
     pub host_rule: Option<GuardSettings>,
+    pub limits: BodyLimits,
 }
 
 /// The answer to `GET /v1/verify` for a token verified before, or `None` (the router then answers): the
@@ -64,19 +66,21 @@ pub struct VerifyState {
 /// what the handler checks, in the same order, and gives the same bytes.
 pub fn answer_from_cache(
     state: &VerifyState,
+    uri: &Uri,
     headers: &HeaderMap,
-    query: Option<&str>,
 ) -> Option<axum::response::Response> {
-    if host_refused(state, headers).is_some() {
-        return None;
+    if let Some(rule) = &state.host_rule {
+        // A refusal is answered (and counted) by the router's guard layer.
+        guard::admit(Level::HostOnly, uri, headers, rule).ok()?;
     }
+    let query = uri.query();
     let expect = expectation_from_query(query).ok()?;
     let token = token_from_headers(headers).ok()??;
     state.verifier.verify_cached(token, &expect).map(answer)
 }
 
-/// The verify routes with their own body limit, ready to merge into a listener's router.
-pub fn routes(verifier: Arc<Verifier>, host_rule: Option<GuardSettings>) -> Router {
+/// The verify routes, ready to merge into a listener's router (which applies its guard, if any).
+pub fn routes(state: Arc<VerifyState>) -> Router {
     Router::new()
         .route(
             VERIFY_PATH,
@@ -85,17 +89,7 @@ pub fn routes(verifier: Arc<Verifier>, host_rule: Option<GuardSettings>) -> Rout
                 .fallback(|| async { method_not_allowed() }),
         )
         .route(VERIFY_SUBPATHS, any(forward_auth))
-        .layer(RequestBodyLimitLayer::new(MAX_VERIFY_BODY_BYTES))
-        .with_state(Arc::new(VerifyState {
-            verifier,
-            host_rule,
-        }))
-}
-
-/// What `--verify-listen` serves: the verify routes, and `404` for everything else (tokens above all).
-pub fn only_router(verifier: Arc<Verifier>) -> Router {
-    routes(verifier, None)
-        .fallback(|| async { reply::error(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .with_state(state)
 }
 
 fn method_not_allowed() -> axum::response::Response {
@@ -128,9 +122,6 @@ async fn from_headers(
     headers: &HeaderMap,
     query: Option<&str>,
 ) -> axum::response::Response {
-    if let Some(refused) = host_refused(state, headers) {
-        return refused;
-    }
     let expect = match expectation_from_query(query) {
         Ok(expect) => expect,
         Err(message) => return bad_request(message),
@@ -160,15 +151,16 @@ async fn post_verify(
     State(state): State<Arc<VerifyState>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
-    body: Bytes,
+    body: Body,
 ) -> axum::response::Response {
+    let body = match body::read(body, b"", MAX_VERIFY_BODY_BYTES, &state.limits).await {
+        Ok(body) => body,
+        Err(error) => return error.response(),
+    };
     if body.is_empty() {
         return from_headers(&state, &headers, query.as_deref()).await;
     }
-    if let Some(refused) = host_refused(&state, &headers) {
-        return refused;
-    }
-    let request: VerifyRequest = match serde_json::from_slice(&body) {
+    let request: VerifyRequest = match serde_json::from_slice(body.body()) {
         Ok(request) => request,
         Err(_) => {
             return bad_request(
@@ -189,23 +181,6 @@ async fn post_verify(
             .verify(token.expose_secret().trim(), &expect)
             .await,
     )
-}
-
-/// The loopback `Host` rule of the token listener: exactly one `Host`, naming loopback or an allowed name.
-fn host_refused(state: &VerifyState, headers: &HeaderMap) -> Option<axum::response::Response> {
-    let rule = state.host_rule.as_ref()?;
-    let mut hosts = headers.get_all(header::HOST).iter();
-    let allowed = match (hosts.next().map(HeaderValue::to_str), hosts.next()) {
-        (Some(Ok(host)), None) => guard::host_allowed(host, &rule.allowed_hosts),
-        _ => false,
-    };
-    (!allowed).then(|| {
-        reply::error(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "the Host header must name a loopback address or an allowed host (or use --verify-listen)",
-        )
-    })
 }
 
 fn expectation_from_query(query: Option<&str>) -> Result<Expectation, String> {

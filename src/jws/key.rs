@@ -132,12 +132,28 @@ impl SigningKey {
         })
     }
 
+    /// The protected header segment this key signs with (base64url).
+    pub fn header(&self) -> &str {
+        &self.header
+    }
+
     /// The `x-jws-signature` value over `body`: `<header>..<signature>`.
     pub fn sign(&self, body: &[u8]) -> Result<String, KeyError> {
-        let input = super::signing_input(&self.header, body);
+        self.sign_input(&super::signing_input(&self.header, body))
+    }
+
+    /// The `x-jws-signature` value for a signing input already assembled as `header() || "." || body`
+    /// (a body read after that prefix, so a large one is not copied). Any other input is refused.
+    pub fn sign_input(&self, input: &[u8]) -> Result<String, KeyError> {
+        let expected = input
+            .strip_prefix(self.header.as_bytes())
+            .is_some_and(|rest| rest.first() == Some(&b'.'));
+        if !expected {
+            return Err(KeyError::Sign);
+        }
         let mut signature = vec![0; self.pair.public().modulus_len()];
         self.pair
-            .sign(&RSA_PKCS1_SHA256, &self.rng, &input, &mut signature)
+            .sign(&RSA_PKCS1_SHA256, &self.rng, input, &mut signature)
             .map_err(|_| KeyError::Sign)?;
         let mut value = String::with_capacity(self.header.len() + 2 + signature.len() * 4 / 3 + 4);
         value.push_str(&self.header);

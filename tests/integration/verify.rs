@@ -1026,7 +1026,19 @@ fn arbitrary_bytes_in_any_of_the_four_headers_are_401_never_500() {
         verifier.fetch_keys().await;
         assert!(verifier.has_keys());
         (
-            aa_token_broker::http::verify::routes(Arc::new(verifier), None),
+            aa_token_broker::http::verify::routes(Arc::new(
+                aa_token_broker::http::verify::VerifyState {
+                    verifier: Arc::new(verifier),
+                    host_rule: None,
+                    limits: aa_token_broker::http::body::BodyLimits {
+                        budget: aa_token_broker::budget::ByteBudget::new(
+                            1 << 20,
+                            Duration::from_secs(1),
+                        ),
+                        timeout: Duration::from_secs(5),
+                    },
+                },
+            )),
             iam,
         )
     });

@@ -178,7 +178,7 @@ pub struct ListenArgs {
         hide_env_values = true
     )]
     pub admin_listen: Option<SocketAddr>,
-    /// Also serve /v1/verify (and nothing else: never tokens) on this address, for an ingress proxy in another pod
+    /// Also serve the verification routes (/v1/verify[/…], /v1/verify-signature, /v1/authorize[/…]) and nothing else (never tokens, never signing) on this address, for an ingress proxy in another pod
     #[arg(
         long = S::VERIFY_LISTEN.flag,
         env = S::VERIFY_LISTEN.env,
@@ -210,6 +210,38 @@ pub struct ListenArgs {
         hide_env_values = true
     )]
     pub max_requests_per_connection: Option<u32>,
+    /// Most request-body bytes held at once, across all connections and listeners (default 25165824 = 24 MiB); past it a request waits up to 2 s, then gets 503
+    #[arg(
+        long = S::MAX_BUFFERED_BYTES.flag,
+        env = S::MAX_BUFFERED_BYTES.env,
+        value_name = "BYTES",
+        hide_env_values = true
+    )]
+    pub max_buffered_bytes: Option<usize>,
+    /// Seconds a request body may take to arrive in full before 408 and the connection is closed (default 15)
+    #[arg(
+        long = S::BODY_TIMEOUT.flag,
+        env = S::BODY_TIMEOUT.env,
+        value_name = "SECONDS",
+        hide_env_values = true
+    )]
+    pub body_timeout: Option<f64>,
+    /// Threads for RSA signing and verification, off the async workers (default: --worker-threads minus one, at least 1)
+    #[arg(
+        long = S::CRYPTO_THREADS.flag,
+        env = S::CRYPTO_THREADS.env,
+        value_name = "N",
+        hide_env_values = true
+    )]
+    pub crypto_threads: Option<usize>,
+    /// Crypto jobs that may wait for a thread; past it, 503 busy with Retry-After (default 64)
+    #[arg(
+        long = S::CRYPTO_QUEUE.flag,
+        env = S::CRYPTO_QUEUE.env,
+        value_name = "N",
+        hide_env_values = true
+    )]
+    pub crypto_queue: Option<usize>,
 }
 
 #[derive(Debug, Args)]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aa_token_broker::app::Application;
-use aa_token_broker::config::{BrokerSettings, EntitySettings, LogSettings};
+use aa_token_broker::config::{BrokerSettings, EntitySettings, InboundLimits, LogSettings};
 use aa_token_broker::entity::{EntityId, SecretSource};
 use aa_token_broker::http::GuardSettings;
 use aa_token_broker::http::server::ServerLimits;
@@ -68,6 +68,8 @@ pub struct BrokerOptions {
     pub sink: Option<SinkSpec>,
     /// Connection limits of the token listener.
     pub limits: ServerLimits,
+    /// The body budget, the body deadline and the crypto pool.
+    pub inbound: InboundLimits,
 }
 
 impl BrokerOptions {
@@ -86,6 +88,7 @@ impl BrokerOptions {
                 max_connections: 4096,
                 ..ServerLimits::default()
             },
+            inbound: InboundLimits::defaults(2),
         }
     }
 
@@ -122,6 +125,7 @@ pub fn settings(iam_url: &str, options: BrokerOptions) -> BrokerSettings {
         admin_listen: None,
         guard: options.guard,
         limits: options.limits,
+        inbound: options.inbound,
         worker_threads: 2,
         log: LogSettings {
             json: false,
