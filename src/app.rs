@@ -9,11 +9,11 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::budget::{self, ByteBudget};
 use crate::config::BrokerSettings;
 use crate::config::jws::JwsSettings;
-use crate::entity::EntityId;
-use crate::budget::{self, ByteBudget};
 use crate::crypto_pool::CryptoPool;
+use crate::entity::EntityId;
 use crate::http::body::BodyLimits;
 use crate::http::server::ServerLimits;
 use crate::http::{self, AppState};

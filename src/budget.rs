@@ -9,7 +9,7 @@
 //! the rule for choosing the budget from the pod's memory limit.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -48,6 +48,8 @@ struct Inner {
     bytes_read: AtomicU64,
     /// Requests refused for want of budget.
     exhausted: AtomicU64,
+    /// The most bytes held at once since start.
+    peak: AtomicUsize,
     /// Bodies refused, by reason (in the order of [`REFUSALS`]).
     refusals: [AtomicU64; REFUSALS.len()],
 }
@@ -75,6 +77,7 @@ impl ByteBudget {
                 wait,
                 bytes_read: AtomicU64::new(0),
                 exhausted: AtomicU64::new(0),
+                peak: AtomicUsize::new(0),
                 refusals: Default::default(),
             }),
         }
@@ -89,6 +92,11 @@ impl ByteBudget {
         self.inner
             .total
             .saturating_sub(self.inner.semaphore.available_permits())
+    }
+
+    /// The most bytes held at once since start.
+    pub fn peak(&self) -> usize {
+        self.inner.peak.load(Ordering::Relaxed)
     }
 
     /// Body bytes read since start.
@@ -118,7 +126,10 @@ impl ByteBudget {
     /// Bodies refused since start, by reason.
     pub fn refusals(&self) -> [(&'static str, u64); REFUSALS.len()] {
         let mut out = [("", 0); REFUSALS.len()];
-        for (slot, (name, count)) in out.iter_mut().zip(REFUSALS.iter().zip(&self.inner.refusals)) {
+        for (slot, (name, count)) in out
+            .iter_mut()
+            .zip(REFUSALS.iter().zip(&self.inner.refusals))
+        {
             *slot = (name, count.load(Ordering::Relaxed));
         }
         out
@@ -165,6 +176,7 @@ impl ByteBudget {
             None => permit.held = Some(granted),
         }
         permit.bytes = bytes;
+        self.inner.peak.fetch_max(self.in_use(), Ordering::Relaxed);
         Ok(())
     }
 }

@@ -197,10 +197,7 @@ mod tests {
     /// Occupies one pool thread until the returned barrier is passed; returns once the thread runs it.
     async fn hold(
         pool: &Arc<CryptoPool>,
-    ) -> (
-        tokio::task::JoinHandle<Result<(), PoolError>>,
-        Arc<Barrier>,
-    ) {
+    ) -> (tokio::task::JoinHandle<Result<(), PoolError>>, Arc<Barrier>) {
         let gate = Arc::new(Barrier::new(2));
         let (started, running) = tokio::sync::oneshot::channel();
         let held = {
@@ -256,9 +253,7 @@ mod tests {
         let ran = Arc::new(AtomicU64::new(0));
         let waiting = {
             let (pool, ran) = (Arc::clone(&pool), Arc::clone(&ran));
-            tokio::spawn(async move {
-                pool.run(move || ran.fetch_add(1, Ordering::Relaxed)).await
-            })
+            tokio::spawn(async move { pool.run(move || ran.fetch_add(1, Ordering::Relaxed)).await })
         };
         while pool.stats().in_flight < 2 {
             tokio::time::sleep(Duration::from_millis(1)).await;

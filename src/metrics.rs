@@ -251,7 +251,11 @@ impl Metrics {
     }
 
     /// Reads the body budget's and the crypto pool's figures at every scrape.
-    pub fn observe_limits(&self, budget: crate::budget::ByteBudget, pool: std::sync::Arc<crate::crypto_pool::CryptoPool>) {
+    pub fn observe_limits(
+        &self,
+        budget: crate::budget::ByteBudget,
+        pool: std::sync::Arc<crate::crypto_pool::CryptoPool>,
+    ) {
         self.edge.observe(budget, pool);
     }
 

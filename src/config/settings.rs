@@ -142,15 +142,21 @@ pub const MAX_BUFFERED_BYTES: Setting = setting(
     "AA_BROKER_MAX_BUFFERED_BYTES",
     Some("max_buffered_bytes"),
 );
-pub const BODY_TIMEOUT: Setting =
-    setting("body-timeout", "AA_BROKER_BODY_TIMEOUT", Some("body_timeout"));
+pub const BODY_TIMEOUT: Setting = setting(
+    "body-timeout",
+    "AA_BROKER_BODY_TIMEOUT",
+    Some("body_timeout"),
+);
 pub const CRYPTO_THREADS: Setting = setting(
     "crypto-threads",
     "AA_BROKER_CRYPTO_THREADS",
     Some("crypto_threads"),
 );
-pub const CRYPTO_QUEUE: Setting =
-    setting("crypto-queue", "AA_BROKER_CRYPTO_QUEUE", Some("crypto_queue"));
+pub const CRYPTO_QUEUE: Setting = setting(
+    "crypto-queue",
+    "AA_BROKER_CRYPTO_QUEUE",
+    Some("crypto_queue"),
+);
 pub const WRITE_TIMEOUT: Setting = setting(
     "write-timeout",
     "AA_BROKER_WRITE_TIMEOUT",

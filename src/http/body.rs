@@ -161,8 +161,8 @@ pub async fn refuse_bodies(
     next: axum::middleware::Next,
 ) -> Response {
     let body = request.body();
-    let empty = http_body::Body::is_end_stream(body)
-        || http_body::Body::size_hint(body).exact() == Some(0);
+    let empty =
+        http_body::Body::is_end_stream(body) || http_body::Body::size_hint(body).exact() == Some(0);
     if empty {
         return next.run(request).await;
     }
@@ -185,7 +185,11 @@ pub async fn read(
 
 /// Reads at most the first `head` bytes of the body (fewer if it is shorter), within the limits; the rest
 /// is left unread.
-pub async fn read_head(body: Body, head: usize, limits: &BodyLimits) -> Result<Buffered, BodyError> {
+pub async fn read_head(
+    body: Body,
+    head: usize,
+    limits: &BodyLimits,
+) -> Result<Buffered, BodyError> {
     read_up_to(body, &[], head, false, limits).await
 }
 
@@ -391,9 +395,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(head.body().len(), 1000);
-        let short = read_head(Body::from("tiny"), 1000, &limits)
-            .await
-            .unwrap();
+        let short = read_head(Body::from("tiny"), 1000, &limits).await.unwrap();
         assert_eq!(short.body(), b"tiny");
     }
 }

@@ -167,9 +167,11 @@ pub fn admit(
     settings: &GuardSettings,
 ) -> Result<CallerAllowed, Refusal> {
     match level {
-        Level::HostOnly => check_host(uri, headers, &settings.allowed_hosts).map(|()| CallerAllowed {
-            wants_plain_text: false,
-        }),
+        Level::HostOnly => {
+            check_host(uri, headers, &settings.allowed_hosts).map(|()| CallerAllowed {
+                wants_plain_text: false,
+            })
+        }
         Level::Caller => {
             check_target(uri, &settings.allowed_hosts)?;
             check(headers, settings)
@@ -261,13 +263,17 @@ impl<S: Send + Sync> FromRequestParts<S> for CallerAllowed {
 
     /// Fails closed: a handler reached without the layer (a wiring mistake) refuses the request.
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        parts.extensions.get::<CallerAllowed>().copied().ok_or_else(|| {
-            reply::error(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "the caller guard did not admit this request",
-            )
-        })
+        parts
+            .extensions
+            .get::<CallerAllowed>()
+            .copied()
+            .ok_or_else(|| {
+                reply::error(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "the caller guard did not admit this request",
+                )
+            })
     }
 }
 

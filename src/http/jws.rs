@@ -133,12 +133,11 @@ async fn sign(state: &JwsState, entity_id: Option<&str>, body: Body) -> Response
         }
     };
     let prefix = format!("{}.", key.header());
-    let buffered = match body::read(body, prefix.as_bytes(), state.max_body_bytes, &state.limits)
-        .await
-    {
-        Ok(buffered) => buffered,
-        Err(error) => return error.response(),
-    };
+    let buffered =
+        match body::read(body, prefix.as_bytes(), state.max_body_bytes, &state.limits).await {
+            Ok(buffered) => buffered,
+            Err(error) => return error.response(),
+        };
     let kid = key.kid().to_string();
     let signed = state
         .pool
@@ -151,7 +150,11 @@ async fn sign(state: &JwsState, entity_id: Option<&str>, body: Body) -> Response
         }
         Err(PoolError::Busy) => return busy(),
         Err(PoolError::Failed) => {
-            return reply::error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "signing failed");
+            return reply::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "signing failed",
+            );
         }
     };
     let json = serde_json::json!({ "signature": signature, "kid": kid });
@@ -180,7 +183,9 @@ struct Signature {
 
 /// How one signature check ended.
 enum Checked {
-    Valid { kid: Option<String> },
+    Valid {
+        kid: Option<String>,
+    },
     Missing,
     Mismatch(JwsError),
     /// The sender has no key with the `kid` the signature names.
@@ -443,11 +448,7 @@ impl Refusal {
     }
 }
 
-async fn authorize(
-    State(state): State<Arc<JwsState>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+async fn authorize(State(state): State<Arc<JwsState>>, headers: HeaderMap, body: Body) -> Response {
     // The token first: a caller without a valid one never has its body read (beyond the txnid scan).
     let token = match token_from_headers(&headers) {
         Ok(Some(token)) if !token.is_empty() => token,
@@ -526,12 +527,7 @@ async fn authorize(
                 BodyError::Busy => "ServiceUnavailable",
                 _ => "InvalidRequest",
             };
-            return error.finish(rebit::error(
-                error.status(),
-                code,
-                &error.message(),
-                &txnid,
-            ));
+            return error.finish(rebit::error(error.status(), code, &error.message(), &txnid));
         }
     };
     if let Some(refusal) = refusal {

@@ -38,8 +38,8 @@ use crate::inbound::Verifier;
 use crate::metrics::Metrics;
 use crate::token::broker::Broker;
 use body::BodyLimits;
-use guard::{Guard, Level};
 pub use guard::GuardSettings;
+use guard::{Guard, Level};
 use hot_path::Frontend;
 use verify::VerifyState;
 

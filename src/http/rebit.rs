@@ -79,7 +79,10 @@ fn plain_string(bytes: &[u8], at: usize) -> Option<&str> {
         return None;
     }
     let rest = bytes.get(at + 1..)?;
-    let end = rest.iter().take(MAX_TXNID_LEN + 1).position(|b| *b == b'"')?;
+    let end = rest
+        .iter()
+        .take(MAX_TXNID_LEN + 1)
+        .position(|b| *b == b'"')?;
     let value = &rest[..end];
     if value.is_empty() || !value.iter().all(|b| b.is_ascii_graphic() && *b != b'\\') {
         return None;
@@ -146,7 +149,9 @@ mod tests {
         for body in [
             format!(r#"{{"ver":"2.0.0","txnid":"{uuid}"}}"#),
             format!(r#" {{ "txnid" : "{uuid}" , "x": 1}}"#),
-            format!(r#"{{"a":{{"txnid":"nested"}},"b":[1,"]",{{}}],"c":"\"txnid\":","txnid":"{uuid}"}}"#),
+            format!(
+                r#"{{"a":{{"txnid":"nested"}},"b":[1,"]",{{}}],"c":"\"txnid\":","txnid":"{uuid}"}}"#
+            ),
             format!("{{\"n\":-1.5e3,\"t\":true,\"z\":null,\"txnid\":\"{uuid}\"}}"),
         ] {
             assert_eq!(scan_txnid(body.as_bytes()), Some(uuid), "{body}");

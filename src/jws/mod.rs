@@ -110,8 +110,8 @@ pub fn parse(value: &[u8]) -> Result<Detached<'_>, JwsError> {
     }
     match &header.crit {
         None => {}
-        Some(serde_json::Value::Array(names))
-            if !names.is_empty() && names.iter().all(|n| n == "b64") => {}
+        // Exactly `["b64"]`: an empty list, a duplicate or another name is refused (RFC 7515 §4.1.11).
+        Some(serde_json::Value::Array(names)) if names.len() == 1 && names[0] == "b64" => {}
         Some(_) => return Err(JwsError::UnknownCritical),
     }
     let kid = match header.kid {
@@ -288,6 +288,14 @@ mod tests {
             ),
             (
                 r#"{"alg":"RS256","b64":false,"crit":[]}"#,
+                JwsError::UnknownCritical,
+            ),
+            (
+                r#"{"alg":"RS256","b64":false,"crit":["b64","b64"]}"#,
+                JwsError::UnknownCritical,
+            ),
+            (
+                r#"{"alg":"RS256","b64":false,"crit":"b64"}"#,
                 JwsError::UnknownCritical,
             ),
             (

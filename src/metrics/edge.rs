@@ -2,7 +2,8 @@
 //! and how signature checks and `/v1/authorize` end.
 //!
 //! - `aa_broker_body_bytes_read_total`: request-body bytes read from clients, on every listener;
-//! - `aa_broker_body_buffered_bytes` / `aa_broker_body_budget_bytes`: bytes held now, and the budget;
+//! - `aa_broker_body_buffered_bytes`, `aa_broker_body_buffered_peak_bytes` and
+//!   `aa_broker_body_budget_bytes`: bytes held now, the most held at once, and the budget;
 //! - `aa_broker_body_refusals_total{reason}`: bodies refused (`too_large`, `timeout`, `budget_exhausted`,
 //!   `aborted`);
 //! - `aa_broker_crypto_jobs_total{outcome}` and `aa_broker_crypto_jobs_in_flight`: the crypto pool
@@ -115,6 +116,7 @@ pub(super) struct EdgeMetrics {
     body_bytes_read: Counter,
     body_buffered: Gauge,
     body_budget: Gauge,
+    body_peak: Gauge,
     body_refusals: Family<Reason, Counter>,
     crypto_jobs: Family<Outcome, Counter>,
     crypto_in_flight: Gauge,
@@ -155,6 +157,11 @@ impl EdgeMetrics {
             "body_buffered_bytes",
             "Request-body bytes held now (taken from the body budget)",
             self.body_buffered.clone(),
+        );
+        registry.register(
+            "body_buffered_peak_bytes",
+            "The most request-body bytes held at once since start",
+            self.body_peak.clone(),
         );
         registry.register(
             "body_budget_bytes",
@@ -198,6 +205,7 @@ impl EdgeMetrics {
             }
             self.body_buffered.set(gauge(budget.in_use() as u64));
             self.body_budget.set(gauge(budget.total() as u64));
+            self.body_peak.set(gauge(budget.peak() as u64));
             for (reason, value) in budget.refusals() {
                 let counter = self.body_refusals.get_or_create(&Reason {
                     reason: reason.into(),

@@ -23,18 +23,18 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-const AA: &str = "AA-PEER";
-const AA_SECRET: &str = "aa-peer-secret";
+pub(crate) const AA: &str = "AA-PEER";
+pub(crate) const AA_SECRET: &str = "aa-peer-secret";
 const AA_OTHER: &str = "AA-OTHER";
 const FIP: &str = "FIP-PEER";
 const BODY: &[u8] = br#"{"ver":"2.0.0","timestamp":"2026-11-25T10:00:00.000Z","txnid":"f1e2d3c4-0000-4000-8000-000000000001","Consent":{"id":"c-1"}}"#;
 const MAX_BODY: usize = 64 * 1024;
 
-struct Net {
-    iam: Iam,
-    addr: SocketAddr,
-    verify_addr: SocketAddr,
-    http: reqwest::Client,
+pub(crate) struct Net {
+    pub(crate) iam: Iam,
+    pub(crate) addr: SocketAddr,
+    pub(crate) verify_addr: SocketAddr,
+    pub(crate) http: reqwest::Client,
     key_path: PathBuf,
     own_kid: String,
     _dir: tempfile::TempDir,
@@ -42,13 +42,13 @@ struct Net {
     handle: Option<JoinHandle<()>>,
 }
 
-struct Answer {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: Value,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) headers: reqwest::header::HeaderMap,
+    pub(crate) body: Value,
 }
 
-async fn answer(response: reqwest::Response) -> Answer {
+pub(crate) async fn answer(response: reqwest::Response) -> Answer {
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let body = response.json().await.unwrap_or(Value::Null);
@@ -70,7 +70,14 @@ fn test_policy() -> RegistryPolicy {
 impl Net {
     /// The simulator with the broker's FIU, two AAs and an FIP in the IAM and the CR; the broker signing
     /// as its FIU with the key the CR holds for it.
-    async fn start() -> Net {
+    pub(crate) async fn start() -> Net {
+        Self::start_with(|_, _| {}).await
+    }
+
+    /// [`Net::start`], with the broker's settings and the signature settings tuned first.
+    pub(crate) async fn start_with(
+        tune: impl FnOnce(&mut aa_token_broker::config::BrokerSettings, &mut JwsSettings),
+    ) -> Net {
         let iam = Iam::start(86_400).await;
         let long = Duration::from_secs(90 * 86_400);
         iam.sim.add_entity(AA, AA_SECRET, long);
@@ -82,8 +89,8 @@ impl Net {
         let dir = tempfile::tempdir().unwrap();
         let key_path = dir.path().join("signing-key.pem");
         std::fs::write(&key_path, iam.sim.cr_private_key_pem(ENTITY).unwrap()).unwrap();
-        let settings = settings(&iam.url, BrokerOptions::inline());
-        let jws = JwsSettings {
+        let mut settings = settings(&iam.url, BrokerOptions::inline());
+        let mut jws = JwsSettings {
             cr_url: default_cr_url(&iam.url),
             signers: vec![(
                 EntityId::parse(ENTITY).unwrap(),
@@ -92,6 +99,7 @@ impl Net {
             max_body_bytes: MAX_BODY,
             policy: test_policy(),
         };
+        tune(&mut settings, &mut jws);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let app = Application::build(settings, listener, Default::default())
             .unwrap()
@@ -126,7 +134,7 @@ impl Net {
         net
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -198,7 +206,7 @@ impl Net {
             .await
     }
 
-    async fn peer_token(&self, id: &str, secret: &str) -> String {
+    pub(crate) async fn peer_token(&self, id: &str, secret: &str) -> String {
         let response = self
             .http
             .post(format!("{}/v1/entity/token/generate", self.iam.url))

@@ -9,6 +9,7 @@ mod cli;
 mod hostile;
 mod hostile_iam;
 mod iam_client;
+mod inbound_limits;
 mod inject;
 mod jws;
 mod resilience;
