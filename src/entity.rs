@@ -24,7 +24,11 @@ pub const MAX_SECRET_FILE_BYTES: u64 = 4096;
 pub struct EntityId(Arc<str>);
 
 impl EntityId {
-    /// Accepts 1..=128 characters from `[A-Za-z0-9._@:-]`.
+    /// Accepts 1..=128 characters from `[A-Za-z0-9._@:-]`, not all of them dots.
+    ///
+    /// An id becomes a path segment of CR requests made with our token, so it must be one segment that
+    /// names an entity: no `/ ? # %` (another path, a query, an encoding) and not `.` or `..` (which URL
+    /// resolution, and the `url` crate's segment API, treat as "this" or "the parent" directory).
     pub fn parse(raw: &str) -> Result<Self, EntityIdError> {
         if raw.is_empty() {
             return Err(EntityIdError::Empty);
@@ -38,7 +42,16 @@ impl EntityId {
         {
             return Err(EntityIdError::Character(bad));
         }
+        if raw.bytes().all(|b| b == b'.') {
+            return Err(EntityIdError::Dots);
+        }
         Ok(Self(Arc::from(raw)))
+    }
+
+    /// [`parse`](Self::parse) after trimming surrounding whitespace, as a clap `value_parser`: a bad id
+    /// on the command line is then clap's one-line usage error naming the flag (exit 2).
+    pub fn parse_arg(raw: &str) -> Result<Self, EntityIdError> {
+        Self::parse(raw.trim())
     }
 
     pub fn as_str(&self) -> &str {
@@ -55,6 +68,8 @@ pub enum EntityIdError {
     TooLong,
     #[error("entity id contains {0:?}; allowed are letters, digits and . _ - @ :")]
     Character(char),
+    #[error("entity id is only dots; . and .. are path segments, not ids")]
+    Dots,
 }
 
 /// Lets maps keyed by `EntityId` be searched with the `&str` from a request path, without allocating.
@@ -209,13 +224,57 @@ mod tests {
 
     #[test]
     fn entity_ids_are_validated() {
-        assert!(EntityId::parse("FIU-EXAMPLE").is_ok());
-        assert!(EntityId::parse("fiu@acme.in").is_ok());
-        assert!(EntityId::parse("").is_err());
-        assert!(EntityId::parse("a/b").is_err());
-        assert!(EntityId::parse("..%2f").is_err());
-        assert!(EntityId::parse(&"x".repeat(129)).is_err());
+        for good in [
+            "FIU-EXAMPLE",
+            "AA-ONE",
+            "fiu@finvu",
+            "fiu@acme.in",
+            "a.b",
+            "a:b",
+            ".a",
+            "a..",
+            "x_y",
+        ] {
+            assert_eq!(
+                EntityId::parse(good).map(|id| id.to_string()),
+                Ok(good.into())
+            );
+        }
         assert!(EntityId::parse(&"x".repeat(128)).is_ok());
+        for bad in [
+            "",
+            ".",
+            "..",
+            "...",
+            "a/b",
+            "a?b",
+            "a#",
+            "AA-ONE?admin=1#",
+            "%2e%2e",
+            "..%2f",
+            "../../x",
+            "a b",
+            " AA-ONE",
+            "AA-ONE ",
+            "a\tb",
+            "a\nb",
+            "a\u{0}b",
+            "a\u{7f}",
+            "a\\b",
+            "caf\u{e9}",
+            "\u{ff0e}\u{ff0e}",
+        ] {
+            assert!(EntityId::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert_eq!(EntityId::parse(".."), Err(EntityIdError::Dots));
+        assert_eq!(EntityId::parse("a/b"), Err(EntityIdError::Character('/')));
+        assert_eq!(
+            EntityId::parse(&"x".repeat(129)),
+            Err(EntityIdError::TooLong)
+        );
+        // The command line's parser trims, and refuses what `parse` refuses.
+        assert_eq!(EntityId::parse_arg(" AA-ONE\n").unwrap().as_str(), "AA-ONE");
+        assert!(EntityId::parse_arg(" .. ").is_err());
     }
 
     #[test]

@@ -2,10 +2,13 @@
 //! made with a key that never leaves the sidecar, and checked against the keys peers publish in the CR.
 //!
 //! - `sign` (token port only, behind the same caller guard as `/v1/token`): the body is the exact bytes the
-//!   service will send; `200` with `x-jws-signature: <header>..<signature>` and `{"signature","kid"}`.
+//!   service will send; `200` with `x-jws-signature: <header>..<signature>` and `{"signature","kid"}`;
+//!   `404 no_signing_key` for an entity without a key, `400 invalid_entity_id` for a path that is no id.
 //! - `verify-signature?sender=ID&type=AA|FIU|FIP` with the received body and its `x-jws-signature`:
 //!   `200 {"sender","kid"}`; `400 signature_mismatch` (→ ReBIT `SignatureDoesNotMatch`); `400
-//!   unknown_sender`; `400 missing_signature`; `503 registry_unavailable` with `Retry-After`.
+//!   unknown_sender`; `400 missing_signature`; `503 registry_unavailable` with `Retry-After`; `400
+//!   bad_request` for a missing or repeated parameter, or a sender that is not an entity id (`..`,
+//!   `a/b`: refused before the CR is asked).
 //! - `authorize` (and `/v1/authorize/{original path}`, the form Envoy's `ext_authz` HTTP service sends):
 //!   the whole inbound check of one request — the entity token from its headers (as `/v1/verify` reads
 //!   them), the signature over its body by the token's entity. `200` with `X-AA-Entity-Id`/`X-AA-Role`;
@@ -166,6 +169,14 @@ fn sign(
         }
     };
     let Some((entity, file)) = signer else {
+        // Told apart only on this miss path, so a configured id costs nothing more.
+        if let Some(Err(e)) = entity_id.map(EntityId::parse) {
+            return reply::error(
+                StatusCode::BAD_REQUEST,
+                "invalid_entity_id",
+                format!("the path does not name an entity id: {e}"),
+            );
+        }
         return reply::error(
             StatusCode::NOT_FOUND,
             "no_signing_key",
@@ -217,7 +228,7 @@ enum Checked {
 async fn check(
     state: &JwsState,
     kind: &str,
-    sender: &str,
+    sender: &EntityId,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Checked {
@@ -233,7 +244,7 @@ async fn check(
     };
     let found = state
         .registry
-        .key_for(kind, sender, detached.kid.as_deref())
+        .key_for(kind, sender.as_str(), detached.kid.as_deref())
         .await;
     let choice = match found {
         Ok(Found::Key(choice)) => choice,
@@ -249,7 +260,7 @@ async fn check(
         },
         Err(e) => {
             tracing::debug!(
-                sender,
+                sender = sender.as_str(),
                 kind,
                 reason = e.as_str(),
                 "incoming signature refused"
@@ -287,12 +298,24 @@ async fn verify_signature(
             _ => None,
         }
     };
-    let Some(sender) = one("sender").and_then(|s| EntityId::parse(s.trim()).ok()) else {
-        return reply::error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "give the sender's entity id once: ?sender=ID&type=AA|FIU|FIP",
-        );
+    // The id becomes a path segment of a CR request made with our token: outside the grammar (`..`,
+    // `a/b`, `x?y`) it is refused here, before anything is asked.
+    let sender = match one("sender").map(|s| EntityId::parse(s.trim())) {
+        Some(Ok(sender)) => sender,
+        Some(Err(e)) => {
+            return reply::error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("the sender is not an entity id: {e}"),
+            );
+        }
+        None => {
+            return reply::error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "give the sender's entity id once: ?sender=ID&type=AA|FIU|FIP",
+            );
+        }
     };
     let Some(kind) = one("type").and_then(sender_type) else {
         return reply::error(
@@ -301,7 +324,7 @@ async fn verify_signature(
             "give the sender's type once: AA, FIU or FIP",
         );
     };
-    match check(&routes.jws, kind, sender.as_str(), &headers, &body).await {
+    match check(&routes.jws, kind, &sender, &headers, &body).await {
         Checked::Valid { kid } => {
             axum::Json(serde_json::json!({ "sender": sender.as_str(), "kid": kid })).into_response()
         }
@@ -381,7 +404,7 @@ async fn authorize(
     let sender = verified.entity_id.as_str();
     let bad_request =
         |code: &str, message: &str| rebit_error(StatusCode::BAD_REQUEST, code, message, &body);
-    match check(state, kind, sender, &headers, &body).await {
+    match check(state, kind, &verified.entity_id, &headers, &body).await {
         Checked::Valid { .. } => {}
         Checked::Missing => return bad_request("InvalidRequest", "x-jws-signature is missing"),
         Checked::Mismatch(e) => return bad_request("SignatureDoesNotMatch", &e.to_string()),
