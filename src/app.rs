@@ -323,6 +323,10 @@ fn jws_state(
         // The kid and the file, never the key.
         let kid = file.key().map(|k| k.kid().to_string()).unwrap_or_default();
         tracing::info!(entity = %entity, kid, path = %file.path().display(), "signing key configured");
+        // The key was first read while the configuration was validated, before logging was set up.
+        if let Some(warning) = file.permission_warning() {
+            tracing::warn!(entity = %entity, path = %file.path().display(), "signing key: {warning}");
+        }
     }
     Some(Arc::new(http::jws::JwsState {
         signers: jws.signers,

@@ -5,12 +5,12 @@
 //! fetch, held in a [`SecretString`] whose `Debug` redacts it, and only ever logged as a [`fingerprint`].
 
 use std::fmt;
-use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use secrecy::{ExposeSecret, SecretString};
+
+use crate::private_file::{FileError, io_reason, read_private};
 
 /// Longest entity id accepted. Central Registry ids are short (`FIU-EXAMPLE`); the bound keeps hostile
 /// request paths and config files from creating huge keys or metric labels.
@@ -24,7 +24,11 @@ pub const MAX_SECRET_FILE_BYTES: u64 = 4096;
 pub struct EntityId(Arc<str>);
 
 impl EntityId {
-    /// Accepts 1..=128 characters from `[A-Za-z0-9._@:-]`.
+    /// Accepts 1..=128 characters from `[A-Za-z0-9._@:-]`, not all of them dots.
+    ///
+    /// An id becomes a path segment of CR requests made with our token, so it must be one segment that
+    /// names an entity: no `/ ? # %` (another path, a query, an encoding) and not `.` or `..` (which URL
+    /// resolution, and the `url` crate's segment API, treat as "this" or "the parent" directory).
     pub fn parse(raw: &str) -> Result<Self, EntityIdError> {
         if raw.is_empty() {
             return Err(EntityIdError::Empty);
@@ -38,7 +42,16 @@ impl EntityId {
         {
             return Err(EntityIdError::Character(bad));
         }
+        if raw.bytes().all(|b| b == b'.') {
+            return Err(EntityIdError::Dots);
+        }
         Ok(Self(Arc::from(raw)))
+    }
+
+    /// [`parse`](Self::parse) after trimming surrounding whitespace, as a clap `value_parser`: a bad id
+    /// on the command line is then clap's one-line usage error naming the flag (exit 2).
+    pub fn parse_arg(raw: &str) -> Result<Self, EntityIdError> {
+        Self::parse(raw.trim())
     }
 
     pub fn as_str(&self) -> &str {
@@ -55,6 +68,8 @@ pub enum EntityIdError {
     TooLong,
     #[error("entity id contains {0:?}; allowed are letters, digits and . _ - @ :")]
     Character(char),
+    #[error("entity id is only dots; . and .. are path segments, not ids")]
+    Dots,
 }
 
 /// Lets maps keyed by `EntityId` be searched with the `&str` from a request path, without allocating.
@@ -115,20 +130,14 @@ impl SecretSource {
     }
 
     /// A warning when the file is readable or writable by its group or others: anyone in the pod's group
-    /// could read the secret, or plant one. Kubernetes Secret volumes are group-readable with `fsGroup`
-    /// (mode 0440 or 0640), which is what `defaultMode` is for.
+    /// could read the secret, or plant one. The advice depends on how the broker itself reads the file
+    /// ([`private_file::mode_warning`](crate::private_file::mode_warning)): a Kubernetes Secret volume is
+    /// root-owned, so there the group bit (with `fsGroup`) is what lets a non-root broker read it.
     pub fn permission_warning(&self) -> Option<String> {
-        use std::os::unix::fs::PermissionsExt;
         let Self::File(path) = self else {
             return None;
         };
-        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
-        (mode & 0o077 != 0).then(|| {
-            format!(
-                "{} has mode {mode:04o}: readable or writable by group or others; 0600 (or defaultMode: 0400 on a Secret volume) keeps it to this user",
-                path.display()
-            )
-        })
+        crate::private_file::warning_for(path, &std::fs::metadata(path).ok()?)
     }
 
     /// A short description for logs and errors (never the value).
@@ -145,8 +154,8 @@ impl SecretSource {
 pub enum SecretError {
     #[error("secret file {path} cannot be read: {reason}")]
     Io { path: PathBuf, reason: String },
-    #[error("secret file {path} is not a regular file")]
-    NotAFile { path: PathBuf },
+    #[error("secret file {path} is {kind}, not a regular file")]
+    NotAFile { path: PathBuf, kind: &'static str },
     #[error("secret file {path} is larger than {MAX_SECRET_FILE_BYTES} bytes")]
     TooLarge { path: PathBuf },
     #[error("secret file {path} is not valid UTF-8")]
@@ -156,27 +165,19 @@ pub enum SecretError {
 }
 
 /// Reads a secret file: a regular file (symlinks followed) of at most [`MAX_SECRET_FILE_BYTES`], UTF-8,
-/// surrounding whitespace ignored, not empty.
+/// surrounding whitespace ignored, not empty. Opened and read as [`crate::private_file`] reads every
+/// private file: a FIFO or a device is refused at once, never waited on or read without end.
 pub fn read_secret_file(path: &Path) -> Result<SecretString, SecretError> {
-    let io_err = |e: std::io::Error| SecretError::Io {
-        path: path.to_path_buf(),
-        reason: e.kind().to_string(),
-    };
-    let file = File::open(path).map_err(io_err)?;
-    let meta = file.metadata().map_err(io_err)?;
-    if !meta.is_file() {
-        return Err(SecretError::NotAFile {
-            path: path.to_path_buf(),
-        });
-    }
     let mut raw = Vec::with_capacity(64);
-    // Read one byte past the limit so an oversized file is detected even if it grew after `metadata`.
-    file.take(MAX_SECRET_FILE_BYTES + 1)
-        .read_to_end(&mut raw)
-        .map_err(io_err)?;
-    if raw.len() as u64 > MAX_SECRET_FILE_BYTES {
-        return Err(SecretError::TooLarge {
-            path: path.to_path_buf(),
+    if let Err(e) = read_private(path, MAX_SECRET_FILE_BYTES, &mut raw) {
+        let path = path.to_path_buf();
+        return Err(match e {
+            FileError::Io(e) => SecretError::Io {
+                path,
+                reason: io_reason(&e),
+            },
+            FileError::NotRegular(kind) => SecretError::NotAFile { path, kind },
+            FileError::TooLarge => SecretError::TooLarge { path },
         });
     }
     // Wrapped at once so the untrimmed copy is zeroized when it goes out of scope.
@@ -209,13 +210,57 @@ mod tests {
 
     #[test]
     fn entity_ids_are_validated() {
-        assert!(EntityId::parse("FIU-EXAMPLE").is_ok());
-        assert!(EntityId::parse("fiu@acme.in").is_ok());
-        assert!(EntityId::parse("").is_err());
-        assert!(EntityId::parse("a/b").is_err());
-        assert!(EntityId::parse("..%2f").is_err());
-        assert!(EntityId::parse(&"x".repeat(129)).is_err());
+        for good in [
+            "FIU-EXAMPLE",
+            "AA-ONE",
+            "fiu@finvu",
+            "fiu@acme.in",
+            "a.b",
+            "a:b",
+            ".a",
+            "a..",
+            "x_y",
+        ] {
+            assert_eq!(
+                EntityId::parse(good).map(|id| id.to_string()),
+                Ok(good.into())
+            );
+        }
         assert!(EntityId::parse(&"x".repeat(128)).is_ok());
+        for bad in [
+            "",
+            ".",
+            "..",
+            "...",
+            "a/b",
+            "a?b",
+            "a#",
+            "AA-ONE?admin=1#",
+            "%2e%2e",
+            "..%2f",
+            "../../x",
+            "a b",
+            " AA-ONE",
+            "AA-ONE ",
+            "a\tb",
+            "a\nb",
+            "a\u{0}b",
+            "a\u{7f}",
+            "a\\b",
+            "caf\u{e9}",
+            "\u{ff0e}\u{ff0e}",
+        ] {
+            assert!(EntityId::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert_eq!(EntityId::parse(".."), Err(EntityIdError::Dots));
+        assert_eq!(EntityId::parse("a/b"), Err(EntityIdError::Character('/')));
+        assert_eq!(
+            EntityId::parse(&"x".repeat(129)),
+            Err(EntityIdError::TooLong)
+        );
+        // The command line's parser trims, and refuses what `parse` refuses.
+        assert_eq!(EntityId::parse_arg(" AA-ONE\n").unwrap().as_str(), "AA-ONE");
+        assert!(EntityId::parse_arg(" .. ").is_err());
     }
 
     #[test]
@@ -244,10 +289,13 @@ mod tests {
             read_secret_file(&dir),
             Err(SecretError::NotAFile { .. })
         ));
-        assert!(matches!(
-            read_secret_file(&dir.join("missing")),
-            Err(SecretError::Io { .. })
-        ));
+        let missing = read_secret_file(&dir.join("missing")).unwrap_err();
+        assert!(
+            missing
+                .to_string()
+                .ends_with("cannot be read: no such file"),
+            "{missing}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -10,6 +10,7 @@
 //! |---|---|
 //! | [`config`] | the command line, the environment fallbacks and the TOML file, validated once into [`config::BrokerSettings`]; every setting's names in [`config::settings`] |
 //! | [`entity`] | the entity id newtype and the entity secret: where it is read from, how it is fingerprinted |
+//! | [`private_file`] | how the private files (secret, password, signing key) are read: regular files only, capped, errors in plain words, the warning on a loose mode |
 //! | [`iam`] | the HTTP client for the four IAM endpoints, their wire formats and their errors |
 //! | [`token`] | the token type, its pure refresh/backoff/caller policy, the broker handle, the one place that fetches, the background refresher |
 //! | [`secret`] | the secret's lifecycle: the cell the token path reads the secret from, admin login within its limits, the reset bound, rotation, sinks, the lock, the manager task |
@@ -57,6 +58,7 @@ pub mod inbound;
 pub mod inject;
 pub mod jws;
 pub mod metrics;
+pub mod private_file;
 pub mod registry;
 pub mod secret;
 pub mod simulator;

@@ -20,7 +20,9 @@ fuzz_target!(|data: &[u8]| {
         assert!(!text.trim().contains(char::is_whitespace), "{text:?}");
     }
     if let Ok(id) = EntityId::parse(text) {
-        assert!(id.as_str().len() <= 128 && !id.as_str().contains('/'));
+        // One path segment that names something: no separator, no query or fragment, not `.` or `..`.
+        assert!(id.as_str().len() <= 128 && !id.as_str().contains(['/', '?', '#', '%']));
+        assert!(!id.as_str().bytes().all(|b| b == b'.'), "{text:?}");
     }
     let _ = SinkSpec::parse(text);
 });

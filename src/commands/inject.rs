@@ -9,7 +9,6 @@ use std::process::ExitCode;
 use super::{config_error, failure};
 use crate::config::cli::InjectArgs;
 use crate::config::{ConfigError, resolve_iam_url};
-use crate::entity::EntityId;
 use crate::inject::{self, Iam, InjectOptions, Mode};
 
 /// Where the published images are; the chart's `image.repository`.
@@ -85,13 +84,11 @@ fn read(source: &Path) -> Result<String, String> {
 
 /// Checks the flags, naming the one that is wrong.
 fn options(args: &InjectArgs) -> Result<InjectOptions, ConfigError> {
+    // Its grammar was checked by clap.
     let entity_id = args
         .entity_id
-        .as_deref()
-        .ok_or_else(|| ConfigError::new("--entity-id", "required"))
-        .and_then(|raw| {
-            EntityId::parse(raw.trim()).map_err(|e| ConfigError::new("--entity-id", e))
-        })?;
+        .clone()
+        .ok_or_else(|| ConfigError::new("--entity-id", "required"))?;
     let secret_name = args
         .secret_name
         .as_deref()

@@ -132,7 +132,7 @@ pub fn verify_signature(args: &VerifySignatureArgs) -> ExitCode {
         )
         .map_err(|e| e.to_string())?;
         let found = registry
-            .key_for(kind, args.sender.trim(), detached.kid.as_deref())
+            .key_for(kind, args.sender.as_str(), detached.kid.as_deref())
             .await
             .map_err(|e| e.to_string())?;
         match found {
@@ -149,7 +149,7 @@ pub fn verify_signature(args: &VerifySignatureArgs) -> ExitCode {
         Ok(kid) => {
             println!(
                 "{}",
-                serde_json::json!({ "sender": args.sender.trim(), "kid": kid })
+                serde_json::json!({ "sender": args.sender.as_str(), "kid": kid })
             );
             ExitCode::SUCCESS
         }

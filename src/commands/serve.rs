@@ -106,10 +106,7 @@ pub fn token(args: &TokenArgs) -> ExitCode {
         Err(e) => return config_error(&e),
     };
     let chosen = match (&args.entity.entity_id, settings.entities.as_slice()) {
-        (Some(raw), entities) => entities
-            .iter()
-            .find(|e| e.id.as_str() == raw.trim())
-            .cloned(),
+        (Some(id), entities) => entities.iter().find(|e| e.id == *id).cloned(),
         (None, [only]) => Some(only.clone()),
         (None, _) => None,
     };

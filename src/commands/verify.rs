@@ -10,6 +10,7 @@ use super::{config_error, current_thread_runtime, failure, log_or_exit};
 use crate::config::ConfigError;
 use crate::config::cli::{LogArgs, VerifyTokenArgs};
 use crate::config::verify::verify_command_settings;
+use crate::entity::EntityId;
 use crate::inbound::{Denied, Expectation, NoRecorder, Rejection, Verifier};
 use crate::telemetry;
 
@@ -31,7 +32,10 @@ pub fn run(args: &VerifyTokenArgs) -> ExitCode {
         Ok(settings) => settings,
         Err(e) => return config_error(&e),
     };
-    let expect = match Expectation::parse(args.role.as_deref(), args.entity_id.as_deref()) {
+    let expect = match Expectation::parse(
+        args.role.as_deref(),
+        args.entity_id.as_ref().map(EntityId::as_str),
+    ) {
         Ok(expect) => expect,
         Err(e) => {
             let setting = match e {

@@ -34,9 +34,8 @@ pub(super) fn resolve_entities(
             sink,
         });
     }
-    if let Some(raw) = &args.entity_id {
-        let id =
-            EntityId::parse(raw.trim()).map_err(|e| ConfigError::new(settings::ENTITY_ID, e))?;
+    // `--entity-id` was parsed by clap.
+    if let Some(id) = args.entity_id.clone() {
         let listed = entities.iter().any(|e| e.id == id);
         let secret = match (&args.secret_file, entity_secret_env) {
             (Some(path), _) => {

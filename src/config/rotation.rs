@@ -238,9 +238,7 @@ pub fn admin_context(
     // The entity: --entity-id, or the only one in the file.
     let listed = |id: &EntityId| file.entities.iter().find(|e| e.id == id.as_str());
     let entity_id = match (&entity.entity_id, file.entities.as_slice()) {
-        (Some(raw), _) => {
-            EntityId::parse(raw.trim()).map_err(|e| ConfigError::new(settings::ENTITY_ID, e))?
-        }
+        (Some(id), _) => id.clone(),
         (None, [only]) => EntityId::parse(&only.id)
             .map_err(|e| ConfigError::new("entities[0].id (in --config)", e))?,
         (None, _) => {

@@ -18,7 +18,11 @@ fn serve(args: &[&str], env: &EnvSecrets) -> Result<BrokerSettings, ConfigError>
             .chain(["serve"])
             .chain(args.iter().copied()),
     )
-    .map_err(|e| ConfigError::new("the command line", e.kind()))?;
+    // What `main` prints for a usage error: its first line (it names the flag).
+    .map_err(|e| {
+        let rendered = e.render().to_string();
+        ConfigError::new("the command line", rendered.lines().next().unwrap_or(""))
+    })?;
     let Command::Serve(args) = cli.command else {
         unreachable!("parsed as serve");
     };
@@ -119,6 +123,20 @@ fn every_mistake_names_its_setting_on_one_line() {
                 url,
                 "--entity-id",
                 "bad id",
+                "--secret-file",
+                secret,
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect(),
+            "--entity-id",
+        ),
+        (
+            vec![
+                "--iam-url",
+                url,
+                "--entity-id",
+                "..",
                 "--secret-file",
                 secret,
             ]

@@ -2,10 +2,13 @@
 //! made with a key that never leaves the sidecar, and checked against the keys peers publish in the CR.
 //!
 //! - `sign` (token port only, behind the caller guard, like `/v1/token`): the body is the exact bytes the
-//!   service will send; `200` with `x-jws-signature: <header>..<signature>` and `{"signature","kid"}`.
+//!   service will send; `200` with `x-jws-signature: <header>..<signature>` and `{"signature","kid"}`;
+//!   `404 no_signing_key` for an entity without a key, `400 invalid_entity_id` for a path that is no id.
 //! - `verify-signature?sender=ID&type=AA|FIU|FIP` with the received body and its `x-jws-signature`:
 //!   `200 {"sender","kid"}`; `400 signature_mismatch` (→ ReBIT `SignatureDoesNotMatch`); `400
-//!   unknown_sender`; `400 missing_signature`; `503 registry_unavailable` with `Retry-After`.
+//!   unknown_sender`; `400 missing_signature`; `503 registry_unavailable` with `Retry-After`; `400
+//!   bad_request` for a missing or repeated parameter, or a sender that is not an entity id (`..`,
+//!   `a/b`: refused before the CR is asked).
 //! - `authorize` (and `/v1/authorize/{original path}`, the form Envoy's `ext_authz` HTTP service sends):
 //!   the whole inbound check of one request — the entity token from its headers (as `/v1/verify` reads
 //!   them), the signature over its body by the token's entity. `200` with `X-AA-Entity-Id`/`X-AA-Role`;
@@ -115,6 +118,14 @@ async fn sign(state: &JwsState, entity_id: Option<&str>, body: Body) -> Response
         }
     };
     let Some((entity, file)) = signer else {
+        // Told apart only on this miss path, so a configured id costs nothing more.
+        if let Some(Err(e)) = entity_id.map(EntityId::parse) {
+            return reply::error(
+                StatusCode::BAD_REQUEST,
+                "invalid_entity_id",
+                format!("the path does not name an entity id: {e}"),
+            );
+        }
         return reply::error(
             StatusCode::NOT_FOUND,
             "no_signing_key",
@@ -334,12 +345,24 @@ async fn verify_signature(
             _ => None,
         }
     };
-    let Some(sender) = one("sender").and_then(|s| EntityId::parse(s.trim()).ok()) else {
-        return reply::error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "give the sender's entity id once: ?sender=ID&type=AA|FIU|FIP",
-        );
+    // The id becomes a path segment of a CR request made with our token: outside the grammar (`..`,
+    // `a/b`, `x?y`) it is refused here, before anything is asked.
+    let sender = match one("sender").map(|s| EntityId::parse(s.trim())) {
+        Some(Ok(sender)) => sender,
+        Some(Err(e)) => {
+            return reply::error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("the sender is not an entity id: {e}"),
+            );
+        }
+        None => {
+            return reply::error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "give the sender's entity id once: ?sender=ID&type=AA|FIU|FIP",
+            );
+        }
     };
     let Some(kind) = one("type").and_then(sender_type) else {
         return reply::error(

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::guard::CallerAllowed;
 use super::{AppState, reply};
-use crate::entity::EntityId;
+use crate::entity::{EntityId, EntityIdError};
 use crate::token::status::{RequestOutcome, Served, TokenError};
 
 /// Response header set when the token is valid but its last refresh failed.
@@ -68,6 +68,7 @@ async fn serve(
         Ok(id) => id,
         Err(EntityMiss::Required) => return entity_required(app),
         Err(EntityMiss::Unknown) => return unknown_entity(),
+        Err(EntityMiss::Invalid(e)) => return invalid_entity(&e),
     };
     let result = match want {
         Want::Held => app.broker.token(id).await,
@@ -82,6 +83,8 @@ pub(super) enum EntityMiss {
     Required,
     /// The id in the path is not configured.
     Unknown,
+    /// The path does not hold an entity id at all.
+    Invalid(EntityIdError),
 }
 
 /// The entity a request is for: the one in the path, or the only one configured. Shared with the
@@ -92,7 +95,14 @@ pub(super) fn resolve<'a>(
 ) -> Result<&'a EntityId, EntityMiss> {
     match raw_id {
         None => app.broker.single_entity().ok_or(EntityMiss::Required),
-        Some(raw) => app.broker.lookup(raw).ok_or(EntityMiss::Unknown),
+        // The grammar is checked on the miss only: a configured id is found without it.
+        Some(raw) => app
+            .broker
+            .lookup(raw)
+            .ok_or_else(|| match EntityId::parse(raw) {
+                Ok(_) => EntityMiss::Unknown,
+                Err(e) => EntityMiss::Invalid(e),
+            }),
     }
 }
 
@@ -105,6 +115,14 @@ fn entity_required(app: &AppState) -> Response<Body> {
             "several entities are configured; ask for /v1/token/{{entityId}} with one of: {}",
             ids.join(", ")
         ),
+    )
+}
+
+fn invalid_entity(error: &EntityIdError) -> Response<Body> {
+    reply::error(
+        StatusCode::BAD_REQUEST,
+        "invalid_entity_id",
+        format!("the path does not name an entity id: {error}"),
     )
 }
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::error::{credential_forms, sanitize_excerpt};
+use super::url::endpoint_url;
 use super::wire::{ErrorBody, SecretAnswer, SecretRequestBody, TokenResponseBody};
 use super::{Endpoint, IamError};
 use crate::entity::EntityId;
@@ -70,12 +71,16 @@ pub struct ClientBuildError(String);
 pub struct IamClient {
     http: reqwest::Client,
     base: String,
+    /// `base`, parsed: endpoint URLs are built from it segment by segment ([`super::url`]).
+    base_url: reqwest::Url,
 }
 
 impl IamClient {
     /// `base` is the IAM base URL (e.g. `https://api.sandbox.sahamati.org.in/iam`); endpoints are `{base}/v1/…`.
     pub fn new(base: &str, timeouts: IamTimeouts) -> Result<Self, ClientBuildError> {
         crate::install_crypto_provider();
+        let base_url = reqwest::Url::parse(base.trim())
+            .map_err(|e| ClientBuildError(format!("the IAM URL is not a URL: {e}")))?;
         let mut builder = reqwest::Client::builder()
             .connect_timeout(timeouts.connect)
             .timeout(timeouts.request)
@@ -84,7 +89,7 @@ impl IamClient {
             .pool_idle_timeout(Duration::from_secs(30));
         // Banks route egress through proxies, so HTTP(S)_PROXY is honoured for the real IAM; a loopback
         // IAM (the simulator) is never sent through one.
-        if reqwest::Url::parse(base).is_ok_and(|url| is_loopback_url(&url)) {
+        if is_loopback_url(&base_url) {
             builder = builder.no_proxy();
         }
         let http = builder
@@ -93,6 +98,7 @@ impl IamClient {
         Ok(Self {
             http,
             base: base.trim_end_matches('/').to_string(),
+            base_url,
         })
     }
 
@@ -151,7 +157,7 @@ impl IamClient {
     ) -> Result<TokenGrant, IamError> {
         let request = self
             .http
-            .post(format!("{}{}", self.base, endpoint.path()))
+            .post(endpoint_url(&self.base_url, endpoint))
             .header(
                 reqwest::header::CONTENT_TYPE,
                 "application/x-www-form-urlencoded",
@@ -191,7 +197,7 @@ impl IamClient {
         })?;
         let request = self
             .http
-            .post(format!("{}{}", self.base, endpoint.path()))
+            .post(endpoint_url(&self.base_url, endpoint))
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(reqwest::header::ACCEPT, "application/json")
             .bearer_auth(user_token.expose_secret())

@@ -5,9 +5,12 @@
 //! - [`wire`] holds the serde shapes of every body, including the lowercase aliases of the first draft.
 //! - [`error`] keeps what a failure was (status, `errorCode`, `errorMsg`, or a sanitized excerpt of a body
 //!   that was not the IAM's envelope) without ever carrying a secret or a token.
+//! - [`url`](mod@url) builds the URLs of upstream calls (these endpoints, the Central Registry's entity
+//!   records) segment by segment from a base URL.
 
 pub mod client;
 pub mod error;
+pub mod url;
 pub mod wire;
 
 pub use client::{IamClient, IamTimeouts, SecretGrant, TokenGrant};

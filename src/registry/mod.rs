@@ -23,6 +23,7 @@ use tokio::time::Instant;
 
 use crate::entity::EntityId;
 use crate::iam::IamTimeouts;
+use crate::iam::url::entity_info_url;
 use crate::registry::policy::{Action, EntryClock, RegistryPolicy};
 use crate::token::broker::Broker;
 pub use record::{EntityKey, RecordError, TYPES};
@@ -210,7 +211,12 @@ impl Registry {
 
     /// One GET; `Ok(None)` when the CR says the entity is unknown to it (or hidden from us).
     async fn fetch(&self, kind: &str, id: &str) -> Result<Option<EntityKey>, String> {
-        let url = format!("{}/v2/entityInfo/{kind}/{id}", self.base);
+        // Built by segment; an id outside the grammar is never sent (callers parse it before).
+        let Ok(entity) = EntityId::parse(id) else {
+            return Ok(None);
+        };
+        let base = reqwest::Url::parse(&self.base).map_err(|e| format!("the CR URL: {e}"))?;
+        let url = entity_info_url(&base, kind, &entity);
         let mut refreshed = false;
         loop {
             let served = if refreshed {
@@ -221,7 +227,7 @@ impl Registry {
             .map_err(|e| format!("no entity token for the CR call: {e}"))?;
             let response = self
                 .client
-                .get(&url)
+                .get(url.clone())
                 .bearer_auth(served.token.expose())
                 .header(reqwest::header::ACCEPT, "application/json")
                 .send()

@@ -92,6 +92,10 @@ impl Simulator {
             .merge(control::router())
             .merge(realm::router())
             .merge(registry::router())
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::clone(&self.shared),
+                registry::count_requests,
+            ))
             .with_state(Arc::clone(&self.shared))
     }
 

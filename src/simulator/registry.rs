@@ -13,7 +13,11 @@
 //! - Control, under `/_simulator/cr`: `POST entities` `{"id","role"}` → `{"kid"}`; `POST
 //!   entities/{id}/rotate` → `{"kid"}`; `POST entities/{id}/sign` (the body to sign) → `{"signature"}`;
 //!   `GET entities/{id}/key` → the private key as PKCS#8 PEM (for a broker under test to sign as that
-//!   entity); `PUT status` `{"status": 503}` or `{"status": null}` (an outage); `GET stats` → `{"calls"}`.
+//!   entity); `PUT status` `{"status": 503}` or `{"status": null}` (an outage); `GET stats` →
+//!   `{"calls","requests"}`.
+//! - Counters: `calls` counts entity-info calls; `requests` counts every request to a path under `/cr/`,
+//!   routed or not, so a test can tell that a client built no CR URL at all (a URL with `..` in it is
+//!   resolved by the client into a path no route serves).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,6 +61,8 @@ struct CrEntity {
 pub(crate) struct CrState {
     inner: Mutex<CrInner>,
     calls: AtomicU64,
+    /// Requests to any path under `/cr/`, whether a route serves it or not.
+    requests: AtomicU64,
 }
 
 #[derive(Default)]
@@ -191,6 +197,23 @@ impl Simulator {
     pub fn cr_calls(&self) -> u64 {
         self.shared.cr.calls.load(Ordering::SeqCst)
     }
+
+    /// Requests received for any path under `/cr/`, including paths no route serves.
+    pub fn cr_requests(&self) -> u64 {
+        self.shared.cr.requests.load(Ordering::SeqCst)
+    }
+}
+
+/// Counts the requests under `/cr/` (a layer over the whole simulator, so unrouted paths count too).
+pub(crate) async fn count_requests(
+    State(shared): State<Arc<Shared>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if request.uri().path().starts_with("/cr/") {
+        shared.cr.requests.fetch_add(1, Ordering::SeqCst);
+    }
+    next.run(request).await
 }
 
 pub(crate) fn router() -> Router<Arc<Shared>> {
@@ -378,5 +401,9 @@ async fn control_status(
 }
 
 async fn control_stats(State(shared): State<Arc<Shared>>) -> Response {
-    axum::Json(json!({ "calls": shared.cr.calls.load(Ordering::SeqCst) })).into_response()
+    axum::Json(json!({
+        "calls": shared.cr.calls.load(Ordering::SeqCst),
+        "requests": shared.cr.requests.load(Ordering::SeqCst),
+    }))
+    .into_response()
 }

@@ -300,16 +300,21 @@ async fn several_entities_are_served_by_id() {
         assert_eq!(body["entityId"], id);
         assert_eq!(claims(body["accessToken"].as_str().unwrap())["azp"], id);
     }
-    for unknown in [
-        "/v1/token/FIU-NOPE",
+    let response = broker.get("/v1/token/FIU-NOPE").await;
+    assert_eq!(response.status(), 404);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "unknown_entity");
+    // Paths that hold no entity id at all.
+    for invalid in [
         "/v1/token/..%2F..%2Fetc",
         "/v1/token/%00",
+        "/v1/token/FIU-TEST%3Fx=1",
         &format!("/v1/token/{}", "A".repeat(5000)),
     ] {
-        let response = broker.get(unknown).await;
-        assert_eq!(response.status(), 404, "{unknown}");
+        let response = broker.get(invalid).await;
+        assert_eq!(response.status(), 400, "{invalid}");
         let body: serde_json::Value = response.json().await.unwrap();
-        assert_eq!(body["error"], "unknown_entity");
+        assert_eq!(body["error"], "invalid_entity_id");
     }
     let (_, ready) = broker.readyz().await;
     assert_eq!(ready["ready"], true);

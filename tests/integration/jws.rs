@@ -3,7 +3,8 @@
 //! as they would. Over loopback: sign and verify both ways, the golden vector, a tampered body, a damaged
 //! signature, another entity's key, a peer that rotates its key, a sender unknown to the CR, a CR outage,
 //! a CR that refuses our token once, the rate limit on forged `kid`s, `/v1/authorize` and its ReBIT
-//! errors, the verify-only listener, the body cap, arbitrary header bytes, and the two commands.
+//! errors, the verify-only listener, the body cap, arbitrary header bytes, the two commands, and senders
+//! outside the id grammar (refused before any CR request, over HTTP and on the command line).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -431,6 +432,139 @@ async fn unknown_senders_and_hidden_ones_are_unknown_senders() {
         .unwrap();
     assert_eq!(bad_query.status(), 400);
     net.stop().await;
+}
+
+/// The status and body of a raw `POST` to `path` on the token port, sent as written: an HTTP client
+/// would resolve `%2E%2E` in the path before sending it.
+async fn raw_post(addr: SocketAddr, path: &str) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nMetadata: true\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .and_then(|(_, body)| serde_json::from_str(body).ok())
+        .unwrap_or(Value::Null);
+    (status, body)
+}
+
+#[tokio::test]
+async fn senders_outside_the_id_grammar_are_refused_before_the_cr_is_asked() {
+    let net = Net::start().await;
+    let signature = net.iam.sim.cr_sign(AA, BODY).unwrap();
+    let before = net.iam.sim.cr_requests();
+    // As written in the query string: `..`, `.`, `...`, `../../x`, `%2E%2E` (itself `..` once
+    // decoded), `AA-PEER?admin=1#`, `AA-PEER/..`, `a b`.
+    for sender in [
+        "..",
+        ".",
+        "...",
+        "..%2F..%2Fx",
+        "%2E%2E",
+        "AA-PEER%3Fadmin%3D1%23",
+        "AA-PEER%2F..",
+        "a%20b",
+    ] {
+        for addr in [net.addr, net.verify_addr] {
+            let refused = net
+                .verify_at(addr, sender, "AA", Some(&signature), BODY)
+                .await;
+            assert_eq!(refused.status, 400, "{sender}");
+            assert_eq!(refused.body["error"], "bad_request", "{sender}");
+            let message = refused.body["message"].as_str().unwrap();
+            assert!(message.contains("not an entity id"), "{sender}: {message}");
+        }
+    }
+    assert_eq!(
+        net.iam.sim.cr_requests(),
+        before,
+        "an id outside the grammar made a CR request"
+    );
+    // The same request with a real sender does reach the CR: the counter counts.
+    let valid = net.verify(AA, "AA", &signature, BODY).await;
+    assert_eq!(valid.status, 200, "{}", valid.body);
+    assert!(net.iam.sim.cr_requests() > before);
+    // A path that holds no id is 400 too, where an id without a key is 404.
+    let (status, body) = raw_post(net.addr, "/v1/sign/%2E%2E").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_entity_id"))
+    );
+    let (status, body) = raw_post(net.addr, "/v1/sign/FIU-NOKEY").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (404, Some("no_signing_key"))
+    );
+    net.stop().await;
+}
+
+#[tokio::test]
+async fn the_verify_signature_command_refuses_a_bad_id_before_any_request() {
+    let iam = Iam::start(86_400).await;
+    iam.sim.cr_register(ENTITY, "FIU").unwrap();
+    iam.sim.cr_register(AA, "AA").unwrap();
+    let signature = iam.sim.cr_sign(AA, BODY).unwrap();
+    let (tokens, cr) = (iam.token_calls(), iam.sim.cr_requests());
+    let env = [("AA_BROKER_ENTITY_SECRET", SECRET)];
+    let cases = [
+        (ENTITY, "../../x", "--sender"),
+        (ENTITY, "..", "--sender"),
+        (ENTITY, "AA-PEER?admin=1#", "--sender"),
+        (ENTITY, "AA PEER", "--sender"),
+        ("..", AA, "--entity-id"),
+    ];
+    for (entity, sender, flag) in cases {
+        let args = [
+            "verify-signature",
+            "--iam-url",
+            &iam.url,
+            "--entity-id",
+            entity,
+            "--sender",
+            sender,
+            "--type",
+            "AA",
+            "--signature",
+            &signature,
+        ];
+        let (code, stdout, stderr) = run_with_stdin(&args, &env, BODY).await;
+        assert_eq!(code, 2, "{sender}: {stdout} {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{sender}: {stderr}");
+        assert!(stderr.contains(flag), "{sender}: {stderr}");
+        assert!(stdout.is_empty(), "{sender}: {stdout}");
+    }
+    assert_eq!(iam.token_calls(), tokens, "no token was asked for");
+    assert_eq!(iam.sim.cr_requests(), cr, "no CR request was made");
+    // The same command with a real sender does both.
+    let args = [
+        "verify-signature",
+        "--iam-url",
+        &iam.url,
+        "--entity-id",
+        ENTITY,
+        "--sender",
+        AA,
+        "--type",
+        "AA",
+        "--signature",
+        &signature,
+    ];
+    let (code, _, stderr) = run_with_stdin(&args, &env, BODY).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(iam.sim.cr_requests() > cr);
 }
 
 #[tokio::test]

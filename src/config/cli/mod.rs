@@ -1,5 +1,7 @@
 //! The command line. Every setting is a flag with an environment fallback; none has a clap default, so
 //! that the validation in `config` can tell "given" from "not given" and let the TOML file fill the gaps.
+//! Entity ids are parsed by clap itself ([`EntityId::parse_arg`]): a bad one is a one-line usage error
+//! naming the flag (exit 2) before any command runs.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,6 +9,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use super::settings as S;
+use crate::entity::EntityId;
 
 mod rotation;
 pub use rotation::{
@@ -105,8 +108,14 @@ pub struct IamArgs {
 #[derive(Debug, Args, Default)]
 pub struct EntityArgs {
     /// Central Registry entity id
-    #[arg(long = S::ENTITY_ID.flag, env = S::ENTITY_ID.env, value_name = "ID", hide_env_values = true)]
-    pub entity_id: Option<String>,
+    #[arg(
+        long = S::ENTITY_ID.flag,
+        env = S::ENTITY_ID.env,
+        value_name = "ID",
+        hide_env_values = true,
+        value_parser = EntityId::parse_arg
+    )]
+    pub entity_id: Option<EntityId>,
     /// File holding the entity secret, re-read on every fetch (or set AA_BROKER_ENTITY_SECRET)
     #[arg(
         long = S::SECRET_FILE.flag,
@@ -335,8 +344,8 @@ pub struct InjectArgs {
     #[arg(value_name = "FILE")]
     pub files: Vec<PathBuf>,
     /// Central Registry entity id the sidecar serves tokens for (required)
-    #[arg(long, value_name = "ID")]
-    pub entity_id: Option<String>,
+    #[arg(long, value_name = "ID", value_parser = EntityId::parse_arg)]
+    pub entity_id: Option<EntityId>,
     /// Kubernetes Secret holding the entity secret, mounted read-only into the sidecar (required)
     #[arg(long, value_name = "NAME")]
     pub secret_name: Option<String>,
@@ -414,8 +423,8 @@ pub struct VerifyTokenArgs {
     #[arg(long, value_name = "ROLE")]
     pub role: Option<String>,
     /// Expected sender entity id (no environment fallback: AA_BROKER_ENTITY_ID is the broker's own id)
-    #[arg(long = "entity-id", value_name = "ID")]
-    pub entity_id: Option<String>,
+    #[arg(long = "entity-id", value_name = "ID", value_parser = EntityId::parse_arg)]
+    pub entity_id: Option<EntityId>,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -484,8 +493,8 @@ pub struct VerifySignatureArgs {
     #[command(flatten)]
     pub jws: JwsArgs,
     /// The sender's entity id
-    #[arg(long, value_name = "ID")]
-    pub sender: String,
+    #[arg(long, value_name = "ID", value_parser = EntityId::parse_arg)]
+    pub sender: EntityId,
     /// The sender's type: AA, FIU or FIP
     #[arg(long = "type", value_name = "TYPE")]
     pub kind: String,

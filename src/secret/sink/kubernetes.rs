@@ -10,6 +10,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::{SinkError, SinkSetupError};
 use crate::iam::error::sanitize_excerpt;
+use crate::iam::url::with_segments;
 
 /// The in-cluster service account files.
 pub const SERVICE_ACCOUNT_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
@@ -66,12 +67,15 @@ pub(super) async fn patch_secret(
         ))
     })?;
     let token = token.trim();
-    let url = format!(
-        "{}/api/v1/namespaces/{namespace}/secrets/{name}",
-        access.api_url.trim_end_matches('/')
+    // By segment, like every upstream URL ([`crate::iam::url`]); the names' grammar refuses `.` and `..`.
+    let base = reqwest::Url::parse(&access.api_url)
+        .map_err(|e| SinkError::Kubernetes(format!("the API server URL is not a URL: {e}")))?;
+    let url = with_segments(
+        &base,
+        ["api", "v1", "namespaces", namespace, "secrets", name],
     );
     let current = client
-        .get(&url)
+        .get(url.clone())
         .bearer_auth(token)
         .header(reqwest::header::ACCEPT, "application/json")
         .send()
@@ -102,7 +106,7 @@ pub(super) async fn patch_secret(
         "data": { key: encoded },
     });
     let response = client
-        .patch(&url)
+        .patch(url)
         .bearer_auth(token)
         .header(
             reqwest::header::CONTENT_TYPE,

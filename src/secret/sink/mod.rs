@@ -73,11 +73,14 @@ impl SinkSpec {
         }
         if let Some(rest) = raw.strip_prefix("kubernetes-secret:") {
             let parts: Vec<&str> = rest.split('/').collect();
+            // Each part is a path segment of the API server's URL: `.` and `..` are refused (Kubernetes
+            // refuses them as names too).
             let valid = |s: &str| {
                 !s.is_empty()
                     && s.len() <= 253
                     && s.chars()
                         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+                    && !s.chars().all(|c| c == '.')
             };
             return match parts.as_slice() {
                 [ns, name] if valid(ns) && valid(name) => Ok(SinkSpec::KubernetesSecret {
@@ -259,6 +262,9 @@ mod tests {
             "kubernetes-secret:a",
             "kubernetes-secret:a/b/c/d",
             "kubernetes-secret:a/b c",
+            "kubernetes-secret:../b",
+            "kubernetes-secret:a/..",
+            "kubernetes-secret:a/b/.",
             "exec: ",
             "exec:vault 'unclosed",
         ] {
