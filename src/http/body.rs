@@ -154,16 +154,22 @@ pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
-/// Middleware for routes that take no body: a request that declares one (a length above zero, or a
-/// chunked body) is refused with `413` without a byte of it being read.
+/// Largest body a route that takes none lets pass (unread), as it always has.
+pub const IGNORED_BODY_BYTES: u64 = 1024;
+
+/// Middleware for routes that take no body: a request that declares a larger one than
+/// [`IGNORED_BODY_BYTES`] (or a chunked body, of unknown length) is refused with `413` without a byte of it
+/// being read; a small one is let through and never read.
 pub async fn refuse_bodies(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
     let body = request.body();
-    let empty =
-        http_body::Body::is_end_stream(body) || http_body::Body::size_hint(body).exact() == Some(0);
-    if empty {
+    let small = http_body::Body::is_end_stream(body)
+        || http_body::Body::size_hint(body)
+            .exact()
+            .is_some_and(|len| len <= IGNORED_BODY_BYTES);
+    if small {
         return next.run(request).await;
     }
     BodyError::TooLarge { cap: 0 }.finish(reply::error(

@@ -833,6 +833,12 @@ async fn a_secret_file_others_can_read_is_warned_about() {
     })
     .await
     .unwrap();
+    // The warning follows the line that names the address; the log is read as it is written.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !served.log.lock().unwrap().contains("mode 0644") && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let mut child = served.child;
     terminate(&child);
     wait_exit(&mut child, Duration::from_secs(15));
