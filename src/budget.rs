@@ -17,6 +17,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// Default budget: 24 MiB. With the default 16 MiB body cap, one largest body fits with room for small
 /// ones; with the chart's 48 MiB memory limit, idle (under 10 MiB) + budget + working set fit.
 pub const DEFAULT_BUDGET_BYTES: usize = 24 * 1024 * 1024;
+/// Room a body needs in the budget besides itself: the signature's header segment read in front of it.
+pub const PREFIX_ALLOWANCE: usize = 16 * 1024;
+/// Idle RSS of the broker (bench/RESULTS.md: about 5 MiB for the shipped build, 9 MiB for glibc's),
+/// rounded up; with [`WORKING_SET_BYTES`], what the README's rule for the memory limit adds to the budget.
+pub const IDLE_BYTES: usize = 10 * 1024 * 1024;
+/// Working set besides buffered bodies (connections, crypto jobs, answers), rounded up.
+pub const WORKING_SET_BYTES: usize = 8 * 1024 * 1024;
 /// How long a request waits for budget before it is refused.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(2);
 /// Largest budget accepted (tokio's semaphore counts permits in a `usize` shifted by 3 bits, and one
@@ -252,6 +259,29 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(1)).await;
         drop(held);
         assert_eq!(waiter.await.unwrap(), Ok(5));
+    }
+
+    /// The chart's memory limit holds idle + the default budget + the working set (the README's rule).
+    #[test]
+    fn the_charts_memory_limit_holds_the_default_budget() {
+        let values = include_str!("../helm/aa-token-broker/values.yaml");
+        let limit = values
+            .lines()
+            .skip_while(|l| !l.trim_start().starts_with("limits:"))
+            .find_map(|l| l.trim().strip_prefix("memory:"))
+            .and_then(|v| v.trim().strip_suffix("Mi"))
+            .and_then(|v| v.parse::<usize>().ok())
+            .expect("the sidecar's memory limit in Mi");
+        let needed = IDLE_BYTES + DEFAULT_BUDGET_BYTES + WORKING_SET_BYTES;
+        assert!(
+            limit * 1024 * 1024 >= needed,
+            "the chart's {limit}Mi cannot hold idle + budget + working set ({} MiB)",
+            needed >> 20
+        );
+        // The default body cap fits the default budget with its prefix.
+        assert!(
+            crate::http::jws::DEFAULT_MAX_BODY_BYTES + PREFIX_ALLOWANCE <= DEFAULT_BUDGET_BYTES
+        );
     }
 
     #[tokio::test]

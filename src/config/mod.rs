@@ -442,12 +442,16 @@ pub fn broker_jws_settings(
         None => file::FileConfig::default(),
     };
     let jws = jws::jws_settings(args, &file, &settings.iam_url, &settings.entities)?;
-    // A body the cap allows must fit the budget, or it could never be read.
-    if jws.max_body_bytes > settings.inbound.max_buffered_bytes {
+    // A body the cap allows must fit the budget with its signature prefix, or it could never be read.
+    if jws
+        .max_body_bytes
+        .saturating_add(crate::budget::PREFIX_ALLOWANCE)
+        > settings.inbound.max_buffered_bytes
+    {
         return Err(ConfigError::new(
             settings::MAX_BODY_BYTES,
             format!(
-                "is larger than --max-buffered-bytes ({}); raise the budget or lower the cap",
+                "plus 16 KiB is larger than --max-buffered-bytes ({}); raise the budget or lower the cap",
                 settings.inbound.max_buffered_bytes
             ),
         ));
