@@ -279,9 +279,11 @@ mod tests {
             needed >> 20
         );
         // The default body cap fits the default budget with its prefix.
-        assert!(
-            crate::http::jws::DEFAULT_MAX_BODY_BYTES + PREFIX_ALLOWANCE <= DEFAULT_BUDGET_BYTES
-        );
+        const {
+            assert!(
+                crate::http::jws::DEFAULT_MAX_BODY_BYTES + PREFIX_ALLOWANCE <= DEFAULT_BUDGET_BYTES
+            )
+        };
     }
 
     #[tokio::test]
