@@ -305,6 +305,7 @@ fn jws_state(
     pool: &Arc<CryptoPool>,
 ) -> Option<Arc<http::jws::JwsState>> {
     let caller = settings.entities.first()?.id.clone();
+    let caller_for_state = caller.clone();
     let registry = match crate::registry::Registry::new(
         &jws.cr_url,
         broker.clone(),
@@ -336,6 +337,9 @@ fn jws_state(
         max_body_bytes: jws.max_body_bytes,
         limits: limits.clone(),
         pool: Arc::clone(pool),
+        broker: broker.clone(),
+        own: caller_for_state,
+        authorize_roles: jws.authorize_roles,
     }))
 }
 

@@ -204,6 +204,49 @@ pub fn fingerprint(value: &SecretString) -> String {
     format!("sha256:{hex}")
 }
 
+/// An entity type of the AA network: what a token's `roles` claim names, and a Central Registry type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    Aa,
+    Fiu,
+    Fip,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Aa, Role::Fiu, Role::Fip];
+
+    /// `AA`, `FIU` or `FIP`, in any case.
+    pub fn parse(raw: &str) -> Option<Role> {
+        let raw = raw.trim();
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str().eq_ignore_ascii_case(raw))
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Aa => "AA",
+            Role::Fiu => "FIU",
+            Role::Fip => "FIP",
+        }
+    }
+
+    /// Who may call an entity of this role (ReBIT 2.0.0: an FIU's and an FIP's endpoints are called by
+    /// the AA; an AA's by FIUs and FIPs).
+    pub fn callers(self) -> &'static [Role] {
+        match self {
+            Role::Fiu | Role::Fip => &[Role::Aa],
+            Role::Aa => &[Role::Fiu, Role::Fip],
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -59,6 +59,7 @@ pub struct FileConfig {
     pub jwks_refresh_interval: Option<f64>,
     pub cr_url: Option<String>,
     pub max_body_bytes: Option<usize>,
+    pub authorize_roles: Option<String>,
     #[serde(default)]
     pub entities: Vec<FileEntity>,
 }

@@ -14,7 +14,8 @@ use crate::jws::SigningKeyFile;
 use crate::registry::default_cr_url;
 use crate::registry::policy::RegistryPolicy;
 
-use super::settings::{CR_URL, MAX_BODY_BYTES, SIGNING_KEY_FILE, SIGNING_KID};
+use super::settings::{AUTHORIZE_ROLES, CR_URL, MAX_BODY_BYTES, SIGNING_KEY_FILE, SIGNING_KID};
+use crate::entity::Role;
 
 /// Largest body cap accepted: 1 GiB.
 const MAX_BODY_CAP: usize = 1 << 30;
@@ -28,6 +29,8 @@ pub struct JwsSettings {
     pub signers: Vec<(EntityId, Arc<SigningKeyFile>)>,
     pub max_body_bytes: usize,
     pub policy: RegistryPolicy,
+    /// `--authorize-roles`: the caller roles `/v1/authorize` accepts, instead of those that follow ours.
+    pub authorize_roles: Option<Vec<Role>>,
 }
 
 impl JwsSettings {
@@ -38,6 +41,7 @@ impl JwsSettings {
             signers: Vec::new(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             policy: RegistryPolicy::default(),
+            authorize_roles: None,
         }
     }
 }
@@ -65,6 +69,25 @@ pub fn jws_settings(
             "must be between 1024 and 1073741824",
         ));
     }
+    let authorize_roles = match args
+        .authorize_roles
+        .as_deref()
+        .or(file.authorize_roles.as_deref())
+    {
+        None => None,
+        Some(raw) => {
+            let roles = crate::inbound::Expectation::parse(Some(raw), None)
+                .map_err(|e| ConfigError::new(AUTHORIZE_ROLES, e))?
+                .roles;
+            if roles.is_empty() {
+                return Err(ConfigError::new(
+                    AUTHORIZE_ROLES,
+                    "name at least one of AA, FIU, FIP",
+                ));
+            }
+            Some(roles)
+        }
+    };
     let mut keys: Vec<(EntityId, PathBuf, Option<String>, String)> = Vec::new();
     for (index, entry) in file.entities.iter().enumerate() {
         if let Some(path) = &entry.signing_key_file {
@@ -117,6 +140,7 @@ pub fn jws_settings(
         signers,
         max_body_bytes,
         policy: RegistryPolicy::default(),
+        authorize_roles,
     })
 }
 

@@ -178,6 +178,11 @@ pub const SIGNING_KID: Setting = setting(
     Some("entities[].signing_kid"),
 );
 pub const CR_URL: Setting = setting("cr-url", "AA_BROKER_CR_URL", Some("cr_url"));
+pub const AUTHORIZE_ROLES: Setting = setting(
+    "authorize-roles",
+    "AA_BROKER_AUTHORIZE_ROLES",
+    Some("authorize_roles"),
+);
 pub const MAX_BODY_BYTES: Setting = setting(
     "max-body-bytes",
     "AA_BROKER_MAX_BODY_BYTES",
@@ -189,6 +194,7 @@ pub const ALL: &[Setting] = &[
     SIGNING_KEY_FILE,
     SIGNING_KID,
     CR_URL,
+    AUTHORIZE_ROLES,
     MAX_BODY_BYTES,
     ADMIN_EMAIL,
     ADMIN_LISTEN,

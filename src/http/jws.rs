@@ -9,13 +9,7 @@
 //!   unknown_sender`; `400 missing_signature`; `503 registry_unavailable` with `Retry-After`; `400
 //!   bad_request` for a missing or repeated parameter, or a sender that is not an entity id (`..`,
 //!   `a/b`: refused before the CR is asked).
-//! - `authorize` (and `/v1/authorize/{original path}`, the form Envoy's `ext_authz` HTTP service sends):
-//!   the whole inbound check of one request — the entity token from its headers (as `/v1/verify` reads
-//!   them), the signature over its body by the token's entity. `200` with `X-AA-Entity-Id`/`X-AA-Role`;
-//!   otherwise a ReBIT `ErrorResponse` that can go back to the peer as it is: `401 Unauthorized` (no valid
-//!   token, or a sender the CR does not know), `400 InvalidRequest` (no signature, or one made with a key
-//!   that is not the token entity's), `400 SignatureDoesNotMatch`, `503 ServiceUnavailable` (the CR cannot
-//!   be asked and no key is held, or the broker is busy).
+//! - `authorize` ([`super::authorize`]) uses the signature check of this file ([`check`]).
 //!
 //! Verification hands out nothing secret, so, like `/v1/verify`, it needs no `Metadata` header: on the
 //! token port the loopback `Host` rule holds (a layer, [`super::guard`]), and `--verify-listen` serves it
@@ -33,29 +27,28 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, post};
 
 use super::body::{self, BodyError, BodyLimits, Buffered};
 use super::guard::CallerAllowed;
-use super::rebit::{self, TXNID_SCAN_BYTES};
 use super::reply;
-use super::verify::{ENTITY_HEADER, ROLE_HEADER, token_from_headers};
 use crate::crypto_pool::{CryptoPool, PoolError};
-use crate::entity::EntityId;
-use crate::inbound::{Expectation, Verifier};
+use crate::entity::{EntityId, Role};
+use crate::inbound::Verifier;
 use crate::jws::{self, JwsError, SigningKeyFile};
 use crate::metrics::Metrics;
-use crate::metrics::edge::{AuthorizeOutcome, SignatureOutcome};
+use crate::metrics::edge::SignatureOutcome;
 use crate::registry::{EntityKey, Found, Registry, RegistryError, TYPES};
+use crate::token::broker::Broker;
 
 /// Default cap on a signed or verified body: FI data responses are large.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 /// The signature header.
 pub const SIGNATURE: HeaderName = HeaderName::from_static(jws::SIGNATURE_HEADER);
 /// `Retry-After` when the crypto pool or the body budget is full.
-const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
+pub(super) const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// What the signing and verification handlers share.
 pub struct JwsState {
@@ -67,6 +60,30 @@ pub struct JwsState {
     pub max_body_bytes: usize,
     pub limits: BodyLimits,
     pub pool: Arc<CryptoPool>,
+    /// The broker, for our own entity's role (read from its token).
+    pub broker: Broker,
+    /// Our entity on this listener: its role decides who may call, its key signs `/v1/authorize`'s errors.
+    pub own: EntityId,
+    /// `--authorize-roles`: the roles accepted as callers, instead of those that follow our own role.
+    pub authorize_roles: Option<Vec<Role>>,
+}
+
+impl JwsState {
+    /// Our entity's roles, from the token held for it (none while no token is held).
+    pub fn own_roles(&self) -> Vec<Role> {
+        self.broker
+            .held(&self.own)
+            .map(|served| served.token.roles.clone())
+            .unwrap_or_default()
+    }
+
+    /// Our entity's signing key file, when it has one.
+    pub fn own_signer(&self) -> Option<&Arc<SigningKeyFile>> {
+        self.signers
+            .iter()
+            .find(|(entity, _)| *entity == self.own)
+            .map(|(_, file)| file)
+    }
 }
 
 /// `/v1/sign[/{entityId}]`: for the token port, behind the caller guard.
@@ -82,8 +99,11 @@ pub fn sign_routes(state: Arc<JwsState>) -> Router {
 pub fn check_routes(state: Arc<JwsState>) -> Router {
     Router::new()
         .route("/v1/verify-signature", post(verify_signature))
-        .route("/v1/authorize", post(authorize))
-        .route("/v1/authorize/{*original}", any(authorize))
+        .route("/v1/authorize", any(super::authorize::authorize))
+        .route(
+            "/v1/authorize/{*original}",
+            any(super::authorize::authorize),
+        )
         .with_state(state)
 }
 
@@ -176,7 +196,7 @@ async fn sign(state: &JwsState, entity_id: Option<&str>, body: Body) -> Response
     reply::no_store(response)
 }
 
-fn busy() -> Response {
+pub(super) fn busy() -> Response {
     reply::unavailable(
         "busy",
         "the broker is busy with other signatures; try again shortly",
@@ -193,7 +213,7 @@ struct Signature {
 }
 
 /// How one signature check ended.
-enum Checked {
+pub(super) enum Checked {
     Valid {
         kid: Option<String>,
     },
@@ -293,7 +313,7 @@ async fn verify_body(
 }
 
 /// The whole check of one signed body by `sender`.
-async fn check(
+pub(super) async fn check(
     state: &JwsState,
     kind: &str,
     sender: &str,
@@ -403,173 +423,4 @@ async fn verify_signature(
         Checked::Busy => busy(),
         Checked::Body(error) => error.response(),
     }
-}
-
-/// A refusal of `/v1/authorize`, before the body was read: the ReBIT error with the `txnid` from at most
-/// the body's first [`TXNID_SCAN_BYTES`].
-struct Refusal {
-    outcome: AuthorizeOutcome,
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-    retry_after: Option<Duration>,
-}
-
-impl Refusal {
-    fn new(
-        outcome: AuthorizeOutcome,
-        status: StatusCode,
-        code: &'static str,
-        message: impl Into<String>,
-    ) -> Self {
-        Self {
-            outcome,
-            status,
-            code,
-            message: message.into(),
-            retry_after: None,
-        }
-    }
-
-    fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(
-            AuthorizeOutcome::Unauthorized,
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            message,
-        )
-    }
-
-    fn retry_after(mut self, wait: Duration) -> Self {
-        self.retry_after = Some(wait);
-        self
-    }
-
-    /// The answer, with the `txnid` of `read` (the body, when it was read) or of the body's head.
-    async fn answer(
-        self,
-        state: &JwsState,
-        read: Option<&Buffered>,
-        unread: Option<Body>,
-    ) -> Response {
-        state.metrics.authorize(self.outcome);
-        let head = match (read, unread) {
-            (Some(_), _) | (None, None) => None,
-            (None, Some(body)) => body::read_head(body, TXNID_SCAN_BYTES, &state.limits)
-                .await
-                .ok(),
-        };
-        let txnid = rebit::answer_txnid(read.or(head.as_ref()).map(Buffered::body));
-        let mut response = rebit::error(self.status, self.code, &self.message, &txnid);
-        if let Some(wait) = self.retry_after {
-            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            if let Ok(value) = HeaderValue::from_str(&secs.max(1).to_string()) {
-                response.headers_mut().insert(header::RETRY_AFTER, value);
-            }
-        }
-        response
-    }
-}
-
-async fn authorize(State(state): State<Arc<JwsState>>, headers: HeaderMap, body: Body) -> Response {
-    // The token first: a caller without a valid one never has its body read (beyond the txnid scan).
-    let token = match token_from_headers(&headers) {
-        Ok(Some(token)) if !token.is_empty() => token,
-        Ok(_) => {
-            return Refusal::unauthorized("the request carries no entity token")
-                .answer(&state, None, Some(body))
-                .await;
-        }
-        Err(rejection) => {
-            state.verifier.record_rejection(rejection);
-            return Refusal::unauthorized(rejection.message())
-                .answer(&state, None, Some(body))
-                .await;
-        }
-    };
-    let verified = match state.verifier.verify(token, &Expectation::default()).await {
-        Ok(verified) => verified,
-        Err(denied) => {
-            return Refusal::unauthorized(denied.to_string())
-                .answer(&state, None, Some(body))
-                .await;
-        }
-    };
-    let Some(kind) = verified.roles.iter().find_map(|r| sender_type(r)) else {
-        return Refusal::unauthorized("the token's role is not AA, FIU or FIP")
-            .answer(&state, None, Some(body))
-            .await;
-    };
-    let sender = verified.entity_id.as_str();
-    let (checked, read, unread) = check(&state, kind, sender, &headers, body).await;
-    let invalid = |message: &str| {
-        Refusal::new(
-            AuthorizeOutcome::InvalidRequest,
-            StatusCode::BAD_REQUEST,
-            "InvalidRequest",
-            message,
-        )
-    };
-    let refusal = match checked {
-        Checked::Valid { .. } => None,
-        Checked::Missing => Some(invalid("x-jws-signature is missing")),
-        Checked::Mismatch(e) => Some(Refusal::new(
-            AuthorizeOutcome::SignatureDoesNotMatch,
-            StatusCode::BAD_REQUEST,
-            "SignatureDoesNotMatch",
-            e.to_string(),
-        )),
-        Checked::ForeignKey => Some(invalid(
-            "the body is signed with a key that is not registered to the token's entity",
-        )),
-        Checked::UnknownSender => Some(Refusal::unauthorized(
-            "the token's entity has no usable key in the Central Registry",
-        )),
-        Checked::Unavailable(wait) => Some(
-            Refusal::new(
-                AuthorizeOutcome::Unavailable,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ServiceUnavailable",
-                "the Central Registry cannot be asked and no key for the sender is held",
-            )
-            .retry_after(wait),
-        ),
-        Checked::Busy => Some(
-            Refusal::new(
-                AuthorizeOutcome::Busy,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ServiceUnavailable",
-                "the broker is busy; try again shortly",
-            )
-            .retry_after(BUSY_RETRY_AFTER),
-        ),
-        Checked::Body(error) => {
-            state.metrics.authorize(AuthorizeOutcome::BodyRefused);
-            let txnid = rebit::answer_txnid(None);
-            let code = match error {
-                BodyError::Busy => "ServiceUnavailable",
-                _ => "InvalidRequest",
-            };
-            return error.finish(rebit::error(error.status(), code, &error.message(), &txnid));
-        }
-    };
-    if let Some(refusal) = refusal {
-        return refusal.answer(&state, read.as_ref(), unread).await;
-    }
-    state.metrics.authorize(AuthorizeOutcome::Allowed);
-    let role = verified.role();
-    let mut response = axum::Json(serde_json::json!({
-        "entityId": sender,
-        "role": role,
-    }))
-    .into_response();
-    let out = response.headers_mut();
-    out.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if let Ok(value) = HeaderValue::from_str(sender) {
-        out.insert(ENTITY_HEADER, value);
-    }
-    if let Ok(value) = HeaderValue::from_str(&role) {
-        out.insert(ROLE_HEADER, value);
-    }
-    response
 }

@@ -17,6 +17,7 @@
 //! - [`jws`]: `POST /v1/sign` (guarded, token port only), `/v1/verify-signature` and `/v1/authorize`
 //!   (like the verify routes: `Host` rule on the token port, and on `--verify-listen`).
 
+pub mod authorize;
 pub mod body;
 pub mod guard;
 pub mod health;

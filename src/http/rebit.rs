@@ -21,6 +21,20 @@ pub const REBIT_VERSION: &str = "2.0.0";
 /// string (no escapes, visible ASCII) of at most [`MAX_TXNID_LEN`] characters. Looks at most at the first
 /// [`TXNID_SCAN_BYTES`] bytes; never allocates.
 pub fn scan_txnid(head: &[u8]) -> Option<&str> {
+    scan_member(head, b"txnid", MAX_TXNID_LEN)
+}
+
+/// The request's `ver` when it is a ReBIT 2.x version (`2.0.0`, `2.1.0`), for the answer to echo.
+pub fn scan_ver(head: &[u8]) -> Option<&str> {
+    scan_member(head, b"ver", 16).filter(|v| {
+        v.strip_prefix("2.")
+            .is_some_and(|rest| rest.bytes().all(|b| b.is_ascii_digit() || b == b'.'))
+    })
+}
+
+/// The value of the top-level member `name` of the JSON object that starts `head`, when it is a plain
+/// string of 1 to `max_len` visible ASCII characters without escapes.
+fn scan_member<'a>(head: &'a [u8], name: &[u8], max_len: usize) -> Option<&'a str> {
     let head = &head[..head.len().min(TXNID_SCAN_BYTES)];
     let mut at = skip_whitespace(head, 0);
     if head.get(at) != Some(&b'{') {
@@ -39,8 +53,8 @@ pub fn scan_txnid(head: &[u8]) -> Option<&str> {
             return None;
         }
         at = skip_whitespace(head, at + 1);
-        if key == b"txnid" {
-            return plain_string(head, at);
+        if key == name {
+            return plain_string(head, at, max_len);
         }
         at = skip_value(head, at)?;
         at = skip_whitespace(head, at);
@@ -73,16 +87,13 @@ fn string_end(bytes: &[u8], start: usize) -> Option<usize> {
     }
 }
 
-/// A string value at `at` with no escapes and only visible ASCII, at most `MAX_TXNID_LEN` long.
-fn plain_string(bytes: &[u8], at: usize) -> Option<&str> {
+/// A string value at `at` with no escapes and only visible ASCII, at most `max_len` long.
+fn plain_string(bytes: &[u8], at: usize, max_len: usize) -> Option<&str> {
     if bytes.get(at) != Some(&b'"') {
         return None;
     }
     let rest = bytes.get(at + 1..)?;
-    let end = rest
-        .iter()
-        .take(MAX_TXNID_LEN + 1)
-        .position(|b| *b == b'"')?;
+    let end = rest.iter().take(max_len + 1).position(|b| *b == b'"')?;
     let value = &rest[..end];
     if value.is_empty() || !value.iter().all(|b| b.is_ascii_graphic() && *b != b'\\') {
         return None;
@@ -122,20 +133,55 @@ pub fn answer_txnid(head: Option<&[u8]>) -> String {
         .map_or_else(crate::iam::client::new_txn_id, str::to_string)
 }
 
-/// A ReBIT `ErrorResponse` with `txnid` (already chosen by [`answer_txnid`]).
-pub fn error(status: StatusCode, code: &str, message: &str, txnid: &str) -> Response {
+/// The envelope fields an error answer echoes: the request's `txnid` (or a fresh UUID v4) and its `ver`
+/// when it is 2.x (else [`REBIT_VERSION`]), from at most the body's first bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Echo {
+    pub txnid: String,
+    pub ver: String,
+}
+
+impl Echo {
+    pub fn from_head(head: Option<&[u8]>) -> Self {
+        Self {
+            txnid: answer_txnid(head),
+            ver: head.and_then(scan_ver).unwrap_or(REBIT_VERSION).to_string(),
+        }
+    }
+}
+
+/// A ReBIT `ErrorResponse`'s exact bytes: `ver`, `timestamp` (RFC 3339 UTC, milliseconds), `txnid`,
+/// `errorCode`, `errorMsg`.
+pub fn error_body(echo: &Echo, code: &str, message: &str) -> Vec<u8> {
     let json = serde_json::json!({
-        "ver": REBIT_VERSION,
+        "ver": echo.ver,
         "timestamp": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-        "txnid": txnid,
+        "txnid": echo.txnid,
         "errorCode": code,
         "errorMsg": message,
     });
-    let mut response = (status, axum::Json(json)).into_response();
+    serde_json::to_vec(&json).unwrap_or_default()
+}
+
+/// An answer with a ReBIT body (already serialized), `no-store`.
+pub fn respond(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut response = (status, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+}
+
+/// A ReBIT `ErrorResponse` with `txnid` (already chosen by [`answer_txnid`]) and version 2.0.0.
+pub fn error(status: StatusCode, code: &str, message: &str, txnid: &str) -> Response {
+    let echo = Echo {
+        txnid: txnid.to_string(),
+        ver: REBIT_VERSION.to_string(),
+    };
+    respond(status, error_body(&echo, code, message))
 }
 
 #[cfg(test)]
@@ -184,6 +230,28 @@ mod tests {
         let padding = "x".repeat(TXNID_SCAN_BYTES);
         let body = format!(r#"{{"pad":"{padding}","txnid":"late"}}"#);
         assert_eq!(scan_txnid(body.as_bytes()), None);
+    }
+
+    #[test]
+    fn a_2x_version_is_echoed_and_anything_else_is_not() {
+        assert_eq!(scan_ver(br#"{"ver":"2.1.0"}"#), Some("2.1.0"));
+        assert_eq!(scan_ver(br#"{"txnid":"x","ver":"2.0.0"}"#), Some("2.0.0"));
+        for other in [
+            r#"{"ver":"1.1.2"}"#,
+            r#"{"ver":"2.0.0-rc"}"#,
+            r#"{"ver":2}"#,
+            "{}",
+        ] {
+            assert_eq!(scan_ver(other.as_bytes()), None, "{other}");
+        }
+        let echo = Echo::from_head(Some(br#"{"ver":"2.1.0","txnid":"t-1"}"#));
+        assert_eq!((echo.ver.as_str(), echo.txnid.as_str()), ("2.1.0", "t-1"));
+        let fallback = Echo::from_head(Some(br#"{"ver":"3.0.0"}"#));
+        assert_eq!(fallback.ver, REBIT_VERSION);
+        let body: serde_json::Value =
+            serde_json::from_slice(&error_body(&echo, "InvalidRequest", "m")).unwrap();
+        assert_eq!(body["ver"], "2.1.0");
+        assert!(body["timestamp"].as_str().unwrap().ends_with('Z'));
     }
 
     #[test]

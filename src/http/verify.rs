@@ -33,7 +33,7 @@ use serde::Deserialize;
 use super::body::{self, BodyLimits};
 use super::guard::{self, GuardSettings, Level};
 use super::reply;
-use crate::inbound::{Denied, Expectation, Mismatch, Rejection, Verified, Verifier};
+use crate::inbound::{Denied, Expectation, Mismatch, Rejection, Role, Verified, Verifier};
 
 /// The route.
 pub const VERIFY_PATH: &str = "/v1/verify";
@@ -45,7 +45,7 @@ pub const MAX_VERIFY_BODY_BYTES: usize = 16 * 1024;
 pub const ENTITY_HEADER: HeaderName = HeaderName::from_static("x-aa-entity-id");
 /// The verified sender's role (`FIU`, or `FIU,FIP` for a token with several).
 pub const ROLE_HEADER: HeaderName = HeaderName::from_static("x-aa-role");
-/// The ReBIT v2 headers, in the order they are looked at after `Authorization`.
+/// The ReBIT v2 headers that carry an entity token.
 pub const API_KEY_HEADERS: [HeaderName; 3] = [
     HeaderName::from_static("client_api_key"),
     HeaderName::from_static("fip_api_key"),
@@ -75,8 +75,24 @@ pub fn answer_from_cache(
     }
     let query = uri.query();
     let expect = expectation_from_query(query).ok()?;
-    let token = token_from_headers(headers).ok()??;
-    state.verifier.verify_cached(token, &expect).map(answer)
+    let credential = credential_from_headers(headers).ok()??;
+    let expect = bind(expect, credential.source)?;
+    state
+        .verifier
+        .verify_cached(credential.token, &expect)
+        .map(answer)
+}
+
+/// The expectation with the role the credential's header binds (`aa_api_key` ⇒ AA, `fip_api_key` ⇒ FIP).
+/// `None` when the caller asked for roles the header excludes: no token can satisfy both.
+fn bind(mut expect: Expectation, source: Source) -> Option<Expectation> {
+    if let Some(bound) = source.bound_role() {
+        if !expect.roles.is_empty() && !expect.roles.contains(&bound) {
+            return None;
+        }
+        expect.roles = vec![bound];
+    }
+    Some(expect)
 }
 
 /// The verify routes, ready to merge into a listener's router (which applies its guard, if any).
@@ -126,14 +142,24 @@ async fn from_headers(
         Ok(expect) => expect,
         Err(message) => return bad_request(message),
     };
-    let token = match token_from_headers(headers) {
-        Ok(token) => token.unwrap_or(""),
+    let credential = match credential_from_headers(headers) {
+        Ok(credential) => credential,
         Err(rejection) => {
             state.verifier.record_rejection(rejection);
             return unauthorized(rejection);
         }
     };
-    answer(state.verifier.verify(token, &expect).await)
+    let Some(credential) = credential else {
+        return answer(state.verifier.verify("", &expect).await);
+    };
+    match bind(expect.clone(), credential.source) {
+        Some(bound) => answer(state.verifier.verify(credential.token, &bound).await),
+        // The header names a role the caller excluded: a valid token is still the wrong sender.
+        None => match state.verifier.verify(credential.token, &expect).await {
+            Ok(_) => forbidden(Mismatch::WrongRole),
+            Err(denied) => answer(Err(denied)),
+        },
+    }
 }
 
 #[derive(Deserialize)]
@@ -192,7 +218,12 @@ fn expectation_from_query(query: Option<&str>) -> Result<Expectation, String> {
         let slot = match name.as_str() {
             "role" => &mut role,
             "entityId" => &mut entity_id,
-            _ => continue,
+            // A typo (`Role=FIU`) would otherwise verify without the check the caller meant.
+            other => {
+                return Err(format!(
+                    "unknown query parameter {other:?}: the parameters are role and entityId"
+                ));
+            }
         };
         if slot.replace(value.as_str()).is_some() {
             return Err(format!(
@@ -203,24 +234,89 @@ fn expectation_from_query(query: Option<&str>) -> Result<Expectation, String> {
     Expectation::parse(role, entity_id).map_err(|e| e.to_string())
 }
 
-/// The token of a request: `Authorization: Bearer`, else the first ReBIT header present. `Ok(None)`
-/// when none is there. A header given twice, or a value that is not visible ASCII, is malformed.
-pub fn token_from_headers(headers: &HeaderMap) -> Result<Option<&str>, Rejection> {
-    if let Some(value) = single(headers, &header::AUTHORIZATION)? {
-        // Another scheme (Basic, say) is not ours to judge: look at the ReBIT headers instead.
-        if let Some(token) = bearer(value)? {
-            return Ok(Some(token));
+/// Which header a token came from. A ReBIT header names the role of the party that sends it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Authorization,
+    ClientApiKey,
+    FipApiKey,
+    AaApiKey,
+}
+
+impl Source {
+    /// The role the header binds the token to: `fip_api_key` ⇒ FIP, `aa_api_key` ⇒ AA; the others bind
+    /// none (`client_api_key` is whoever the endpoint accepts).
+    pub fn bound_role(self) -> Option<Role> {
+        match self {
+            Source::FipApiKey => Some(Role::Fip),
+            Source::AaApiKey => Some(Role::Aa),
+            Source::Authorization | Source::ClientApiKey => None,
         }
     }
-    for name in &API_KEY_HEADERS {
-        if let Some(value) = single(headers, name)? {
-            return value
-                .to_str()
-                .map(|v| Some(v.trim()))
-                .map_err(|_| Rejection::Malformed);
+}
+
+/// A request's credential: the token and where it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Credential<'a> {
+    pub token: &'a str,
+    pub source: Source,
+}
+
+/// The credential of a request. The ReBIT headers (`client_api_key`, `fip_api_key`, `aa_api_key`, each
+/// with or without a `Bearer ` prefix, as Sahamati's own scripts send them) are the credential whenever one
+/// is present, and `Authorization` is then ignored (it may be a gateway's own token); several ReBIT headers
+/// must carry the same token, else the request is ambiguous. `Authorization: Bearer` is used only when no
+/// ReBIT header is present. `Ok(None)` when there is no credential. A header given twice, or a value that is
+/// not visible ASCII, is malformed.
+pub fn credential_from_headers(headers: &HeaderMap) -> Result<Option<Credential<'_>>, Rejection> {
+    let mut found: Option<Credential<'_>> = None;
+    for (name, source) in API_KEY_HEADERS.iter().zip(API_KEY_SOURCES) {
+        let Some(value) = single(headers, name)? else {
+            continue;
+        };
+        let text = value.to_str().map_err(|_| Rejection::Malformed)?.trim();
+        let token = strip_bearer(text);
+        found = match found {
+            None => Some(Credential { token, source }),
+            Some(held) if held.token != token => return Err(Rejection::AmbiguousCredentials),
+            // The same token twice: the header that binds a role wins; two that bind different ones
+            // contradict each other.
+            Some(held) => match (held.source.bound_role(), source.bound_role()) {
+                (Some(a), Some(b)) if a != b => return Err(Rejection::AmbiguousCredentials),
+                (None, Some(_)) => Some(Credential { token, source }),
+                _ => Some(held),
+            },
+        };
+    }
+    if found.is_some() {
+        return Ok(found);
+    }
+    if let Some(value) = single(headers, &header::AUTHORIZATION)? {
+        // Another scheme (Basic, say) is not ours to judge.
+        if let Some(token) = bearer(value)? {
+            return Ok(Some(Credential {
+                token,
+                source: Source::Authorization,
+            }));
         }
     }
     Ok(None)
+}
+
+/// The token of a request, wherever it came from ([`credential_from_headers`]).
+pub fn token_from_headers(headers: &HeaderMap) -> Result<Option<&str>, Rejection> {
+    credential_from_headers(headers).map(|c| c.map(|c| c.token))
+}
+
+/// The sources of [`API_KEY_HEADERS`], in the same order.
+const API_KEY_SOURCES: [Source; 3] = [Source::ClientApiKey, Source::FipApiKey, Source::AaApiKey];
+
+/// `Bearer <token>` (scheme in any case) → the token; anything else as it is.
+fn strip_bearer(text: &str) -> &str {
+    match text.split_once(' ') {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+        _ => text,
+    }
 }
 
 fn single<'a>(
@@ -339,38 +435,60 @@ mod tests {
     }
 
     #[test]
-    fn the_token_comes_from_bearer_then_the_rebit_headers_in_order() {
+    fn a_rebit_header_is_the_credential_and_authorization_only_a_fallback() {
         let t = |pairs: &[(&str, &[u8])]| {
-            token_from_headers(&headers(pairs)).map(|t| t.map(str::to_string))
+            credential_from_headers(&headers(pairs))
+                .map(|c| c.map(|c| (c.token.to_string(), c.source)))
         };
         assert_eq!(t(&[]), Ok(None));
         assert_eq!(
             t(&[("authorization", b"Bearer abc")]),
-            Ok(Some("abc".into()))
+            Ok(Some(("abc".into(), Source::Authorization)))
         );
         assert_eq!(
             t(&[("authorization", b"bearer   abc ")]),
-            Ok(Some("abc".into()))
+            Ok(Some(("abc".into(), Source::Authorization)))
         );
-        assert_eq!(t(&[("authorization", b"Bearer")]), Ok(Some(String::new())));
+        assert_eq!(
+            t(&[("authorization", b"Bearer")]),
+            Ok(Some((String::new(), Source::Authorization)))
+        );
         assert_eq!(t(&[("authorization", b"Basic Zm9vOmJhcg==")]), Ok(None));
         assert_eq!(
             t(&[("authorization", b"Basic x"), ("aa_api_key", b"tok")]),
-            Ok(Some("tok".into()))
+            Ok(Some(("tok".into(), Source::AaApiKey)))
+        );
+        // A gateway's own token in Authorization does not hide the ReBIT credential.
+        assert_eq!(
+            t(&[("aa_api_key", b"a"), ("authorization", b"Bearer gateway")]),
+            Ok(Some(("a".into(), Source::AaApiKey)))
+        );
+        // Sahamati's scripts send `client_api_key: Bearer <jwt>`.
+        assert_eq!(
+            t(&[("client_api_key", b"Bearer jwt")]),
+            Ok(Some(("jwt".into(), Source::ClientApiKey)))
         );
         assert_eq!(
-            t(&[
-                ("aa_api_key", b"a"),
-                ("fip_api_key", b"f"),
-                ("client_api_key", b"c")
-            ]),
-            Ok(Some("c".into()))
+            t(&[("fip_api_key", b"BEARER  jwt ")]),
+            Ok(Some(("jwt".into(), Source::FipApiKey)))
+        );
+        // Two ReBIT headers: the same token is fine (the one that binds a role wins), different are not.
+        assert_eq!(
+            t(&[("client_api_key", b"x"), ("aa_api_key", b"Bearer x")]),
+            Ok(Some(("x".into(), Source::AaApiKey)))
         );
         assert_eq!(
-            t(&[("aa_api_key", b"a"), ("authorization", b"Bearer b")]),
-            Ok(Some("b".into()))
+            t(&[("aa_api_key", b"a"), ("fip_api_key", b"f")]),
+            Err(Rejection::AmbiguousCredentials)
         );
-        assert_eq!(t(&[("fip_api_key", b"")]), Ok(Some(String::new())));
+        assert_eq!(
+            t(&[("aa_api_key", b"x"), ("fip_api_key", b"x")]),
+            Err(Rejection::AmbiguousCredentials)
+        );
+        assert_eq!(
+            t(&[("fip_api_key", b"")]),
+            Ok(Some((String::new(), Source::FipApiKey)))
+        );
         assert_eq!(
             t(&[("client_api_key", b"a"), ("client_api_key", b"b")]),
             Err(Rejection::Malformed)
@@ -390,7 +508,10 @@ mod tests {
     fn expectations_come_from_the_query() {
         let e = |q: &str| expectation_from_query(Some(q));
         assert_eq!(e("").unwrap(), Expectation::default());
-        let both = e("role=AA,fip&entityId=AA-ONE&other=1").unwrap();
+        let both = e("role=AA,fip&entityId=AA-ONE").unwrap();
+        // An unknown parameter (a typo of `role`) is named, not ignored.
+        let typo = e("Role=FIU").unwrap_err();
+        assert!(typo.contains("\"Role\""), "{typo}");
         assert_eq!(both.roles.len(), 2);
         assert_eq!(both.entity_id.as_deref(), Some("AA-ONE"));
         assert_eq!(e("role=AA%2CFIU").unwrap().roles.len(), 2);

@@ -17,6 +17,7 @@
 //! are recorded through [`VerifyRecorder`], which the application implements; this module does not know
 //! the metrics registry. Tokens are never logged: a rejection logs the token's `sha256:` fingerprint.
 
+pub mod callers;
 pub mod jwks;
 pub mod keyset;
 pub mod policy;

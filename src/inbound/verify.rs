@@ -8,8 +8,10 @@
 //! "signed" with the realm's public key), `PS*`, `ES*` and anything else are refused before any key is
 //! looked at; a `crit` header is refused (we implement no extension); `jku`, `x5u`, `jwk` and `x5c` are
 //! never followed. The key comes from the key set of the allow-listed issuer named by `iss`, by `kid`.
-//! `exp` is required; `exp`, `nbf` and `iat` are checked with the leeway; `azp` and `clientId` must both
-//! name the same well-formed entity id; the role comes from `roles` (a string, or an array of strings).
+//! `exp` is required; `exp`, `nbf` and `iat` are checked with the leeway; the entity is `azp` (a well-formed
+//! entity id), and `clientId` or `client_id`, when present, must name the same; the role comes from
+//! `roles` (a string, or an array of strings), which a user (admin) token lacks — it is refused, as is any
+//! token naming administered entities (`entity_meta`).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -47,10 +49,12 @@ pub enum Rejection {
     UnknownKey,
     #[error("algorithm not allowed")]
     AlgorithmNotAllowed,
+    #[error("ambiguous credentials")]
+    AmbiguousCredentials,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 8] = [
+    pub const ALL: [Rejection; 9] = [
         Rejection::Missing,
         Rejection::Malformed,
         Rejection::BadSignature,
@@ -59,6 +63,7 @@ impl Rejection {
         Rejection::IssuerNotAllowed,
         Rejection::UnknownKey,
         Rejection::AlgorithmNotAllowed,
+        Rejection::AmbiguousCredentials,
     ];
 
     /// The message of the `401` answer (and of the CLI).
@@ -72,6 +77,7 @@ impl Rejection {
             Rejection::IssuerNotAllowed => "issuer not allowed",
             Rejection::UnknownKey => "unknown key",
             Rejection::AlgorithmNotAllowed => "algorithm not allowed",
+            Rejection::AmbiguousCredentials => "the ReBIT api-key headers carry different tokens",
         }
     }
 
@@ -86,6 +92,7 @@ impl Rejection {
             Rejection::IssuerNotAllowed => "issuer_not_allowed",
             Rejection::UnknownKey => "unknown_key",
             Rejection::AlgorithmNotAllowed => "algorithm_not_allowed",
+            Rejection::AmbiguousCredentials => "ambiguous_credentials",
         }
     }
 }
@@ -110,31 +117,7 @@ impl Mismatch {
     }
 }
 
-/// An entity type of the AA network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Role {
-    Aa,
-    Fiu,
-    Fip,
-}
-
-impl Role {
-    /// `AA`, `FIU` or `FIP`, in any case.
-    pub fn parse(raw: &str) -> Option<Role> {
-        let raw = raw.trim();
-        [Role::Aa, Role::Fiu, Role::Fip]
-            .into_iter()
-            .find(|r| r.as_str().eq_ignore_ascii_case(raw))
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Aa => "AA",
-            Role::Fiu => "FIU",
-            Role::Fip => "FIP",
-        }
-    }
-}
+pub use crate::entity::Role;
 
 /// Who the caller expects the sender to be. Empty: anyone the realm issued an entity token to.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -397,10 +380,17 @@ pub fn check_claims(
         return Err(Rejection::NotYetValid);
     }
     let text = |name: &str| claims.get(name).and_then(Value::as_str);
-    let (Some(azp), Some(client_id)) = (text("azp"), text("clientId")) else {
-        return Err(Rejection::Malformed);
-    };
-    if azp != client_id {
+    // The entity is `azp`. Keycloak's older service-account mapper adds `clientId`, its newer one
+    // `client_id`; neither is required, but one that is present must name the same entity.
+    let azp = text("azp").ok_or(Rejection::Malformed)?;
+    for alias in ["clientId", "client_id"] {
+        if claims.get(alias).is_some_and(|v| v.as_str() != Some(azp)) {
+            return Err(Rejection::Malformed);
+        }
+    }
+    // A user (admin) token has the realm's base claims too, but names the entities it administers
+    // (`entity_meta`) and has no `roles`: never an entity's credential.
+    if claims.contains_key("entity_meta") {
         return Err(Rejection::Malformed);
     }
     let entity_id = EntityId::parse(azp).map_err(|_| Rejection::Malformed)?;

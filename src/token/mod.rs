@@ -30,7 +30,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use crate::entity::{EntityId, fingerprint};
+use crate::entity::{EntityId, Role, fingerprint};
 use crate::iam::TokenGrant;
 use crate::timefmt;
 use policy::{RefreshPolicy, TokenSchedule};
@@ -54,6 +54,8 @@ pub struct Token {
     pub secret_expires_at: Option<SystemTime>,
     /// The IAM's warning on this response (secret expired, within the grace period).
     pub iam_message: Option<String>,
+    /// The entity's roles, from the token's `roles` claim: who it is in the network.
+    pub roles: Vec<Role>,
     /// The answer, serialized once: `{"accessToken":…,"expiresIn":` + seconds left + this tail. Only
     /// `expiresIn` changes between requests, so nothing else is serialized on the hot path.
     json_head: Vec<u8>,
@@ -170,8 +172,32 @@ struct Claims {
     azp: Option<String>,
     #[serde(default, rename = "clientId")]
     client_id: Option<String>,
+    /// Keycloak's newer service-account mapper writes `client_id`.
+    #[serde(default, rename = "client_id")]
+    client_id_snake: Option<String>,
+    /// `AA`, `FIU` or `FIP`: a string, or an array of them. Anything else is dropped, never fatal.
+    #[serde(default)]
+    roles: Option<serde_json::Value>,
     #[serde(default, rename = "secret-expiry-ts")]
     secret_expiry_ts: Option<String>,
+}
+
+/// The roles a `roles` claim names (a string or an array of strings); unknown names are skipped.
+fn roles_of(value: Option<&serde_json::Value>) -> Vec<Role> {
+    let names: Vec<&str> = match value {
+        Some(serde_json::Value::String(one)) => vec![one.as_str()],
+        Some(serde_json::Value::Array(many)) => {
+            many.iter().filter_map(serde_json::Value::as_str).collect()
+        }
+        _ => Vec::new(),
+    };
+    let mut roles = Vec::new();
+    for role in names.into_iter().filter_map(Role::parse) {
+        if !roles.contains(&role) {
+            roles.push(role);
+        }
+    }
+    roles
 }
 
 impl Token {
@@ -190,7 +216,10 @@ impl Token {
         let claims: Claims =
             jsonwebtoken::dangerous::insecure_decode_claims(grant.access_token.expose_secret())
                 .map_err(|e| TokenRejected::NotAJwt(e.to_string()))?;
-        for issued_to in [&claims.azp, &claims.client_id].into_iter().flatten() {
+        for issued_to in [&claims.azp, &claims.client_id, &claims.client_id_snake]
+            .into_iter()
+            .flatten()
+        {
             if issued_to != entity_id.as_str() {
                 return Err(TokenRejected::WrongEntity {
                     found: issued_to.chars().take(64).collect(),
@@ -257,6 +286,7 @@ impl Token {
                 .as_deref()
                 .and_then(timefmt::parse_iam_expiry),
             iam_message: grant.message,
+            roles: roles_of(claims.roles.as_ref()),
         })
     }
 }

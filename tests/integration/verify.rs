@@ -251,8 +251,10 @@ async fn a_valid_token_verifies_in_each_header_form_and_by_post() {
         ("Authorization", format!("Bearer {token}")),
         ("Authorization", format!("bearer  {token}")),
         ("client_api_key", token.clone()),
-        ("fip_api_key", token.clone()),
         ("aa_api_key", token.clone()),
+        // Sahamati's Router scripts send the ReBIT headers with the scheme.
+        ("client_api_key", format!("Bearer {token}")),
+        ("aa_api_key", format!("bearer {token}")),
     ];
     for (name, value) in &forms {
         // No `Metadata` header, and the forwarding headers a proxy adds: neither matters here.
@@ -302,6 +304,47 @@ async fn a_valid_token_verifies_in_each_header_form_and_by_post() {
             .metric("aa_broker_verifications_total{outcome=\"valid\",reason=\"cached\"}")
             .await,
         forms.len() as f64
+    );
+    // The header names the sender's role: an AA's token in `fip_api_key` is the wrong sender, and two
+    // ReBIT headers carrying different tokens are ambiguous.
+    let wrong = broker.get("", &[("fip_api_key", token.as_str())]).await;
+    assert_eq!(wrong.status, 403, "{:?}", wrong.body);
+    assert_eq!(wrong.body["error"], "wrong_role");
+    let other = entity_token(&iam.url, FIP, FIP_SECRET).await;
+    let ambiguous = broker
+        .get(
+            "",
+            &[
+                ("aa_api_key", token.as_str()),
+                ("client_api_key", other.as_str()),
+            ],
+        )
+        .await;
+    assert_eq!(ambiguous.status, 401);
+    assert_eq!(
+        ambiguous.body["message"],
+        "the ReBIT api-key headers carry different tokens"
+    );
+    // A gateway's own token in Authorization beside the ReBIT header: the ReBIT header is the credential.
+    let beside = broker
+        .get(
+            "",
+            &[
+                ("Authorization", "Bearer not-even-a-jwt"),
+                ("aa_api_key", token.as_str()),
+            ],
+        )
+        .await;
+    assert_eq!(beside.status, 200, "{:?}", beside.body);
+    // A typo in the query is named, not ignored.
+    let typo = broker
+        .get("?Role=FIU", &[("aa_api_key", token.as_str())])
+        .await;
+    assert_eq!(typo.status, 400);
+    assert!(
+        typo.body["message"].as_str().unwrap().contains("\"Role\""),
+        "{:?}",
+        typo.body
     );
     broker.stop().await;
 }
@@ -443,9 +486,20 @@ async fn expired_and_not_yet_valid_tokens_are_refused() {
         &broker.bearer(&iam.sim.sign_token(&no_exp).unwrap()).await,
         "malformed",
     );
-    // An admin (user) token of the same realm is not an entity token: no `clientId`, no `roles`.
-    let mut user = claims_for("entity-admin", "AA", &issuer);
-    user.as_object_mut().unwrap().remove("clientId");
+    // An admin (user) token of the same realm is not an entity token: no `clientId`, no `roles`, and the
+    // entities it administers in `entity_meta` (spec §3.3).
+    let mut user = claims_for("DEV-Entity-Admin", "AA", &issuer);
+    let fields = user.as_object_mut().unwrap();
+    fields.remove("clientId");
+    fields.remove("roles");
+    fields.insert("email".into(), json!("admin@example.org"));
+    assert_invalid(
+        &broker.bearer(&iam.sim.sign_token(&user).unwrap()).await,
+        "malformed",
+    );
+    // Even with a `roles` claim added, `entity_meta` marks a user token.
+    user["roles"] = json!("AA");
+    user["entity_meta"] = json!({ "AA-ONE": ["entity-admin"] });
     assert_invalid(
         &broker.bearer(&iam.sim.sign_token(&user).unwrap()).await,
         "malformed",

@@ -459,6 +459,14 @@ pub struct JwsArgs {
         hide_env = true
     )]
     pub max_body_bytes: Option<usize>,
+    /// Roles /v1/authorize accepts as callers, comma-separated (default: those that may call our own role: AA for an FIU or FIP, FIU and FIP for an AA)
+    #[arg(
+        long = S::AUTHORIZE_ROLES.flag,
+        env = S::AUTHORIZE_ROLES.env,
+        value_name = "ROLES",
+        hide_env_values = true
+    )]
+    pub authorize_roles: Option<String>,
 }
 
 /// `sign`: one body on stdin, signed locally with the key file.

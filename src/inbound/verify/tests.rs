@@ -111,19 +111,37 @@ fn the_caller_identity_must_be_present_and_consistent() {
     let check = |c: Value| verify(&key.sign(&c).unwrap(), &key);
     for broken in [
         json!({ "azp": null }),
-        json!({ "clientId": null }),
         json!({ "clientId": "FIU-TWO" }),
         json!({ "azp": "FIU/../X", "clientId": "FIU/../X" }),
         json!({ "roles": null }),
         json!({ "roles": [] }),
         json!({ "roles": [1] }),
         json!({ "roles": "FIU\r\nX-Injected: 1" }),
+        json!({ "client_id": "FIU-TWO" }),
+        json!({ "client_id": 7 }),
+        json!({ "entity_meta": { "FIU-ONE": ["entity-admin"] } }),
     ] {
         assert_eq!(
             check(with(broken.clone())),
             Err(Rejection::Malformed),
             "{broken}"
         );
+    }
+}
+
+#[test]
+fn azp_alone_or_with_either_client_id_claim_names_the_entity() {
+    let key = key();
+    let check = |c: Value| verify(&key.sign(&c).unwrap(), &key);
+    let mut azp_only = with(json!({}));
+    azp_only.as_object_mut().unwrap().remove("clientId");
+    let mut keycloak_new = azp_only.clone();
+    keycloak_new["client_id"] = json!("FIU-ONE");
+    let mut both = with(json!({}));
+    both["client_id"] = json!("FIU-ONE");
+    for claims in [azp_only, keycloak_new, both] {
+        let verified = check(claims.clone()).unwrap_or_else(|e| panic!("{claims}: {e:?}"));
+        assert_eq!(verified.entity_id.as_str(), "FIU-ONE");
     }
 }
 

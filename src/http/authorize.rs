@@ -1,0 +1,337 @@
+//! `/v1/authorize[/{original path}]`: the whole inbound check of one request, for an ingress proxy (Envoy
+//! `ext_authz`, nginx `auth_request`), answered in ReBIT's terms.
+//!
+//! In order, cheapest refusal first, and nothing of the body read before the token holds:
+//! 1. the query: `role` (narrows the caller roles); any other parameter on the bare route is a `400`
+//!    (on the path form the query is the original request's);
+//! 2. the credential ([`super::verify::credential_from_headers`]: a ReBIT header is the credential, with or
+//!    without `Bearer `; `Authorization` only without one) and the token;
+//! 3. the caller's role ([`crate::inbound::callers`]): by default an FIU's and an FIP's endpoints accept
+//!    AAs only, an AA's accept FIUs and FIPs (from our own token's role); `--authorize-roles` sets them for
+//!    the listener; `aa_api_key` binds the token to the AA role, `fip_api_key` to FIP;
+//! 4. a bodyless `GET`/`HEAD` without a signature (ReBIT's `Heartbeat`): the token check alone;
+//! 5. the signature over the body by the token's entity ([`super::jws`]), on the crypto pool.
+//!
+//! `200` with `X-AA-Entity-Id` and `X-AA-Role`; otherwise a ReBIT `ErrorResponse` that can go back to the
+//! peer as it is: `ver` echoes the request's when it is 2.x, `txnid` the request's (bounded) or a fresh
+//! UUID v4, and, with a signing key configured, the answer carries our `x-jws-signature` over its exact
+//! bytes (unsigned only when the crypto pool is full).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+
+use super::body::{self, BodyError, Buffered};
+use super::jws::{BUSY_RETRY_AFTER, Checked, JwsState, SIGNATURE, check};
+use super::rebit::{self, Echo, TXNID_SCAN_BYTES};
+use super::verify::{ENTITY_HEADER, ROLE_HEADER, Source, credential_from_headers};
+use crate::entity::Role;
+use crate::inbound::Expectation;
+use crate::inbound::callers;
+use crate::metrics::edge::AuthorizeOutcome;
+
+/// The bare route; anything below it is the path form.
+pub const AUTHORIZE_PATH: &str = "/v1/authorize";
+
+/// A refusal, before or after the body was read.
+struct Refusal {
+    outcome: AuthorizeOutcome,
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    retry_after: Option<Duration>,
+}
+
+impl Refusal {
+    fn new(
+        outcome: AuthorizeOutcome,
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            outcome,
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(
+            AuthorizeOutcome::Unauthorized,
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            message,
+        )
+    }
+
+    fn invalid(message: impl Into<String>) -> Self {
+        Self::new(
+            AuthorizeOutcome::InvalidRequest,
+            StatusCode::BAD_REQUEST,
+            "InvalidRequest",
+            message,
+        )
+    }
+
+    fn retry_after(mut self, wait: Duration) -> Self {
+        self.retry_after = Some(wait);
+        self
+    }
+
+    /// The answer. `read` is the body when it was read; otherwise at most the first
+    /// [`TXNID_SCAN_BYTES`] of `unread` are, for the envelope fields the answer echoes.
+    async fn answer(
+        self,
+        state: &JwsState,
+        read: Option<&Buffered>,
+        unread: Option<Body>,
+    ) -> Response {
+        state.metrics.authorize(self.outcome);
+        let head = match (read, unread) {
+            (Some(_), _) | (None, None) => None,
+            (None, Some(body)) => body::read_head(body, TXNID_SCAN_BYTES, &state.limits)
+                .await
+                .ok(),
+        };
+        let echo = Echo::from_head(read.or(head.as_ref()).map(Buffered::body));
+        let mut response = signed(
+            state,
+            self.status,
+            rebit::error_body(&echo, self.code, &self.message),
+        )
+        .await;
+        if let Some(wait) = self.retry_after {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            if let Ok(value) = HeaderValue::from_str(&secs.max(1).to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        }
+        response
+    }
+}
+
+/// A ReBIT answer with our `x-jws-signature` over its exact bytes, when our entity has a signing key and
+/// the crypto pool has room (a refusal is never held back for want of a signature).
+async fn signed(state: &JwsState, status: StatusCode, body: Vec<u8>) -> Response {
+    let key = state.own_signer().and_then(|file| file.key().ok());
+    let Some(key) = key else {
+        return rebit::respond(status, body);
+    };
+    // An error body is a few hundred bytes: a copy keeps it for the unsigned answer.
+    let unsigned = body.clone();
+    let (signature, body) = match state
+        .pool
+        .run(move || {
+            let signature = key.sign(&body).ok();
+            (signature, body)
+        })
+        .await
+    {
+        Ok(done) => done,
+        Err(_) => return rebit::respond(status, unsigned),
+    };
+    let mut response = rebit::respond(status, body);
+    if let Some(value) = signature.and_then(|s| HeaderValue::from_str(&s).ok()) {
+        response.headers_mut().insert(SIGNATURE, value);
+    }
+    response
+}
+
+/// The roles a request asks for (`?role=AA,FIP`), and on the bare route, that it names nothing else.
+fn asked_roles(query: Option<&str>, bare: bool) -> Result<Vec<Role>, String> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
+        .map_err(|_| "the query string is not form-encoded".to_string())?;
+    let mut roles = None;
+    for (name, value) in &pairs {
+        match name.as_str() {
+            "role" => {
+                if roles.is_some() {
+                    return Err("role is given twice (several roles: role=AA,FIU)".into());
+                }
+                roles = Some(
+                    Expectation::parse(Some(value), None)
+                        .map_err(|e| e.to_string())?
+                        .roles,
+                );
+            }
+            other if bare => {
+                return Err(format!(
+                    "unknown query parameter {other:?}: the only parameter is role"
+                ));
+            }
+            // The path form's query is the original request's.
+            _ => {}
+        }
+    }
+    Ok(roles.unwrap_or_default())
+}
+
+/// A request with no body: nothing declared, or a declared length of zero.
+fn bodyless(body: &Body) -> bool {
+    http_body::Body::is_end_stream(body) || http_body::Body::size_hint(body).exact() == Some(0)
+}
+
+pub async fn authorize(
+    State(state): State<Arc<JwsState>>,
+    method: Method,
+    uri: Uri,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let bare = uri.path() == AUTHORIZE_PATH;
+    if bare && method != Method::POST {
+        return Refusal::invalid("POST the request to check, or use /v1/authorize/{path}")
+            .answer(&state, None, None)
+            .await;
+    }
+    let asked = match asked_roles(query.as_deref(), bare) {
+        Ok(asked) => asked,
+        Err(message) => {
+            return Refusal::invalid(message)
+                .answer(&state, None, Some(body))
+                .await;
+        }
+    };
+    // The token first: a caller without a valid one never has its body read (beyond the envelope scan).
+    let credential = match credential_from_headers(&headers) {
+        Ok(Some(credential)) if !credential.token.is_empty() => credential,
+        Ok(_) => {
+            return Refusal::unauthorized("the request carries no entity token")
+                .answer(&state, None, Some(body))
+                .await;
+        }
+        Err(rejection) => {
+            state.verifier.record_rejection(rejection);
+            return Refusal::unauthorized(rejection.message())
+                .answer(&state, None, Some(body))
+                .await;
+        }
+    };
+    let verified = match state
+        .verifier
+        .verify(credential.token, &Expectation::default())
+        .await
+    {
+        Ok(verified) => verified,
+        Err(denied) => {
+            return Refusal::unauthorized(denied.to_string())
+                .answer(&state, None, Some(body))
+                .await;
+        }
+    };
+    let token_roles: Vec<Role> = verified
+        .roles
+        .iter()
+        .filter_map(|r| Role::parse(r))
+        .collect();
+    let accepted = callers::accepted(&state.own_roles(), state.authorize_roles.as_deref(), &asked);
+    let bound = credential.source.bound_role().map(|role| {
+        let header = match credential.source {
+            Source::FipApiKey => "fip_api_key",
+            _ => "aa_api_key",
+        };
+        (header, role)
+    });
+    let role = match callers::admit(&token_roles, bound, &accepted) {
+        Ok(role) => role,
+        Err(refused) => {
+            return Refusal::unauthorized(refused.to_string())
+                .answer(&state, None, Some(body))
+                .await;
+        }
+    };
+    let sender = verified.entity_id.as_str();
+    let signed_request = headers.contains_key(&SIGNATURE);
+    if matches!(method, Method::GET | Method::HEAD) && bodyless(&body) && !signed_request {
+        // ReBIT's GETs without a signature (Heartbeat): the token and the role are the whole check.
+        return allowed(&state, sender, role);
+    }
+    let (checked, read, unread) = check(&state, role.as_str(), sender, &headers, body).await;
+    let refusal = match checked {
+        Checked::Valid { .. } => return allowed(&state, sender, role),
+        Checked::Missing => Refusal::invalid("x-jws-signature is missing"),
+        Checked::Mismatch(e) => Refusal::new(
+            AuthorizeOutcome::SignatureDoesNotMatch,
+            StatusCode::BAD_REQUEST,
+            "SignatureDoesNotMatch",
+            e.to_string(),
+        ),
+        Checked::ForeignKey => Refusal::invalid(
+            "the body is signed with a key that is not registered to the token's entity",
+        ),
+        Checked::UnknownSender => {
+            Refusal::unauthorized("the token's entity has no usable key in the Central Registry")
+        }
+        Checked::Unavailable(wait) => Refusal::new(
+            AuthorizeOutcome::Unavailable,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "the Central Registry cannot be asked and no key for the sender is held",
+        )
+        .retry_after(wait),
+        Checked::Busy => Refusal::new(
+            AuthorizeOutcome::Busy,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "the broker is busy; try again shortly",
+        )
+        .retry_after(BUSY_RETRY_AFTER),
+        Checked::Body(error) => {
+            state.metrics.authorize(AuthorizeOutcome::BodyRefused);
+            let code = match error {
+                BodyError::Busy => "ServiceUnavailable",
+                _ => "InvalidRequest",
+            };
+            let body = rebit::error_body(&Echo::from_head(None), code, &error.message());
+            return error.finish(rebit::respond(error.status(), body));
+        }
+    };
+    refusal.answer(&state, read.as_ref(), unread).await
+}
+
+fn allowed(state: &JwsState, sender: &str, role: Role) -> Response {
+    state.metrics.authorize(AuthorizeOutcome::Allowed);
+    let mut response = axum::Json(serde_json::json!({
+        "entityId": sender,
+        "role": role.as_str(),
+    }))
+    .into_response();
+    let out = response.headers_mut();
+    out.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Ok(value) = HeaderValue::from_str(sender) {
+        out.insert(ENTITY_HEADER, value);
+    }
+    out.insert(ROLE_HEADER, HeaderValue::from_static(role.as_str()));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bare_route_takes_role_only_and_the_path_form_keeps_the_original_query() {
+        assert_eq!(asked_roles(None, true), Ok(vec![]));
+        assert_eq!(asked_roles(Some("role=AA"), true), Ok(vec![Role::Aa]));
+        assert_eq!(
+            asked_roles(Some("role=fip,aa"), false),
+            Ok(vec![Role::Fip, Role::Aa])
+        );
+        let typo = asked_roles(Some("Role=FIU"), true).unwrap_err();
+        assert!(typo.contains("\"Role\""), "{typo}");
+        assert_eq!(
+            asked_roles(Some("sessionId=1&role=AA"), false),
+            Ok(vec![Role::Aa])
+        );
+        assert!(asked_roles(Some("role=AA&role=FIU"), true).is_err());
+        assert!(asked_roles(Some("role=CR"), true).is_err());
+    }
+}
