@@ -355,6 +355,13 @@ async fn verify_signature(
 ) -> Response {
     let pairs: Vec<(String, String)> =
         serde_urlencoded::from_str(query.as_deref().unwrap_or("")).unwrap_or_default();
+    if let Some((unknown, _)) = pairs.iter().find(|(k, _)| k != "sender" && k != "type") {
+        return reply::error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("unknown query parameter {unknown:?}: the parameters are sender and type"),
+        );
+    }
     let one = |name: &str| {
         let mut found = pairs
             .iter()

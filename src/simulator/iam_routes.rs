@@ -15,8 +15,8 @@ use serde_json::{Value, json};
 use super::Shared;
 use super::faults::{Prelude, prelude};
 use super::state::{
-    EpochUnit, FaultKind, GRACE_PERIOD, LocalZone, MAX_SECRET_DAYS, ResetMode, SimSettings,
-    UserSession, random_secret,
+    ClientIdClaim, EpochUnit, FaultKind, GRACE_PERIOD, LocalZone, MAX_SECRET_DAYS, ResetMode,
+    SimSettings, UserSession, random_secret,
 };
 use crate::iam::Endpoint;
 use crate::iam::client::new_txn_id;
@@ -200,6 +200,19 @@ pub async fn entity_token(
         "preferred_username": format!("service-account-{}", subject.to_lowercase()),
         "secret-expiry-ts": timefmt::local_datetime_nanos(local(entity.expires_on, &settings)),
     });
+    if let Some(fields) = claims.as_object_mut() {
+        match settings.client_id_claim {
+            ClientIdClaim::CamelCase => {}
+            ClientIdClaim::Snake => {
+                if let Some(value) = fields.remove("clientId") {
+                    fields.insert("client_id".into(), value);
+                }
+            }
+            ClientIdClaim::AzpOnly => {
+                fields.remove("clientId");
+            }
+        }
+    }
     if let Some(FaultKind::Patch { claims: extra, .. }) = &spoiler {
         patch(&mut claims, extra);
     }

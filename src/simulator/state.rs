@@ -71,6 +71,21 @@ pub struct SimSettings {
     pub lockout_after_failures: Option<u32>,
     /// How long a lockout lasts, seconds.
     pub lockout_secs: u64,
+    /// Which claim besides `azp` names the entity in the tokens issued (Keycloak's mappers differ).
+    pub client_id_claim: ClientIdClaim,
+}
+
+/// The claim that repeats the entity id in an entity token: Keycloak's older service-account mapper writes
+/// `clientId`, its newer one `client_id`; some realms write neither (`azp` alone).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientIdClaim {
+    #[default]
+    #[serde(rename = "clientId")]
+    CamelCase,
+    #[serde(rename = "client_id")]
+    Snake,
+    #[serde(rename = "none")]
+    AzpOnly,
 }
 
 impl Default for SimSettings {
@@ -86,6 +101,7 @@ impl Default for SimSettings {
             local_zone: LocalZone::default(),
             lockout_after_failures: None,
             lockout_secs: 900,
+            client_id_claim: ClientIdClaim::default(),
         }
     }
 }

@@ -12,6 +12,7 @@ mod iam_client;
 mod inbound_limits;
 mod inject;
 mod jws;
+mod real_peers;
 mod resilience;
 mod rotation;
 mod verify;
