@@ -14,10 +14,12 @@
 //!   entities/{id}/rotate` → `{"kid"}`; `POST entities/{id}/sign` (the body to sign) → `{"signature"}`;
 //!   `GET entities/{id}/key` → the private key as PKCS#8 PEM (for a broker under test to sign as that
 //!   entity); `PUT status` `{"status": 503}` or `{"status": null}` (an outage); `GET stats` → `{"calls"}`.
+//!   A slow CR is [`Simulator::cr_set_delay`]: every entity-info answer waits, after the call is counted.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -67,6 +69,8 @@ struct CrInner {
     status: Option<u16>,
     /// Statuses answered to the next calls, in order, before normal service resumes.
     queued: Vec<u16>,
+    /// Waited before each entity-info answer (a slow CR); the call is counted before the wait.
+    delay: Duration,
 }
 
 impl CrState {
@@ -182,6 +186,11 @@ impl Simulator {
         self.shared.cr.inner().status = status;
     }
 
+    /// Makes every entity-info answer wait this long (a slow CR); `Duration::ZERO` answers at once again.
+    pub fn cr_set_delay(&self, delay: Duration) {
+        self.shared.cr.inner().delay = delay;
+    }
+
     /// The next CR calls answer these statuses, in order (e.g. one `401`).
     pub fn cr_queue_statuses(&self, statuses: &[u16]) {
         self.shared.cr.inner().queued.extend_from_slice(statuses);
@@ -291,6 +300,10 @@ async fn entity_info(
         Ok(found) => found,
         Err(response) => return *response,
     };
+    let delay = shared.cr.inner().delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let kind = kind.to_ascii_uppercase();
     if !(visible(&role, &kind) || (role == kind && caller == id)) {
         return cr_error(StatusCode::FORBIDDEN, "403 FORBIDDEN");
