@@ -24,6 +24,13 @@ pub struct IamTimeouts {
     pub request: Duration,
 }
 
+impl IamTimeouts {
+    /// The longest one call can take: connecting, then the whole request.
+    pub fn call_bound(&self) -> Duration {
+        self.connect.saturating_add(self.request)
+    }
+}
+
 impl Default for IamTimeouts {
     fn default() -> Self {
         Self {
@@ -70,6 +77,7 @@ pub struct ClientBuildError(String);
 pub struct IamClient {
     http: reqwest::Client,
     base: String,
+    timeouts: IamTimeouts,
 }
 
 impl IamClient {
@@ -93,7 +101,13 @@ impl IamClient {
         Ok(Self {
             http,
             base: base.trim_end_matches('/').to_string(),
+            timeouts,
         })
+    }
+
+    /// The timeouts every call is made with.
+    pub fn timeouts(&self) -> IamTimeouts {
+        self.timeouts
     }
 
     pub fn base_url(&self) -> &str {
