@@ -53,6 +53,7 @@ pub struct FileConfig {
     pub jwks_url: Option<String>,
     pub verify_leeway: Option<f64>,
     pub jwks_refresh_interval: Option<f64>,
+    pub verify_prefetch_keys: Option<bool>,
     pub cr_url: Option<String>,
     pub max_body_bytes: Option<usize>,
     #[serde(default)]

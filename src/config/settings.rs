@@ -127,6 +127,11 @@ pub const VERIFY_LEEWAY: Setting = setting(
     "AA_BROKER_VERIFY_LEEWAY",
     Some("verify_leeway"),
 );
+pub const VERIFY_PREFETCH_KEYS: Setting = setting(
+    "verify-prefetch-keys",
+    "AA_BROKER_VERIFY_PREFETCH_KEYS",
+    Some("verify_prefetch_keys"),
+);
 pub const VERIFY_LISTEN: Setting = setting(
     "verify-listen",
     "AA_BROKER_VERIFY_LISTEN",
@@ -203,6 +208,7 @@ pub const ALL: &[Setting] = &[
     VERIFY_ISSUER,
     VERIFY_LEEWAY,
     VERIFY_LISTEN,
+    VERIFY_PREFETCH_KEYS,
     WORKER_THREADS,
     WRITE_TIMEOUT,
 ];

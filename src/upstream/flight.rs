@@ -273,7 +273,10 @@ mod tests {
         assert_eq!(late, Some(Err(FlightError::TimedOut(BOUND))));
         assert_eq!(begun.elapsed(), BOUND);
         assert_eq!(leader.await.unwrap(), Err(FlightError::TimedOut(BOUND)));
-        assert!(!flight.in_flight(&"k"), "a cut flight leaves nothing behind");
+        assert!(
+            !flight.in_flight(&"k"),
+            "a cut flight leaves nothing behind"
+        );
         assert_eq!(flight.join(&"k").await, None);
         assert_eq!(
             flight

@@ -366,6 +366,13 @@ pub struct VerifyArgs {
         hide_env_values = true
     )]
     pub jwks_refresh_interval: Option<f64>,
+    /// Fetch the realm key set at start, then on schedule (default: at the first verification, then on schedule)
+    #[arg(
+        long = S::VERIFY_PREFETCH_KEYS.flag,
+        env = S::VERIFY_PREFETCH_KEYS.env,
+        hide_env_values = true
+    )]
+    pub verify_prefetch_keys: bool,
 }
 
 /// `verify`: one token on stdin.
