@@ -56,6 +56,9 @@ pub struct FileConfig {
     pub verify_prefetch_keys: Option<bool>,
     pub cr_url: Option<String>,
     pub max_body_bytes: Option<usize>,
+    pub cr_lookup_rate: Option<f64>,
+    pub cr_lookup_burst: Option<u32>,
+    pub cr_previous_key_grace: Option<f64>,
     #[serde(default)]
     pub entities: Vec<FileEntity>,
 }

@@ -168,6 +168,21 @@ pub const MAX_BODY_BYTES: Setting = setting(
     "AA_BROKER_MAX_BODY_BYTES",
     Some("max_body_bytes"),
 );
+pub const CR_LOOKUP_RATE: Setting = setting(
+    "cr-lookup-rate",
+    "AA_BROKER_CR_LOOKUP_RATE",
+    Some("cr_lookup_rate"),
+);
+pub const CR_LOOKUP_BURST: Setting = setting(
+    "cr-lookup-burst",
+    "AA_BROKER_CR_LOOKUP_BURST",
+    Some("cr_lookup_burst"),
+);
+pub const CR_PREVIOUS_KEY_GRACE: Setting = setting(
+    "cr-previous-key-grace",
+    "AA_BROKER_CR_PREVIOUS_KEY_GRACE",
+    Some("cr_previous_key_grace"),
+);
 
 pub const ALL: &[Setting] = &[
     SIMULATOR_LISTEN,
@@ -175,6 +190,9 @@ pub const ALL: &[Setting] = &[
     SIGNING_KID,
     CR_URL,
     MAX_BODY_BYTES,
+    CR_LOOKUP_RATE,
+    CR_LOOKUP_BURST,
+    CR_PREVIOUS_KEY_GRACE,
     ADMIN_EMAIL,
     ADMIN_LISTEN,
     ADMIN_PASSWORD_FILE,
