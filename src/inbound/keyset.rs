@@ -1,8 +1,8 @@
 //! The cache of one key URL's key set ([`KeySource`]).
 //!
 //! It has the four properties every cache of something from upstream has in this crate: single flight
-//! (one [`Flight`]: one fetch at a time, on a task of its own; callers that find one in flight wait for it,
-//! bounded, and one that goes away leaves it to finish for the others), a rate limit on the refetches
+//! (one [`Flight`]: one fetch at a time, on a task of its own; callers that find one in flight wait for
+//! it, bounded, and one that goes away leaves it to finish for the others), a rate limit on the refetches
 //! callers can trigger (an unknown `kid`, see [`super::policy`]), the last good value served through an
 //! outage, and its age reported (`/readyz`, metrics). The fetch is bounded: connect and request timeouts,
 //! no redirects, and a cap on the body size. The document itself is parsed by [`super::jwks`].

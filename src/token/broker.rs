@@ -2,9 +2,9 @@
 //!
 //! It keeps one `Slot` per configured entity. A request that finds a servable token is answered from the
 //! slot's `current` pointer (no await, no allocation: what the hot path uses). A request that finds none
-//! joins the entity's [`Flight`](crate::upstream::Flight), so concurrent cold requests share one upstream
-//! call and its result or error, and a client that hangs up cancels nothing the others wait on; the call
-//! itself is the `Fetcher`'s. The token it gets is kept in the slot, not in the flight.
+//! joins the entity's [`Flight`], so concurrent cold requests share one upstream call and its result or
+//! error, and a client that hangs up cancels nothing the others wait on; the call itself is the
+//! `Fetcher`'s. The token it gets is kept in the slot, not in the flight.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
