@@ -312,6 +312,7 @@ fn jws_state(
         caller,
         jws.policy.clone(),
         settings.iam_timeouts,
+        Arc::clone(metrics) as Arc<dyn crate::registry::RegistryRecorder>,
     ) {
         Ok(registry) => Arc::new(registry),
         Err(e) => {

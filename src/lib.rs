@@ -18,9 +18,10 @@
 //! | [`jws`] | detached `x-jws-signature`s (RFC 7797): parse, sign, verify; our signing key |
 //! | [`registry`] | the Central Registry entity-info client, the cache of peers' signing keys and its refetch policy |
 //! | [`http`] | the local HTTP surface: routes, the caller guard, the hot path, the accept loop with its limits |
-//! | [`metrics`] | the Prometheus registry; it implements the recorder traits of `token`, `secret` and `inbound` |
+//! | [`metrics`] | the Prometheus registry; it implements the recorder traits of `token`, `secret`, `inbound` and `registry` |
 //! | [`simulator`] | a faithful, test-drivable stand-in for the IAM (real RS256 JWTs, JWKS, faults, counters) |
 //! | [`telemetry`] | tracing subscriber set-up (text or JSON) |
+//! | [`upstream`] | what every upstream cache shares: the one cancellation-safe single flight ([`upstream::Flight`]) |
 //! | [`timefmt`] | the one checked conversion of upstream times, total formatters, the lenient IAM timestamp parser |
 //! | [`backoff`] | the exponential backoff with equal jitter that every retry loop uses |
 //! | [`budget`] | the one budget of request-body bytes the process may hold at once |
@@ -32,16 +33,17 @@
 //!
 //! Dependencies point one way: `app` and `commands` wire everything; `http` uses `token`, `inbound` and
 //! `metrics`; `token` reads the secret from `secret` ([`secret::SecretCell`]) and both call `iam`; the
-//! foundations (`entity`, `timefmt`, `backoff`) use nothing above them. `metrics` observes: `token`,
-//! `secret` and `inbound` define what they report (recorder traits) and never import it. `jws` works on
-//! bytes (and its own key file); `registry` fetches CR keys with a token from `token` and follows
-//! [`registry::policy`].
+//! foundations (`entity`, `timefmt`, `backoff`, `upstream`) use nothing above them; the token's cold
+//! fetch, the realm key set and the CR's records each fetch through one [`upstream::Flight`]. `metrics`
+//! observes: `token`, `secret`, `inbound` and `registry` define what they report (recorder traits) and
+//! never import it. `jws` works on bytes (and its own key file); `registry` fetches CR keys with a token
+//! from `token` and follows [`registry::policy`].
 //!
 //! Where is a decision made? In a `policy` module, as a pure function of times and outcomes:
 //! [`token::policy`] (refresh ahead, retry, when a caller may call the IAM), [`secret::policy`] (when to
 //! rotate, which expiries to believe, the reset bound, the admin-login limits), [`inbound::policy`] (when
-//! to fetch keys), [`registry::policy`] (when to ask the CR for a peer's key, and how long a replaced key
-//! verifies). The tasks that sleep and call upstream only follow them.
+//! to fetch keys), [`registry::policy`] (when to ask the CR for a peer's key, the global budget of CR
+//! lookups, and how long a replaced key verifies). The tasks that sleep and call upstream only follow them.
 
 #![forbid(unsafe_code)]
 
@@ -66,6 +68,7 @@ pub mod supervise;
 pub mod telemetry;
 pub mod timefmt;
 pub mod token;
+pub mod upstream;
 
 /// Installs the process-wide rustls crypto provider (ring). Idempotent; every entry point that may open a
 /// TLS connection calls it, because reqwest is built without a provider of its own to keep the binary small.

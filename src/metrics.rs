@@ -1,8 +1,9 @@
 //! Every metric the broker exports, in one Prometheus registry.
 //!
 //! The registry observes; nothing it observes depends on it. The token and secret modules define what
-//! they report ([`TokenRecorder`], [`SecretRecorder`]) and [`Metrics`] implements both; the guard's
-//! refusals come from the HTTP layer, which owns this registry and renders it.
+//! they report ([`TokenRecorder`], [`SecretRecorder`]) and [`Metrics`] implements both (and, in
+//! [`inbound`] and [`registry`](mod@registry), the recorders of incoming-token verification and of the
+//! CR key cache); the guard's refusals come from the HTTP layer, which owns this registry and renders it.
 //!
 //! Counters are bumped where events happen; per-entity gauges (token validity, staleness, seconds left,
 //! clock skew, secret expiry, grace period) are computed from the broker's state when `/metrics` is scraped,
@@ -11,6 +12,7 @@
 
 pub mod edge;
 pub mod inbound;
+pub mod registry;
 
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
@@ -92,6 +94,7 @@ pub struct Metrics {
     last_rotation: Family<EntityLabels, FloatGauge>,
     inbound: inbound::InboundMetrics,
     edge: edge::EdgeMetrics,
+    cr: registry::RegistryMetrics,
 }
 
 impl Default for Metrics {
@@ -132,6 +135,7 @@ impl Metrics {
             last_rotation: Family::default(),
             inbound: inbound::InboundMetrics::default(),
             edge: edge::EdgeMetrics::default(),
+            cr: registry::RegistryMetrics::default(),
             registry,
         };
         let mut m = m;
@@ -239,6 +243,7 @@ impl Metrics {
         );
         m.inbound.register(&mut m.registry);
         m.edge.register(&mut m.registry);
+        m.cr.register(&mut m.registry);
         m
     }
 

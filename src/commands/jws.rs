@@ -129,6 +129,7 @@ pub fn verify_signature(args: &VerifySignatureArgs) -> ExitCode {
             caller,
             jws.policy,
             settings.iam_timeouts,
+            Arc::new(crate::registry::NoRecorder),
         )
         .map_err(|e| e.to_string())?;
         let found = registry

@@ -57,9 +57,13 @@ pub struct FileConfig {
     pub jwks_url: Option<String>,
     pub verify_leeway: Option<f64>,
     pub jwks_refresh_interval: Option<f64>,
+    pub verify_prefetch_keys: Option<bool>,
     pub cr_url: Option<String>,
     pub max_body_bytes: Option<usize>,
     pub authorize_roles: Option<String>,
+    pub cr_lookup_rate: Option<f64>,
+    pub cr_lookup_burst: Option<u32>,
+    pub cr_previous_key_grace: Option<f64>,
     #[serde(default)]
     pub entities: Vec<FileEntity>,
 }

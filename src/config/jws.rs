@@ -1,5 +1,6 @@
 //! The settings of signing and signature verification: each entity's signing key file and `kid`, the
-//! Central Registry URL, and the body-size cap. Validated once, like every other setting: a key file that
+//! Central Registry URL, the budget of CR lookups, the grace of a peer's replaced key, and the body-size
+//! cap. Validated once, like every other setting: a key file that
 //! cannot be read or parsed is one line naming the setting (exit 2), and never shows the key.
 
 use std::path::PathBuf;
@@ -14,11 +15,20 @@ use crate::jws::SigningKeyFile;
 use crate::registry::default_cr_url;
 use crate::registry::policy::RegistryPolicy;
 
-use super::settings::{AUTHORIZE_ROLES, CR_URL, MAX_BODY_BYTES, SIGNING_KEY_FILE, SIGNING_KID};
+use super::settings::{
+    AUTHORIZE_ROLES, CR_LOOKUP_BURST, CR_LOOKUP_RATE, CR_PREVIOUS_KEY_GRACE, CR_URL,
+    MAX_BODY_BYTES, SIGNING_KEY_FILE, SIGNING_KID,
+};
 use crate::entity::Role;
 
 /// Largest body cap accepted: 1 GiB.
 const MAX_BODY_CAP: usize = 1 << 30;
+/// The range of CR lookups a second: from one every 100 s to a thousand.
+const LOOKUP_RATES: std::ops::RangeInclusive<f64> = 0.01..=1000.0;
+/// The range of the lookup burst.
+const LOOKUP_BURSTS: std::ops::RangeInclusive<u32> = 1..=1000;
+/// Longest grace of a replaced key: a day, the longest a record is trusted (`policy::MAX_TTL`).
+const MAX_GRACE_SECS: f64 = 86_400.0;
 
 /// Signing and verification settings, validated.
 #[derive(Debug, Clone)]
@@ -88,6 +98,7 @@ pub fn jws_settings(
             Some(roles)
         }
     };
+    let policy = registry_policy(args, file)?;
     let mut keys: Vec<(EntityId, PathBuf, Option<String>, String)> = Vec::new();
     for (index, entry) in file.entities.iter().enumerate() {
         if let Some(path) = &entry.signing_key_file {
@@ -139,8 +150,53 @@ pub fn jws_settings(
         cr_url,
         signers,
         max_body_bytes,
-        policy: RegistryPolicy::default(),
+        policy,
         authorize_roles,
+    })
+}
+
+/// The CR cache's policy: the lookup budget and the previous key's grace from the flags or the file.
+fn registry_policy(args: &JwsArgs, file: &FileConfig) -> Result<RegistryPolicy, ConfigError> {
+    let defaults = RegistryPolicy::default();
+    let lookup_interval = match args.cr_lookup_rate.or(file.cr_lookup_rate) {
+        None => defaults.lookup_interval,
+        Some(rate) if rate.is_finite() && LOOKUP_RATES.contains(&rate) => {
+            std::time::Duration::from_secs_f64(1.0 / rate)
+        }
+        Some(_) => {
+            return Err(ConfigError::new(
+                CR_LOOKUP_RATE,
+                "must be a number of lookups a second between 0.01 and 1000",
+            ));
+        }
+    };
+    let lookup_burst = args
+        .cr_lookup_burst
+        .or(file.cr_lookup_burst)
+        .unwrap_or(defaults.lookup_burst);
+    if !LOOKUP_BURSTS.contains(&lookup_burst) {
+        return Err(ConfigError::new(
+            CR_LOOKUP_BURST,
+            "must be between 1 and 1000",
+        ));
+    }
+    let previous_key_grace = match args.cr_previous_key_grace.or(file.cr_previous_key_grace) {
+        None => defaults.previous_key_grace,
+        Some(secs) if secs.is_finite() && (0.0..=MAX_GRACE_SECS).contains(&secs) => {
+            std::time::Duration::from_secs_f64(secs)
+        }
+        Some(_) => {
+            return Err(ConfigError::new(
+                CR_PREVIOUS_KEY_GRACE,
+                "must be a number of seconds between 0 (off) and 86400",
+            ));
+        }
+    };
+    Ok(RegistryPolicy {
+        lookup_interval,
+        lookup_burst,
+        previous_key_grace,
+        ..defaults
     })
 }
 
@@ -240,6 +296,91 @@ mod tests {
         };
         let error = jws_settings(&cr, &none, "https://x.in/iam", &fiu).unwrap_err();
         assert_eq!(error.setting, CR_URL.to_string());
+        for (args, setting) in [
+            (
+                JwsArgs {
+                    cr_lookup_rate: Some(0.0),
+                    ..JwsArgs::default()
+                },
+                CR_LOOKUP_RATE,
+            ),
+            (
+                JwsArgs {
+                    cr_lookup_rate: Some(f64::INFINITY),
+                    ..JwsArgs::default()
+                },
+                CR_LOOKUP_RATE,
+            ),
+            (
+                JwsArgs {
+                    cr_lookup_burst: Some(0),
+                    ..JwsArgs::default()
+                },
+                CR_LOOKUP_BURST,
+            ),
+            (
+                JwsArgs {
+                    cr_previous_key_grace: Some(-1.0),
+                    ..JwsArgs::default()
+                },
+                CR_PREVIOUS_KEY_GRACE,
+            ),
+            (
+                JwsArgs {
+                    cr_previous_key_grace: Some(86_401.0),
+                    ..JwsArgs::default()
+                },
+                CR_PREVIOUS_KEY_GRACE,
+            ),
+        ] {
+            let error = jws_settings(&args, &none, "https://x.in/iam", &fiu).unwrap_err();
+            assert_eq!(error.setting, setting.to_string());
+        }
+    }
+
+    #[test]
+    fn the_cr_budget_and_grace_come_from_the_flags_or_the_file() {
+        let fiu = [entity("FIU-A")];
+        let defaults = jws_settings(
+            &JwsArgs::default(),
+            &FileConfig::default(),
+            "https://x.in/iam",
+            &fiu,
+        )
+        .unwrap();
+        assert_eq!(defaults.policy, RegistryPolicy::default());
+        assert_eq!(
+            defaults.policy.lookup_interval,
+            std::time::Duration::from_millis(200),
+            "5 a second"
+        );
+        assert_eq!(defaults.policy.lookup_burst, 10);
+        assert_eq!(defaults.policy.previous_key_grace, defaults.policy.ttl);
+        let file = parse("cr_lookup_rate = 2.0\ncr_lookup_burst = 3\ncr_previous_key_grace = 0\n")
+            .unwrap();
+        let from_file = jws_settings(&JwsArgs::default(), &file, "https://x.in/iam", &fiu).unwrap();
+        assert_eq!(
+            from_file.policy.lookup_interval,
+            std::time::Duration::from_millis(500)
+        );
+        assert_eq!(from_file.policy.lookup_burst, 3);
+        assert!(from_file.policy.previous_key_grace.is_zero());
+        let flags = JwsArgs {
+            cr_lookup_rate: Some(20.0),
+            cr_lookup_burst: Some(40),
+            cr_previous_key_grace: Some(600.0),
+            ..JwsArgs::default()
+        };
+        let from_flags = jws_settings(&flags, &file, "https://x.in/iam", &fiu).unwrap();
+        assert_eq!(
+            from_flags.policy.lookup_interval,
+            std::time::Duration::from_millis(50)
+        );
+        assert_eq!(from_flags.policy.lookup_burst, 40);
+        assert_eq!(
+            from_flags.policy.previous_key_grace,
+            std::time::Duration::from_secs(600)
+        );
     }
 
     #[test]

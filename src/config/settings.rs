@@ -127,6 +127,11 @@ pub const VERIFY_LEEWAY: Setting = setting(
     "AA_BROKER_VERIFY_LEEWAY",
     Some("verify_leeway"),
 );
+pub const VERIFY_PREFETCH_KEYS: Setting = setting(
+    "verify-prefetch-keys",
+    "AA_BROKER_VERIFY_PREFETCH_KEYS",
+    Some("verify_prefetch_keys"),
+);
 pub const VERIFY_LISTEN: Setting = setting(
     "verify-listen",
     "AA_BROKER_VERIFY_LISTEN",
@@ -188,6 +193,21 @@ pub const MAX_BODY_BYTES: Setting = setting(
     "AA_BROKER_MAX_BODY_BYTES",
     Some("max_body_bytes"),
 );
+pub const CR_LOOKUP_RATE: Setting = setting(
+    "cr-lookup-rate",
+    "AA_BROKER_CR_LOOKUP_RATE",
+    Some("cr_lookup_rate"),
+);
+pub const CR_LOOKUP_BURST: Setting = setting(
+    "cr-lookup-burst",
+    "AA_BROKER_CR_LOOKUP_BURST",
+    Some("cr_lookup_burst"),
+);
+pub const CR_PREVIOUS_KEY_GRACE: Setting = setting(
+    "cr-previous-key-grace",
+    "AA_BROKER_CR_PREVIOUS_KEY_GRACE",
+    Some("cr_previous_key_grace"),
+);
 
 pub const ALL: &[Setting] = &[
     SIMULATOR_LISTEN,
@@ -196,6 +216,9 @@ pub const ALL: &[Setting] = &[
     CR_URL,
     AUTHORIZE_ROLES,
     MAX_BODY_BYTES,
+    CR_LOOKUP_RATE,
+    CR_LOOKUP_BURST,
+    CR_PREVIOUS_KEY_GRACE,
     ADMIN_EMAIL,
     ADMIN_LISTEN,
     ADMIN_PASSWORD_FILE,
@@ -229,6 +252,7 @@ pub const ALL: &[Setting] = &[
     VERIFY_ISSUER,
     VERIFY_LEEWAY,
     VERIFY_LISTEN,
+    VERIFY_PREFETCH_KEYS,
     WORKER_THREADS,
     WRITE_TIMEOUT,
     MAX_BUFFERED_BYTES,

@@ -1,5 +1,5 @@
 //! The settings of incoming-token verification: the issuer allow-list, the key URL, the leeway, the key
-//! refresh interval and the verify-only listener. Validated once, like every other setting; a mistake is
+//! refresh interval, whether keys are fetched at start, and the verify-only listener. Validated once, like every other setting; a mistake is
 //! one line naming the setting (exit 2).
 
 use super::settings;
@@ -86,6 +86,7 @@ pub fn verify_settings(
         leeway,
         policy: KeyPolicy {
             refresh_interval,
+            prefetch: args.verify_prefetch_keys || file.verify_prefetch_keys.unwrap_or(false),
             ..KeyPolicy::default()
         },
         timeouts,
@@ -189,12 +190,15 @@ mod tests {
             jwks_url: Some("https://kc.example/certs".into()),
             verify_leeway: Some(0.0),
             jwks_refresh_interval: Some(60.0),
+            verify_prefetch_keys: true,
         })
         .unwrap();
         assert_eq!(given.issuers, ["https://kc.example/auth/realms/sahamati"]);
         assert_eq!(given.jwks_url.as_deref(), Some("https://kc.example/certs"));
         assert_eq!(given.leeway, Duration::ZERO);
         assert_eq!(given.policy.refresh_interval, Duration::from_secs(60));
+        assert!(given.policy.prefetch);
+        assert!(!defaults.policy.prefetch, "keys are fetched at first use");
     }
 
     #[test]

@@ -25,6 +25,13 @@ pub struct IamTimeouts {
     pub request: Duration,
 }
 
+impl IamTimeouts {
+    /// The longest one call can take: connecting, then the whole request.
+    pub fn call_bound(&self) -> Duration {
+        self.connect.saturating_add(self.request)
+    }
+}
+
 impl Default for IamTimeouts {
     fn default() -> Self {
         Self {
@@ -73,6 +80,7 @@ pub struct IamClient {
     base: String,
     /// `base`, parsed: endpoint URLs are built from it segment by segment ([`super::url`]).
     base_url: reqwest::Url,
+    timeouts: IamTimeouts,
 }
 
 impl IamClient {
@@ -99,7 +107,13 @@ impl IamClient {
             http,
             base: base.trim_end_matches('/').to_string(),
             base_url,
+            timeouts,
         })
+    }
+
+    /// The timeouts every call is made with.
+    pub fn timeouts(&self) -> IamTimeouts {
+        self.timeouts
     }
 
     pub fn base_url(&self) -> &str {

@@ -1,19 +1,26 @@
 //! The cache of one key URL's key set ([`KeySource`]).
 //!
 //! It has the four properties every cache of something from upstream has in this crate: single flight
-//! (one fetch at a time; callers that find one in flight wait for it), a rate limit on the refetches
+//! (one [`Flight`]: one fetch at a time, on a task of its own; callers that find one in flight wait for
+//! it, bounded, and one that goes away leaves it to finish for the others), a rate limit on the refetches
 //! callers can trigger (an unknown `kid`, see [`super::policy`]), the last good value served through an
 //! outage, and its age reported (`/readyz`, metrics). The fetch is bounded: connect and request timeouts,
 //! no redirects, and a cap on the body size. The document itself is parsed by [`super::jwks`].
+//!
+//! The first fetch happens at start with [`KeyPolicy::prefetch`], otherwise at the first verification,
+//! which waits for it; the periodic schedule starts after it.
 
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::SystemTime;
 
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::VerifyRecorder;
 pub use super::jwks::{JwksError, KeySet, MAX_JWKS_BYTES, RsaKey, parse_jwks};
 use super::policy::{FetchHistory, KeyPolicy, UnknownKid};
+use crate::iam::IamTimeouts;
+use crate::upstream::Flight;
 /// Why a fetch failed; also the metric label.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FetchError {
@@ -44,8 +51,11 @@ impl FetchError {
 /// What started a fetch; also the metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FetchTrigger {
-    /// The background task (the first fetch at start, then periodically).
+    /// The background task (at start with `--verify-prefetch-keys`, then periodically), or
+    /// [`super::Verifier::fetch_keys`].
     Scheduled,
+    /// The first verification found no key set held yet (nothing was fetched before).
+    FirstUse,
     /// A token named a `kid` the key set does not hold.
     UnknownKid,
 }
@@ -54,6 +64,7 @@ impl FetchTrigger {
     pub fn as_str(self) -> &'static str {
         match self {
             FetchTrigger::Scheduled => "scheduled",
+            FetchTrigger::FirstUse => "first_use",
             FetchTrigger::UnknownKid => "unknown_kid",
         }
     }
@@ -84,8 +95,6 @@ struct Held {
 #[derive(Default)]
 struct SourceState {
     history: FetchHistory,
-    /// A fetch holds, or is about to take, the gate.
-    in_flight: bool,
     last_error: Option<FetchError>,
 }
 
@@ -97,13 +106,13 @@ pub struct KeySource {
     recorder: Arc<dyn VerifyRecorder>,
     held: RwLock<Option<Held>>,
     state: Mutex<SourceState>,
-    /// Serialises fetches: the single flight.
-    gate: tokio::sync::Mutex<()>,
+    /// The single flight of fetches (one key: this source). In flight only: `held` keeps the keys.
+    flight: Flight<(), Refreshed>,
     /// Runs when a fetch finds a key withdrawn.
     on_lost_keys: Box<dyn Fn() + Send + Sync>,
-    /// Counts finished fetches (bumped under the state lock), so a caller can wait for the fetch in
-    /// flight to finish, and a caller that waited for the gate can see that a fetch happened meanwhile.
-    finished: tokio::sync::watch::Sender<u64>,
+    /// Turns true when the first fetch starts, whatever started it: without prefetching, the schedule
+    /// waits for it.
+    first_fetch: watch::Sender<bool>,
 }
 
 /// What a fetch did to the held key set.
@@ -111,10 +120,8 @@ pub struct KeySource {
 pub enum Refreshed {
     /// New keys are held; `lost` says some key held before is gone (withdrawn).
     Updated { lost: bool },
-    /// The fetch failed; the previous keys (if any) stay.
+    /// The fetch failed, or gave no answer within its bound; the previous keys (if any) stay.
     Failed,
-    /// Another caller's fetch finished while this one waited: nothing fetched again.
-    Coalesced,
 }
 
 impl KeySource {
@@ -122,6 +129,7 @@ impl KeySource {
         url: String,
         client: reqwest::Client,
         policy: KeyPolicy,
+        timeouts: IamTimeouts,
         recorder: Arc<dyn VerifyRecorder>,
         on_lost_keys: Box<dyn Fn() + Send + Sync>,
     ) -> Self {
@@ -133,8 +141,8 @@ impl KeySource {
             on_lost_keys,
             held: RwLock::new(None),
             state: Mutex::new(SourceState::default()),
-            gate: tokio::sync::Mutex::new(()),
-            finished: tokio::sync::watch::Sender::new(0),
+            flight: Flight::new(1, timeouts.call_bound()),
+            first_fetch: watch::Sender::new(false),
         }
     }
 
@@ -148,10 +156,6 @@ impl KeySource {
 
     fn state(&self) -> MutexGuard<'_, SourceState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn fetches_finished(&self) -> u64 {
-        *self.finished.borrow()
     }
 
     /// The held key set, if a fetch ever worked.
@@ -168,56 +172,56 @@ impl KeySource {
         self.state().history
     }
 
-    /// Fetches now (single flight: if a fetch is in flight, waits for it and returns `Coalesced`).
-    pub async fn refresh(&self, trigger: FetchTrigger) -> Refreshed {
-        let seen = {
-            let mut state = self.state();
-            state.in_flight = true;
-            self.fetches_finished()
-        };
-        let _gate = self.gate.lock().await;
-        if self.fetches_finished() != seen {
-            self.state().in_flight = false;
-            return Refreshed::Coalesced;
-        }
-        self.fetch_holding_gate(trigger).await
+    /// Fetches now, or joins the fetch in flight (single flight): what that fetch did.
+    pub async fn refresh(self: &Arc<Self>, trigger: FetchTrigger) -> Refreshed {
+        let source = Arc::clone(self);
+        self.flight
+            .run(
+                (),
+                || true,
+                move || async move { source.fetch_and_store(trigger).await },
+            )
+            .await
+            .unwrap_or(Refreshed::Failed)
     }
 
-    /// Looks up `kid`, refetching once if the policy allows: the way a verification meets a rotated key.
-    pub async fn key_for_unknown_kid(&self, kid: &str) -> Option<RsaKey> {
-        let (decision, seen) = {
+    /// Looks up `kid`, refetching once if the policy allows: the way a verification meets a rotated key
+    /// (or, before anything was fetched, the first verification meets the key set). The wait is bounded;
+    /// a caller that goes away leaves the fetch to finish for the others.
+    pub async fn key_for_unknown_kid(self: &Arc<Self>, kid: &str) -> Option<RsaKey> {
+        let (decision, trigger) = {
             let mut state = self.state();
+            let now = Instant::now();
             let decision =
                 self.policy
-                    .on_unknown_kid(Instant::now(), &state.history, state.in_flight);
+                    .on_unknown_kid(now, &state.history, self.flight.in_flight(&()));
             if decision == UnknownKid::Fetch {
-                // Marked before the fetch starts, so concurrent callers see it and wait or refuse.
-                state.history.last_unknown_kid_fetch = Some(Instant::now());
-                state.in_flight = true;
+                // Recorded before the fetch starts, so concurrent callers see it (or join the flight).
+                state.history.last_unknown_kid_fetch = Some(now);
             }
-            (decision, self.fetches_finished())
+            let trigger = if state.history.last_attempt.is_none() {
+                FetchTrigger::FirstUse
+            } else {
+                FetchTrigger::UnknownKid
+            };
+            (decision, trigger)
         };
         match decision {
             UnknownKid::Refuse => self.recorder.unknown_kid_refused(),
             UnknownKid::Wait => {
-                let mut finished = self.finished.subscribe();
-                // Bounded by the fetch's own timeouts; the sender lives as long as `self`.
-                let _ = finished.wait_for(|n| *n != seen).await;
+                // Nothing in flight any more means it just landed: its keys are held.
+                let _ = self.flight.join(&()).await;
             }
             UnknownKid::Fetch => {
-                let _gate = self.gate.lock().await;
-                if self.fetches_finished() == seen {
-                    self.fetch_holding_gate(FetchTrigger::UnknownKid).await;
-                } else {
-                    // A scheduled fetch finished while this one waited for the gate: its keys will do.
-                    self.state().in_flight = false;
-                }
+                self.refresh(trigger).await;
             }
         }
         self.keys().and_then(|keys| keys.get(kid).cloned())
     }
 
-    async fn fetch_holding_gate(&self, trigger: FetchTrigger) -> Refreshed {
+    /// One fetch and what it leaves behind; runs on the flight's task, to completion.
+    async fn fetch_and_store(&self, trigger: FetchTrigger) -> Refreshed {
+        self.first_fetch.send_replace(true);
         let result = self.fetch().await;
         let now = Instant::now();
         self.recorder.key_fetch(
@@ -226,7 +230,6 @@ impl KeySource {
             result.as_ref().err().map_or("ok", FetchError::kind),
         );
         let mut state = self.state();
-        state.in_flight = false;
         state.history.last_attempt = Some(now);
         let outcome = match result {
             Ok(keys) => {
@@ -258,8 +261,6 @@ impl KeySource {
                 Refreshed::Failed
             }
         };
-        // Bumped under the state lock, after the keys are stored: a waiter that wakes sees them.
-        self.finished.send_modify(|n| *n = n.wrapping_add(1));
         drop(state);
         if let Refreshed::Updated { lost: true } = outcome {
             tracing::info!(url = %self.url, "a key was withdrawn from the realm key set; results verified before are dropped");
@@ -326,8 +327,17 @@ impl KeySource {
         }
     }
 
-    /// The background task: fetch at once, then follow [`KeyPolicy::next_fetch`] until `shutdown`.
-    pub async fn run(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    /// The background task: with [`KeyPolicy::prefetch`], fetch at once; otherwise wait until the first
+    /// fetch starts (the first verification's). Then follow [`KeyPolicy::next_fetch`] until `shutdown`.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        if !self.policy.prefetch {
+            let mut first = self.first_fetch.subscribe();
+            tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|stop| *stop) => return,
+                _ = first.wait_for(|started| *started) => {}
+            }
+        }
         loop {
             let due = self
                 .policy
@@ -337,6 +347,7 @@ impl KeySource {
                 _ = shutdown.wait_for(|stop| *stop) => return,
                 () = tokio::time::sleep_until(due) => {}
             }
+            // Joins the first fetch if it is still in flight: it is due at once while none has landed.
             self.refresh(FetchTrigger::Scheduled).await;
         }
     }

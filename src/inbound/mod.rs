@@ -5,8 +5,9 @@
 //! request says it is. This module does it once, for every service in the pod.
 //!
 //! - [`verify`]: the pure verification of one token (parse, algorithm, signature, claims, expectations).
-//! - [`keyset`]: the realm's key set — its parsing, and the cache that fetches it (single flight, last
-//!   good keys through an outage, age reported).
+//! - [`keyset`]: the realm's key set — its parsing, and the cache that fetches it (one
+//!   [`crate::upstream::Flight`], last good keys through an outage, age reported), at start or at first
+//!   use.
 //! - [`policy`]: when to fetch keys, and the rate limit on refetches an unknown `kid` may trigger.
 //! - [`Verifier`] (this file): ties them together, with a cache of verified tokens by SHA-256 of the token
 //!   (never past the token's `exp`), so a peer presenting the same token on every call costs a hash and
@@ -280,6 +281,7 @@ impl Verifier {
                         url,
                         client.clone(),
                         settings.policy.clone(),
+                        settings.timeouts,
                         Arc::clone(&recorder),
                         // A key withdrawn from the set takes the results it verified with it.
                         Box::new(move || cache.invalidate_all()),
@@ -412,7 +414,8 @@ impl Verifier {
         Ok((verified, false))
     }
 
-    /// Starts one background task per key source: fetch at once, then on the policy's schedule.
+    /// Starts one background task per key source: the policy's schedule, from start with `prefetch`,
+    /// else from the first fetch (the first verification's).
     pub fn spawn_key_tasks(&self, shutdown: &watch::Receiver<bool>) -> JoinSet<()> {
         let mut tasks = JoinSet::new();
         for source in &self.sources {
@@ -423,7 +426,7 @@ impl Verifier {
         tasks
     }
 
-    /// Fetches every key set once, now (for the `verify` command, which has no background task).
+    /// Fetches every key set once, now (or joins the fetch in flight), whatever the schedule.
     pub async fn fetch_keys(&self) {
         for source in &self.sources {
             source.refresh(FetchTrigger::Scheduled).await;

@@ -4,6 +4,9 @@
 //! decisions; the tests below drive them with explicit instants (and a paused tokio clock).
 //!
 //! The rules:
+//! - the first fetch is due at start with `prefetch` (`--verify-prefetch-keys`); otherwise it is the first
+//!   verification's (an unknown `kid` of an empty key set, below), and the schedule starts after it, so a
+//!   pod that verifies nothing fetches nothing;
 //! - after a successful fetch, the next one is due a jittered 90–100 % of the refresh interval later, so
 //!   replicas started together do not fetch together;
 //! - after a failure, retry with an exponential backoff (base doubling to a cap), jittered, and keep the
@@ -28,6 +31,8 @@ pub struct KeyPolicy {
     pub retry_cap: Duration,
     /// At most one refetch triggered by an unknown `kid` per this interval.
     pub unknown_kid_interval: Duration,
+    /// Fetch at start (then on schedule), instead of at the first verification.
+    pub prefetch: bool,
 }
 
 impl Default for KeyPolicy {
@@ -37,6 +42,7 @@ impl Default for KeyPolicy {
             retry_base: Duration::from_secs(1),
             retry_cap: Duration::from_secs(60),
             unknown_kid_interval: Duration::from_secs(10),
+            prefetch: false,
         }
     }
 }
@@ -64,8 +70,9 @@ pub enum UnknownKid {
 }
 
 impl KeyPolicy {
-    /// When the next scheduled fetch is due. `jitter` is in `[0, 1)`; `now` is used only before the first
-    /// fetch, which is due at once.
+    /// When the next scheduled fetch is due, once the schedule runs (at start with `prefetch`, else from
+    /// the first fetch on). `jitter` is in `[0, 1)`; `now` is used only while no fetch has finished: one
+    /// is due at once.
     pub fn next_fetch(&self, now: Instant, history: &FetchHistory, jitter: f64) -> Instant {
         let jitter = jitter.clamp(0.0, 1.0);
         let Some(last) = history.last_attempt else {

@@ -1,12 +1,20 @@
 //! The Central Registry client and the cache of peers' signing keys (spec §1).
 //!
 //! - [`record`]: the entity-info answer, parsed leniently.
+//! - [`policy`]: when to ask the CR, the global budget of lookups, how long a replaced key verifies.
 //! - [`Registry`] (this file): `GET {cr}/v2/entityInfo/{type}/{id}` with the broker's own entity token,
-//!   and a cache per entity with the properties of every upstream cache of this crate: single flight (one
-//!   fetch per entity at a time; callers that find one in flight wait for it and use its answer), a rate
-//!   limit on the refetches callers can trigger (an unknown `kid`), the last good record served through an
-//!   outage, and the previous key kept one cache period after a change. When to fetch is decided by
-//!   [`crate::registry::policy`]; this file only follows it.
+//!   and a cache with the properties of every upstream cache of this crate: single flight (one
+//!   [`Flight`] of lookups, keyed by sender: concurrent callers share one CR call, which runs to its end
+//!   whoever hangs up, and waits are bounded), a rate limit on the lookups callers can trigger (one
+//!   budget for every sender, [`policy::LookupBudget`]), the last good record served through an outage
+//!   or an empty budget, and the previous key kept for a grace period after a change.
+//!
+//! Two stores, so that what callers can fill cannot push out what verification needs:
+//! - the **known** senders, whose record holds a usable key: only entities the CR vouched for get here
+//!   (at most [`MAX_KNOWN_PER_TYPE`] per type; beyond it, the one fetched longest ago gives way);
+//! - the **negative** cache (moka, at most [`MAX_NEGATIVE`] entries, each for the policy's
+//!   `negative_ttl`): senders the CR does not know, and lookups that failed with nothing held (so the
+//!   next waits the failure backoff). A flood of invented senders churns this one only.
 //!
 //! A `401` from the CR means our token was refused: the token is refreshed once through the broker's
 //! forced-refresh path and the call retried; a second `401` is an outage, not a reason to loop. The CR is
@@ -24,13 +32,19 @@ use tokio::time::Instant;
 use crate::entity::EntityId;
 use crate::iam::IamTimeouts;
 use crate::iam::url::entity_info_url;
-use crate::registry::policy::{Action, EntryClock, RegistryPolicy};
+use crate::registry::policy::{Action, EntryClock, LookupBudget, RegistryPolicy};
 use crate::token::broker::Broker;
+use crate::upstream::{Flight, FlightError};
 pub use record::{EntityKey, RecordError, TYPES};
 
-/// Entities remembered per type. Senders come from local callers (`/v1/verify-signature`) or verified
-/// tokens (`/v1/authorize`); a caller that names endless distinct senders cannot grow the cache past this.
-pub const MAX_ENTRIES_PER_TYPE: usize = 4096;
+/// Senders with a usable key remembered per type. Only entities the CR vouched for are kept here, so only
+/// the size of the network can fill it.
+pub const MAX_KNOWN_PER_TYPE: usize = 4096;
+/// Unknown senders (and failed lookups) remembered, for all types together.
+pub const MAX_NEGATIVE: u64 = 4096;
+/// Lookups in flight at once, tracked by the flight; the default budget keeps them well below it (a
+/// sender beyond it may get a second lookup while its first runs, never a stuck one).
+pub const MAX_LOOKUPS_IN_FLIGHT: u64 = 1024;
 /// Largest CR answer read: one record is a few KiB.
 pub const MAX_RECORD_BYTES: usize = 256 * 1024;
 
@@ -40,7 +54,7 @@ pub enum RegistryError {
     /// The CR does not know the entity (or does not let us see it): `404`/`403`, or no usable key.
     #[error("the Central Registry has no usable key for {0}")]
     UnknownSender(String),
-    /// The CR could not be asked, and nothing is held.
+    /// The CR could not be asked (it failed, or the lookup budget is spent), and nothing is held.
     #[error("the Central Registry is unavailable: {reason}")]
     Unavailable {
         reason: String,
@@ -57,30 +71,100 @@ pub enum Found {
     NoSuchKid,
 }
 
-/// Entries by type (in the order of [`TYPES`]) and id, each behind its own async lock: the single flight.
-/// Looked up by `&str`, so a request allocates nothing to find its sender.
-type Entries = [HashMap<String, Arc<tokio::sync::Mutex<Entry>>>; 3];
-
-#[derive(Default)]
-struct Entry {
-    clock: EntryClock,
-    current: Option<Arc<EntityKey>>,
-    /// The key `current` replaced, and when the change was seen.
-    previous: Option<(Arc<EntityKey>, Instant)>,
-    /// The CR said the entity does not exist (kept like a record, so it is not asked again at once).
-    unknown: bool,
-    last_error: Option<String>,
+/// How a lookup that needed the CR ended; also the metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrOutcome {
+    /// The CR answered with a usable key.
+    Ok,
+    /// The CR does not know the sender, or shows no usable key for it.
+    Unknown,
+    /// The CR could not be asked or answered something else (timeout, transport, status, our token
+    /// refused twice, an unreadable answer).
+    Error,
+    /// Not asked: the lookup budget was spent.
+    RateLimited,
 }
 
-/// The CR key cache.
+impl CrOutcome {
+    pub const ALL: [CrOutcome; 4] = [
+        CrOutcome::Ok,
+        CrOutcome::Unknown,
+        CrOutcome::Error,
+        CrOutcome::RateLimited,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CrOutcome::Ok => "ok",
+            CrOutcome::Unknown => "unknown",
+            CrOutcome::Error => "error",
+            CrOutcome::RateLimited => "rate_limited",
+        }
+    }
+}
+
+/// What the CR cache reports, implemented by the application's metrics (so this module never sees the
+/// metrics registry). Every method has a no-op default.
+pub trait RegistryRecorder: Send + Sync {
+    /// One lookup that needed the CR ended (or was not sent: [`CrOutcome::RateLimited`]).
+    fn cr_request(&self, _outcome: CrOutcome) {}
+}
+
+/// A recorder that records nothing (the CLI).
+pub struct NoRecorder;
+
+impl RegistryRecorder for NoRecorder {}
+
+/// A sender the CR vouched for: its key, and the one it replaced.
+struct Known {
+    clock: EntryClock,
+    current: Arc<EntityKey>,
+    /// The key `current` replaced, and when the change was seen.
+    previous: Option<(Arc<EntityKey>, Instant)>,
+}
+
+/// What the negative cache remembers of a sender.
+#[derive(Debug, Clone)]
+enum Negative {
+    /// The CR does not know it (or does not show it to us, or shows no usable key).
+    Unknown,
+    /// The last lookup failed and nothing is held: the next one waits the failure backoff.
+    Failed {
+        attempted_at: Instant,
+        reason: String,
+    },
+}
+
+/// A sender: the index of its type in [`TYPES`], and its id.
+type SenderKey = (usize, String);
+
+/// What one lookup found; what it left behind is in the stores.
+#[derive(Debug, Clone)]
+enum Looked {
+    Found,
+    Unknown,
+    Failed(String),
+}
+
+/// The CR key cache. Cheap to share; its lookups run on tasks of their own.
 pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     base: String,
     client: reqwest::Client,
     broker: Broker,
     /// The entity whose token the CR calls carry.
     caller: EntityId,
     policy: RegistryPolicy,
-    entries: Mutex<Entries>,
+    /// Known senders by type (in the order of [`TYPES`]) and id; looked up by `&str`, so a request
+    /// allocates nothing to find a known sender.
+    known: Mutex<[HashMap<String, Known>; 3]>,
+    negative: moka::sync::Cache<SenderKey, Negative>,
+    budget: Mutex<LookupBudget>,
+    flight: Flight<SenderKey, Looked>,
+    recorder: Arc<dyn RegistryRecorder>,
 }
 
 impl Registry {
@@ -91,6 +175,7 @@ impl Registry {
         caller: EntityId,
         policy: RegistryPolicy,
         timeouts: IamTimeouts,
+        recorder: Arc<dyn RegistryRecorder>,
     ) -> Result<Self, reqwest::Error> {
         crate::install_crypto_provider();
         let client = reqwest::Client::builder()
@@ -99,117 +184,261 @@ impl Registry {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("aa-token-broker/", env!("CARGO_PKG_VERSION")))
             .build()?;
+        let negative = moka::sync::Cache::builder()
+            .max_capacity(MAX_NEGATIVE)
+            .time_to_live(policy.negative_ttl)
+            .build();
+        // A lookup may wait for our token (one IAM call, perhaps behind another), then make up to two CR
+        // calls with a forced refresh between them.
+        let bound = timeouts.call_bound().saturating_mul(5);
         Ok(Self {
-            base: base.trim_end_matches('/').to_string(),
-            client,
-            broker,
-            caller,
-            policy,
-            entries: Mutex::new(Default::default()),
+            inner: Arc::new(Inner {
+                base: base.trim_end_matches('/').to_string(),
+                client,
+                broker,
+                caller,
+                policy,
+                known: Mutex::new(Default::default()),
+                negative,
+                budget: Mutex::new(LookupBudget::default()),
+                flight: Flight::new(MAX_LOOKUPS_IN_FLIGHT, bound),
+                recorder,
+            }),
         })
     }
 
     pub fn base(&self) -> &str {
-        &self.base
+        &self.inner.base
     }
 
-    fn entries(&self) -> MutexGuard<'_, Entries> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The key of entity `id` of type `kind` for a message naming `kid` (or none). Fetches when the
-    /// policy says so; callers for one entity queue on its entry, so concurrent misses make one call.
+    /// The key of entity `id` of type `kind` for a message naming `kid` (or none). Asks the CR when the
+    /// policy says so and the budget allows; callers for one sender share one lookup.
     pub async fn key_for(
         &self,
         kind: &str,
         id: &str,
         kid: Option<&str>,
     ) -> Result<Found, RegistryError> {
+        let inner = &self.inner;
         let index = TYPES
             .iter()
             .position(|t| *t == kind)
+            .filter(|_| is_segment(id))
             .ok_or_else(|| RegistryError::UnknownSender(id.to_string()))?;
-        let slot = {
-            let mut entries = self.entries();
-            let of_type = &mut entries[index];
-            match of_type.get(id) {
-                Some(slot) => Arc::clone(slot),
-                None => {
-                    if of_type.len() >= MAX_ENTRIES_PER_TYPE {
-                        // Forget entities that hold no key and that no lookup is using.
-                        of_type.retain(|_, slot| {
-                            slot.try_lock()
-                                .map_or(true, |entry| entry.current.is_some())
+        let now = Instant::now();
+        let held = inner.known_decision(index, id, kid, now);
+        if let Some((Action::Use, found)) = held {
+            return Ok(found);
+        }
+        let key: SenderKey = (index, id.to_string());
+        if held.is_none() {
+            match inner.negative.get(&key) {
+                Some(Negative::Unknown) => {
+                    return Err(RegistryError::UnknownSender(id.to_string()));
+                }
+                Some(Negative::Failed {
+                    attempted_at,
+                    reason,
+                }) => {
+                    let clock = EntryClock {
+                        fetched_at: None,
+                        attempted_at: Some(attempted_at),
+                        failed: true,
+                    };
+                    if let Action::RetryAfter(wait) = inner.policy.decide(clock, false, now) {
+                        return Err(RegistryError::Unavailable {
+                            reason,
+                            retry_after: wait,
                         });
                     }
-                    if of_type.len() >= MAX_ENTRIES_PER_TYPE {
-                        return Err(RegistryError::UnknownSender(id.to_string()));
-                    }
-                    Arc::clone(of_type.entry(id.to_string()).or_default())
                 }
+                None => {}
             }
+        }
+        // Ask the CR: join the lookup of this sender in flight, or start one if the budget allows.
+        let mut refused_for = None;
+        let lookup = Arc::clone(inner);
+        let sender = key.clone();
+        let outcome = inner
+            .flight
+            .run(
+                key,
+                || match inner.spend_lookup() {
+                    Ok(()) => true,
+                    Err(wait) => {
+                        refused_for = Some(wait);
+                        false
+                    }
+                },
+                move || async move { lookup.lookup(sender).await },
+            )
+            .await;
+        if matches!(outcome, Err(FlightError::NotAdmitted)) {
+            inner.recorder.cr_request(CrOutcome::RateLimited);
+        }
+        // Whatever the outcome, answer from what is held now: the new record, or the stale one.
+        if let Some((_, found)) = inner.known_decision(index, id, kid, Instant::now()) {
+            if outcome.is_err() {
+                tracing::debug!(
+                    entity = id,
+                    "Central Registry not asked (or no answer in time); the record held is used"
+                );
+            }
+            return Ok(found);
+        }
+        let (reason, retry_after) = match outcome {
+            Ok(Looked::Unknown) | Ok(Looked::Found) => {
+                return Err(RegistryError::UnknownSender(id.to_string()));
+            }
+            Ok(Looked::Failed(reason)) => (reason, inner.policy.failure_backoff),
+            Err(FlightError::NotAdmitted) => {
+                let wait = refused_for.unwrap_or(inner.policy.lookup_interval);
+                (
+                    "too many lookups of senders not held; the budget is spent".to_string(),
+                    wait,
+                )
+            }
+            Err(error) => (error.to_string(), inner.policy.failure_backoff),
         };
-        let mut entry = slot.lock().await;
-        let now = Instant::now();
-        let known = choose(&entry, kid, &self.policy, now).is_some();
-        match self.policy.decide(entry.clock, known, now) {
-            Action::Use => {}
-            Action::RetryAfter(wait) => {
-                return Err(RegistryError::Unavailable {
-                    reason: entry
-                        .last_error
-                        .clone()
-                        .unwrap_or_else(|| "a recent fetch failed".into()),
-                    retry_after: wait,
-                });
-            }
-            Action::Fetch => {
-                entry.clock.attempted_at = Some(now);
-                match self.fetch(kind, id).await {
-                    Ok(Some(fetched)) => {
-                        entry.clock.failed = false;
-                        entry.clock.fetched_at = Some(Instant::now());
-                        entry.unknown = false;
-                        entry.last_error = None;
-                        if let Some(old) = entry.current.take()
-                            && old.key != fetched.key
-                        {
-                            tracing::info!(entity = id, old_kid = ?old.kid, new_kid = ?fetched.kid, "a peer's signing key changed in the CR; the previous one verifies for one cache period");
-                            entry.previous = Some((old, Instant::now()));
-                        }
-                        entry.current = Some(Arc::new(fetched));
-                    }
-                    Ok(None) => {
-                        entry.clock.failed = false;
-                        entry.clock.fetched_at = Some(Instant::now());
-                        entry.unknown = true;
-                        entry.current = None;
-                        entry.previous = None;
-                    }
-                    Err(reason) => {
-                        tracing::warn!(entity = id, %reason, "Central Registry lookup failed");
-                        entry.clock.failed = true;
-                        entry.last_error = Some(reason.clone());
-                        if entry.clock.fetched_at.is_none() {
-                            return Err(RegistryError::Unavailable {
-                                reason,
-                                retry_after: self.policy.failure_backoff,
-                            });
-                        }
-                    }
-                }
-            }
-        }
-        if entry.unknown || entry.current.is_none() {
-            return Err(RegistryError::UnknownSender(id.to_string()));
-        }
-        Ok(match choose(&entry, kid, &self.policy, Instant::now()) {
-            Some(choice) => Found::Key(choice),
-            None => Found::NoSuchKid,
+        Err(RegistryError::Unavailable {
+            reason,
+            retry_after,
         })
     }
+}
 
-    /// One GET; `Ok(None)` when the CR says the entity is unknown to it (or hidden from us).
+impl Inner {
+    fn known(&self) -> MutexGuard<'_, [HashMap<String, Known>; 3]> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// For a known sender: what the policy says, and the answer from its record.
+    fn known_decision(
+        &self,
+        index: usize,
+        id: &str,
+        kid: Option<&str>,
+        now: Instant,
+    ) -> Option<(Action, Found)> {
+        let known = self.known();
+        let entry = known.get(index)?.get(id)?;
+        let choice = choose(entry, kid, &self.policy, now);
+        let action = self.policy.decide(entry.clock, choice.is_some(), now);
+        Some((action, choice.map_or(Found::NoSuchKid, Found::Key)))
+    }
+
+    fn spend_lookup(&self) -> Result<(), Duration> {
+        let mut budget = self.budget.lock().unwrap_or_else(|p| p.into_inner());
+        self.policy.spend_lookup(&mut budget, Instant::now())
+    }
+
+    /// One lookup and what it leaves behind; runs on the flight's task, to completion.
+    async fn lookup(&self, sender: SenderKey) -> Looked {
+        let (index, id) = &sender;
+        let Some(kind) = TYPES.get(*index) else {
+            return Looked::Unknown;
+        };
+        let attempted_at = Instant::now();
+        let result = self.fetch(kind, id).await;
+        let outcome = match &result {
+            Ok(Some(_)) => CrOutcome::Ok,
+            Ok(None) => CrOutcome::Unknown,
+            Err(_) => CrOutcome::Error,
+        };
+        self.recorder.cr_request(outcome);
+        let now = Instant::now();
+        match result {
+            Ok(Some(fetched)) => {
+                self.negative.invalidate(&sender);
+                self.store_known(*index, id, fetched, attempted_at, now);
+                Looked::Found
+            }
+            Ok(None) => {
+                if let Some(of_type) = self.known().get_mut(*index) {
+                    of_type.remove(id.as_str());
+                }
+                self.negative.insert(sender, Negative::Unknown);
+                Looked::Unknown
+            }
+            Err(reason) => {
+                tracing::warn!(entity = %id, %reason, "Central Registry lookup failed");
+                let held = {
+                    let mut known = self.known();
+                    match known
+                        .get_mut(*index)
+                        .and_then(|of_type| of_type.get_mut(id))
+                    {
+                        Some(entry) => {
+                            entry.clock.attempted_at = Some(attempted_at);
+                            entry.clock.failed = true;
+                            true
+                        }
+                        None => false,
+                    }
+                };
+                if !held {
+                    self.negative.insert(
+                        sender,
+                        Negative::Failed {
+                            attempted_at,
+                            reason: reason.clone(),
+                        },
+                    );
+                }
+                Looked::Failed(reason)
+            }
+        }
+    }
+
+    fn store_known(
+        &self,
+        index: usize,
+        id: &str,
+        fetched: EntityKey,
+        attempted_at: Instant,
+        now: Instant,
+    ) {
+        let clock = EntryClock {
+            fetched_at: Some(now),
+            attempted_at: Some(attempted_at),
+            failed: false,
+        };
+        let mut known = self.known();
+        let Some(of_type) = known.get_mut(index) else {
+            return;
+        };
+        if let Some(entry) = of_type.get_mut(id) {
+            let changed = entry.current.key != fetched.key;
+            let old = std::mem::replace(&mut entry.current, Arc::new(fetched));
+            if changed {
+                tracing::info!(entity = id, old_kid = ?old.kid, new_kid = ?entry.current.kid, "a peer's signing key changed in the CR; the previous one verifies for its grace period");
+                // With no grace, the replaced key is dropped at once.
+                entry.previous = (!self.policy.previous_key_grace.is_zero()).then_some((old, now));
+            }
+            entry.clock = clock;
+            return;
+        }
+        if of_type.len() >= MAX_KNOWN_PER_TYPE {
+            // Only the CR's own entities get here: give way to the one fetched longest ago.
+            let oldest = of_type
+                .iter()
+                .min_by_key(|(_, entry)| entry.clock.fetched_at)
+                .map(|(oldest, _)| oldest.clone());
+            if let Some(oldest) = oldest {
+                of_type.remove(&oldest);
+            }
+        }
+        of_type.insert(
+            id.to_string(),
+            Known {
+                clock,
+                current: Arc::new(fetched),
+                previous: None,
+            },
+        );
+    }
+
+    /// One lookup; `Ok(None)` when the CR says the entity is unknown to it (or hidden from us).
     async fn fetch(&self, kind: &str, id: &str) -> Result<Option<EntityKey>, String> {
         // Built by segment; an id outside the grammar is never sent (callers parse it before).
         let Ok(entity) = EntityId::parse(id) else {
@@ -265,12 +494,12 @@ impl Registry {
 /// The key for `kid`: the current one when it matches (or no `kid` is named), else the previous one
 /// within its period.
 fn choose(
-    entry: &Entry,
+    entry: &Known,
     kid: Option<&str>,
     policy: &RegistryPolicy,
     now: Instant,
 ) -> Option<Arc<EntityKey>> {
-    let current = entry.current.as_ref()?;
+    let current = &entry.current;
     let Some(kid) = kid else {
         return Some(Arc::clone(current));
     };
@@ -283,6 +512,11 @@ fn choose(
         .as_ref()
         .filter(|(old, at)| old.kid.as_deref() == Some(kid) && policy.previous_key_valid(*at, now))
         .map(|(old, _)| Arc::clone(old))
+}
+
+/// Whether `text` can be one path segment of a CR URL.
+fn is_segment(text: &str) -> bool {
+    !matches!(text, "" | "." | "..")
 }
 
 fn without_url(error: &reqwest::Error) -> String {

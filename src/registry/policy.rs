@@ -6,8 +6,15 @@
 //!   entity: a forged `kid` on every request cannot turn into a CR call per request.
 //! - After a failed fetch, the next one waits `failure_backoff`; meanwhile the last good record is served
 //!   (an outage of the CR does not stop verification), or, with none, the caller is told to retry later.
-//! - A key replaced by a newer one keeps verifying for one `ttl` after the change was seen, so messages
-//!   signed just before a peer's rotation still verify.
+//! - A key replaced by a newer one keeps verifying for `previous_key_grace` (default one `ttl`) after the
+//!   change was seen, so messages signed just before a peer's rotation still verify; zero turns it off.
+//! - Every lookup that goes to the CR spends from one budget shared by all senders ([`LookupBudget`], a
+//!   token bucket: `lookup_burst` at once, then one every `lookup_interval`). Lookups are caused by our
+//!   callers, and each carries our entity token: without it, a caller naming endless distinct senders
+//!   would make the CR see a flood from our entity (and throttle or block it). A lookup the budget refuses
+//!   is answered from the record held, stale or not, or told to retry when the budget allows.
+//! - A sender the CR does not know is remembered for `negative_ttl`, apart from the known ones: asking
+//!   again sooner changes nothing, and a flood of unknown senders must not push out the known ones.
 
 use std::time::Duration;
 
@@ -16,25 +23,51 @@ use tokio::time::Instant;
 /// Longest a record may be trusted without asking the CR again.
 pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 
+/// The default time a replaced key keeps verifying: one cache period (the default `ttl`).
+pub const DEFAULT_PREVIOUS_KEY_GRACE: Duration = Duration::from_secs(6 * 3600);
+/// The default budget of CR lookups: 5 a second (one every 200 ms)…
+pub const DEFAULT_LOOKUP_INTERVAL: Duration = Duration::from_millis(200);
+/// … after a burst of 10.
+pub const DEFAULT_LOOKUP_BURST: u32 = 10;
+
 /// The limits of the CR key cache.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegistryPolicy {
-    /// How long a record is fresh, and how long a replaced key keeps verifying.
+    /// How long a record is fresh.
     pub ttl: Duration,
+    /// How long a replaced key keeps verifying after the change was seen (zero: not at all).
+    pub previous_key_grace: Duration,
     /// Least time between two refetches an unknown `kid` triggers, per entity.
     pub unknown_kid_interval: Duration,
     /// Least time between a failed fetch and the next one, per entity.
     pub failure_backoff: Duration,
+    /// How long a sender the CR does not know is answered as unknown without asking again.
+    pub negative_ttl: Duration,
+    /// The budget of lookups: one more every this long…
+    pub lookup_interval: Duration,
+    /// … and at most this many at once.
+    pub lookup_burst: u32,
 }
 
 impl Default for RegistryPolicy {
     fn default() -> Self {
         Self {
             ttl: Duration::from_secs(6 * 3600),
+            previous_key_grace: DEFAULT_PREVIOUS_KEY_GRACE,
             unknown_kid_interval: Duration::from_secs(30),
             failure_backoff: Duration::from_secs(5),
+            negative_ttl: Duration::from_secs(300),
+            lookup_interval: DEFAULT_LOOKUP_INTERVAL,
+            lookup_burst: DEFAULT_LOOKUP_BURST,
         }
     }
+}
+
+/// The state of the lookup budget: the theoretical arrival time of the next lookup (GCRA, the token
+/// bucket in one instant). `None`: the bucket is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LookupBudget {
+    next_due: Option<Instant>,
 }
 
 /// What the cache knows about one entity, in monotonic time.
@@ -91,7 +124,23 @@ impl RegistryPolicy {
 
     /// Whether a key replaced at `replaced_at` still verifies at `now`.
     pub fn previous_key_valid(&self, replaced_at: Instant, now: Instant) -> bool {
-        now.saturating_duration_since(replaced_at) < self.ttl.min(MAX_TTL)
+        now.saturating_duration_since(replaced_at) < self.previous_key_grace.min(MAX_TTL)
+    }
+
+    /// Spends one lookup from `budget` at `now`: `Ok` (and the budget is charged), or `Err` with how long
+    /// until one is allowed (the budget is unchanged). Over any span of time `t` from a full bucket, at
+    /// most `lookup_burst + t / lookup_interval` lookups are allowed.
+    pub fn spend_lookup(&self, budget: &mut LookupBudget, now: Instant) -> Result<(), Duration> {
+        let interval = self.lookup_interval;
+        // How far ahead of `now` the schedule may run: a full bucket minus the lookup being spent.
+        let tolerance = interval.saturating_mul(self.lookup_burst.max(1) - 1);
+        let due = budget.next_due.map_or(now, |due| due.max(now));
+        let ahead = due.saturating_duration_since(now);
+        if ahead > tolerance {
+            return Err(ahead - tolerance);
+        }
+        budget.next_due = Some(due.checked_add(interval).unwrap_or(due));
+        Ok(())
     }
 }
 
@@ -159,9 +208,62 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_replaced_key_verifies_for_its_grace_and_zero_turns_it_off() {
+        let policy = RegistryPolicy::default();
+        assert_eq!(policy.previous_key_grace, policy.ttl, "one cache period");
+        let t0 = Instant::now();
+        let grace = Duration::from_secs(90);
+        let short = RegistryPolicy {
+            previous_key_grace: grace,
+            ..RegistryPolicy::default()
+        };
+        tokio::time::advance(grace - Duration::from_millis(1)).await;
+        assert!(short.previous_key_valid(t0, Instant::now()));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(!short.previous_key_valid(t0, Instant::now()));
+        let off = RegistryPolicy {
+            previous_key_grace: Duration::ZERO,
+            ..RegistryPolicy::default()
+        };
+        assert!(!off.previous_key_valid(t0, t0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_lookup_budget_allows_a_burst_then_the_rate_and_says_how_long_to_wait() {
+        let policy = RegistryPolicy::default();
+        let mut budget = LookupBudget::default();
+        let t0 = Instant::now();
+        for _ in 0..policy.lookup_burst {
+            assert_eq!(policy.spend_lookup(&mut budget, t0), Ok(()));
+        }
+        assert_eq!(
+            policy.spend_lookup(&mut budget, t0),
+            Err(policy.lookup_interval)
+        );
+        tokio::time::advance(policy.lookup_interval / 2).await;
+        let refused = budget;
+        assert_eq!(
+            policy.spend_lookup(&mut budget, Instant::now()),
+            Err(policy.lookup_interval / 2)
+        );
+        assert_eq!(budget, refused, "a refusal costs nothing");
+        tokio::time::advance(policy.lookup_interval / 2).await;
+        assert_eq!(policy.spend_lookup(&mut budget, Instant::now()), Ok(()));
+        assert!(policy.spend_lookup(&mut budget, Instant::now()).is_err());
+        // Idle long enough, the bucket is full again, and no fuller.
+        tokio::time::advance(policy.lookup_interval * 100).await;
+        let now = Instant::now();
+        let allowed = (0..100)
+            .filter(|_| policy.spend_lookup(&mut budget, now).is_ok())
+            .count();
+        assert_eq!(allowed, policy.lookup_burst as usize);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_replaced_key_verifies_for_one_cache_period_and_the_ttl_is_capped() {
         let policy = RegistryPolicy {
             ttl: Duration::from_secs(7 * 86_400),
+            previous_key_grace: Duration::from_secs(7 * 86_400),
             ..RegistryPolicy::default()
         };
         let t0 = Instant::now();
@@ -169,5 +271,38 @@ mod tests {
         assert!(!policy.previous_key_valid(t0, t0 + MAX_TTL));
         let held = clock(Some(t0), Some(t0), false);
         assert_eq!(policy.decide(held, true, t0 + MAX_TTL), Action::Fetch);
+    }
+
+    proptest::proptest! {
+        /// However lookups arrive, from a full bucket the budget allows at most `burst + elapsed/interval`
+        /// of them, and a refusal's wait is never zero and never longer than one interval times the burst.
+        #[test]
+        fn the_budget_holds_over_any_arrivals(
+            gaps_ms in proptest::collection::vec(0u64..400, 1..500),
+            interval_ms in 1u64..2_000,
+            burst in 1u32..50,
+        ) {
+            let policy = RegistryPolicy {
+                lookup_interval: Duration::from_millis(interval_ms),
+                lookup_burst: burst,
+                ..RegistryPolicy::default()
+            };
+            let start = Instant::now();
+            let mut now = start;
+            let mut budget = LookupBudget::default();
+            let mut allowed = 0u128;
+            for gap in gaps_ms {
+                now += Duration::from_millis(gap);
+                match policy.spend_lookup(&mut budget, now) {
+                    Ok(()) => allowed += 1,
+                    Err(wait) => {
+                        proptest::prop_assert!(!wait.is_zero());
+                        proptest::prop_assert!(wait <= policy.lookup_interval * burst);
+                    }
+                }
+                let elapsed = (now - start).as_millis();
+                proptest::prop_assert!(allowed <= u128::from(burst) + elapsed / u128::from(interval_ms));
+            }
+        }
     }
 }

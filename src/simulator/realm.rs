@@ -11,7 +11,7 @@
 //!   address read as loopback) — never from the `Host` a client happened to use, so `127.0.0.1` and
 //!   `localhost` clients get the same issuer, and a verifier can pin it.
 //! - Routes: the JWKS (`/auth/realms/sahamati/protocol/openid-connect/certs`, which can be made to fail
-//!   with `jwksStatus` to simulate a key-endpoint outage), the discovery document
+//!   with `jwksStatus` to simulate a key-endpoint outage, and slowed with `jwksDelayMs`), the discovery document
 //!   (`/auth/realms/sahamati/.well-known/openid-configuration`, for frameworks that start from an issuer
 //!   URI), and under `/_simulator/realm`: `GET|PUT` the settings (with the published `kid`s and the count of
 //!   JWKS fetches), `POST …/rotate`, `DELETE …/retired`.
@@ -54,6 +54,8 @@ pub struct RealmSettings {
     pub retired_key_secs: u64,
     /// When set, the JWKS endpoint answers this status instead of the keys (an outage).
     pub jwks_status: Option<u16>,
+    /// Milliseconds the JWKS endpoint waits before answering (a slow key endpoint).
+    pub jwks_delay_ms: u64,
 }
 
 impl Default for RealmSettings {
@@ -63,6 +65,7 @@ impl Default for RealmSettings {
             // Two days: longer than any token signed before the rotation lives.
             retired_key_secs: 2 * 86_400,
             jwks_status: None,
+            jwks_delay_ms: 0,
         }
     }
 }
@@ -241,6 +244,10 @@ impl Realm {
 /// `GET /auth/realms/sahamati/protocol/openid-connect/certs`.
 pub(crate) async fn jwks(State(shared): State<Arc<Shared>>) -> Response {
     shared.key.jwks_fetches.fetch_add(1, Ordering::SeqCst);
+    let delay = shared.key.settings().jwks_delay_ms;
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
     if let Some(status) = shared.key.settings().jwks_status {
         let code = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
         return (

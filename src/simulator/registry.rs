@@ -18,10 +18,12 @@
 //! - Counters: `calls` counts entity-info calls; `requests` counts every request to a path under `/cr/`,
 //!   routed or not, so a test can tell that a client built no CR URL at all (a URL with `..` in it is
 //!   resolved by the client into a path no route serves).
+//!   A slow CR is [`Simulator::cr_set_delay`]: every entity-info answer waits, after the call is counted.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -73,6 +75,8 @@ struct CrInner {
     status: Option<u16>,
     /// Statuses answered to the next calls, in order, before normal service resumes.
     queued: Vec<u16>,
+    /// Waited before each entity-info answer (a slow CR); the call is counted before the wait.
+    delay: Duration,
 }
 
 impl CrState {
@@ -186,6 +190,11 @@ impl Simulator {
     /// Makes every CR call answer `status` (an outage), or serve again with `None`.
     pub fn cr_set_status(&self, status: Option<u16>) {
         self.shared.cr.inner().status = status;
+    }
+
+    /// Makes every entity-info answer wait this long (a slow CR); `Duration::ZERO` answers at once again.
+    pub fn cr_set_delay(&self, delay: Duration) {
+        self.shared.cr.inner().delay = delay;
     }
 
     /// The next CR calls answer these statuses, in order (e.g. one `401`).
@@ -314,6 +323,10 @@ async fn entity_info(
         Ok(found) => found,
         Err(response) => return *response,
     };
+    let delay = shared.cr.inner().delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let kind = kind.to_ascii_uppercase();
     if !(visible(&role, &kind) || (role == kind && caller == id)) {
         return cr_error(StatusCode::FORBIDDEN, "403 FORBIDDEN");

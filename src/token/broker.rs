@@ -1,17 +1,16 @@
 //! The broker: the handle every other part of the process holds to get a token for an entity.
 //!
-//! It keeps one `Slot` per configured entity and one moka cache keyed by entity. A request that finds a
-//! servable token is answered from the slot's `current` pointer (no await, no allocation: what the hot
-//! path uses). A request that finds none joins moka's `try_get_with`, so concurrent cold requests share one
-//! upstream call and its result or error; the call itself is the `Fetcher`'s. moka remains the cache that
-//! coalesces cold fetches and expires entries at their hand-out deadline.
+//! It keeps one `Slot` per configured entity. A request that finds a servable token is answered from the
+//! slot's `current` pointer (no await, no allocation: what the hot path uses). A request that finds none
+//! joins the entity's [`Flight`], so concurrent cold requests share one upstream call and its result or
+//! error, and a client that hangs up cancels nothing the others wait on; the call itself is the
+//! `Fetcher`'s. The token it gets is kept in the slot, not in the flight.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use moka::future::Cache;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -20,12 +19,13 @@ use super::fetch::{Fetcher, Trigger};
 use super::policy::RefreshPolicy;
 use super::recorder::TokenRecorder;
 use super::refresher;
-use super::slot::{ServeDeadline, Slot};
+use super::slot::Slot;
 use super::status::{EntityStatus, RequestOutcome, Served, TokenError};
 use crate::entity::EntityId;
 use crate::iam::IamClient;
 use crate::secret::SecretCell;
 use crate::supervise::supervise;
+use crate::upstream::Flight;
 
 /// The entity token broker. Cheap to clone.
 #[derive(Clone)]
@@ -49,14 +49,13 @@ impl Broker {
                 (id, Arc::new(slot))
             })
             .collect::<BTreeMap<_, _>>();
-        let cache = Cache::builder()
-            .max_capacity(slots.len() as u64 + 1)
-            .expire_after(ServeDeadline)
-            .build();
+        // A cold fetch may first wait for the gate (a call under way), then make its own call.
+        let bound = iam.timeouts().call_bound().saturating_mul(2);
+        let flight = Flight::new(slots.len() as u64 + 1, bound);
         Self {
             slots: Arc::new(slots),
             fetcher: Arc::new(Fetcher {
-                cache,
+                flight,
                 iam,
                 policy,
                 recorder,
@@ -141,11 +140,14 @@ impl Broker {
         let leader = Arc::clone(fetcher);
         let task_slot = Arc::clone(slot);
         let result = fetcher
-            .cache
-            .try_get_with(slot.id.clone(), async move {
-                leader.detached(&task_slot, Trigger::Client, false).await
-            })
-            .await;
+            .flight
+            .run(
+                slot.id.clone(),
+                || true,
+                move || async move { leader.fetch(&task_slot, Trigger::Client).await },
+            )
+            .await
+            .unwrap_or_else(|e| Err(e.into()));
         match result {
             Ok(token) if token.servable(Instant::now()) => Ok(Served {
                 token,
@@ -184,7 +186,7 @@ impl Broker {
         if let Some((error, wait)) = fetcher.recent_failure(slot, Trigger::Forced) {
             return Err(fetcher.unavailable(&error, wait));
         }
-        match fetcher.detached(slot, Trigger::Forced, true).await {
+        match fetcher.detached(slot, Trigger::Forced).await {
             Ok(token) => Ok(Served {
                 token,
                 stale: false,
@@ -237,7 +239,7 @@ async fn refresh(fetcher: Arc<Fetcher>, slot: Arc<Slot>, shutdown: watch::Receiv
             let fetcher = Arc::clone(&fetcher);
             let slot = Arc::clone(&attempt_slot);
             async move {
-                let _ = fetcher.detached(&slot, Trigger::Background, true).await;
+                let _ = fetcher.detached(&slot, Trigger::Background).await;
             }
         },
     )

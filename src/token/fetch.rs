@@ -4,7 +4,8 @@
 //! gate for the duration of the call:
 //! - the background refresher ([`super::refresher`]), which keeps a token ready so that after warm-up no
 //!   client request waits on the IAM;
-//! - a client request that finds no valid token (see [`super::broker`]: moka coalesces them);
+//! - a client request that finds no valid token (see [`super::broker`]: they share one
+//!   [`crate::upstream::Flight`]);
 //! - a forced refresh (`POST …/refresh`).
 //!
 //! Whoever takes the gate second finds the generation moved on and returns the new token instead of
@@ -16,7 +17,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use moka::future::Cache;
 use tokio::time::Instant;
 
 use super::policy::RefreshPolicy;
@@ -28,6 +28,7 @@ use crate::entity::{EntityId, SecretError, fingerprint};
 use crate::iam::client::ClientBuildError;
 use crate::iam::{IamClient, IamError};
 use crate::secret::SecretEvent;
+use crate::upstream::{Flight, FlightError};
 
 /// Why an upstream fetch produced no token. Cloneable so that one failure can be shared by every waiter
 /// and kept as the entity's "last error" for `/readyz` and 503 bodies. Never contains a secret.
@@ -45,6 +46,9 @@ pub enum FetchError {
     Client(#[from] ClientBuildError),
     #[error("fetch task ended abnormally: {0}")]
     Internal(String),
+    /// The shared fetch gave no token in time, or ended abnormally (see [`Flight`]).
+    #[error(transparent)]
+    Flight(#[from] FlightError),
 }
 
 impl FetchError {
@@ -56,7 +60,7 @@ impl FetchError {
             FetchError::Rejected(_) => "rejected_token",
             FetchError::SameToken => "same_token",
             FetchError::Client(_) => "client",
-            FetchError::Internal(_) => "internal",
+            FetchError::Internal(_) | FetchError::Flight(_) => "internal",
         }
     }
 
@@ -88,36 +92,28 @@ impl Trigger {
 
 /// Calls the IAM for entity tokens and records the outcomes in the slots.
 pub(super) struct Fetcher {
-    pub cache: Cache<EntityId, Arc<Token>>,
+    /// Client requests that find no valid token share one fetch per entity. In flight only: the slot's
+    /// `current` pointer is where a token is kept.
+    pub flight: Flight<EntityId, Result<Arc<Token>, FetchError>>,
     pub iam: IamClient,
     pub policy: RefreshPolicy,
     pub recorder: Arc<dyn TokenRecorder>,
 }
 
 impl Fetcher {
-    /// Fetches in a task of its own, so that a caller who goes away (a client that hung up) does not
-    /// cancel a call others wait on, and a panic in it is an error, not a lost task. With `store`, the
-    /// token also goes into the cache (the moka path inserts by itself).
+    /// Fetches in a task of its own, so that a caller who goes away (a forced refresh whose client hung
+    /// up) does not cancel a call under way, and a panic in it is an error, not a lost task. Client
+    /// requests go through the [`Flight`] instead, which does the same and coalesces them.
     pub async fn detached(
         self: &Arc<Self>,
         slot: &Arc<Slot>,
         trigger: Trigger,
-        store: bool,
     ) -> Result<Arc<Token>, FetchError> {
         let fetcher = Arc::clone(self);
         let slot = Arc::clone(slot);
-        tokio::spawn(async move {
-            let token = fetcher.fetch(&slot, trigger).await?;
-            if store {
-                fetcher
-                    .cache
-                    .insert(slot.id.clone(), Arc::clone(&token))
-                    .await;
-            }
-            Ok(token)
-        })
-        .await
-        .unwrap_or_else(|e| Err(FetchError::Internal(e.to_string())))
+        tokio::spawn(async move { fetcher.fetch(&slot, trigger).await })
+            .await
+            .unwrap_or_else(|e| Err(FetchError::Internal(e.to_string())))
     }
 
     /// A caller-triggered attempt that the policy holds back gets the last failure back, with how long

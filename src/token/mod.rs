@@ -3,7 +3,8 @@
 //! - [`Token`] (this file): a token as the broker holds it — the value in a redacting type, its schedule on
 //!   the monotonic clock, and what its JWT claims say, cross-checked against the IAM's response.
 //! - [`policy`]: the pure refresh, backoff, hand-out and caller-attempt rules.
-//! - [`broker`]: the handle — the moka cache keyed by entity, cold requests coalesced, forced refreshes.
+//! - [`broker`]: the handle — the slots, cold requests coalesced in one flight per entity, forced
+//!   refreshes.
 //! - `slot`: one entity's newest token, fetch gate and attempt bookkeeping.
 //! - [`fetch`]: the one place that calls the IAM, and what it records about each call.
 //! - [`refresher`]: the background task per entity that follows the policy.

@@ -6,9 +6,6 @@
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
-use std::time::Duration;
-
-use moka::Expiry;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -28,10 +25,9 @@ pub(super) struct Slot {
     pub stale: AtomicBool,
     /// Wakes the refresher when a token arrived by another path, so it reschedules.
     pub changed: Notify,
-    /// The newest token, for the hot path. moka's `get` records every read for its eviction policy, which
-    /// costs about 3 µs a request (bench/RESULTS.md); a read lock on this pointer costs nanoseconds. It is
-    /// written wherever a token is stored, so it never disagrees with the cache, and it is the one record
-    /// of the newest token (readiness, metrics and the fetch gate read it too).
+    /// The newest token: the one record of it (the hot path, readiness, metrics and the fetch gate read
+    /// it). A read lock on this pointer costs nanoseconds, where a moka `get`, which records every read
+    /// for its eviction policy, cost about 3 µs a request (bench/RESULTS.md).
     pub current: RwLock<Option<Arc<Token>>>,
     pub tallies: RequestTallies,
 }
@@ -77,40 +73,5 @@ impl Slot {
     /// The newest token if it may be handed out at `now`.
     pub fn servable_token(&self, now: Instant) -> Option<Arc<Token>> {
         self.current_token().filter(|t| t.servable(now))
-    }
-}
-
-/// Entries expire from moka when their token stops being servable.
-pub(super) struct ServeDeadline;
-
-impl ServeDeadline {
-    fn left(token: &Token) -> Option<Duration> {
-        Some(
-            token
-                .schedule
-                .serve_until
-                .saturating_duration_since(Instant::now()),
-        )
-    }
-}
-
-impl Expiry<EntityId, Arc<Token>> for ServeDeadline {
-    fn expire_after_create(
-        &self,
-        _: &EntityId,
-        token: &Arc<Token>,
-        _: std::time::Instant,
-    ) -> Option<Duration> {
-        Self::left(token)
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &EntityId,
-        token: &Arc<Token>,
-        _: std::time::Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Self::left(token)
     }
 }

@@ -60,11 +60,13 @@ pub(crate) async fn answer(response: reqwest::Response) -> Answer {
     }
 }
 
+/// Short intervals, so the tests need not wait; the lookup budget and the grace are the defaults.
 fn test_policy() -> RegistryPolicy {
     RegistryPolicy {
         ttl: Duration::from_secs(3600),
         unknown_kid_interval: Duration::from_millis(300),
         failure_backoff: Duration::from_millis(200),
+        ..RegistryPolicy::default()
     }
 }
 
@@ -124,7 +126,7 @@ impl Net {
             stop: Some(stop),
             handle: Some(handle),
         };
-        // Ready once the realm's keys are held (the authorize tests verify tokens).
+        // Ready once the broker holds its own token (the realm's keys are fetched at first use).
         eventually("the broker is ready", Duration::from_secs(10), async || {
             net.http
                 .get(format!("http://{}/readyz", net.addr))
@@ -206,6 +208,20 @@ impl Net {
     async fn authorize(&self, headers: &[(&str, &str)], body: &[u8]) -> Answer {
         self.authorize_at(self.addr, "/v1/authorize", headers, body)
             .await
+    }
+
+    /// The value of one sample in `/metrics` (`None` when absent).
+    async fn metric(&self, sample: &str) -> Option<f64> {
+        self.http
+            .get(format!("http://{}/metrics", self.addr))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+            .lines()
+            .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
     }
 
     pub(crate) async fn peer_token(&self, id: &str, secret: &str) -> String {
@@ -604,6 +620,172 @@ async fn a_peer_that_rotates_its_key_verifies_under_both_keys_and_forged_kids_ca
         made <= 1 + elapsed / 300,
         "{made} CR calls in {elapsed} ms for 40 forged kids"
     );
+    net.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_hangs_up_during_a_cr_lookup_leaves_it_to_finish_for_the_next() {
+    let net = Net::start().await;
+    let signature = net.iam.sim.cr_sign(FIP, BODY).unwrap();
+    net.iam.sim.cr_set_delay(Duration::from_millis(1500));
+    let calls = net.iam.sim.cr_calls();
+    let impatient = net
+        .http
+        .post(format!(
+            "http://{}/v1/verify-signature?sender={FIP}&type=FIP",
+            net.addr
+        ))
+        .header("x-jws-signature", &signature)
+        .body(BODY)
+        .timeout(Duration::from_millis(200))
+        .send()
+        .await;
+    assert!(
+        impatient.as_ref().is_err_and(|e| e.is_timeout()),
+        "{impatient:?}"
+    );
+    assert_eq!(net.iam.sim.cr_calls(), calls + 1, "the lookup started");
+    // The next caller is answered by the lookup the first one started, not by a second one.
+    let started = std::time::Instant::now();
+    let next = net.verify(FIP, "FIP", &signature, BODY).await;
+    assert_eq!(next.status, 200, "{}", next.body);
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(net.iam.sim.cr_calls(), calls + 1, "one CR call served both");
+    net.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_unknown_senders_is_rate_limited_and_known_senders_keep_verifying() {
+    let net = Net::start().await;
+    let cr = |outcome: &str| format!("aa_broker_cr_requests_total{{outcome=\"{outcome}\"}}");
+    for outcome in ["ok", "unknown", "error", "rate_limited"] {
+        assert_eq!(net.metric(&cr(outcome)).await, Some(0.0), "{outcome}");
+    }
+    let signature = net.iam.sim.cr_sign(AA, BODY).unwrap();
+    assert_eq!(net.verify(AA, "AA", &signature, BODY).await.status, 200);
+    let calls = net.iam.sim.cr_calls();
+    let started = std::time::Instant::now();
+    let mut flood = tokio::task::JoinSet::new();
+    for i in 0..300 {
+        let request = net
+            .http
+            .post(format!(
+                "http://{}/v1/verify-signature?sender=AA-UNKNOWN-{i}&type=AA",
+                net.addr
+            ))
+            .header("x-jws-signature", &signature)
+            .body(BODY);
+        flood.spawn(async move { (i, answer(request.send().await.unwrap()).await) });
+    }
+    // A known sender keeps verifying while the flood is under way.
+    let during = net.verify(AA, "AA", &signature, BODY).await;
+    assert_eq!(during.status, 200, "{}", during.body);
+    let (mut unknown, mut unavailable, mut answered) = (0, 0, None);
+    while let Some(joined) = flood.join_next().await {
+        let (i, answer) = joined.unwrap();
+        match (answer.status, answer.body["error"].as_str()) {
+            (400, Some("unknown_sender")) => {
+                unknown += 1;
+                answered = Some(i);
+            }
+            (503, Some("registry_unavailable")) => {
+                assert!(answer.headers.contains_key("retry-after"));
+                unavailable += 1;
+            }
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let made = net.iam.sim.cr_calls() - calls;
+    eprintln!(
+        "300 unknown senders: {made} CR calls in {elapsed:.2} s ({unknown} unknown_sender, {unavailable} registry_unavailable)"
+    );
+    // The default budget: a burst of 10, then 5 a second.
+    let bound = 10 + (5.0 * elapsed).floor() as u64;
+    assert!(made <= bound, "{made} CR calls in {elapsed:.2} s");
+    assert_eq!(net.metric(&cr("ok")).await, Some(1.0));
+    assert_eq!(net.metric(&cr("unknown")).await, Some(f64::from(unknown)));
+    assert_eq!(
+        net.metric(&cr("rate_limited")).await,
+        Some(f64::from(unavailable))
+    );
+    // The known sender was not pushed out: it verifies from the record held, without a CR call.
+    let calls = net.iam.sim.cr_calls();
+    let after = net.verify(AA, "AA", &signature, BODY).await;
+    assert_eq!(after.status, 200, "{}", after.body);
+    assert_eq!(net.iam.sim.cr_calls(), calls);
+    // An unknown sender, once answered, is remembered: asked about again, the CR is not.
+    let answered = answered.expect("the burst was spent on some unknown senders");
+    let again = net
+        .verify(&format!("AA-UNKNOWN-{answered}"), "AA", &signature, BODY)
+        .await;
+    assert_eq!(again.body["error"], "unknown_sender");
+    assert_eq!(net.iam.sim.cr_calls(), calls);
+    net.stop().await;
+}
+
+#[tokio::test]
+async fn with_the_lookup_budget_spent_a_stale_record_is_used_and_a_sender_not_held_waits() {
+    let net = Net::start_with(|_, jws| {
+        jws.policy = RegistryPolicy {
+            ttl: Duration::from_millis(300),
+            lookup_interval: Duration::from_secs(100),
+            lookup_burst: 1,
+            ..test_policy()
+        }
+    })
+    .await;
+    let signature = net.iam.sim.cr_sign(AA, BODY).unwrap();
+    assert_eq!(net.verify(AA, "AA", &signature, BODY).await.status, 200);
+    let calls = net.iam.sim.cr_calls();
+    // The record is stale and the budget spent: the record held is used, the CR is not asked.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let stale = net.verify(AA, "AA", &signature, BODY).await;
+    assert_eq!(stale.status, 200, "{}", stale.body);
+    // Nothing held for this one: retry when the budget allows.
+    let fip = net.iam.sim.cr_sign(FIP, BODY).unwrap();
+    let refused = net.verify(FIP, "FIP", &fip, BODY).await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_eq!(refused.body["error"], "registry_unavailable");
+    let retry_after: u64 = refused.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((90..=100).contains(&retry_after), "{retry_after}");
+    assert_eq!(net.iam.sim.cr_calls(), calls);
+    assert_eq!(
+        net.metric("aa_broker_cr_requests_total{outcome=\"rate_limited\"}")
+            .await,
+        Some(2.0)
+    );
+    net.stop().await;
+}
+
+#[tokio::test]
+async fn the_grace_of_a_replaced_key_is_a_setting_and_zero_turns_it_off() {
+    let net = Net::start_with(|_, jws| {
+        jws.policy = RegistryPolicy {
+            unknown_kid_interval: Duration::from_millis(300),
+            previous_key_grace: Duration::ZERO,
+            ..RegistryPolicy::default()
+        }
+    })
+    .await;
+    let before = net.iam.sim.cr_sign(AA, BODY).unwrap();
+    assert_eq!(net.verify(AA, "AA", &before, BODY).await.status, 200);
+    net.iam.sim.cr_rotate(AA).unwrap();
+    let after = net.iam.sim.cr_sign(AA, BODY).unwrap();
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(net.verify(AA, "AA", &after, BODY).await.status, 200);
+    // With no grace, a message signed with the replaced key is refused at once.
+    let old = net.verify(AA, "AA", &before, BODY).await;
+    assert_eq!(old.status, 400, "{}", old.body);
+    assert_eq!(old.body["error"], "signature_mismatch");
     net.stop().await;
 }
 

@@ -77,7 +77,11 @@ impl Broker {
         tune: impl FnOnce(&mut BrokerSettings),
     ) -> Broker {
         let mut settings = settings(&iam.url, BrokerOptions::inline());
+        // These tests start from a key set held, fetched at start (`--verify-prefetch-keys`); see
+        // `the_key_set_is_fetched_at_first_use_unless_prefetched` for the default.
+        settings.verify.policy.prefetch = true;
         tune(&mut settings);
+        let prefetch = settings.verify.policy.prefetch;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let policy = Default::default();
         let mut app = Application::build(settings, listener, policy).expect("broker builds");
@@ -97,7 +101,9 @@ impl Broker {
             stop: Some(stop),
             handle: Some(handle),
         };
-        broker.wait_for_keys().await;
+        if prefetch {
+            broker.wait_for_keys().await;
+        }
         broker
     }
 
@@ -662,6 +668,113 @@ async fn a_flood_of_unknown_kids_costs_one_key_fetch() {
     // A genuine token keeps verifying meanwhile.
     let token = entity_token(&iam.url, AA, AA_SECRET).await;
     assert_eq!(broker.bearer(&token).await.status, 200);
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_set_is_fetched_at_first_use_unless_prefetched() {
+    let iam = realm().await;
+    let broker = Broker::start(&iam, |s| {
+        s.verify.policy.prefetch = false;
+        s.verify.policy.refresh_interval = Duration::from_millis(300);
+    })
+    .await;
+    // A pod that verifies nothing fetches nothing, and says so.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(iam.sim.jwks_fetches(), 0);
+    let readyz = broker.readyz().await;
+    assert_eq!(
+        readyz["ready"], true,
+        "token readiness is not the key set's"
+    );
+    assert_eq!(readyz["verify"]["keySets"][0]["state"], "pending");
+    // The first verifications wait for one fetch, and verify.
+    iam.sim.update_realm_settings(|s| s.jwks_delay_ms = 300);
+    let mut first = tokio::task::JoinSet::new();
+    for (id, secret) in [(AA, AA_SECRET), (FIP, FIP_SECRET), (ENTITY, SECRET)] {
+        let token = entity_token(&iam.url, id, secret).await;
+        let request = broker
+            .http
+            .get(broker.url("/v1/verify"))
+            .header("Authorization", format!("Bearer {token}"));
+        first.spawn(async move { request.send().await.unwrap().status().as_u16() });
+    }
+    assert_eq!(first.join_all().await, [200, 200, 200]);
+    assert_eq!(iam.sim.jwks_fetches(), 1);
+    assert_eq!(broker.key_set_state().await, "fresh");
+    let url = format!("{}/protocol/openid-connect/certs", iam.sim.issuer());
+    assert_eq!(
+        broker
+            .metric(&format!(
+                "aa_broker_jwks_fetches_total{{url=\"{url}\",trigger=\"first_use\",outcome=\"ok\"}}"
+            ))
+            .await,
+        1.0
+    );
+    // From then on, the schedule runs.
+    iam.sim.update_realm_settings(|s| s.jwks_delay_ms = 0);
+    wait_until(Duration::from_secs(5), || async {
+        iam.sim.jwks_fetches() >= 3
+    })
+    .await;
+    broker.stop().await;
+
+    // With --verify-prefetch-keys, the key set is fetched at start, with nothing to verify.
+    let fetches = iam.sim.jwks_fetches();
+    let prefetched = Broker::start(&iam, |s| s.verify.policy.prefetch = true).await;
+    assert_eq!(prefetched.key_set_state().await, "fresh");
+    assert_eq!(iam.sim.jwks_fetches(), fetches + 1);
+    prefetched.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_hangs_up_during_a_key_refetch_leaves_nothing_stuck() {
+    let iam = realm().await;
+    let broker = Broker::start(&iam, |_| {}).await;
+    // The realm rotates its key, and its key endpoint is slow: a token with the new kid makes the broker
+    // refetch, and the caller gives up while the refetch is under way.
+    iam.sim.rotate_realm_key().unwrap();
+    let first = entity_token(&iam.url, AA, AA_SECRET).await;
+    iam.sim.update_realm_settings(|s| s.jwks_delay_ms = 1500);
+    let fetches = iam.sim.jwks_fetches();
+    let impatient = broker
+        .http
+        .get(broker.url("/v1/verify"))
+        .header("Authorization", format!("Bearer {first}"))
+        .timeout(Duration::from_millis(200))
+        .send()
+        .await;
+    assert!(
+        impatient.as_ref().is_err_and(|e| e.is_timeout()),
+        "{impatient:?}"
+    );
+    assert_eq!(iam.sim.jwks_fetches(), fetches + 1, "the refetch started");
+    // Another genuine token signed with the rotated key is answered as soon as that refetch lands, by
+    // that refetch: the caller who left took nothing with it.
+    let genuine = entity_token(&iam.url, FIP, FIP_SECRET).await;
+    let started = std::time::Instant::now();
+    let answer = broker
+        .http
+        .get(broker.url("/v1/verify"))
+        .header("Authorization", format!("Bearer {genuine}"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .expect("answered, not left waiting on a refetch nobody finishes");
+    assert_eq!(answer.status(), 200);
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        iam.sim.jwks_fetches(),
+        fetches + 1,
+        "one refetch served both"
+    );
+    // And the first token verifies too, from the keys that refetch stored.
+    iam.sim.update_realm_settings(|s| s.jwks_delay_ms = 0);
+    assert_eq!(broker.bearer(&first).await.status, 200);
     broker.stop().await;
 }
 

@@ -407,6 +407,13 @@ pub struct VerifyArgs {
         hide_env_values = true
     )]
     pub jwks_refresh_interval: Option<f64>,
+    /// Fetch the realm key set at start, then on schedule (default: at the first verification, then on schedule)
+    #[arg(
+        long = S::VERIFY_PREFETCH_KEYS.flag,
+        env = S::VERIFY_PREFETCH_KEYS.env,
+        hide_env_values = true
+    )]
+    pub verify_prefetch_keys: bool,
 }
 
 /// `verify`: one token on stdin.
@@ -467,6 +474,30 @@ pub struct JwsArgs {
         hide_env_values = true
     )]
     pub authorize_roles: Option<String>,
+    /// Central Registry lookups a second that callers may cause, for all senders together (default 5); beyond the burst, a lookup that needs the CR is answered from the stale record held, or 503
+    #[arg(
+        long = S::CR_LOOKUP_RATE.flag,
+        env = S::CR_LOOKUP_RATE.env,
+        value_name = "PER_SECOND",
+        hide_env_values = true
+    )]
+    pub cr_lookup_rate: Option<f64>,
+    /// Central Registry lookups allowed at once before the rate applies (default 10)
+    #[arg(
+        long = S::CR_LOOKUP_BURST.flag,
+        env = S::CR_LOOKUP_BURST.env,
+        value_name = "N",
+        hide_env_values = true
+    )]
+    pub cr_lookup_burst: Option<u32>,
+    /// Seconds a peer's key replaced in the CR keeps verifying, 0-86400 (default 21600, the cache period; 0: not at all)
+    #[arg(
+        long = S::CR_PREVIOUS_KEY_GRACE.flag,
+        env = S::CR_PREVIOUS_KEY_GRACE.env,
+        value_name = "SECONDS",
+        hide_env_values = true
+    )]
+    pub cr_previous_key_grace: Option<f64>,
 }
 
 /// `sign`: one body on stdin, signed locally with the key file.
