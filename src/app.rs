@@ -193,6 +193,7 @@ impl Application {
             }
         };
         metrics.observe_limits(limits.budget.clone(), Arc::clone(&pool));
+        verifier.run_crypto_on(Arc::clone(&pool));
         let jws = jws_state(
             jws.unwrap_or_else(|| JwsSettings::for_iam_url(&settings.iam_url)),
             &settings,

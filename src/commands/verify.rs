@@ -96,5 +96,6 @@ pub fn run(args: &VerifyTokenArgs) -> ExitCode {
             failure(format!("token rejected: {}", rejection.message()))
         }
         Err(Denied::Forbidden(mismatch)) => failure(format!("token rejected: {mismatch}")),
+        Err(Denied::Busy) => failure("the broker is busy; try again"),
     }
 }

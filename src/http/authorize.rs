@@ -30,8 +30,8 @@ use super::jws::{BUSY_RETRY_AFTER, Checked, JwsState, SIGNATURE, check};
 use super::rebit::{self, Echo, TXNID_SCAN_BYTES};
 use super::verify::{ENTITY_HEADER, ROLE_HEADER, Source, credential_from_headers};
 use crate::entity::Role;
-use crate::inbound::Expectation;
 use crate::inbound::callers;
+use crate::inbound::{Denied, Expectation};
 use crate::metrics::edge::AuthorizeOutcome;
 
 /// The bare route; anything below it is the path form.
@@ -221,6 +221,17 @@ pub async fn authorize(
         .await
     {
         Ok(verified) => verified,
+        Err(Denied::Busy) => {
+            return Refusal::new(
+                AuthorizeOutcome::Busy,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "the broker is busy; try again shortly",
+            )
+            .retry_after(BUSY_RETRY_AFTER)
+            .answer(&state, None, Some(body))
+            .await;
+        }
         Err(denied) => {
             return Refusal::unauthorized(denied.to_string())
                 .answer(&state, None, Some(body))

@@ -347,6 +347,11 @@ fn answer(result: Result<Arc<Verified>, Denied>) -> axum::response::Response {
         Ok(verified) => verified_response(&verified),
         Err(Denied::Invalid(rejection)) => unauthorized(rejection),
         Err(Denied::Forbidden(mismatch)) => forbidden(mismatch),
+        Err(Denied::Busy) => reply::unavailable(
+            "busy",
+            "the broker is busy checking other tokens; try again shortly",
+            std::time::Duration::from_secs(1),
+        ),
     }
 }
 

@@ -32,8 +32,9 @@ use moka::sync::Cache;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::crypto_pool::{CryptoPool, PoolError};
 use crate::iam::{IamTimeouts, environment_base_url};
-use keyset::{FetchTrigger, KeySource, KeySourceStatus};
+use keyset::{FetchTrigger, KeySource, KeySourceStatus, RsaKey};
 use policy::KeyPolicy;
 pub use verify::{BadExpectation, Expectation, Mismatch, Rejection, Role, Verified};
 
@@ -195,6 +196,21 @@ pub enum Denied {
     /// A valid token from the wrong sender: `403`.
     #[error("{0}")]
     Forbidden(Mismatch),
+    /// The signature could not be checked now: the crypto pool is full (`503`, try again shortly).
+    #[error("the broker is busy; try again shortly")]
+    Busy,
+}
+
+/// Why [`Verifier::check`] gave no answer.
+enum Failure {
+    Rejected(Rejection),
+    Busy,
+}
+
+impl From<Rejection> for Failure {
+    fn from(rejection: Rejection) -> Self {
+        Failure::Rejected(rejection)
+    }
 }
 
 /// Building a verifier failed.
@@ -241,6 +257,8 @@ pub struct Verifier {
     leeway: Duration,
     verified: Cache<[u8; 32], Arc<Verified>>,
     recorder: Arc<dyn VerifyRecorder>,
+    /// Where RSA checks run, once the application has started its crypto pool.
+    pool: std::sync::OnceLock<Arc<CryptoPool>>,
 }
 
 impl Verifier {
@@ -299,13 +317,15 @@ impl Verifier {
             leeway: settings.leeway,
             verified,
             recorder,
+            pool: std::sync::OnceLock::new(),
         })
     }
 
     /// Verifies `token` and checks it against `expect`; records the outcome.
     pub async fn verify(&self, token: &str, expect: &Expectation) -> Result<Arc<Verified>, Denied> {
         let outcome = match self.check(token).await {
-            Err(rejection) => Err(Denied::Invalid(rejection)),
+            Err(Failure::Busy) => return Err(Denied::Busy),
+            Err(Failure::Rejected(rejection)) => Err(Denied::Invalid(rejection)),
             Ok((verified, cached)) => match expect.check(&verified) {
                 Ok(()) => Ok((verified, cached)),
                 Err(mismatch) => Err(Denied::Forbidden(mismatch)),
@@ -320,6 +340,8 @@ impl Verifier {
                 self.recorder.verification(match denied {
                     Denied::Invalid(r) => Outcome::Invalid(r),
                     Denied::Forbidden(m) => Outcome::Forbidden(m),
+                    // Not reached: a busy pool returns above, before any outcome.
+                    Denied::Busy => return Err(denied),
                 });
                 if !token.is_empty() {
                     tracing::debug!(token = %fingerprint(token), reason = %denied, "incoming token refused");
@@ -369,12 +391,12 @@ impl Verifier {
     }
 
     /// The verification proper: the cache, then parse, issuer, key, signature, claims.
-    async fn check(&self, token: &str) -> Result<(Arc<Verified>, bool), Rejection> {
+    async fn check(&self, token: &str) -> Result<(Arc<Verified>, bool), Failure> {
         if token.is_empty() {
-            return Err(Rejection::Missing);
+            return Err(Rejection::Missing.into());
         }
         if token.len() > verify::MAX_TOKEN_BYTES {
-            return Err(Rejection::Malformed);
+            return Err(Rejection::Malformed.into());
         }
         let digest = sha256(token);
         let now = SystemTime::now();
@@ -390,17 +412,15 @@ impl Verifier {
             .ok_or(Rejection::IssuerNotAllowed)?;
         // No `kid`, no key: a realm with several keys cannot be guessed at, and one is never refetched for.
         let kid = parsed.kid.clone().ok_or(Rejection::UnknownKey)?;
-        let held = source.keys();
-        match held.as_ref().and_then(|keys| keys.get(&kid)) {
-            Some(key) => verify::check_signature(&parsed, key)?,
-            None => {
-                let key = source
-                    .key_for_unknown_kid(&kid)
-                    .await
-                    .ok_or(Rejection::UnknownKey)?;
-                verify::check_signature(&parsed, &key)?;
-            }
-        }
+        let held = source.keys().and_then(|keys| keys.get(&kid).cloned());
+        let key = match held {
+            Some(key) => key,
+            None => source
+                .key_for_unknown_kid(&kid)
+                .await
+                .ok_or(Rejection::UnknownKey)?,
+        };
+        self.check_signature(&parsed, key).await?;
         let verified = Arc::new(verify::check_claims(
             parsed,
             issuer,
@@ -412,6 +432,34 @@ impl Verifier {
             self.verified.insert(digest, Arc::clone(&verified));
         }
         Ok((verified, false))
+    }
+
+    /// The RSA check, on the crypto pool when one is set ([`Verifier::run_crypto_on`]): a flood of
+    /// forged tokens then costs the pool's threads, never the async workers that serve tokens.
+    async fn check_signature(
+        &self,
+        parsed: &verify::Parsed<'_>,
+        key: RsaKey,
+    ) -> Result<(), Failure> {
+        let Some(pool) = self.pool.get() else {
+            return Ok(verify::check_signature(parsed, &key)?);
+        };
+        let input = parsed.signing_input.to_string();
+        let signature = parsed.signature.clone();
+        match pool
+            .run(move || key.verify(input.as_bytes(), &signature))
+            .await
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Rejection::BadSignature.into()),
+            Err(PoolError::Busy) => Err(Failure::Busy),
+            Err(PoolError::Failed) => Err(Rejection::BadSignature.into()),
+        }
+    }
+
+    /// Runs signature checks on `pool` from now on (once; later calls are ignored).
+    pub fn run_crypto_on(&self, pool: Arc<CryptoPool>) {
+        let _ = self.pool.set(pool);
     }
 
     /// Starts one background task per key source: the policy's schedule, from start with `prefetch`,

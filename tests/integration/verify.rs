@@ -1414,3 +1414,64 @@ async fn serve_refuses_a_verify_listener_on_the_token_port() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--verify-listen"), "{stderr}");
 }
+
+/// The RSA check of an incoming token runs on the crypto pool, not on the async workers: with the pool's
+/// one thread held and its queue full, a token never verified before is `Busy` (a `503`, never a stalled
+/// worker), and once the pool frees up it verifies there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_signatures_are_checked_on_the_crypto_pool_and_a_full_pool_is_busy() {
+    use aa_token_broker::crypto_pool::CryptoPool;
+    use aa_token_broker::inbound::{Denied, Expectation};
+    let iam = realm().await;
+    let verifier =
+        Verifier::new(&VerifySettings::for_iam_url(&iam.url), Arc::new(NoRecorder)).unwrap();
+    verifier.fetch_keys().await;
+    let pool = Arc::new(CryptoPool::new(1, 1).unwrap());
+    verifier.run_crypto_on(Arc::clone(&pool));
+    let token = entity_token(&iam.url, AA, AA_SECRET).await;
+    // Hold the thread, and fill the queue behind it.
+    let gate = Arc::new(std::sync::Barrier::new(2));
+    let (started, running) = oneshot::channel();
+    let held = {
+        let (pool, gate) = (Arc::clone(&pool), Arc::clone(&gate));
+        tokio::spawn(async move {
+            pool.run(move || {
+                let _ = started.send(());
+                gate.wait();
+            })
+            .await
+        })
+    };
+    running.await.unwrap();
+    let queued = {
+        let pool = Arc::clone(&pool);
+        tokio::spawn(async move { pool.run(|| ()).await })
+    };
+    while pool.stats().in_flight < 2 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(
+        verifier.verify(&token, &Expectation::default()).await,
+        Err(Denied::Busy)
+    );
+    gate.wait();
+    held.await.unwrap().unwrap();
+    queued.await.unwrap().unwrap();
+    let before = pool.stats().completed;
+    let verified = verifier
+        .verify(&token, &Expectation::default())
+        .await
+        .unwrap();
+    assert_eq!(verified.entity_id.as_str(), AA);
+    assert_eq!(
+        pool.stats().completed,
+        before + 1,
+        "the check ran on the pool"
+    );
+    // A second presentation comes from the cache: no pool job.
+    verifier
+        .verify(&token, &Expectation::default())
+        .await
+        .unwrap();
+    assert_eq!(pool.stats().completed, before + 1);
+}
