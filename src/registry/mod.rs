@@ -35,7 +35,7 @@ use crate::iam::url::entity_info_url;
 use crate::registry::policy::{Action, EntryClock, LookupBudget, RegistryPolicy};
 use crate::token::broker::Broker;
 use crate::upstream::{Flight, FlightError};
-pub use record::{EntityKey, RecordError, TYPES};
+pub use record::{Certificate, EntityKey, RecordError, TYPES};
 
 /// Senders with a usable key remembered per type. Only entities the CR vouched for are kept here, so only
 /// the size of the network can fill it.
@@ -118,9 +118,9 @@ impl RegistryRecorder for NoRecorder {}
 /// A sender the CR vouched for: its key, and the one it replaced.
 struct Known {
     clock: EntryClock,
-    current: Arc<EntityKey>,
-    /// The key `current` replaced, and when the change was seen.
-    previous: Option<(Arc<EntityKey>, Instant)>,
+    current: Certificate,
+    /// The keys `current` replaced, and when the change was seen.
+    previous: Option<(Certificate, Instant)>,
 }
 
 /// What the negative cache remembers of a sender.
@@ -394,7 +394,7 @@ impl Inner {
         &self,
         index: usize,
         id: &str,
-        fetched: EntityKey,
+        fetched: Certificate,
         attempted_at: Instant,
         now: Instant,
     ) {
@@ -408,10 +408,10 @@ impl Inner {
             return;
         };
         if let Some(entry) = of_type.get_mut(id) {
-            let changed = entry.current.key != fetched.key;
-            let old = std::mem::replace(&mut entry.current, Arc::new(fetched));
+            let changed = entry.current != fetched;
+            let old = std::mem::replace(&mut entry.current, fetched);
             if changed {
-                tracing::info!(entity = id, old_kid = ?old.kid, new_kid = ?entry.current.kid, "a peer's signing key changed in the CR; the previous one verifies for its grace period");
+                tracing::info!(entity = id, old_kids = ?old.kids(), new_kids = ?entry.current.kids(), "a peer's signing key changed in the CR; the previous one verifies for its grace period");
                 // With no grace, the replaced key is dropped at once.
                 entry.previous = (!self.policy.previous_key_grace.is_zero()).then_some((old, now));
             }
@@ -432,14 +432,14 @@ impl Inner {
             id.to_string(),
             Known {
                 clock,
-                current: Arc::new(fetched),
+                current: fetched,
                 previous: None,
             },
         );
     }
 
     /// One lookup; `Ok(None)` when the CR says the entity is unknown to it (or hidden from us).
-    async fn fetch(&self, kind: &str, id: &str) -> Result<Option<EntityKey>, String> {
+    async fn fetch(&self, kind: &str, id: &str) -> Result<Option<Certificate>, String> {
         // Built by segment; an id outside the grammar is never sent (callers parse it before).
         let Ok(entity) = EntityId::parse(id) else {
             return Ok(None);
@@ -491,27 +491,27 @@ impl Inner {
     }
 }
 
-/// The key for `kid`: the current one when it matches (or no `kid` is named), else the previous one
-/// within its period.
+/// The key for `kid`: the current certificate's when it has one (or no `kid` is named), else the
+/// previous certificate's within its grace.
 fn choose(
     entry: &Known,
     kid: Option<&str>,
     policy: &RegistryPolicy,
     now: Instant,
 ) -> Option<Arc<EntityKey>> {
-    let current = &entry.current;
-    let Some(kid) = kid else {
-        return Some(Arc::clone(current));
-    };
-    // A certificate without a `kid` matches any: it is the sender's single key.
-    if current.kid.as_deref().is_none_or(|k| k == kid) {
-        return Some(Arc::clone(current));
-    }
-    entry
-        .previous
-        .as_ref()
-        .filter(|(old, at)| old.kid.as_deref() == Some(kid) && policy.previous_key_valid(*at, now))
-        .map(|(old, _)| Arc::clone(old))
+    entry.current.choose(kid).or_else(|| {
+        let kid = kid?;
+        entry
+            .previous
+            .as_ref()
+            .filter(|(_, at)| policy.previous_key_valid(*at, now))
+            .and_then(|(old, _)| {
+                old.keys()
+                    .iter()
+                    .find(|k| k.kid.as_deref() == Some(kid))
+                    .map(Arc::clone)
+            })
+    })
 }
 
 /// Whether `text` can be one path segment of a CR URL.
