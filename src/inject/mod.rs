@@ -171,19 +171,26 @@ pub fn inject_within(
             object: object.clone(),
             reason,
         };
+        // The sidecar grows the tree: in a `List` by one sidecar per item, so the document is held to
+        // the node limit again as it grows, item by item.
+        let mut nodes = yaml::count_nodes(&document);
         if is_list(&document) {
             let Some(Yaml::Sequence(items)) = yaml::get_mut(&mut document, "items") else {
                 return Err(invalid("items is missing or not a list".into()));
             };
             for (item_index, item) in items.iter_mut().enumerate() {
                 let item_object = describe(Some(item));
+                let before = yaml::count_nodes(item);
                 let outcome = pod::inject_object(item, options, &mut local_notes)
                     .map_err(|e| invalid(format!("items[{item_index}]{item_object}: {e}")))?;
+                grow(&mut nodes, before, yaml::count_nodes(item)).map_err(invalid)?;
                 injected += usize::from(outcome == Outcome::Injected);
             }
         } else {
             let outcome =
                 pod::inject_object(&mut document, options, &mut local_notes).map_err(invalid)?;
+            let before = nodes;
+            grow(&mut nodes, before, yaml::count_nodes(&document)).map_err(invalid)?;
             injected += usize::from(outcome == Outcome::Injected);
         }
         notes.extend(
@@ -204,6 +211,19 @@ pub fn inject_within(
         injected,
         notes,
     })
+}
+
+/// Adds to a document's node count what injecting one object added (`before` and `after` are its
+/// own counts), refusing past [`limits::MAX_DOCUMENT_NODES`].
+fn grow(nodes: &mut u64, before: u64, after: u64) -> Result<(), String> {
+    *nodes = nodes.saturating_add(after.saturating_sub(before));
+    if *nodes > limits::MAX_DOCUMENT_NODES {
+        return Err(format!(
+            "more than {} YAML nodes once the sidecar is added; split it",
+            limits::MAX_DOCUMENT_NODES
+        ));
+    }
+    Ok(())
 }
 
 /// A `v1` `List`, or the `ResourceList` a kustomize or kpt function gets on stdin and must write back

@@ -231,6 +231,19 @@ impl fmt::Write for Capped<'_> {
     }
 }
 
+/// How many nodes a tree has: scalars, sequences and mappings, keys included.
+pub fn count_nodes(node: &Node<'_>) -> u64 {
+    match node {
+        Yaml::Sequence(items) => items.iter().map(count_nodes).fold(1, u64::saturating_add),
+        Yaml::Mapping(map) => map
+            .iter()
+            .map(|(k, v)| count_nodes(k).saturating_add(count_nodes(v)))
+            .fold(1, u64::saturating_add),
+        Yaml::Tagged(_, inner) => count_nodes(inner),
+        _ => 1,
+    }
+}
+
 /// The text of a scalar (plain as written, or a string value); `None` for anything else.
 pub fn text<'n>(node: &'n Node<'_>) -> Option<&'n str> {
     match node {

@@ -840,15 +840,15 @@ fn deep_nesting_is_refused_instead_of_overflowing_the_stack() {
 
 #[test]
 fn the_output_is_bounded_even_when_the_input_is_not_large() {
-    // 300 000 items in a mapping 127 levels deep: 600 KB in, each item written out on a line of its
-    // own, indented 254 spaces.
+    // A string of 270 000 short lines, 127 mappings deep: 800 KB in; written out as a literal block,
+    // each line indented 256 spaces.
     let mut input: String = (0..126)
         .map(|level| format!("{}k:\n", "  ".repeat(level)))
         .collect();
     input.push_str(&format!(
-        "{}k: [{}]\n",
+        "{}k: \"{}\"\n",
         "  ".repeat(126),
-        vec!["x"; 300_000].join(",")
+        "a\\n".repeat(270_000)
     ));
     let stderr = assert_refused(&inject(&[], &input));
     assert!(
@@ -868,4 +868,20 @@ fn input_that_needs_too_much_memory_to_read_is_stopped() {
         stderr.contains("stdin: reading it needs more than 200 MiB of memory"),
         "{stderr}"
     );
+}
+
+#[test]
+fn a_list_that_the_sidecar_would_grow_past_the_node_limit_is_refused() {
+    // 5 000 small pods in one List: 100 000 nodes in, over 700 000 with a sidecar in each.
+    let pod = "  - {apiVersion: v1, kind: Pod, metadata: {name: p}, spec: {containers: [{name: a, image: b}]}}\n";
+    let input = format!("apiVersion: v1\nkind: List\nitems:\n{}", pod.repeat(5_000));
+    let stderr = assert_refused(&inject(&[], &input));
+    assert!(
+        stderr.contains("document 1 (List): more than 400000 YAML nodes once the sidecar is added"),
+        "{stderr}"
+    );
+    // As separate documents they are fine: each is held to the limit on its own.
+    let documents = pod.replace("  - ", "---\n").repeat(5_000);
+    let out = ok(&inject(&[], &documents));
+    assert_eq!(out.matches("name: aa-token-broker\n").count(), 5_000);
 }
