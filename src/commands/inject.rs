@@ -112,17 +112,20 @@ fn rewrite_all(sources: &[PathBuf], options: &InjectOptions, current: &AtomicUsi
         current.store(index, Ordering::Relaxed);
         let name = source_name(source);
         let input = read(source).map_err(|reason| format!("{name}: {reason}"))?;
-        let injected = inject::inject_within(&input, options, MAX_OUTPUT_BYTES - written).map_err(
-            |e| match e {
-                InjectError::OutputTooLarge { document, .. } => format!(
-                    "{name}: document {document}: the output would be larger than {} MiB in all; \
+        let injected = inject::inject_within(
+            &input,
+            options,
+            MAX_OUTPUT_BYTES.saturating_sub(written),
+        )
+        .map_err(|e| match e {
+            InjectError::OutputTooLarge { document, .. } => format!(
+                "{name}: document {document}: the output would be larger than {} MiB in all; \
                      split the input",
-                    MAX_OUTPUT_BYTES / (1024 * 1024)
-                ),
-                e => format!("{name}: {e}"),
-            },
-        )?;
-        written += injected.output.len();
+                MAX_OUTPUT_BYTES / (1024 * 1024)
+            ),
+            e => format!("{name}: {e}"),
+        })?;
+        written = written.saturating_add(injected.output.len());
         outputs.push(injected.output);
         notes.extend(injected.notes.into_iter().map(|n| format!("{name}: {n}")));
     }
@@ -160,7 +163,9 @@ fn usage_error(line: &str) -> ExitCode {
 /// trusting a size reported before reading (a pipe has none, a file may grow).
 fn read(source: &Path) -> Result<String, String> {
     let mut bytes = Vec::new();
-    let cap = u64::try_from(MAX_INPUT_BYTES).unwrap_or(u64::MAX) + 1;
+    let cap = u64::try_from(MAX_INPUT_BYTES)
+        .unwrap_or(u64::MAX)
+        .saturating_add(1);
     let limited = if source == Path::new("-") {
         std::io::stdin().lock().take(cap).read_to_end(&mut bytes)
     } else {
