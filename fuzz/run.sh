@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 seconds="${1:-60}"
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 export RUSTC_BOOTSTRAP=1
-for target in iam_response config_toml secret_file text_inputs inbound_token jws_parse txnid_scan; do
+for target in iam_response config_toml secret_file text_inputs inbound_token jws_parse txnid_scan inject_yaml; do
   echo "== fuzzing $target for ${seconds}s"
   cargo fuzz run --sanitizer none "$target" -- -max_total_time="$seconds" -rss_limit_mb=1024
 done

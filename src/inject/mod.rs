@@ -6,13 +6,16 @@
 //!
 //! - [`pod`]: which kinds have a pod template and where, and what is done to one (the one table);
 //! - [`sidecar`]: the container, volume and variable added, with the Helm chart's values;
-//! - [`yaml`]: loading and writing YAML without changing what Kubernetes reads.
+//! - [`yaml`]: loading and writing YAML without changing what Kubernetes reads;
+//! - [`limits`]: how large, deep and alias-expanded an input may be, enforced while it is read.
 //!
 //! A `List` or a kustomize/kpt `ResourceList` has its items rewritten the same way, so `inject` also works
 //! as a KRM function. Documents come out in the order they went in. Documents without a pod template, and pod templates
 //! annotated `aa-token-broker/inject: "false"`, come out with the same data (comments are not kept, and
-//! empty documents are dropped).
+//! empty documents are dropped). Documents are read, rewritten and written one at a time, so only one
+//! tree is in memory at once.
 
+pub mod limits;
 pub mod pod;
 pub mod sidecar;
 pub mod yaml;
@@ -110,6 +113,9 @@ pub enum InjectError {
     },
     #[error("cannot write the output: {0}")]
     Emit(String),
+    /// The output would pass the limit given to [`inject_within`].
+    #[error("document {document}: the output would be larger than {limit} bytes")]
+    OutputTooLarge { document: usize, limit: usize },
 }
 
 /// The rewritten stream and what is worth telling about it.
@@ -129,17 +135,27 @@ pub fn inject(input: &str, options: &InjectOptions) -> Result<String, InjectErro
 
 /// [`inject`], with a count and warnings.
 pub fn inject_report(input: &str, options: &InjectOptions) -> Result<Injected, InjectError> {
-    let documents = yaml::load(input).map_err(|e| InjectError::Syntax {
-        document: e.document + 1,
-        line: e.line,
-        column: e.column,
-        reason: e.reason,
-    })?;
-    let mut out = Vec::with_capacity(documents.len());
+    inject_within(input, options, limits::MAX_OUTPUT_BYTES)
+}
+
+/// [`inject_report`], writing at most `max_output` bytes. The input is held to the other limits of
+/// [`limits`] (its expansion budget follows from its own length).
+pub fn inject_within(
+    input: &str,
+    options: &InjectOptions,
+    max_output: usize,
+) -> Result<Injected, InjectError> {
+    let mut output = String::new();
     let mut injected = 0;
     let mut notes = Vec::new();
-    for (index, document) in documents.into_iter().enumerate() {
+    for (index, document) in yaml::documents(input).enumerate() {
         let number = index + 1;
+        let document = document.map_err(|e| InjectError::Syntax {
+            document: e.document + 1,
+            line: e.line,
+            column: e.column,
+            reason: e.reason,
+        })?;
         if yaml::is_null(&document) {
             continue;
         }
@@ -155,19 +171,26 @@ pub fn inject_report(input: &str, options: &InjectOptions) -> Result<Injected, I
             object: object.clone(),
             reason,
         };
+        // The sidecar grows the tree: in a `List` by one sidecar per item, so the document is held to
+        // the node limit again as it grows, item by item.
+        let mut nodes = yaml::count_nodes(&document);
         if is_list(&document) {
             let Some(Yaml::Sequence(items)) = yaml::get_mut(&mut document, "items") else {
                 return Err(invalid("items is missing or not a list".into()));
             };
             for (item_index, item) in items.iter_mut().enumerate() {
                 let item_object = describe(Some(item));
+                let before = yaml::count_nodes(item);
                 let outcome = pod::inject_object(item, options, &mut local_notes)
                     .map_err(|e| invalid(format!("items[{item_index}]{item_object}: {e}")))?;
+                grow(&mut nodes, before, yaml::count_nodes(item)).map_err(invalid)?;
                 injected += usize::from(outcome == Outcome::Injected);
             }
         } else {
             let outcome =
                 pod::inject_object(&mut document, options, &mut local_notes).map_err(invalid)?;
+            let before = nodes;
+            grow(&mut nodes, before, yaml::count_nodes(&document)).map_err(invalid)?;
             injected += usize::from(outcome == Outcome::Injected);
         }
         notes.extend(
@@ -175,14 +198,32 @@ pub fn inject_report(input: &str, options: &InjectOptions) -> Result<Injected, I
                 .into_iter()
                 .map(|note| format!("document {number}{object}: {note}")),
         );
-        out.push(document);
+        yaml::emit_into(&document, &mut output, max_output).map_err(|e| match e {
+            yaml::EmitError::TooLarge(limit) => InjectError::OutputTooLarge {
+                document: number,
+                limit,
+            },
+            yaml::EmitError::Emit(e) => InjectError::Emit(e.to_string()),
+        })?;
     }
-    let output = yaml::emit(&out).map_err(|e| InjectError::Emit(e.to_string()))?;
     Ok(Injected {
         output,
         injected,
         notes,
     })
+}
+
+/// Adds to a document's node count what injecting one object added (`before` and `after` are its
+/// own counts), refusing past [`limits::MAX_DOCUMENT_NODES`].
+fn grow(nodes: &mut u64, before: u64, after: u64) -> Result<(), String> {
+    *nodes = nodes.saturating_add(after.saturating_sub(before));
+    if *nodes > limits::MAX_DOCUMENT_NODES {
+        return Err(format!(
+            "more than {} YAML nodes once the sidecar is added; split it",
+            limits::MAX_DOCUMENT_NODES
+        ));
+    }
+    Ok(())
 }
 
 /// A `v1` `List`, or the `ResourceList` a kustomize or kpt function gets on stdin and must write back
@@ -246,5 +287,113 @@ mod tests {
         assert_eq!(pod::template_path("v1", "Pod"), Some(&[][..]));
         assert_eq!(pod::template_path("example.com/v1", "Deployment"), None);
         assert_eq!(pod::template_path("v1", "Service"), None);
+    }
+}
+
+/// Arbitrary anchor and alias structures through the whole rewrite: it never panics, and refuses exactly
+/// the inputs whose expansion, counted independently here, passes the budget.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One item of an anchored sequence: a plain scalar of so many bytes, or an alias to an earlier
+    /// anchor (any number, taken modulo the anchors before it).
+    #[derive(Debug, Clone)]
+    enum Item {
+        Scalar(usize),
+        Alias(usize),
+    }
+
+    fn item() -> impl Strategy<Value = Item> {
+        prop_oneof![
+            (1usize..40).prop_map(Item::Scalar),
+            any::<usize>().prop_map(Item::Alias),
+        ]
+    }
+
+    fn options() -> InjectOptions {
+        InjectOptions {
+            entity_id: EntityId::parse("FIU-EXAMPLE").expect("a valid id"),
+            secret_name: "fiu-entity-secret".into(),
+            secret_key: "secret".into(),
+            image: "example/broker:1".into(),
+            iam: Iam::Environment("sandbox".into()),
+            port: 7373,
+            admin_port: None,
+            mode: Mode::Native,
+        }
+    }
+
+    /// The document `- &a0 [...]` per anchor, then a sequence of `fan` aliases to the last anchor; and
+    /// what it builds, in bytes and nodes, by the rule of [`limits::Budget`]: every node once, each
+    /// alias its anchor's size, each anchor once more for the loader's copy.
+    fn document(anchors: &[Vec<Item>], fan: usize) -> (String, u64, u64) {
+        let mut text = String::new();
+        let mut sizes: Vec<(u64, u64)> = Vec::new();
+        let (mut bytes, mut nodes) = (1u64, 1u64);
+        for (index, items) in anchors.iter().enumerate() {
+            let mut written = Vec::new();
+            let (mut own_bytes, mut own_nodes) = (1u64, 1u64);
+            for item in items {
+                let (b, n) = match item {
+                    Item::Alias(to) if index > 0 => {
+                        let to = to % index;
+                        written.push(format!("*a{to}"));
+                        sizes[to]
+                    }
+                    Item::Alias(_) => {
+                        written.push("x".into());
+                        (2, 1)
+                    }
+                    Item::Scalar(len) => {
+                        written.push("x".repeat(*len));
+                        (*len as u64 + 1, 1)
+                    }
+                };
+                own_bytes = own_bytes.saturating_add(b);
+                own_nodes = own_nodes.saturating_add(n);
+            }
+            text.push_str(&format!("- &a{index} [{}]\n", written.join(", ")));
+            sizes.push((own_bytes, own_nodes));
+            // In the tree, and copied by the loader.
+            bytes = bytes.saturating_add(own_bytes.saturating_mul(2));
+            nodes = nodes.saturating_add(own_nodes.saturating_mul(2));
+        }
+        if let Some(&(last_bytes, last_nodes)) = sizes.last() {
+            let last = sizes.len() - 1;
+            text.push_str(&format!(
+                "- [{}]\n",
+                vec![format!("*a{last}"); fan].join(", ")
+            ));
+            bytes = bytes.saturating_add(1 + last_bytes.saturating_mul(fan as u64));
+            nodes = nodes.saturating_add(1 + last_nodes.saturating_mul(fan as u64));
+        }
+        (text, bytes, nodes)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn aliases_past_the_budget_are_refused_and_nothing_panics(
+            anchors in proptest::collection::vec(proptest::collection::vec(item(), 0..12), 1..10),
+            fan in 0usize..64,
+        ) {
+            let (input, bytes, nodes) = document(&anchors, fan);
+            let budget = limits::expansion_budget(input.len());
+            let over = bytes > budget || nodes > limits::MAX_DOCUMENT_NODES;
+            match inject_report(&input, &options()) {
+                Ok(injected) => {
+                    prop_assert!(!over, "{bytes} bytes passed a budget of {budget}");
+                    prop_assert!(!injected.output.contains('*'));
+                }
+                Err(InjectError::Syntax { reason, .. }) => {
+                    prop_assert!(over, "refused within the budget ({bytes} of {budget}): {reason}");
+                    prop_assert!(reason.contains("alias bomb") || reason.contains("YAML nodes"), "{reason}");
+                }
+                Err(other) => prop_assert!(false, "unexpected error: {other}"),
+            }
+        }
     }
 }

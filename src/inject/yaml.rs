@@ -1,5 +1,5 @@
-//! YAML in and out for `inject`: load a multi-document stream into trees, look keys up by their text,
-//! build new nodes, write the trees back.
+//! YAML in and out for `inject`: read a multi-document stream one document at a time, within the limits
+//! of [`super::limits`], look keys up by their text, build new nodes, write the trees back.
 //!
 //! Kubernetes reads manifests with YAML 1.1 rules (`0644` is an octal number, `on` is `true`), the parser
 //! here follows YAML 1.2. To never change what Kubernetes reads, plain (unquoted) scalars are not
@@ -8,15 +8,19 @@
 //! New nodes are built as typed values, so the emitter quotes them as needed.
 
 use std::borrow::Cow;
+use std::fmt;
 
 use saphyr::{Mapping, Scalar, ScalarStyle, Yaml, YamlEmitter, YamlLoader};
-use saphyr_parser::Parser;
+use saphyr_parser::{Event, Marker, Parser, SpannedEventReceiver, StrInput};
+
+use super::limits::{self, Budget};
 
 /// A YAML node that borrows from the input (new nodes are `'static`).
 pub type Node<'a> = Yaml<'a>;
 
-/// A stream that could not be read: the 0-based index of the document, the 1-based line and column, and
-/// the parser's reason.
+/// A stream that could not be read, or that was refused while it was read (a limit of
+/// [`super::limits`], a tag on a collection): the 0-based index of the document, the 1-based line and
+/// column, and the reason.
 #[derive(Debug)]
 pub struct SyntaxError {
     pub document: usize,
@@ -31,23 +35,88 @@ pub struct Unsupported(pub String);
 
 /// Loads every document of `input`, empty ones included (as null), so that indexes match the input.
 pub fn load(input: &str) -> Result<Vec<Node<'_>>, SyntaxError> {
-    let mut parser = Parser::new_from_str(input);
-    let mut loader: YamlLoader<'_, Yaml<'_>> = YamlLoader::default();
+    documents(input).collect()
+}
+
+/// The documents of `input`, one at a time, each built only after all of its events passed the
+/// account of [`Budget`]: an alias past the budget is refused before it is expanded. Empty documents
+/// come as null. After an error the iterator ends.
+pub fn documents(input: &str) -> Documents<'_> {
+    Documents {
+        parser: Parser::new_from_str(input),
+        budget: Budget::new(input.len()),
+        loader: new_loader(),
+        done: 0,
+        finished: false,
+    }
+}
+
+/// The iterator of [`documents`].
+pub struct Documents<'a> {
+    /// Pulled event by event: saphyr's `Parser::load` recurses once per nesting level, before any
+    /// receiver could stop it, while the event iterator keeps its state on the heap.
+    parser: Parser<'a, StrInput<'a>>,
+    budget: Budget,
+    /// Builds the current document; a fresh one per document, so only one tree is alive at a time.
+    loader: YamlLoader<'a, Yaml<'a>>,
+    /// Documents completed.
+    done: usize,
+    finished: bool,
+}
+
+fn new_loader<'a>() -> YamlLoader<'a, Yaml<'a>> {
+    let mut loader = YamlLoader::default();
     // Keep scalars as written; see the module comment.
     loader.early_parse(false);
-    let scanned = parser.load(&mut loader, true);
-    let error = scanned.err().or_else(|| loader.error().cloned());
-    let documents = loader.into_documents();
-    if let Some(e) = error {
-        return Err(SyntaxError {
-            // Documents completed before the error come first; the error is in the next one.
-            document: documents.len(),
-            line: e.marker().line(),
-            column: e.marker().col() + 1,
-            reason: e.info().to_string(),
-        });
+    // The budget has already bounded every alias; saphyr's own node budget (100 000 nodes made by
+    // aliases) must not refuse first what the budget let through.
+    loader.alias_limit(usize::try_from(limits::MAX_DOCUMENT_NODES).unwrap_or(usize::MAX));
+    loader
+}
+
+impl<'a> Documents<'a> {
+    fn fail(&mut self, at: &Marker, reason: String) -> SyntaxError {
+        self.finished = true;
+        SyntaxError {
+            document: self.done,
+            line: at.line(),
+            column: at.col() + 1,
+            reason,
+        }
     }
-    Ok(documents)
+}
+
+impl<'a> Iterator for Documents<'a> {
+    type Item = Result<Node<'a>, SyntaxError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while !self.finished {
+            let (event, span) = match self.parser.next_event() {
+                None => break,
+                Some(Err(e)) => return Some(Err(self.fail(e.marker(), e.info().to_string()))),
+                Some(Ok(next)) => next,
+            };
+            if event == Event::StreamEnd {
+                break;
+            }
+            if let Err(refusal) = self.budget.account(&event) {
+                return Some(Err(self.fail(&span.start, refusal.to_string())));
+            }
+            let document_end = event == Event::DocumentEnd;
+            self.loader.on_event(event, span);
+            if let Some(e) = self.loader.error().cloned() {
+                return Some(Err(self.fail(e.marker(), e.info().to_string())));
+            }
+            if document_end {
+                let loader = std::mem::replace(&mut self.loader, new_loader());
+                self.done += 1;
+                // A document end always completes exactly one document (an empty one as `BadValue`).
+                return Some(Ok(loader.into_documents().pop().unwrap_or(Yaml::BadValue)));
+            }
+        }
+        self.finished = true;
+        None
+    }
 }
 
 /// Rewrites scalars into the two forms the rest of the module deals with: plain text kept as written
@@ -68,8 +137,8 @@ pub fn normalize(node: Node<'_>) -> Result<Node<'_>, Unsupported> {
             }
             (_, Some(tag)) => {
                 return Err(Unsupported(format!(
-                    "the YAML tag {}{} on {text:?}",
-                    tag.handle, tag.suffix
+                    "the YAML tag {} on {text:?}",
+                    limits::tag_name(&tag)
                 )));
             }
         },
@@ -88,8 +157,8 @@ pub fn normalize(node: Node<'_>) -> Result<Node<'_>, Unsupported> {
         }
         Yaml::Tagged(tag, _) => {
             return Err(Unsupported(format!(
-                "the YAML tag {}{}",
-                tag.handle, tag.suffix
+                "the YAML tag {}",
+                limits::tag_name(&tag)
             )));
         }
         other => other,
@@ -97,20 +166,82 @@ pub fn normalize(node: Node<'_>) -> Result<Node<'_>, Unsupported> {
 }
 
 /// Writes documents as one stream, each starting with `---`.
-pub fn emit(documents: &[Node<'_>]) -> Result<String, saphyr::EmitError> {
+pub fn emit(documents: &[Node<'_>]) -> Result<String, EmitError> {
     let mut out = String::new();
     for document in documents {
-        let mut text = String::new();
-        let mut emitter = YamlEmitter::new(&mut text);
-        // Scripts in `args` stay readable as literal blocks.
-        emitter.multiline(true);
-        emitter.dump(document)?;
-        out.push_str(&text);
-        if !out.ends_with('\n') {
-            out.push('\n');
-        }
+        emit_into(document, &mut out, usize::MAX)?;
     }
     Ok(out)
+}
+
+/// Why a document could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum EmitError {
+    /// `out` would pass the limit given to [`emit_into`].
+    #[error("the output would be larger than {0} bytes")]
+    TooLarge(usize),
+    #[error(transparent)]
+    Emit(#[from] saphyr::EmitError),
+}
+
+/// Appends one document, starting with `---`, to `out`, refusing to let `out` grow past `limit` bytes:
+/// the output of a small but deeply indented or heavily aliased tree is checked as it is written, not
+/// after.
+pub fn emit_into(document: &Node<'_>, out: &mut String, limit: usize) -> Result<(), EmitError> {
+    let mut writer = Capped {
+        out,
+        limit,
+        over: false,
+    };
+    let written = {
+        let mut emitter = YamlEmitter::new(&mut writer);
+        // Scripts in `args` stay readable as literal blocks.
+        emitter.multiline(true);
+        emitter.dump(document)
+    };
+    let written = written.and_then(|()| {
+        if writer.out.ends_with('\n') {
+            Ok(())
+        } else {
+            fmt::Write::write_str(&mut writer, "\n").map_err(saphyr::EmitError::from)
+        }
+    });
+    match written {
+        Ok(()) => Ok(()),
+        Err(_) if writer.over => Err(EmitError::TooLarge(limit)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A `String` writer that fails rather than pass `limit` bytes.
+struct Capped<'o> {
+    out: &'o mut String,
+    limit: usize,
+    over: bool,
+}
+
+impl fmt::Write for Capped<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        if self.out.len().saturating_add(s.len()) > self.limit {
+            self.over = true;
+            return Err(fmt::Error);
+        }
+        self.out.push_str(s);
+        Ok(())
+    }
+}
+
+/// How many nodes a tree has: scalars, sequences and mappings, keys included.
+pub fn count_nodes(node: &Node<'_>) -> u64 {
+    match node {
+        Yaml::Sequence(items) => items.iter().map(count_nodes).fold(1, u64::saturating_add),
+        Yaml::Mapping(map) => map
+            .iter()
+            .map(|(k, v)| count_nodes(k).saturating_add(count_nodes(v)))
+            .fold(1, u64::saturating_add),
+        Yaml::Tagged(_, inner) => count_nodes(inner),
+        _ => 1,
+    }
 }
 
 /// The text of a scalar (plain as written, or a string value); `None` for anything else.
@@ -285,6 +416,36 @@ mod tests {
         assert_eq!(empty, [true, false, true]);
         let e = load("a: 1\n---\nb: 2\n  c: 3\n").expect_err("fails");
         assert_eq!((e.document, e.line, e.column), (1, 4, 4));
+    }
+
+    #[test]
+    fn the_deepest_documents_allowed_fit_a_test_threads_stack() {
+        // Test threads have 2 MiB of stack, less than the command's worker; unoptimised frames are
+        // the largest.
+        let depth = limits::MAX_DEPTH;
+        let flow = format!("{}x{}", "[".repeat(depth), "]".repeat(depth));
+        assert_eq!(round_trip(&flow), format!("---\n{}x\n", "- ".repeat(depth)));
+        let block: String = (0..depth)
+            .map(|level| format!("{}k:\n", "  ".repeat(level)))
+            .collect();
+        let out = round_trip(&block);
+        assert_eq!(load(&out).expect("loads").len(), 1);
+        let e = load(&format!("[{flow}]")).expect_err("one level too deep");
+        assert_eq!((e.line, e.column), (1, depth + 1));
+        assert!(e.reason.contains("levels deep"), "{}", e.reason);
+    }
+
+    #[test]
+    fn documents_come_one_at_a_time_and_stop_at_the_first_refusal() {
+        let mut documents = documents("a: 1\n---\nb: &x [1]\nc: *x\n---\nd: *x\n---\ne: 5\n");
+        assert!(documents.next().is_some_and(|d| d.is_ok()));
+        assert!(documents.next().is_some_and(|d| d.is_ok()));
+        let e = documents
+            .next()
+            .and_then(Result::err)
+            .expect("an alias into another document");
+        assert_eq!((e.document, e.line, e.column), (2, 6, 4));
+        assert!(documents.next().is_none());
     }
 
     #[test]

@@ -654,3 +654,234 @@ fn files_are_read_in_order_and_a_missing_one_is_refused() {
     let stderr = assert_refused(&inject(&["no/such/file.yaml"], ""));
     assert!(stderr.contains("no/such/file.yaml"), "{stderr}");
 }
+
+/// A 250 KB manifest: one 100 KB anchored string and 50 000 aliases to it, 5 GB once written out.
+fn alias_bomb() -> String {
+    let aliases = vec!["*a"; 50_000].join(",");
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: bomb\ndata:\n  big: &a \"{}\"\n  list: [{aliases}]\n",
+        "x".repeat(100_000)
+    )
+}
+
+#[test]
+fn an_alias_bomb_is_refused_before_it_is_expanded() {
+    let bomb = alias_bomb();
+    assert!((249_000..251_000).contains(&bomb.len()));
+    let started = std::time::Instant::now();
+    let stderr = assert_refused(&inject(&[], &bomb));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(stderr.contains("stdin: document 1: line 7"), "{stderr}");
+    assert!(stderr.contains("alias bomb"), "{stderr}");
+
+    // Nested anchors, each nine aliases of the one before: 9^9 "lol"s from 400 bytes.
+    let mut laughs = String::from("a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+    let names = ["a", "b", "c", "d", "e", "f", "g", "h", "i"];
+    for pair in names.windows(2) {
+        let aliases = vec![format!("*{}", pair[0]); 9].join(", ");
+        laughs.push_str(&format!("{}: &{} [{aliases}]\n", pair[1], pair[1]));
+    }
+    let stderr = assert_refused(&inject(&[], &laughs));
+    assert!(stderr.contains("alias bomb"), "{stderr}");
+}
+
+#[test]
+fn an_input_past_10_mib_is_refused_from_stdin_and_from_a_file() {
+    const MAX: usize = 10 * 1024 * 1024;
+    let mut input = String::from("apiVersion: v1\nkind: Namespace\nmetadata: {name: big}\n");
+    let line = format!("# {}\n", "x".repeat(1021));
+    while input.len() + line.len() <= MAX {
+        input.push_str(&line);
+    }
+    input.push('#');
+    input.extend(std::iter::repeat_n('x', MAX - input.len()));
+    assert_eq!(input.len(), MAX);
+    let out = ok(&inject(&[], &input));
+    assert_eq!(kind_and_name(&documents(&out)[0]), "Namespace/big");
+
+    input.push('x');
+    let stderr = assert_refused(&inject(&[], &input));
+    assert!(stderr.contains("stdin: larger than 10 MiB"), "{stderr}");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("big.yaml");
+    std::fs::write(&path, &input).expect("the file is written");
+    let path = path.to_str().expect("a UTF-8 path");
+    let stderr = assert_refused(&inject(&[path], ""));
+    assert!(
+        stderr.contains(&format!("{path}: larger than 10 MiB")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn tags_on_sequences_and_mappings_are_refused_like_tags_on_scalars() {
+    let head = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: tagged}\n";
+    for (body, named) in [
+        ("data: !!set {a, b}\n", "the YAML tag !!set on a mapping"),
+        (
+            "data: !!omap\n  - a: b\n",
+            "the YAML tag !!omap on a sequence",
+        ),
+        ("data: !!map [a]\n", "the YAML tag !!map on a sequence"),
+        ("data: !!seq {a: b}\n", "the YAML tag !!seq on a mapping"),
+        (
+            "data: !custom {a: b}\n",
+            "the YAML tag !custom on a mapping",
+        ),
+        ("binaryData: !!binary aGk=\n", "the YAML tag !!binary"),
+    ] {
+        let stderr = assert_refused(&inject(&[], &format!("{head}{body}")));
+        assert!(stderr.contains("stdin: document 1"), "{body}: {stderr}");
+        assert!(stderr.contains(named), "{body}: {stderr}");
+    }
+    // A collection's own type spelled out changes nothing, as `!!str` on a string does not.
+    let out = ok(&inject(
+        &[],
+        &format!("{head}data: !!map {{a: !!str 1, b: c}}\nitems: !!seq [x]\n"),
+    ));
+    assert!(out.contains("a: \"1\""), "{out}");
+    assert!(!out.contains("!!"), "{out}");
+}
+
+#[test]
+fn a_manifest_with_a_few_anchors_and_aliases_is_injected_with_them_written_out() {
+    let input = "\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels: &labels
+    app.kubernetes.io/name: web
+spec:
+  selector:
+    matchLabels: *labels
+  template:
+    metadata:
+      labels: *labels
+    spec:
+      containers:
+        - name: api
+          image: registry.example/api:1
+          env: &env
+            - name: REGION
+              value: ap-south-1
+            - name: MODE
+              value: live
+        - name: worker
+          image: registry.example/worker:1
+          env: *env
+";
+    let out = ok(&inject(&[], input));
+    assert!(!out.contains('&') && !out.contains('*'), "{out}");
+    let docs = documents(&out);
+    let deployment = &docs[0];
+    // Each alias became its own copy: the sidecar's label went into the template's labels only.
+    assert_eq!(
+        text(
+            deployment,
+            &[
+                "spec",
+                "template",
+                "metadata",
+                "labels",
+                "aa-token-broker/sidecar"
+            ]
+        ),
+        Some("true")
+    );
+    assert_eq!(
+        yaml::path(deployment, &["spec", "selector", "matchLabels"]).map(|labels| yaml::get(
+            labels,
+            "aa-token-broker/sidecar"
+        )
+        .is_none()),
+        Some(true)
+    );
+    assert_eq!(
+        text(
+            deployment,
+            &["metadata", "labels", "app.kubernetes.io/name"]
+        ),
+        Some("web")
+    );
+    let spec = pod_spec(deployment);
+    assert_eq!(names(list(spec, "initContainers")), ["aa-token-broker"]);
+    let containers = list(spec, "containers");
+    assert_eq!(names(containers), ["api", "worker"]);
+    for container in containers {
+        assert_eq!(env_values(container, "REGION"), ["ap-south-1"]);
+        assert_eq!(env_values(container, "MODE"), ["live"]);
+        assert_eq!(
+            env_values(container, "AA_TOKEN_BROKER_URL"),
+            ["http://127.0.0.1:7373"]
+        );
+    }
+}
+
+#[test]
+fn deep_nesting_is_refused_instead_of_overflowing_the_stack() {
+    let stderr = assert_refused(&inject(&[], &format!("{}x\n", "- ".repeat(100_000))));
+    assert!(
+        stderr.contains("nested more than 128 levels deep"),
+        "{stderr}"
+    );
+    let stderr = assert_refused(&inject(&[], &format!("{}x\n", "- ".repeat(129))));
+    assert!(
+        stderr.contains("nested more than 128 levels deep"),
+        "{stderr}"
+    );
+    let out = ok(&inject(&[], &format!("{}x\n", "- ".repeat(128))));
+    assert_eq!(out, format!("---\n{}x\n", "- ".repeat(128)));
+}
+
+#[test]
+fn the_output_is_bounded_even_when_the_input_is_not_large() {
+    // A string of 270 000 short lines, 127 mappings deep: 800 KB in; written out as a literal block,
+    // each line indented 256 spaces.
+    let mut input: String = (0..126)
+        .map(|level| format!("{}k:\n", "  ".repeat(level)))
+        .collect();
+    input.push_str(&format!(
+        "{}k: \"{}\"\n",
+        "  ".repeat(126),
+        "a\\n".repeat(270_000)
+    ));
+    let stderr = assert_refused(&inject(&[], &input));
+    assert!(
+        stderr.contains("stdin: document 1: the output would be larger than 64 MiB"),
+        "{stderr}"
+    );
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn input_that_needs_too_much_memory_to_read_is_stopped() {
+    // A flow sequence that could be a mapping key: the scanner reads all of it before its first event,
+    // a few hundred bytes per item; 4 million items would take over a gigabyte.
+    let input = format!("- [{}]\n", vec!["a"; 4_000_000].join(","));
+    let stderr = assert_refused(&inject(&[], &input));
+    assert!(
+        stderr.contains("stdin: reading it needs more than 200 MiB of memory"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_list_that_the_sidecar_would_grow_past_the_node_limit_is_refused() {
+    // 5 000 small pods in one List: 100 000 nodes in, over 700 000 with a sidecar in each.
+    let pod = "  - {apiVersion: v1, kind: Pod, metadata: {name: p}, spec: {containers: [{name: a, image: b}]}}\n";
+    let input = format!("apiVersion: v1\nkind: List\nitems:\n{}", pod.repeat(5_000));
+    let stderr = assert_refused(&inject(&[], &input));
+    assert!(
+        stderr.contains("document 1 (List): more than 400000 YAML nodes once the sidecar is added"),
+        "{stderr}"
+    );
+    // As separate documents they are fine: each is held to the limit on its own.
+    let documents = pod.replace("  - ", "---\n").repeat(5_000);
+    let out = ok(&inject(&[], &documents));
+    assert_eq!(out.matches("name: aa-token-broker\n").count(), 5_000);
+}
