@@ -10,7 +10,9 @@
 //!    AAs only, an AA's accept FIUs and FIPs (from our own token's role); `--authorize-roles` sets them for
 //!    the listener; `aa_api_key` binds the token to the AA role, `fip_api_key` to FIP;
 //! 4. a bodyless `GET`/`HEAD` without a signature (ReBIT's `Heartbeat`): the token check alone;
-//! 5. the signature over the body by the token's entity ([`super::jws`]), on the crypto pool.
+//! 5. the signature over the body by the token's entity ([`super::jws`]), on the crypto pool; when it
+//!    fails and names no `kid`, whether the entity the body names signed it instead (FIP_3027:
+//!    `InvalidRequest`, not `SignatureDoesNotMatch`).
 //!
 //! `200` with `X-AA-Entity-Id` and `X-AA-Role`; otherwise a ReBIT `ErrorResponse` that can go back to the
 //! peer as it is: `ver` echoes the request's when it is 2.x, `txnid` the request's (bounded) or a fresh
@@ -26,13 +28,14 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
 use super::body::{self, BodyError, Buffered};
-use super::jws::{BUSY_RETRY_AFTER, Checked, JwsState, SIGNATURE, check};
+use super::jws::{BUSY_RETRY_AFTER, Checked, JwsState, SIGNATURE, check, verifies_with};
 use super::rebit::{self, Echo, TXNID_SCAN_BYTES};
 use super::verify::{ENTITY_HEADER, ROLE_HEADER, Source, credential_from_headers};
 use crate::entity::Role;
 use crate::inbound::callers;
 use crate::inbound::{Denied, Expectation};
 use crate::metrics::edge::AuthorizeOutcome;
+use crate::registry::Found;
 
 /// The bare route; anything below it is the path form.
 pub const AUTHORIZE_PATH: &str = "/v1/authorize";
@@ -265,16 +268,26 @@ pub async fn authorize(
         // ReBIT's GETs without a signature (Heartbeat): the token and the role are the whole check.
         return allowed(&state, sender, role);
     }
-    let (checked, read, unread) = check(&state, role.as_str(), sender, &headers, body).await;
+    let (checked, mut read, unread) = check(&state, role.as_str(), sender, &headers, body).await;
     let refusal = match checked {
         Checked::Valid { .. } => return allowed(&state, sender, role),
         Checked::Missing => Refusal::invalid("x-jws-signature is missing"),
-        Checked::Mismatch(e) => Refusal::new(
-            AuthorizeOutcome::SignatureDoesNotMatch,
-            StatusCode::BAD_REQUEST,
-            "SignatureDoesNotMatch",
-            e.to_string(),
-        ),
+        Checked::Mismatch(e) => {
+            // FIP_3027: a body signed by another registered entity, with no `kid` to say so.
+            let (signed_by, body) = signed_by_another(&state, &headers, sender, read.take()).await;
+            read = body;
+            match signed_by {
+                Some(other) => Refusal::invalid(format!(
+                    "the body is signed by {other}, not by the token's entity"
+                )),
+                None => Refusal::new(
+                    AuthorizeOutcome::SignatureDoesNotMatch,
+                    StatusCode::BAD_REQUEST,
+                    "SignatureDoesNotMatch",
+                    e.to_string(),
+                ),
+            }
+        }
         Checked::ForeignKey => Refusal::invalid(
             "the body is signed with a key that is not registered to the token's entity",
         ),
@@ -306,6 +319,43 @@ pub async fn authorize(
         }
     };
     refusal.answer(&state, read.as_ref(), unread).await
+}
+
+/// When the token entity's key does not verify a signature that names no `kid` (Sahamati's signers omit
+/// it), the entity the body names as its sender (`Notifier`, `FIU`, `AA`, `FIP`): if its registered key
+/// verifies, the body was signed by another entity (`InvalidRequest`, FIP_3027) rather than tampered with
+/// (`SignatureDoesNotMatch`). One extra CR lookup at most, within the lookup budget. Returns that
+/// entity, and the body back.
+async fn signed_by_another(
+    state: &JwsState,
+    headers: &HeaderMap,
+    sender: &str,
+    read: Option<Buffered>,
+) -> (Option<String>, Option<Buffered>) {
+    let Some(buffered) = read else {
+        return (None, None);
+    };
+    let detached = headers
+        .get(&SIGNATURE)
+        .and_then(|value| crate::jws::parse(value.as_bytes()).ok());
+    let Some(detached) = detached.filter(|d| d.kid.is_none()) else {
+        return (None, Some(buffered));
+    };
+    let named = rebit::body_senders(buffered.body())
+        .into_iter()
+        .find(|(_, id)| *id != sender)
+        .map(|(role, id)| (role, id.to_string()));
+    let Some((role, other)) = named else {
+        return (None, Some(buffered));
+    };
+    let Ok(Found::Key(key)) = state.registry.key_for(role.as_str(), &other, None).await else {
+        return (None, Some(buffered));
+    };
+    match verifies_with(state, key, detached.signature, buffered).await {
+        Some((true, buffered)) => (Some(other), Some(buffered)),
+        Some((false, buffered)) => (None, Some(buffered)),
+        None => (None, None),
+    }
 }
 
 fn allowed(state: &JwsState, sender: &str, role: Role) -> Response {

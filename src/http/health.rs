@@ -62,6 +62,11 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     if let Some(verifier) = &app.verifier {
         body["verify"] = serde_json::json!(verifier.status());
     }
+    // The Central Registry's last answer (signature checks read peers' keys there): reported, never a
+    // reason to be unready by itself.
+    if let Some(jws) = &app.jws {
+        body["centralRegistry"] = serde_json::json!(jws.registry.status());
+    }
     reply::no_store((code, axum::Json(body)).into_response())
 }
 

@@ -312,6 +312,24 @@ async fn verify_body(
     }
 }
 
+/// Whether `buffered` (a body read after its signature's header segment) verifies with `key`: on the
+/// crypto pool. `None` when the pool is full. The body comes back either way.
+pub(super) async fn verifies_with(
+    state: &JwsState,
+    key: Arc<EntityKey>,
+    signature: Vec<u8>,
+    buffered: Buffered,
+) -> Option<(bool, Buffered)> {
+    state
+        .pool
+        .run(move || {
+            let valid = key.key.verify(buffered.with_prefix(), &signature);
+            (valid, buffered)
+        })
+        .await
+        .ok()
+}
+
 /// The whole check of one signed body by `sender`.
 pub(super) async fn check(
     state: &JwsState,

@@ -8,6 +8,8 @@
 use std::time::SystemTime;
 
 use axum::http::{HeaderValue, StatusCode, header};
+
+use crate::entity::Role;
 use axum::response::{IntoResponse, Response};
 
 /// How much of a body is looked at for its `txnid`.
@@ -30,6 +32,66 @@ pub fn scan_ver(head: &[u8]) -> Option<&str> {
         v.strip_prefix("2.")
             .is_some_and(|rest| rest.bytes().all(|b| b.is_ascii_digit() || b == b'.'))
     })
+}
+
+/// The entities a ReBIT body names as its sender, in the order the swagger uses them: `Notifier` (with its
+/// `type`) on notifications, then the `FIU`, `AA` and `FIP` objects of requests and responses (each with an
+/// `id`). From at most the first [`TXNID_SCAN_BYTES`], top level only; never a parse of the body.
+pub fn body_senders(head: &[u8]) -> Vec<(Role, &str)> {
+    let mut senders = Vec::new();
+    if let Some(notifier) = member_value(head, b"Notifier")
+        && let (Some(kind), Some(id)) = (
+            scan_member(notifier, b"type", 8).and_then(Role::parse),
+            scan_member(notifier, b"id", MAX_TXNID_LEN),
+        )
+    {
+        senders.push((kind, id));
+    }
+    for (field, role) in [
+        (&b"FIU"[..], Role::Fiu),
+        (&b"AA"[..], Role::Aa),
+        (&b"FIP"[..], Role::Fip),
+    ] {
+        if let Some(id) =
+            member_value(head, field).and_then(|o| scan_member(o, b"id", MAX_TXNID_LEN))
+            && !senders.contains(&(role, id))
+        {
+            senders.push((role, id));
+        }
+    }
+    senders
+}
+
+/// The raw bytes of the top-level member `name`'s value (an object, array, string or scalar).
+fn member_value<'a>(head: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    let head = &head[..head.len().min(TXNID_SCAN_BYTES)];
+    let mut at = skip_whitespace(head, 0);
+    if head.get(at) != Some(&b'{') {
+        return None;
+    }
+    at += 1;
+    loop {
+        at = skip_whitespace(head, at);
+        if head.get(at) != Some(&b'"') {
+            return None;
+        }
+        let key_end = string_end(head, at)?;
+        let key = &head[at + 1..key_end];
+        at = skip_whitespace(head, key_end + 1);
+        if head.get(at) != Some(&b':') {
+            return None;
+        }
+        at = skip_whitespace(head, at + 1);
+        let end = skip_value(head, at)?;
+        if key == name {
+            return head.get(at..end);
+        }
+        at = skip_whitespace(head, end);
+        match head.get(at) {
+            Some(b',') => at += 1,
+            _ => return None,
+        }
+    }
 }
 
 /// The value of the top-level member `name` of the JSON object that starts `head`, when it is a plain
@@ -230,6 +292,25 @@ mod tests {
         let padding = "x".repeat(TXNID_SCAN_BYTES);
         let body = format!(r#"{{"pad":"{padding}","txnid":"late"}}"#);
         assert_eq!(scan_txnid(body.as_bytes()), None);
+    }
+
+    #[test]
+    fn the_senders_a_body_names_are_found_at_the_top_level() {
+        let notification = br#"{"ver":"2.0.0","txnid":"t","Notifier":{"type":"AA","id":"AA-ONE"},"FIStatusNotification":{"FIP":{"id":"nested"}}}"#;
+        assert_eq!(body_senders(notification), vec![(Role::Aa, "AA-ONE")]);
+        let request = br#"{"ver":"2.0.0","FIU":{"id":"FIU-ONE"},"Consent":{"AA":{"id":"deep"}},"FIP":{"id":"FIP-ONE"}}"#;
+        assert_eq!(
+            body_senders(request),
+            vec![(Role::Fiu, "FIU-ONE"), (Role::Fip, "FIP-ONE")]
+        );
+        for nothing in [
+            &b"{}"[..],
+            b"[]",
+            br#"{"Notifier":{"type":"CR","id":"x"}}"#,
+            br#"{"FIU":"FIU-ONE"}"#,
+        ] {
+            assert!(body_senders(nothing).is_empty());
+        }
     }
 
     #[test]

@@ -165,6 +165,29 @@ struct Inner {
     budget: Mutex<LookupBudget>,
     flight: Flight<SenderKey, Looked>,
     recorder: Arc<dyn RegistryRecorder>,
+    /// The CR's last answer, for `/readyz`.
+    last_answer: Mutex<Option<LastAnswer>>,
+}
+
+/// The CR's last answer, as `/readyz` reports it: when, and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LastAnswer {
+    /// RFC 3339.
+    pub at: String,
+    /// `ok`, `unknown` (the CR does not know the sender) or `error`.
+    pub outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The CR cache's state, for `/readyz`: reported, never a reason to be unready.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryStatus {
+    pub url: String,
+    /// `None` until the CR is first asked.
+    pub last_answer: Option<LastAnswer>,
 }
 
 impl Registry {
@@ -203,8 +226,22 @@ impl Registry {
                 budget: Mutex::new(LookupBudget::default()),
                 flight: Flight::new(MAX_LOOKUPS_IN_FLIGHT, bound),
                 recorder,
+                last_answer: Mutex::new(None),
             }),
         })
+    }
+
+    /// The CR's URL and last answer, for `/readyz`.
+    pub fn status(&self) -> RegistryStatus {
+        RegistryStatus {
+            url: self.inner.base.clone(),
+            last_answer: self
+                .inner
+                .last_answer
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        }
     }
 
     pub fn base(&self) -> &str {
@@ -346,6 +383,12 @@ impl Inner {
             Err(_) => CrOutcome::Error,
         };
         self.recorder.cr_request(outcome);
+        let answer = LastAnswer {
+            at: crate::timefmt::rfc3339_seconds(std::time::SystemTime::now()),
+            outcome: outcome.as_str(),
+            error: result.as_ref().err().cloned(),
+        };
+        *self.last_answer.lock().unwrap_or_else(|p| p.into_inner()) = Some(answer);
         let now = Instant::now();
         match result {
             Ok(Some(fetched)) => {
@@ -544,10 +587,25 @@ async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, String>
     Ok(body)
 }
 
-/// The CR base for an IAM base: the same host, `/cr` in place of `/iam` (spec §1.1), e.g.
-/// `https://api.sandbox.sahamati.org.in/iam` → `…/cr`, and a simulator's `http://127.0.0.1:P/iam` → `…/cr`.
+/// The Central Registry of each named environment, by its IAM base. Sahamati's ReBIT 2.x readiness notes
+/// (`Sahamati/Ecosystem-Readiness-for-ReBIT-2.x-specs`, `Changes_in_CR_and_APIs.md`) give production and
+/// UAT their own hosts (entity info at `{base}/v2/entityInfo/{type}/{id}`); the sandbox's CR sits beside its
+/// IAM (spec §1.1).
+const ENVIRONMENT_CRS: [(&str, &str); 3] = [
+    ("sandbox", "https://api.sandbox.sahamati.org.in/cr"),
+    ("uat", "https://uatcr.sahamati.org.in"),
+    ("production", "https://cr.sahamati.org.in"),
+];
+
+/// The CR base for an IAM base: a named environment's CR ([`ENVIRONMENT_CRS`]); otherwise the same host,
+/// `/cr` in place of `/iam` (spec §1.1), e.g. a simulator's `http://127.0.0.1:P/iam` → `…/cr`.
 pub fn default_cr_url(iam_url: &str) -> String {
     let base = iam_url.trim_end_matches('/');
+    for (name, cr) in ENVIRONMENT_CRS {
+        if crate::iam::environment_base_url(name) == Some(base) {
+            return cr.to_string();
+        }
+    }
     match base.strip_suffix("/iam") {
         Some(host) => format!("{host}/cr"),
         None => format!("{base}/cr"),
@@ -569,5 +627,14 @@ mod tests {
             "http://127.0.0.1:7380/cr"
         );
         assert_eq!(default_cr_url("https://x.in"), "https://x.in/cr");
+        // The named environments' own CR hosts.
+        assert_eq!(
+            default_cr_url("https://api.sahamati.org.in/iam"),
+            "https://cr.sahamati.org.in"
+        );
+        assert_eq!(
+            default_cr_url("https://api.uat.sahamati.org.in/iam/"),
+            "https://uatcr.sahamati.org.in"
+        );
     }
 }

@@ -18,6 +18,7 @@ mod iam_routes;
 pub mod jwt;
 pub mod realm;
 mod registry;
+pub use registry::CertificateForm;
 pub mod state;
 
 use std::future::Future;

@@ -56,6 +56,19 @@ struct CrEntity {
     key_index: usize,
     generation: u32,
     key: Arc<SigningKey>,
+    form: CertificateForm,
+}
+
+/// How the CR writes an entity's `certificate`: all three occur in the registry's records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CertificateForm {
+    /// The JWK as an object.
+    #[default]
+    Jwk,
+    /// The JWK as a JSON string.
+    String,
+    /// A key set `{"keys":[…]}`: an encryption key the entity also holds, then its signing key.
+    KeySet,
 }
 
 /// The CR's state.
@@ -109,9 +122,17 @@ impl Simulator {
                 key_index: index,
                 generation: 1,
                 key,
+                form: CertificateForm::default(),
             },
         );
         Ok(kid)
+    }
+
+    /// How the CR writes this entity's `certificate` from now on.
+    pub fn cr_set_certificate_form(&self, id: &str, form: CertificateForm) -> Result<(), String> {
+        let mut cr = self.shared.cr.inner();
+        cr.entities.get_mut(id).ok_or("no such CR entity")?.form = form;
+        Ok(())
     }
 
     /// Rotates an entity's key: the next key of the pool, a new `kid`. Returns the new `kid`.
@@ -295,6 +316,21 @@ fn visible(role: &str, kind: &str) -> bool {
     )
 }
 
+fn certificate(entity: &CrEntity) -> Value {
+    let jwk = entity.key.public_jwk();
+    match entity.form {
+        CertificateForm::Jwk => jwk,
+        CertificateForm::String => Value::String(jwk.to_string()),
+        CertificateForm::KeySet => {
+            let mut encryption = jwk.clone();
+            encryption["use"] = json!("enc");
+            encryption["alg"] = json!("RSA-OAEP");
+            encryption["kid"] = json!(format!("{}-enc", entity.key.kid()));
+            json!({ "keys": [encryption, jwk] })
+        }
+    }
+}
+
 fn envelope(id: &str, entity: &CrEntity, requester: &str) -> Value {
     json!({
         "ver": "1.0",
@@ -306,7 +342,7 @@ fn envelope(id: &str, entity: &CrEntity, requester: &str) -> Value {
             "Identifiers": [{ "category": "STRONG", "type": "MOBILE" }],
             "baseurl": format!("v1:/v1/nonexistent-resource, v2:https://{}.example/v2", id.to_ascii_lowercase()),
             "webviewurl": null, "fitypes": ["DEPOSIT"],
-            "certificate": entity.key.public_jwk(),
+            "certificate": certificate(entity),
             "tokeninfo": { "url": "", "desc": "" }, "gsp": null, "signature": { "signValue": "" },
             "inboundports": null, "outboundports": null, "ips": null, "credentialsPk": null,
             "roles": entity.role,

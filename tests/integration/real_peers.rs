@@ -298,3 +298,92 @@ async fn unknown_query_parameters_are_named_not_ignored() {
     assert_eq!(extra.status(), 400);
     net.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fip_3027_signed_by_another_entity_without_kid() {
+    let net = start().await;
+    let aa = net.peer_token(AA, AA_SECRET).await;
+    let no_kid = r#"{"alg":"RS256","b64":false,"crit":["b64"]}"#;
+    // AA-PEER's token; the body names AA-OTHER as its notifier and AA-OTHER signed it, with no kid.
+    let body = br#"{"ver":"2.0.0","timestamp":"2026-12-06T10:00:00.000Z","txnid":"0b811819-9044-4856-b0ee-8c88035f8858","Notifier":{"type":"AA","id":"AA-OTHER"}}"#;
+    let other = net
+        .iam
+        .sim
+        .cr_sign_with_header("AA-OTHER", no_kid, body)
+        .unwrap();
+    let refused = authorize(
+        &net,
+        "/v1/authorize/FI/Notification",
+        &[("aa_api_key", aa.clone()), ("x-jws-signature", other)],
+        body,
+    )
+    .await;
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert_eq!(refused.body["errorCode"], "InvalidRequest");
+    assert_eq!(
+        refused.body["errorMsg"],
+        "the body is signed by AA-OTHER, not by the token's entity"
+    );
+    // The same signature over a changed body verifies with nobody's key: a mismatch.
+    let changed = String::from_utf8(body.to_vec())
+        .unwrap()
+        .replace("2026-12-06", "2026-12-07");
+    let tampered = net
+        .iam
+        .sim
+        .cr_sign_with_header("AA-OTHER", no_kid, body)
+        .unwrap();
+    let mismatch = authorize(
+        &net,
+        "/v1/authorize/FI/Notification",
+        &[("aa_api_key", aa), ("x-jws-signature", tampered)],
+        changed.as_bytes(),
+    )
+    .await;
+    assert_eq!(mismatch.status, 400);
+    assert_eq!(mismatch.body["errorCode"], "SignatureDoesNotMatch");
+    net.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cr_certificate_published_as_a_key_set_or_a_string_verifies_by_kid() {
+    use aa_token_broker::simulator::CertificateForm;
+    let net = start().await;
+    for (sender, form) in [
+        ("AA-OTHER", CertificateForm::KeySet),
+        (AA, CertificateForm::String),
+    ] {
+        net.iam.sim.cr_set_certificate_form(sender, form).unwrap();
+        let signature = net.iam.sim.cr_sign(sender, NOTIFICATION).unwrap();
+        let checked = net
+            .http
+            .post(format!(
+                "http://{}/v1/verify-signature?sender={sender}&type=AA",
+                net.addr
+            ))
+            .header("x-jws-signature", signature)
+            .body(NOTIFICATION.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            checked.status(),
+            200,
+            "{form:?}: {}",
+            checked.text().await.unwrap()
+        );
+    }
+    // The CR's last answer shows in /readyz, without making the broker unready.
+    let ready: Value = net
+        .http
+        .get(format!("http://{}/readyz", net.addr))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["ready"], true, "{ready}");
+    assert_eq!(ready["centralRegistry"]["lastAnswer"]["outcome"], "ok");
+    net.stop().await;
+}

@@ -156,6 +156,23 @@ def main():
                                             {"aa_api_key": aa_token, "x-jws-signature": signature})
             check(status == 200 and headers["X-AA-Entity-Id"] == AA,
                   f"/v1/authorize accepts Python's signature with the AA's token, {label}", body)
+        # Sahamati's Router scripts: compact JSON, a signature with no kid, and the token in
+        # `client_api_key` with the Bearer scheme, at an FIU's notification endpoint.
+        notification = json.dumps({"ver": "2.0.0", "timestamp": "2026-12-06T10:00:00.000Z",
+                                   "txnid": "7d1c0de0-0000-4000-8000-00000000a002",
+                                   "Notifier": {"type": "AA", "id": AA}}, separators=(",", ":")).encode()
+        sahamati = py_sign(aa_private, {"alg": "RS256", "b64": False, "crit": ["b64"]}, notification)
+        status, headers, body = request("POST", f"http://127.0.0.1:{verify_port}/v1/authorize/FI/Notification",
+                                        notification,
+                                        {"client_api_key": f"Bearer {aa_token}", "x-jws-signature": sahamati})
+        check(status == 200 and headers["X-AA-Entity-Id"] == AA and headers["X-AA-Role"] == "AA",
+              "/v1/authorize accepts a Sahamati-style call: client_api_key: Bearer, no kid", body)
+        # Its ReBIT error answers are signed by us over their exact bytes: Python verifies them.
+        status, headers, body = request("POST", f"{broker}/v1/authorize", notification.replace(b"10:00", b"11:00"),
+                                        {"client_api_key": f"Bearer {aa_token}", "x-jws-signature": sahamati})
+        check(status == 400 and json.loads(body)["errorCode"] == "SignatureDoesNotMatch"
+              and py_verify(fiu_public, headers.get("x-jws-signature", ""), body),
+              "a ReBIT error from /v1/authorize carries our signature over its exact bytes", body)
         signature = py_sign(aa_private, forms["the broker's form"], BODY)
         status, _, body = request("POST", f"{broker}/v1/verify-signature?sender={AA}&type=AA",
                                   BODY + b" ", {"x-jws-signature": signature})
