@@ -292,11 +292,28 @@ fn caller_role(shared: &Shared, headers: &HeaderMap) -> Result<(String, String),
         }
     }
     let unauthorized = || Box::new(cr_error(StatusCode::UNAUTHORIZED, "401 UNAUTHORIZED"));
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+    // As the CR takes it: `Authorization: Bearer`, or a ReBIT header with or without the scheme.
+    let bearer = |value: &str| -> String {
+        match value.trim().split_once(' ') {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => {
+                rest.trim().to_string()
+            }
+            _ => value.trim().to_string(),
+        }
+    };
+    let token = ["client_api_key", "fip_api_key", "aa_api_key"]
+        .iter()
+        .find_map(|name| headers.get(*name).and_then(|v| v.to_str().ok()))
+        .map(bearer)
+        .or_else(|| {
+            headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::to_string)
+        })
         .ok_or_else(unauthorized)?;
+    let token = token.as_str();
     let claims = super::jwt::verify_with_jwks(token.trim(), &shared.key.jwks())
         .map_err(|_| unauthorized())?;
     let exp = claims["exp"].as_f64().unwrap_or(0.0);

@@ -387,3 +387,26 @@ async fn a_cr_certificate_published_as_a_key_set_or_a_string_verifies_by_kid() {
     assert_eq!(ready["centralRegistry"]["lastAnswer"]["outcome"], "ok");
     net.stop().await;
 }
+
+/// The simulator's CR takes a caller's token as the real one does: in `Authorization`, or in a ReBIT
+/// header with or without the scheme.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulators_cr_accepts_the_rebit_header_forms() {
+    let net = start().await;
+    let fip = net.peer_token(FIP, FIP_SECRET).await;
+    let url = format!(
+        "{}/v2/entityInfo/AA/{AA}",
+        net.iam.url.replace("/iam", "/cr")
+    );
+    for (name, value) in [
+        ("Authorization", format!("Bearer {fip}")),
+        ("client_api_key", format!("Bearer {fip}")),
+        ("fip_api_key", fip.clone()),
+    ] {
+        let answer = net.http.get(&url).header(name, value).send().await.unwrap();
+        assert_eq!(answer.status(), 200, "{name}");
+    }
+    let none = net.http.get(&url).send().await.unwrap();
+    assert_eq!(none.status(), 401);
+    net.stop().await;
+}
