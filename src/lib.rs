@@ -16,6 +16,7 @@
 //! | [`secret`] | the secret's lifecycle: the cell the token path reads the secret from, admin login within its limits, the reset bound, rotation, sinks, the lock, the manager task |
 //! | [`inbound`] | verification of the entity tokens on incoming calls: the realm key set, its refetch policy, the checks |
 //! | [`jws`] | detached `x-jws-signature`s (RFC 7797): parse, sign, verify; our signing key |
+//! | [`rebit`] | ReBIT's message rules a sidecar can decide: the envelope, the endpoints and who may notify them, bounded scans of a body |
 //! | [`registry`] | the Central Registry entity-info client, the cache of peers' signing keys and its refetch policy |
 //! | [`http`] | the local HTTP surface: routes, the caller guard, the hot path, the accept loop with its limits |
 //! | [`metrics`] | the Prometheus registry; it implements the recorder traits of `token`, `secret`, `inbound` and `registry` |
@@ -61,6 +62,7 @@ pub mod inject;
 pub mod jws;
 pub mod metrics;
 pub mod private_file;
+pub mod rebit;
 pub mod registry;
 pub mod secret;
 pub mod simulator;

@@ -2,7 +2,7 @@
 //! panic; what it finds is a short, plain, visible-ASCII string that occurs in the first 64 KiB.
 #![no_main]
 
-use aa_token_broker::http::rebit::{MAX_TXNID_LEN, TXNID_SCAN_BYTES, scan_txnid};
+use aa_token_broker::rebit::scan::{MAX_TXNID_LEN, TXNID_SCAN_BYTES, scan_txnid};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
