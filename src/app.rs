@@ -342,6 +342,8 @@ fn jws_state(
         broker: broker.clone(),
         own: caller_for_state,
         authorize_roles: jws.authorize_roles,
+        envelope: jws.envelope,
+        path_prefix: jws.path_prefix,
     }))
 }
 

@@ -16,10 +16,11 @@ use crate::registry::default_cr_url;
 use crate::registry::policy::RegistryPolicy;
 
 use super::settings::{
-    AUTHORIZE_ROLES, CR_LOOKUP_BURST, CR_LOOKUP_RATE, CR_PREVIOUS_KEY_GRACE, CR_URL,
-    MAX_BODY_BYTES, SIGNING_KEY_FILE, SIGNING_KID,
+    AUTHORIZE_PATH_PREFIX, AUTHORIZE_ROLES, CR_LOOKUP_BURST, CR_LOOKUP_RATE, CR_PREVIOUS_KEY_GRACE,
+    CR_URL, MAX_BODY_BYTES, REBIT_TIMESTAMP_WINDOW, REBIT_VERSIONS, SIGNING_KEY_FILE, SIGNING_KID,
 };
 use crate::entity::Role;
+use crate::rebit::envelope::EnvelopeRules;
 
 /// Largest body cap accepted: 1 GiB.
 const MAX_BODY_CAP: usize = 1 << 30;
@@ -41,6 +42,10 @@ pub struct JwsSettings {
     pub policy: RegistryPolicy,
     /// `--authorize-roles`: the caller roles `/v1/authorize` accepts, instead of those that follow ours.
     pub authorize_roles: Option<Vec<Role>>,
+    /// The envelope rules of `/v1/authorize/{ReBIT path}`.
+    pub envelope: EnvelopeRules,
+    /// `--authorize-path-prefix`.
+    pub path_prefix: Option<String>,
 }
 
 impl JwsSettings {
@@ -52,6 +57,8 @@ impl JwsSettings {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             policy: RegistryPolicy::default(),
             authorize_roles: None,
+            envelope: EnvelopeRules::default(),
+            path_prefix: None,
         }
     }
 }
@@ -99,6 +106,24 @@ pub fn jws_settings(
         }
     };
     let policy = registry_policy(args, file)?;
+    let envelope = envelope_rules(args, file)?;
+    let path_prefix = match args
+        .authorize_path_prefix
+        .as_deref()
+        .or(file.authorize_path_prefix.as_deref())
+        .map(str::trim)
+    {
+        None | Some("") => None,
+        Some(prefix) if prefix.starts_with('/') && !prefix.contains(['?', '#', ' ']) => {
+            Some(prefix.trim_end_matches('/').to_string())
+        }
+        Some(_) => {
+            return Err(ConfigError::new(
+                AUTHORIZE_PATH_PREFIX,
+                "must be a path starting with /, e.g. /aa/v2",
+            ));
+        }
+    };
     let mut keys: Vec<(EntityId, PathBuf, Option<String>, String)> = Vec::new();
     for (index, entry) in file.entities.iter().enumerate() {
         if let Some(path) = &entry.signing_key_file {
@@ -152,7 +177,54 @@ pub fn jws_settings(
         max_body_bytes,
         policy,
         authorize_roles,
+        envelope,
+        path_prefix,
     })
+}
+
+/// The envelope rules of `/v1/authorize/{ReBIT path}` from the flags or the file.
+fn envelope_rules(args: &JwsArgs, file: &FileConfig) -> Result<EnvelopeRules, ConfigError> {
+    let defaults = EnvelopeRules::default();
+    let versions = match args
+        .rebit_versions
+        .as_deref()
+        .or(file.rebit_versions.as_deref())
+    {
+        None => defaults.versions,
+        Some(raw) => {
+            let versions: Vec<String> = raw
+                .split(',')
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+                .collect();
+            let well_formed = |v: &String| {
+                v.len() <= 16
+                    && v.split('.')
+                        .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            };
+            if versions.is_empty() || !versions.iter().all(well_formed) {
+                return Err(ConfigError::new(
+                    REBIT_VERSIONS,
+                    "must be versions like 2.0.0, comma-separated",
+                ));
+            }
+            versions
+        }
+    };
+    let window = match args.rebit_timestamp_window.or(file.rebit_timestamp_window) {
+        None => defaults.window,
+        Some(secs) if secs.is_finite() && (1.0..=86_400.0).contains(&secs) => {
+            std::time::Duration::from_secs_f64(secs)
+        }
+        Some(_) => {
+            return Err(ConfigError::new(
+                REBIT_TIMESTAMP_WINDOW,
+                "must be a number of seconds between 1 and 86400",
+            ));
+        }
+    };
+    Ok(EnvelopeRules { versions, window })
 }
 
 /// The CR cache's policy: the lookup budget and the previous key's grace from the flags or the file.

@@ -188,6 +188,21 @@ pub const AUTHORIZE_ROLES: Setting = setting(
     "AA_BROKER_AUTHORIZE_ROLES",
     Some("authorize_roles"),
 );
+pub const REBIT_VERSIONS: Setting = setting(
+    "rebit-versions",
+    "AA_BROKER_REBIT_VERSIONS",
+    Some("rebit_versions"),
+);
+pub const REBIT_TIMESTAMP_WINDOW: Setting = setting(
+    "rebit-timestamp-window",
+    "AA_BROKER_REBIT_TIMESTAMP_WINDOW",
+    Some("rebit_timestamp_window"),
+);
+pub const AUTHORIZE_PATH_PREFIX: Setting = setting(
+    "authorize-path-prefix",
+    "AA_BROKER_AUTHORIZE_PATH_PREFIX",
+    Some("authorize_path_prefix"),
+);
 pub const MAX_BODY_BYTES: Setting = setting(
     "max-body-bytes",
     "AA_BROKER_MAX_BODY_BYTES",
@@ -215,6 +230,9 @@ pub const ALL: &[Setting] = &[
     SIGNING_KID,
     CR_URL,
     AUTHORIZE_ROLES,
+    REBIT_VERSIONS,
+    REBIT_TIMESTAMP_WINDOW,
+    AUTHORIZE_PATH_PREFIX,
     MAX_BODY_BYTES,
     CR_LOOKUP_RATE,
     CR_LOOKUP_BURST,

@@ -20,7 +20,7 @@
 //! bytes (unsigned only when the crypto pool is full).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
@@ -28,13 +28,18 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
 use super::body::{self, BodyError, Buffered};
-use super::jws::{BUSY_RETRY_AFTER, Checked, JwsState, SIGNATURE, check, verifies_with};
+use super::jws::{
+    BUSY_RETRY_AFTER, Checked, JwsState, SIGNATURE, check, signature_and_key, verifies_with,
+};
 use super::rebit::{self, Echo, TXNID_SCAN_BYTES};
 use super::verify::{ENTITY_HEADER, ROLE_HEADER, Source, credential_from_headers};
 use crate::entity::Role;
 use crate::inbound::callers;
 use crate::inbound::{Denied, Expectation};
 use crate::metrics::edge::AuthorizeOutcome;
+use crate::rebit::endpoint::{Endpoint, check_notifier};
+use crate::rebit::envelope::{EnvelopeError, check_key_material};
+use crate::rebit::scan::{MAX_TXNID_LEN, member_value, scan_member};
 use crate::registry::Found;
 
 /// The bare route; anything below it is the path form.
@@ -47,6 +52,8 @@ struct Refusal {
     code: &'static str,
     message: String,
     retry_after: Option<Duration>,
+    /// The request's `txnid` is not echoed (it is what is wrong).
+    fresh_txnid: bool,
 }
 
 impl Refusal {
@@ -62,7 +69,13 @@ impl Refusal {
             code,
             message: message.into(),
             retry_after: None,
+            fresh_txnid: false,
         }
+    }
+
+    fn fresh_txnid(mut self) -> Self {
+        self.fresh_txnid = true;
+        self
     }
 
     fn unauthorized(message: impl Into<String>) -> Self {
@@ -103,7 +116,12 @@ impl Refusal {
                 .await
                 .ok(),
         };
-        let echo = Echo::from_head(read.or(head.as_ref()).map(Buffered::body));
+        let mut echo = Echo::from_head(read.or(head.as_ref()).map(Buffered::body));
+        // Answers carry a supported version, and echo a txnid that is not itself the fault.
+        echo.ver = state.envelope.answer_version(Some(&echo.ver)).to_string();
+        if self.fresh_txnid {
+            echo.txnid = rebit::answer_txnid(None);
+        }
         let mut response = signed(
             state,
             self.status,
@@ -264,33 +282,52 @@ pub async fn authorize(
     };
     let sender = verified.entity_id.as_str();
     let signed_request = headers.contains_key(&SIGNATURE);
-    if matches!(method, Method::GET | Method::HEAD) && bodyless(&body) && !signed_request {
-        // ReBIT's GETs without a signature (Heartbeat): the token and the role are the whole check.
-        return allowed(&state, sender, role);
+    // The path form names the ReBIT endpoint the proxy guards; the bare route keeps the general checks.
+    let guarded = (!bare).then(|| state.rebit_path(uri.path()));
+    let endpoint = guarded
+        .as_deref()
+        .map(|path| Endpoint::classify(method.as_str(), path));
+    if matches!(method, Method::GET | Method::HEAD) && bodyless(&body) {
+        return match (signed_request, endpoint, guarded) {
+            // ReBIT's GETs without a signature (Heartbeat): the token and the role are the whole check.
+            (false, _, _) => allowed(&state, sender, role),
+            // FIP_3022, FIP_1059, FIP_3026, FIP_3027: a GET signed over its endpoint path.
+            (true, Some(Endpoint::SignedGet), Some(path)) => {
+                match signed_path(&state, role, sender, &headers, &path).await {
+                    Ok(()) => allowed(&state, sender, role),
+                    Err(refusal) => refusal.answer(&state, None, None).await,
+                }
+            }
+            (true, _, _) => allowed(&state, sender, role),
+        };
     }
-    let (checked, mut read, unread) = check(&state, role.as_str(), sender, &headers, body).await;
+    let (checked, mut read, mut unread) =
+        check(&state, role.as_str(), sender, &headers, body).await;
     let refusal = match checked {
-        Checked::Valid { .. } => return allowed(&state, sender, role),
+        Checked::Valid { .. } => {
+            // The body is signed by the caller: now what the suite checks in it, on the path form.
+            let Some(endpoint) = endpoint else {
+                return allowed(&state, sender, role);
+            };
+            match body_rules(&state, endpoint, role, sender, read.as_ref()) {
+                Ok(()) => return allowed(&state, sender, role),
+                Err(refusal) => refusal,
+            }
+        }
         Checked::Missing => Refusal::invalid("x-jws-signature is missing"),
-        Checked::Mismatch(e) => {
-            // FIP_3027: a body signed by another registered entity, with no `kid` to say so.
-            let (signed_by, body) = signed_by_another(&state, &headers, sender, read.take()).await;
+        Checked::Mismatch(_) | Checked::ForeignKey => {
+            // Which key verifies decides the code: another registered entity's is `InvalidRequest`
+            // (FIP_1040, FIP_3027, FIU_1043, FIU_2029); nobody's is `SignatureDoesNotMatch`.
+            let (signed_by, body) =
+                signed_by_another_body(&state, &headers, sender, read.take(), unread.take()).await;
             read = body;
             match signed_by {
                 Some(other) => Refusal::invalid(format!(
                     "the body is signed by {other}, not by the token's entity"
                 )),
-                None => Refusal::new(
-                    AuthorizeOutcome::SignatureDoesNotMatch,
-                    StatusCode::BAD_REQUEST,
-                    "SignatureDoesNotMatch",
-                    e.to_string(),
-                ),
+                None => mismatch(),
             }
         }
-        Checked::ForeignKey => Refusal::invalid(
-            "the body is signed with a key that is not registered to the token's entity",
-        ),
         Checked::UnknownSender => {
             Refusal::unauthorized("the token's entity has no usable key in the Central Registry")
         }
@@ -321,41 +358,244 @@ pub async fn authorize(
     refusal.answer(&state, read.as_ref(), unread).await
 }
 
-/// When the token entity's key does not verify a signature that names no `kid` (Sahamati's signers omit
-/// it), the entity the body names as its sender (`Notifier`, `FIU`, `AA`, `FIP`): if its registered key
-/// verifies, the body was signed by another entity (`InvalidRequest`, FIP_3027) rather than tampered with
-/// (`SignatureDoesNotMatch`). One extra CR lookup at most, within the lookup budget. Returns that
-/// entity, and the body back.
-async fn signed_by_another(
+fn mismatch() -> Refusal {
+    Refusal::new(
+        AuthorizeOutcome::SignatureDoesNotMatch,
+        StatusCode::BAD_REQUEST,
+        "SignatureDoesNotMatch",
+        "the signature does not match the body and the sender's key",
+    )
+}
+
+/// The checks of a signed body on a guarded endpoint: the envelope, the notifier, the key material.
+fn body_rules(
+    state: &JwsState,
+    endpoint: Endpoint,
+    role: Role,
+    sender: &str,
+    read: Option<&Buffered>,
+) -> Result<(), Refusal> {
+    let body = read.map(Buffered::body).unwrap_or_default();
+    state
+        .envelope
+        .check(body, SystemTime::now())
+        .map_err(|error| match error {
+            EnvelopeError::NoSuchVersion(_) => Refusal::new(
+                AuthorizeOutcome::InvalidRequest,
+                StatusCode::NOT_FOUND,
+                "NoSuchVersion",
+                error.to_string(),
+            ),
+            EnvelopeError::BadTxnid => Refusal::invalid(error.to_string()).fresh_txnid(),
+            other => Refusal::invalid(other.to_string()),
+        })?;
+    if let Some(code) = endpoint.notifier_code() {
+        let notifier = member_value(body, b"Notifier").map(|object| {
+            (
+                scan_member(object, b"type", 8),
+                scan_member(object, b"id", MAX_TXNID_LEN),
+            )
+        });
+        check_notifier(notifier, role, sender).map_err(|e| {
+            Refusal::new(
+                AuthorizeOutcome::InvalidRequest,
+                StatusCode::BAD_REQUEST,
+                code,
+                e.to_string(),
+            )
+        })?;
+    }
+    if endpoint == Endpoint::FiRequest {
+        check_key_material(body, SystemTime::now()).map_err(|e| {
+            Refusal::new(
+                AuthorizeOutcome::InvalidRequest,
+                StatusCode::BAD_REQUEST,
+                "InvalidKey",
+                e.to_string(),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// A `GET` signed over its endpoint path: the detached JWS's payload is the path, with or without the
+/// base prefix a proxy strips (`--authorize-path-prefix`).
+async fn signed_path(
+    state: &JwsState,
+    role: Role,
+    sender: &str,
+    headers: &HeaderMap,
+    path: &str,
+) -> Result<(), Refusal> {
+    let (signature, key) = match signature_and_key(state, role.as_str(), sender, headers).await {
+        Ok(found) => found,
+        Err(Checked::Unavailable(wait)) => {
+            return Err(Refusal::new(
+                AuthorizeOutcome::Unavailable,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "the Central Registry cannot be asked and no key for the sender is held",
+            )
+            .retry_after(wait));
+        }
+        Err(Checked::UnknownSender) => {
+            return Err(Refusal::unauthorized(
+                "the token's entity has no usable key in the Central Registry",
+            ));
+        }
+        Err(Checked::ForeignKey) => {
+            // The kid is not the sender's: whose is it?
+            let (kid, bytes) = match crate::jws::parse(
+                headers
+                    .get(&SIGNATURE)
+                    .map(|v| v.as_bytes())
+                    .unwrap_or_default(),
+            ) {
+                Ok(d) => (d.kid, d.signature),
+                Err(_) => return Err(mismatch()),
+            };
+            let prefix = headers
+                .get(&SIGNATURE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().split_once('.'))
+                .map(|(h, _)| format!("{h}."))
+                .unwrap_or_default();
+            for candidate in path_forms(state, path) {
+                let input = Buffered::small(
+                    [prefix.as_bytes(), candidate.as_bytes()].concat(),
+                    prefix.len(),
+                    &state.limits.budget,
+                );
+                let (other, _) =
+                    signed_by_another(state, kid.as_deref(), bytes.clone(), input, &[], sender)
+                        .await;
+                if let Some(other) = other {
+                    return Err(Refusal::invalid(format!(
+                        "the request is signed by {other}, not by the token's entity"
+                    )));
+                }
+            }
+            return Err(mismatch());
+        }
+        Err(_) => return Err(mismatch()),
+    };
+    for candidate in path_forms(state, path) {
+        let input = Buffered::small(
+            [signature.prefix.as_bytes(), candidate.as_bytes()].concat(),
+            signature.prefix.len(),
+            &state.limits.budget,
+        );
+        match verifies_with(state, Arc::clone(&key), signature.bytes.clone(), input).await {
+            Some((true, _)) => return Ok(()),
+            Some((false, input)) => {
+                let (other, _) = signed_by_another(
+                    state,
+                    signature.kid.as_deref(),
+                    signature.bytes.clone(),
+                    input,
+                    &[],
+                    sender,
+                )
+                .await;
+                if let Some(other) = other {
+                    return Err(Refusal::invalid(format!(
+                        "the request is signed by {other}, not by the token's entity"
+                    )));
+                }
+            }
+            None => {
+                return Err(Refusal::new(
+                    AuthorizeOutcome::Busy,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ServiceUnavailable",
+                    "the broker is busy; try again shortly",
+                )
+                .retry_after(BUSY_RETRY_AFTER));
+            }
+        }
+    }
+    Err(mismatch())
+}
+
+/// The forms of a path a peer may have signed: as received, and with the configured base prefix.
+fn path_forms(state: &JwsState, path: &str) -> Vec<String> {
+    let mut forms = vec![path.to_string()];
+    if let Some(prefix) = state.path_prefix.as_deref() {
+        forms.push(format!("{}{path}", prefix.trim_end_matches('/')));
+    }
+    forms
+}
+
+/// [`signed_by_another`] for a body: reads it first when the check stopped before reading (a `kid` that
+/// is not the sender's), with the signature's header segment in front.
+async fn signed_by_another_body(
     state: &JwsState,
     headers: &HeaderMap,
     sender: &str,
     read: Option<Buffered>,
+    unread: Option<Body>,
 ) -> (Option<String>, Option<Buffered>) {
-    let Some(buffered) = read else {
-        return (None, None);
+    let Some(value) = headers.get(&SIGNATURE) else {
+        return (None, read);
     };
-    let detached = headers
-        .get(&SIGNATURE)
-        .and_then(|value| crate::jws::parse(value.as_bytes()).ok());
-    let Some(detached) = detached.filter(|d| d.kid.is_none()) else {
-        return (None, Some(buffered));
+    let Ok(detached) = crate::jws::parse(value.as_bytes()) else {
+        return (None, read);
     };
-    let named = rebit::body_senders(buffered.body())
+    let buffered = match (read, unread) {
+        (Some(buffered), _) => buffered,
+        (None, Some(body)) => {
+            let prefix = format!("{}.", detached.header_segment);
+            match body::read(body, prefix.as_bytes(), state.max_body_bytes, &state.limits).await {
+                Ok(buffered) => buffered,
+                Err(_) => return (None, None),
+            }
+        }
+        (None, None) => return (None, None),
+    };
+    let named: Vec<(Role, String)> = rebit::body_senders(buffered.body())
         .into_iter()
-        .find(|(_, id)| *id != sender)
-        .map(|(role, id)| (role, id.to_string()));
-    let Some((role, other)) = named else {
-        return (None, Some(buffered));
-    };
-    let Ok(Found::Key(key)) = state.registry.key_for(role.as_str(), &other, None).await else {
-        return (None, Some(buffered));
-    };
-    match verifies_with(state, key, detached.signature, buffered).await {
-        Some((true, buffered)) => (Some(other), Some(buffered)),
-        Some((false, buffered)) => (None, Some(buffered)),
-        None => (None, None),
+        .map(|(role, id)| (role, id.to_string()))
+        .collect();
+    signed_by_another(
+        state,
+        detached.kid.as_deref(),
+        detached.signature,
+        buffered,
+        &named,
+        sender,
+    )
+    .await
+}
+
+/// Which other registered entity signed `input`, if any: the known holder of the signature's `kid` (from
+/// the cache, no CR call), then the first entity the body names (one lookup, within the lookup budget).
+/// At most two keys are tried. A `kid` no registered entity holds is nobody's: `None`.
+async fn signed_by_another(
+    state: &JwsState,
+    kid: Option<&str>,
+    signature: Vec<u8>,
+    mut input: Buffered,
+    named: &[(Role, String)],
+    sender: &str,
+) -> (Option<String>, Option<Buffered>) {
+    let mut candidates: Vec<(String, Arc<crate::registry::EntityKey>)> = Vec::new();
+    if let Some((_, id, key)) = kid.and_then(|kid| state.registry.holder_of_kid(kid, sender)) {
+        candidates.push((id, key));
     }
+    if let Some((role, other)) = named.iter().find(|(_, id)| id != sender)
+        && !candidates.iter().any(|(id, _)| id == other)
+        && let Ok(Found::Key(key)) = state.registry.key_for(role.as_str(), other, kid).await
+    {
+        candidates.push((other.clone(), key));
+    }
+    for (other, key) in candidates.into_iter().take(2) {
+        match verifies_with(state, key, signature.clone(), input).await {
+            Some((true, back)) => return (Some(other), Some(back)),
+            Some((false, back)) => input = back,
+            None => return (None, None),
+        }
+    }
+    (None, Some(input))
 }
 
 fn allowed(state: &JwsState, sender: &str, role: Role) -> Response {

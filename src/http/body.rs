@@ -128,6 +128,15 @@ pub struct Buffered {
 }
 
 impl Buffered {
+    /// A small signing input that did not come from a body (a `GET`'s path): counted nowhere.
+    pub fn small(bytes: Vec<u8>, start: usize, budget: &ByteBudget) -> Self {
+        Self {
+            start: start.min(bytes.len()),
+            bytes,
+            _permit: budget.empty(),
+        }
+    }
+
     /// The body as received.
     pub fn body(&self) -> &[u8] {
         self.bytes.get(self.start..).unwrap_or_default()

@@ -40,6 +40,7 @@ use crate::inbound::Verifier;
 use crate::jws::{self, JwsError, SigningKeyFile};
 use crate::metrics::Metrics;
 use crate::metrics::edge::SignatureOutcome;
+use crate::rebit::envelope::EnvelopeRules;
 use crate::registry::{EntityKey, Found, Registry, RegistryError, TYPES};
 use crate::token::broker::Broker;
 
@@ -66,9 +67,29 @@ pub struct JwsState {
     pub own: EntityId,
     /// `--authorize-roles`: the roles accepted as callers, instead of those that follow our own role.
     pub authorize_roles: Option<Vec<Role>>,
+    /// The envelope rules of `/v1/authorize/{ReBIT path}` (`--rebit-versions`, `--rebit-timestamp-window`).
+    pub envelope: EnvelopeRules,
+    /// `--authorize-path-prefix`: a base path the proxy strips from the ReBIT paths it guards.
+    pub path_prefix: Option<String>,
 }
 
 impl JwsState {
+    /// The ReBIT path `/v1/authorize/{path}` guards: the part after the route, without the base prefix.
+    pub fn rebit_path(&self, uri_path: &str) -> String {
+        let path = uri_path
+            .strip_prefix(super::authorize::AUTHORIZE_PATH)
+            .unwrap_or(uri_path);
+        let path = match self.path_prefix.as_deref().map(|p| p.trim_end_matches('/')) {
+            Some(prefix) if !prefix.is_empty() => path.strip_prefix(prefix).unwrap_or(path),
+            _ => path,
+        };
+        if path.starts_with('/') {
+            path.to_string()
+        } else {
+            format!("/{path}")
+        }
+    }
+
     /// Our entity's roles, from the token held for it (none while no token is held).
     pub fn own_roles(&self) -> Vec<Role> {
         self.broker
@@ -205,11 +226,11 @@ pub(super) fn busy() -> Response {
 }
 
 /// A parsed `x-jws-signature`, owned so that it can travel to the crypto pool.
-struct Signature {
+pub(super) struct Signature {
     /// `<header segment>.`: what precedes the body in the signing input.
-    prefix: String,
-    kid: Option<String>,
-    bytes: Vec<u8>,
+    pub(super) prefix: String,
+    pub(super) kid: Option<String>,
+    pub(super) bytes: Vec<u8>,
 }
 
 /// How one signature check ended.
@@ -245,7 +266,7 @@ impl Checked {
 }
 
 /// What can be known before the body: the signature header parsed, and `sender`'s key for its `kid`.
-async fn signature_and_key(
+pub(super) async fn signature_and_key(
     state: &JwsState,
     kind: &str,
     sender: &str,

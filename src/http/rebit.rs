@@ -10,9 +10,7 @@ use std::time::SystemTime;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-pub use crate::rebit::scan::{
-    MAX_TXNID_LEN, TXNID_SCAN_BYTES, body_senders, scan_txnid, scan_ver,
-};
+pub use crate::rebit::scan::{MAX_TXNID_LEN, TXNID_SCAN_BYTES, body_senders, scan_txnid, scan_ver};
 /// The ReBIT API version written in error bodies.
 pub const REBIT_VERSION: &str = "2.0.0";
 

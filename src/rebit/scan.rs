@@ -178,4 +178,3 @@ fn skip_value(bytes: &[u8], mut at: usize) -> Option<usize> {
         }
     }
 }
-

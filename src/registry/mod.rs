@@ -231,6 +231,32 @@ impl Registry {
         })
     }
 
+    /// The known sender (other than `except`) whose registered keys include `kid`, from the cache alone:
+    /// no CR call. Used to tell a body signed by another registered entity from a forged signature.
+    pub fn holder_of_kid(
+        &self,
+        kid: &str,
+        except: &str,
+    ) -> Option<(&'static str, String, Arc<EntityKey>)> {
+        let known = self.inner.known();
+        for (index, of_type) in known.iter().enumerate() {
+            for (id, entry) in of_type {
+                if id == except {
+                    continue;
+                }
+                if let Some(key) = entry
+                    .current
+                    .keys()
+                    .iter()
+                    .find(|k| k.kid.as_deref() == Some(kid))
+                {
+                    return Some((TYPES.get(index).copied()?, id.clone(), Arc::clone(key)));
+                }
+            }
+        }
+        None
+    }
+
     /// The CR's URL and last answer, for `/readyz`.
     pub fn status(&self) -> RegistryStatus {
         RegistryStatus {

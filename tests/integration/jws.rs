@@ -102,6 +102,8 @@ impl Net {
             max_body_bytes: MAX_BODY,
             policy: test_policy(),
             authorize_roles: None,
+            envelope: Default::default(),
+            path_prefix: None,
         };
         tune(&mut settings, &mut jws);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -883,6 +885,14 @@ async fn authorize_checks_the_token_the_signature_and_that_the_signer_owns_the_t
         "f1e2d3c4-0000-4000-8000-000000000001"
     );
     let other = net.iam.sim.cr_sign(AA_OTHER, BODY).unwrap();
+    // A kid nobody is known to hold is nobody's key: a mismatch.
+    let unknown = net
+        .authorize(&[("aa_api_key", &token), ("x-jws-signature", &other)], BODY)
+        .await;
+    rebit(&unknown, 400, "SignatureDoesNotMatch");
+    // Once AA-OTHER's key is held (it has called us), its signature under another AA's token is another
+    // registered entity's: InvalidRequest (FIU_1043, FIU_2029).
+    assert_eq!(net.verify(AA_OTHER, "AA", &other, BODY).await.status, 200);
     let foreign = net
         .authorize(&[("aa_api_key", &token), ("x-jws-signature", &other)], BODY)
         .await;
@@ -919,11 +929,30 @@ async fn authorize_checks_the_token_the_signature_and_that_the_signer_owns_the_t
         401,
         "Unauthorized",
     );
-    // The Envoy ext_authz form, on the verify-only listener, with Authorization: Bearer.
+    // The Envoy ext_authz form, on the verify-only listener, with Authorization: Bearer. The path names
+    // a ReBIT endpoint, so the envelope is checked too: a body stamped now.
+    let fresh = format!(
+        r#"{{"ver":"2.0.0","timestamp":"{}","txnid":"f1e2d3c4-0000-4000-8000-000000000002","Consent":{{"id":"c-1"}}}}"#,
+        humantime::format_rfc3339_millis(std::time::SystemTime::now())
+    );
+    let fresh_signature = net.iam.sim.cr_sign(AA, fresh.as_bytes()).unwrap();
     let envoy = net
         .authorize_at(
             net.verify_addr,
             "/v1/authorize/Consent?x=1",
+            &[
+                ("authorization", &format!("Bearer {token}")),
+                ("x-jws-signature", &fresh_signature),
+            ],
+            fresh.as_bytes(),
+        )
+        .await;
+    assert_eq!(envoy.status, 200, "{}", envoy.body);
+    // The same with the old stamp: the envelope is refused where the bare route would not look.
+    let stale = net
+        .authorize_at(
+            net.verify_addr,
+            "/v1/authorize/Consent",
             &[
                 ("authorization", &format!("Bearer {token}")),
                 ("x-jws-signature", &signature),
@@ -931,7 +960,7 @@ async fn authorize_checks_the_token_the_signature_and_that_the_signer_owns_the_t
             BODY,
         )
         .await;
-    assert_eq!(envoy.status, 200, "{}", envoy.body);
+    rebit(&stale, 400, "InvalidRequest");
     net.stop().await;
 }
 

@@ -15,7 +15,14 @@ use aa_token_broker::simulator::state::ClientIdClaim;
 
 const FIP: &str = "FIP-PEER";
 const FIP_SECRET: &str = "fip-peer-secret";
-const NOTIFICATION: &[u8] = br#"{"ver":"2.0.0","timestamp":"2026-12-06T10:00:00.000Z","txnid":"0b811819-9044-4856-b0ee-8c88035f8858","Notifier":{"type":"AA","id":"AA-PEER"},"FIStatusNotification":{"sessionId":"s-1"}}"#;
+/// An FI notification from AA-PEER, stamped now (the path form checks the envelope).
+fn notification() -> Vec<u8> {
+    format!(
+        r#"{{"ver":"2.0.0","timestamp":"{}","txnid":"0b811819-9044-4856-b0ee-8c88035f8858","Notifier":{{"type":"AA","id":"AA-PEER"}},"FIStatusNotification":{{"sessionId":"s-1"}}}}"#,
+        humantime::format_rfc3339_millis(std::time::SystemTime::now())
+    )
+    .into_bytes()
+}
 
 async fn start() -> Net {
     let net = Net::start().await;
@@ -46,6 +53,7 @@ fn signed(net: &Net, entity: &str, body: &[u8]) -> (&'static str, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn router_scripts_send_client_api_key_with_the_bearer_scheme() {
     let net = start().await;
+    let note = notification();
     let token = net.peer_token(AA, AA_SECRET).await;
     for value in [
         format!("Bearer {token}"),
@@ -55,8 +63,8 @@ async fn router_scripts_send_client_api_key_with_the_bearer_scheme() {
         let ok = authorize(
             &net,
             "/v1/authorize/FI/Notification",
-            &[("client_api_key", value), signed(&net, AA, NOTIFICATION)],
-            NOTIFICATION,
+            &[("client_api_key", value), signed(&net, AA, &note)],
+            &note,
         )
         .await;
         assert_eq!(ok.status, 200, "{}", ok.body);
@@ -69,6 +77,7 @@ async fn router_scripts_send_client_api_key_with_the_bearer_scheme() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateways_own_authorization_does_not_hide_the_rebit_credential() {
     let net = start().await;
+    let note = notification();
     let token = net.peer_token(AA, AA_SECRET).await;
     // The gateway's own JWT, from an issuer we do not trust: ignored beside `aa_api_key`.
     let gateway = net.peer_token(FIP, FIP_SECRET).await;
@@ -78,9 +87,9 @@ async fn a_gateways_own_authorization_does_not_hide_the_rebit_credential() {
         &[
             ("Authorization", format!("Bearer {gateway}")),
             ("aa_api_key", token.clone()),
-            signed(&net, AA, NOTIFICATION),
+            signed(&net, AA, &note),
         ],
-        NOTIFICATION,
+        &note,
     )
     .await;
     assert_eq!(ok.status, 200, "{}", ok.body);
@@ -98,9 +107,9 @@ async fn a_gateways_own_authorization_does_not_hide_the_rebit_credential() {
         &[
             ("Authorization", format!("Bearer {token}")),
             ("client_api_key", forged),
-            signed(&net, AA, NOTIFICATION),
+            signed(&net, AA, &note),
         ],
-        NOTIFICATION,
+        &note,
     )
     .await;
     assert_eq!(refused.status, 401, "{}", refused.body);
@@ -111,6 +120,7 @@ async fn a_gateways_own_authorization_does_not_hide_the_rebit_credential() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keycloak_tokens_with_azp_alone_or_client_id_are_accepted() {
     let net = start().await;
+    let note = notification();
     for style in [ClientIdClaim::AzpOnly, ClientIdClaim::Snake] {
         net.iam.sim.update_settings(|s| s.client_id_claim = style);
         let token = net.peer_token(AA, AA_SECRET).await;
@@ -124,8 +134,8 @@ async fn keycloak_tokens_with_azp_alone_or_client_id_are_accepted() {
         let ok = authorize(
             &net,
             "/v1/authorize",
-            &[("aa_api_key", token), signed(&net, AA, NOTIFICATION)],
-            NOTIFICATION,
+            &[("aa_api_key", token), signed(&net, AA, &note)],
+            &note,
         )
         .await;
         assert_eq!(ok.status, 200, "{style:?}: {}", ok.body);
@@ -136,14 +146,15 @@ async fn keycloak_tokens_with_azp_alone_or_client_id_are_accepted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_fius_endpoints_are_called_by_aas_only() {
     let net = start().await;
+    let note = notification();
     let fip = net.peer_token(FIP, FIP_SECRET).await;
     let aa = net.peer_token(AA, AA_SECRET).await;
     // An FIP's token in `aa_api_key`, the body signed by that FIP, at an FIU's notification endpoint.
     let fip_as_aa = authorize(
         &net,
         "/v1/authorize/FI/Notification",
-        &[("aa_api_key", fip.clone()), signed(&net, FIP, NOTIFICATION)],
-        NOTIFICATION,
+        &[("aa_api_key", fip.clone()), signed(&net, FIP, &note)],
+        &note,
     )
     .await;
     assert_eq!(fip_as_aa.status, 401, "{}", fip_as_aa.body);
@@ -155,11 +166,8 @@ async fn an_fius_endpoints_are_called_by_aas_only() {
     let fip_plain = authorize(
         &net,
         "/v1/authorize/FI/Notification",
-        &[
-            ("client_api_key", fip.clone()),
-            signed(&net, FIP, NOTIFICATION),
-        ],
-        NOTIFICATION,
+        &[("client_api_key", fip.clone()), signed(&net, FIP, &note)],
+        &note,
     )
     .await;
     assert_eq!(fip_plain.status, 401);
@@ -171,8 +179,8 @@ async fn an_fius_endpoints_are_called_by_aas_only() {
     let aa_as_fip = authorize(
         &net,
         "/v1/authorize",
-        &[("fip_api_key", aa.clone()), signed(&net, AA, NOTIFICATION)],
-        NOTIFICATION,
+        &[("fip_api_key", aa.clone()), signed(&net, AA, &note)],
+        &note,
     )
     .await;
     assert_eq!(aa_as_fip.status, 401);
@@ -184,8 +192,8 @@ async fn an_fius_endpoints_are_called_by_aas_only() {
     let narrowed = authorize(
         &net,
         "/v1/authorize?role=FIP",
-        &[("aa_api_key", aa), signed(&net, AA, NOTIFICATION)],
-        NOTIFICATION,
+        &[("aa_api_key", aa), signed(&net, AA, &note)],
+        &note,
     )
     .await;
     assert_eq!(narrowed.status, 401, "{}", narrowed.body);
@@ -260,12 +268,13 @@ async fn rebit_errors_are_signed_by_us_and_echo_ver_and_txnid() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_query_parameters_are_named_not_ignored() {
     let net = start().await;
+    let note = notification();
     let aa = net.peer_token(AA, AA_SECRET).await;
     let typo = authorize(
         &net,
         "/v1/authorize?Role=AA",
-        &[("aa_api_key", aa.clone()), signed(&net, AA, NOTIFICATION)],
-        NOTIFICATION,
+        &[("aa_api_key", aa.clone()), signed(&net, AA, &note)],
+        &note,
     )
     .await;
     assert_eq!(typo.status, 400);
@@ -278,8 +287,8 @@ async fn unknown_query_parameters_are_named_not_ignored() {
     let path_form = authorize(
         &net,
         "/v1/authorize/FI/Notification?sessionId=1",
-        &[("aa_api_key", aa), signed(&net, AA, NOTIFICATION)],
-        NOTIFICATION,
+        &[("aa_api_key", aa), signed(&net, AA, &note)],
+        &note,
     )
     .await;
     assert_eq!(path_form.status, 200, "{}", path_form.body);
@@ -349,12 +358,13 @@ async fn fip_3027_signed_by_another_entity_without_kid() {
 async fn a_cr_certificate_published_as_a_key_set_or_a_string_verifies_by_kid() {
     use aa_token_broker::simulator::CertificateForm;
     let net = start().await;
+    let note = notification();
     for (sender, form) in [
         ("AA-OTHER", CertificateForm::KeySet),
         (AA, CertificateForm::String),
     ] {
         net.iam.sim.cr_set_certificate_form(sender, form).unwrap();
-        let signature = net.iam.sim.cr_sign(sender, NOTIFICATION).unwrap();
+        let signature = net.iam.sim.cr_sign(sender, &note).unwrap();
         let checked = net
             .http
             .post(format!(
@@ -362,7 +372,7 @@ async fn a_cr_certificate_published_as_a_key_set_or_a_string_verifies_by_kid() {
                 net.addr
             ))
             .header("x-jws-signature", signature)
-            .body(NOTIFICATION.to_vec())
+            .body(note.clone())
             .send()
             .await
             .unwrap();

@@ -474,6 +474,30 @@ pub struct JwsArgs {
         hide_env_values = true
     )]
     pub authorize_roles: Option<String>,
+    /// ReBIT versions /v1/authorize/{path} accepts in `ver`, comma-separated (default 2.0.0,2.1.0); others are 404 NoSuchVersion
+    #[arg(
+        long = S::REBIT_VERSIONS.flag,
+        env = S::REBIT_VERSIONS.env,
+        value_name = "VERSIONS",
+        hide_env_values = true
+    )]
+    pub rebit_versions: Option<String>,
+    /// Seconds a request's `timestamp` may be from now on /v1/authorize/{path} (default 870: strictly inside 15 minutes)
+    #[arg(
+        long = S::REBIT_TIMESTAMP_WINDOW.flag,
+        env = S::REBIT_TIMESTAMP_WINDOW.env,
+        value_name = "SECONDS",
+        hide_env_values = true
+    )]
+    pub rebit_timestamp_window: Option<f64>,
+    /// A base path the proxy strips from the ReBIT paths it sends to /v1/authorize/{path} (a GET may be signed over the path with it)
+    #[arg(
+        long = S::AUTHORIZE_PATH_PREFIX.flag,
+        env = S::AUTHORIZE_PATH_PREFIX.env,
+        value_name = "PATH",
+        hide_env_values = true
+    )]
+    pub authorize_path_prefix: Option<String>,
     /// Central Registry lookups a second that callers may cause, for all senders together (default 5); beyond the burst, a lookup that needs the CR is answered from the stale record held, or 503
     #[arg(
         long = S::CR_LOOKUP_RATE.flag,
