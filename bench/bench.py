@@ -101,10 +101,10 @@ class Procs:
 
 
 class Simulator:
-    def __init__(self, procs):
+    def __init__(self, procs, binary=BROKER):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.proc = procs.start([BROKER, "iam-simulator", "--listen", f"127.0.0.1:{self.port}",
+        self.proc = procs.start([binary, "iam-simulator", "--listen", f"127.0.0.1:{self.port}",
                                  "--entity", f"{ENTITY}={SECRET}", "--log-level", "warn"])
         wait_http(self.base + "/_simulator/stats")
 
