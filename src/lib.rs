@@ -52,6 +52,7 @@ pub mod commands;
 pub mod config;
 pub mod crypto_pool;
 pub mod entity;
+pub mod fi;
 pub mod http;
 pub mod iam;
 pub mod inbound;

@@ -1,0 +1,2 @@
+//! FI data encryption.
+pub mod curve;
