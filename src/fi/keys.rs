@@ -389,3 +389,42 @@ mod tests {
         );
     }
 }
+
+/// Keys and a ciphertext made by BouncyCastle itself along rahasya's code path
+/// (`tests/fixtures/fi/BcFixture.java`): its PKCS#8 and SPKI encodings read, its ECDH, HKDF and AES-GCM
+/// agree with ours.
+#[cfg(test)]
+mod bouncycastle {
+    use super::*;
+    use crate::fi::Session;
+
+    #[test]
+    fn bouncycastle_keys_and_ciphertext_from_rahasyas_code_path() {
+        let fixture: serde_json::Value =
+            serde_json::from_str(include_str!("../../tests/fixtures/fi/bouncycastle.json"))
+                .unwrap();
+        let private = parse_pkcs8(fixture["privateKey"].as_str().unwrap()).unwrap();
+        let public = parse_public(fixture["publicKey"].as_str().unwrap()).unwrap();
+        assert_eq!(private.public_key(), public);
+        assert_eq!(public_pem(&public), fixture["publicKey"].as_str().unwrap());
+        // BouncyCastle encrypted to the golden vector's FIU key, with the FIU's nonce.
+        let fiu = PrivateKey::from_be_bytes(
+            &STANDARD
+                .decode("DMxHPri8d7IT23KgLk281zZenMfVHSdeamq0RhwlIBk=")
+                .unwrap()
+                .try_into()
+                .unwrap(),
+        )
+        .unwrap();
+        let fiu_nonce = parse_nonce("6uj1RdDUbcpI3lVMZvijkMC8Te20O4Bcyz0SyivX8Eg=").unwrap();
+        let bc_nonce = parse_nonce(fixture["nonce"].as_str().unwrap()).unwrap();
+        let mut data = STANDARD
+            .decode(fixture["encryptedData"].as_str().unwrap())
+            .unwrap();
+        let n = Session::new(&fiu, &public, &fiu_nonce, &bc_nonce)
+            .unwrap()
+            .open_in_place(&mut data)
+            .unwrap();
+        assert_eq!(&data[..n], b"made by BouncyCastle");
+    }
+}

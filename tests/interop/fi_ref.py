@@ -28,9 +28,9 @@ G = (GX, GY)
 # parameters, BIT STRING header, and the 0x04 of an uncompressed point.
 SPKI_PREFIX = base64.b64decode(
     "MIIBMTCB6gYHKoZIzj0CATCB3gIBATArBgcqhkjOPQEBAiB/////////////////////////////////////////7TBEBCAq"
-    "qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqYSRShRAQge0Je0Je0Je0Je0Je0Je0Je0Je0Je0Je0JgtenHcQyGQEQQQqqqqqqqqq"
-    "qqqqqqqqqqqqqqqqqqqqqqqqqqqqq0kWiCuGaG4oIa04B7dLHdI0UySPU1+bXxhsinpxaJ+ztPZAiAQAAAAAAAAAAAAAAAAAAAAF"
-    "N753qL3nNZYEmMaXPXT7QIBCANCAAQ=")
+    "qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqYSRShRAQge0Je0Je0Je0Je0Je0Je0Je0Je0Je0Je0JgtenHcQyGQEQQQqqqqq"
+    "qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqq0kWiCuGaG4oIa04B7dLHdI0UySPU1+bXxhsinpxaJ+ztPZAiAQAAAAAAAAAAAA"
+    "AAAAAAAAFN753qL3nNZYEmMaXPXT7QIBCANCAAQ=")
 
 
 def on_curve(point):
