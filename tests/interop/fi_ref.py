@@ -47,9 +47,9 @@ def add(p1, p2):
     if x1 == x2 and (y1 + y2) % P == 0:
         return None
     if p1 == p2:
-        slope = (3 * x1 * x1 + A_WEI) * pow(2 * y1, P - 2, P) % P
+        slope = (3 * x1 * x1 + A_WEI) * pow(2 * y1, -1, P) % P
     else:
-        slope = (y2 - y1) * pow(x2 - x1, P - 2, P) % P
+        slope = (y2 - y1) * pow(x2 - x1, -1, P) % P
     x3 = (slope * slope - x1 - x2) % P
     return (x3, (slope * (x1 - x3) - y1) % P)
 
