@@ -2,7 +2,8 @@
 # Runs the benchmark (bench/bench.py): installs wrk and nginx-light if missing (and, for a full run, musl-tools
 # and the musl target), raises the file limit for the 1024-connection and 10000-request runs, writes
 # bench/results.json and bench/RESULTS.md; then bench/verify.py adds incoming-token verification to both, and
-# bench/jws.py signing and verifying bodies (beside `openssl speed rsa2048`).
+# bench/jws.py signing and verifying bodies (beside `openssl speed rsa2048`), and bench/fi.py FI decryption
+# (beside `openssl speed -evp aes-256-gcm`).
 #   bench/run.sh            the full run (about 20 minutes on 2 cores, including a clean release build)
 #   bench/run.sh --smoke    a few seconds per part; proves the bench works (CI runs this)
 set -euo pipefail
@@ -30,4 +31,5 @@ fi
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 python3 bench/bench.py "$@"
 python3 bench/verify.py "$@"
-exec python3 bench/jws.py "$@"
+python3 bench/jws.py "$@"
+exec python3 bench/fi.py "$@"
