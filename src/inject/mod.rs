@@ -89,6 +89,8 @@ pub struct InjectOptions {
     /// probes then use it.
     pub admin_port: Option<u16>,
     pub mode: Mode,
+    /// The Kubernetes Secret holding the FI key-encryption key (key `kek`), mounted into the sidecar only.
+    pub fi_kek_secret: Option<String>,
 }
 
 /// Why a stream could not be rewritten. `document` counts from 1, as a reader would.

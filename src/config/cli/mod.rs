@@ -378,6 +378,9 @@ pub struct InjectArgs {
     /// Kubernetes version the manifests are for, e.g. 1.28 (for --mode auto)
     #[arg(long, value_name = "VERSION")]
     pub kube_version: Option<String>,
+    /// Kubernetes Secret holding the FI key-encryption key under the key `kek`; mounted into the sidecar only (FI encryption is off without it)
+    #[arg(long, value_name = "NAME")]
+    pub fi_kek_secret: Option<String>,
 }
 
 /// How incoming tokens are verified (`/v1/verify` and the `verify` command).
