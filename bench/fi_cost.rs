@@ -81,7 +81,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let key_material_per_sec = rate(window, || {
         std::hint::black_box(fi.key_material(None, b"", now).ok());
     });
-    let (a, b) = (PrivateKey::generate().map_err(|_| "no randomness")?, PrivateKey::generate().map_err(|_| "no randomness")?);
+    let (a, b) = (
+        PrivateKey::generate().map_err(|_| "no randomness")?,
+        PrivateKey::generate().map_err(|_| "no randomness")?,
+    );
     let b_public = b.public_key();
     let ecdh_per_sec = rate(window, || {
         std::hint::black_box(a.agree(&b_public));
@@ -132,7 +135,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut plain = vec![0x33u8; size];
         let fip = PrivateKey::generate().map_err(|_| "no randomness")?;
         let fip_nonce = fresh_nonce()?;
-        let ours = keys::parse_public(made["KeyMaterial"]["DHPublicKey"]["KeyValue"].as_str().unwrap_or(""))?;
+        let ours = keys::parse_public(
+            made["KeyMaterial"]["DHPublicKey"]["KeyValue"]
+                .as_str()
+                .unwrap_or(""),
+        )?;
         let our_nonce = keys::parse_nonce(made["KeyMaterial"]["Nonce"].as_str().unwrap_or(""))?;
         let tag = Session::new(&fip, &ours, &fip_nonce, &our_nonce)?.seal_in_place(&mut plain)?;
         plain.extend_from_slice(&tag);

@@ -54,7 +54,7 @@ pub enum Command {
     Sign(SignArgs),
     /// Verify the x-jws-signature of a body read on stdin against the sender's key in the Central Registry.
     VerifySignature(VerifySignatureArgs),
-    /// FI data: key-material, decrypt or encrypt, with the JSON of /v1/fi/<operation> on stdin (needs --fi-kek-file for key-material and decrypt).
+    /// FI data: key-material, decrypt or encrypt, with the JSON of /v1/fi/OPERATION on stdin (needs --fi-kek-file for key-material and decrypt).
     Fi(FiCommandArgs),
 }
 
@@ -492,7 +492,7 @@ pub struct FiArgs {
 /// `fi key-material|decrypt|encrypt`: the FI routes of a script, JSON on stdin and stdout.
 #[derive(Debug, Args)]
 pub struct FiCommandArgs {
-    /// key-material, decrypt or encrypt (the same JSON as POST /v1/fi/<operation>)
+    /// key-material, decrypt or encrypt (the same JSON as POST /v1/fi/OPERATION)
     #[arg(value_name = "OPERATION", value_parser = ["key-material", "decrypt", "encrypt"])]
     pub operation: String,
     #[command(flatten)]
