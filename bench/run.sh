@@ -2,8 +2,9 @@
 # Runs the benchmark (bench/bench.py): installs wrk, nginx-light and openssl if missing (and, for a full run, musl-tools
 # and the musl target), raises the file limit for the 1024-connection and 10000-request runs, writes
 # bench/results.json and bench/RESULTS.md; then bench/verify.py adds incoming-token verification to both,
-# bench/jws.py signing and verifying bodies (beside `openssl speed rsa2048`), and bench/isolation.py token
-# serving while signing is saturated (beside an outside process burning a core on RSA).
+# bench/jws.py signing and verifying bodies (beside `openssl speed rsa2048`), bench/fi.py FI decryption
+# (beside `openssl speed -evp aes-256-gcm`), and bench/isolation.py token serving while signing is saturated
+# (beside an outside process burning a core on RSA).
 #   bench/run.sh            the full run (about 20 minutes on 2 cores, including a clean release build)
 #   bench/run.sh --smoke    a few seconds per part; proves the bench works (CI runs this)
 set -euo pipefail
@@ -33,4 +34,5 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 python3 bench/bench.py "$@"
 python3 bench/verify.py "$@"
 python3 bench/jws.py "$@"
+python3 bench/fi.py "$@"
 exec python3 bench/isolation.py "$@"

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use crate::budget::{self, ByteBudget};
 use crate::config::BrokerSettings;
+use crate::config::fi::FiSettings;
 use crate::config::jws::JwsSettings;
 use crate::crypto_pool::CryptoPool;
 use crate::entity::EntityId;
@@ -54,6 +55,8 @@ pub struct Application {
     verify_listener: Option<TcpListener>,
     /// Signing keys, the CR and the body cap; verification only, with the CR beside the IAM, when unset.
     jws: Option<JwsSettings>,
+    /// FI encryption's KEKs and body cap; the FI routes answer `404 fi_disabled` when unset.
+    fi: Option<FiSettings>,
 }
 
 impl Application {
@@ -116,6 +119,7 @@ impl Application {
             verifier,
             verify_listener: None,
             jws: None,
+            fi: None,
         })
     }
 
@@ -123,6 +127,12 @@ impl Application {
     /// `/v1/authorize`).
     pub fn with_jws(mut self, jws: JwsSettings) -> Self {
         self.jws = Some(jws);
+        self
+    }
+
+    /// Encrypts and decrypts FI data with these KEKs (`/v1/fi/*`, `/ecc/v1/*`).
+    pub fn with_fi(mut self, fi: FiSettings) -> Self {
+        self.fi = Some(fi);
         self
     }
 
@@ -176,6 +186,7 @@ impl Application {
             verifier,
             verify_listener,
             jws,
+            fi,
         } = self;
         // One body budget and one crypto pool for every listener.
         let limits = BodyLimits {
@@ -203,6 +214,7 @@ impl Application {
             &limits,
             &pool,
         );
+        let fi = fi_state(fi.unwrap_or_default(), &metrics, &limits, &pool);
         log_start(&settings, listener.local_addr().ok());
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut key_tasks = verifier.spawn_key_tasks(&stop_rx);
@@ -248,6 +260,7 @@ impl Application {
             verifier: Some(verifier),
             jws,
             limits,
+            fi: Some(fi),
         });
         let frontend = http::frontend(Arc::clone(&state));
         match admin_listener {
@@ -345,6 +358,31 @@ fn jws_state(
         envelope: jws.envelope,
         path_prefix: jws.path_prefix,
     }))
+}
+
+/// The FI routes' state; logs each KEK by path and id, never the key.
+fn fi_state(
+    fi: FiSettings,
+    metrics: &Arc<Metrics>,
+    limits: &BodyLimits,
+    pool: &Arc<CryptoPool>,
+) -> Arc<http::fi::FiState> {
+    let service = crate::fi::wire::Fi::new(fi.keks);
+    for (entity, status) in service.status() {
+        tracing::info!(entity = %entity, kek_id = %status.kek_id, previous_keys = status.previous_keys, "FI encryption is on (/v1/fi/*, /ecc/v1/*)");
+    }
+    for (entity, file) in service.keks() {
+        if let Some(warning) = file.permission_warning() {
+            tracing::warn!(entity = %entity, path = %file.path().display(), "FI key-encryption key: {warning}");
+        }
+    }
+    Arc::new(http::fi::FiState {
+        fi: Arc::new(service),
+        metrics: Arc::clone(metrics),
+        limits: limits.clone(),
+        pool: Arc::clone(pool),
+        max_body_bytes: fi.max_body_bytes,
+    })
 }
 
 fn log_start(settings: &BrokerSettings, addr: Option<SocketAddr>) {

@@ -18,6 +18,7 @@
 //! | [`jws`] | detached `x-jws-signature`s (RFC 7797): parse, sign, verify; our signing key |
 //! | [`rebit`] | ReBIT's message rules a sidecar can decide: the envelope, the endpoints and who may notify them, bounded scans of a body |
 //! | [`registry`] | the Central Registry entity-info client, the cache of peers' signing keys and its refetch policy |
+//! | [`fi`] | FI data encryption (rahasya's scheme): BouncyCastle's Curve25519 on curve25519-dalek, `KeyMaterial`, the KEK and key handles, the routes' JSON worked in place; no HTTP |
 //! | [`http`] | the local HTTP surface: routes, the caller guard, the hot path, the accept loop with its limits |
 //! | [`metrics`] | the Prometheus registry; it implements the recorder traits of `token`, `secret`, `inbound` and `registry` |
 //! | [`simulator`] | a faithful, test-drivable stand-in for the IAM (real RS256 JWTs, JWKS, faults, counters) |
@@ -30,7 +31,7 @@
 //! | [`supervise`] | restarts a long-lived task that panicked, so refresh and rotation survive a bug |
 //! | [`app`] | the broker application: built on a bound listener, run until a shutdown future completes |
 //! | [`inject`] | `inject`: Kubernetes manifests in, the same with the sidecar in every pod template out (a pure function; never on the serving path) |
-//! | [`commands`] | one function per subcommand: `serve`, `token`, `iam-simulator`, `demo`, `secret`, `rotate`, `inject`, `verify`, `sign`, `verify-signature` |
+//! | [`commands`] | one function per subcommand: `serve`, `token`, `iam-simulator`, `demo`, `secret`, `rotate`, `inject`, `verify`, `sign`, `verify-signature`, `fi` |
 //!
 //! Dependencies point one way: `app` and `commands` wire everything; `http` uses `token`, `inbound` and
 //! `metrics`; `token` reads the secret from `secret` ([`secret::SecretCell`]) and both call `iam`; the
@@ -55,6 +56,7 @@ pub mod commands;
 pub mod config;
 pub mod crypto_pool;
 pub mod entity;
+pub mod fi;
 pub mod http;
 pub mod iam;
 pub mod inbound;

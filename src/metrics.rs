@@ -11,6 +11,7 @@
 //! nothing a client sends becomes a label, and no secret or token ever does.
 
 pub mod edge;
+pub mod fi;
 pub mod inbound;
 pub mod registry;
 
@@ -95,6 +96,7 @@ pub struct Metrics {
     inbound: inbound::InboundMetrics,
     edge: edge::EdgeMetrics,
     cr: registry::RegistryMetrics,
+    fi: fi::FiMetrics,
 }
 
 impl Default for Metrics {
@@ -136,6 +138,7 @@ impl Metrics {
             inbound: inbound::InboundMetrics::default(),
             edge: edge::EdgeMetrics::default(),
             cr: registry::RegistryMetrics::default(),
+            fi: fi::FiMetrics::default(),
             registry,
         };
         let mut m = m;
@@ -244,6 +247,7 @@ impl Metrics {
         m.inbound.register(&mut m.registry);
         m.edge.register(&mut m.registry);
         m.cr.register(&mut m.registry);
+        m.fi.register(&mut m.registry);
         m
     }
 
@@ -266,6 +270,21 @@ impl Metrics {
 
     pub fn signature_check(&self, outcome: edge::SignatureOutcome) {
         self.edge.signature_check(outcome);
+    }
+
+    /// One FI request's answer (`route`, `outcome`: labels of [`fi::ROUTES`] and [`fi::OUTCOMES`]).
+    pub fn fi_request(&self, route: &'static str, outcome: &'static str) {
+        self.fi.request(route, outcome);
+    }
+
+    /// One item of a batch FI decrypt.
+    pub fn fi_item(&self, outcome: &'static str) {
+        self.fi.item(outcome);
+    }
+
+    /// A request refused for an expired key: `handle` or `remote`.
+    pub fn fi_key_expired(&self, key: &'static str) {
+        self.fi.expired(key);
     }
 
     pub fn authorize(&self, outcome: edge::AuthorizeOutcome) {

@@ -321,3 +321,22 @@ def test_versions_agree():
     with open(os.path.join(ROOT, "Cargo.toml"), "rb") as f:
         cargo = tomllib.load(f)
     assert chart["appVersion"] == values["image"]["tag"] == cargo["package"]["version"]
+
+
+def test_the_fi_kek_is_mounted_into_the_sidecar_only():
+    rendered = helm_template("--set", "fi.kekSecret.create=true",
+                             "--set", "fi.kekSecret.value=c2l4dHktZm91ci1ieXRlcy1vZi1rZXk=")
+    assert rendered.returncode == 0, rendered.stderr
+    docs = [d for d in yaml.safe_load_all(rendered.stdout) if d]
+    spec = pod_spec(docs)
+    broker = sidecar(spec)
+    assert env(broker)["AA_BROKER_FI_KEK_FILE"] == "/var/run/secrets/aa-token-broker-fi/kek"
+    assert {"name": "aa-token-broker-fi-kek", "mountPath": "/var/run/secrets/aa-token-broker-fi",
+            "readOnly": True} in broker["volumeMounts"]
+    for container in spec.get("initContainers", []) + spec["containers"]:
+        if container["name"] != "aa-token-broker":
+            assert all(m["name"] != "aa-token-broker-fi-kek" for m in container.get("volumeMounts", []))
+            assert all(e["name"] != "AA_BROKER_FI_KEK_FILE" for e in container.get("env", []))
+    secret = one(docs, "Secret", "fi-kek")
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert "AA_BROKER_FI_KEK_FILE" not in env(sidecar(pod_spec(load("minimal", "1.29.0"))))

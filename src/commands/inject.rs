@@ -251,6 +251,18 @@ fn options(args: &InjectArgs) -> Result<InjectOptions, ConfigError> {
         .transpose()
         .map_err(|e| ConfigError::new("--kube-version", e))?;
     let mode = Mode::resolve(&args.mode, minor).map_err(|e| ConfigError::new("--mode", e))?;
+    if let Some(name) = args
+        .fi_kek_secret
+        .as_deref()
+        .filter(|n| !is_dns_subdomain(n))
+    {
+        return Err(ConfigError::new(
+            "--fi-kek-secret",
+            format!(
+                "{name:?} is not a Kubernetes object name (lower-case letters, digits, '-' and '.')"
+            ),
+        ));
+    }
     Ok(InjectOptions {
         entity_id,
         secret_name: secret_name.to_string(),
@@ -260,6 +272,7 @@ fn options(args: &InjectArgs) -> Result<InjectOptions, ConfigError> {
         port: args.port,
         admin_port: args.admin_port,
         mode,
+        fi_kek_secret: args.fi_kek_secret.clone(),
     })
 }
 

@@ -6,8 +6,10 @@
 //! - [`secret`]: `secret read`, `secret reset` and `rotate`;
 //! - [`healthcheck`]: `healthcheck`, the probe for images without curl;
 //! - [`verify`]: `verify`, one incoming token checked from the command line;
-//! - [`jws`]: `sign` and `verify-signature`, one body on stdin.
+//! - [`jws`]: `sign` and `verify-signature`, one body on stdin;
+//! - [`fi`]: `fi key-material|decrypt|encrypt`, FI data encryption, JSON on stdin.
 
+pub mod fi;
 pub mod healthcheck;
 pub mod inject;
 pub mod jws;
@@ -38,6 +40,7 @@ pub fn run(command: Command) -> ExitCode {
         Command::Verify(args) => verify::run(&args),
         Command::Sign(args) => jws::sign(&args),
         Command::VerifySignature(args) => jws::verify_signature(&args),
+        Command::Fi(args) => fi::run(&args),
     }
 }
 

@@ -8,6 +8,7 @@ use crate::app::Application;
 use crate::config::cli::{
     AdminArgs, ListenArgs, LogArgs, RotationArgs, ServeArgs, TokenArgs, VerifyArgs,
 };
+use crate::config::fi::FiSettings;
 use crate::config::jws::JwsSettings;
 use crate::config::rotation::env_secrets;
 use crate::config::{self, BrokerArgs, BrokerSettings, ConfigError, EntitySettings};
@@ -31,8 +32,12 @@ pub fn serve_command(args: &ServeArgs) -> ExitCode {
         Ok(settings) => settings,
         Err(e) => return config_error(&e),
     };
-    match config::broker_jws_settings(&args.entity, &args.jws, &settings) {
-        Ok(jws) => serve_with(settings, Some(jws)),
+    let jws = match config::broker_jws_settings(&args.entity, &args.jws, &settings) {
+        Ok(jws) => jws,
+        Err(e) => return config_error(&e),
+    };
+    match config::broker_fi_settings(&args.entity, &args.fi, &settings) {
+        Ok(fi) => serve_full(settings, Some(jws), fi),
         Err(e) => config_error(&e),
     }
 }
@@ -44,6 +49,11 @@ pub fn serve(settings: BrokerSettings) -> ExitCode {
 
 /// Runs the sidecar with signing settings (`None`: verification only, the CR beside the IAM).
 pub fn serve_with(settings: BrokerSettings, jws: Option<JwsSettings>) -> ExitCode {
+    serve_full(settings, jws, FiSettings::default())
+}
+
+/// Runs the sidecar with signing and FI settings.
+pub fn serve_full(settings: BrokerSettings, jws: Option<JwsSettings>, fi: FiSettings) -> ExitCode {
     telemetry::init(&settings.log);
     let rt = match runtime(settings.worker_threads) {
         Ok(rt) => rt,
@@ -78,6 +88,7 @@ pub fn serve_with(settings: BrokerSettings, jws: Option<JwsSettings>) -> ExitCod
         if let Some(jws) = jws {
             app = app.with_jws(jws);
         }
+        app = app.with_fi(fi);
         if let Some(verify_listener) = verify_listener {
             app = app.with_verify_listener(verify_listener);
         }

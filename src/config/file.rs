@@ -67,6 +67,7 @@ pub struct FileConfig {
     pub cr_lookup_rate: Option<f64>,
     pub cr_lookup_burst: Option<u32>,
     pub cr_previous_key_grace: Option<f64>,
+    pub fi_max_body_bytes: Option<usize>,
     #[serde(default)]
     pub entities: Vec<FileEntity>,
 }
@@ -82,6 +83,8 @@ pub struct FileEntity {
     pub signing_key_file: Option<PathBuf>,
     /// The `kid` registered in the CR (default: the JWK's own).
     pub signing_kid: Option<String>,
+    /// The FI key-encryption key (32 bytes, raw or base64).
+    pub fi_kek_file: Option<PathBuf>,
 }
 
 /// Reads and parses the file. Errors name the file and, for syntax errors, the line.

@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod entities;
+pub mod fi;
 pub mod file;
 pub mod jws;
 pub mod rotation;
@@ -457,6 +458,20 @@ pub fn broker_jws_settings(
         ));
     }
     Ok(jws)
+}
+
+/// Validates the FI settings of `serve` against its validated `settings` (the body budget bounds the cap).
+pub fn broker_fi_settings(
+    entity: &EntityArgs,
+    args: &cli::FiArgs,
+    settings: &BrokerSettings,
+) -> Result<fi::FiSettings, ConfigError> {
+    let file = match &entity.config {
+        Some(path) => file::load(path)?,
+        None => file::FileConfig::default(),
+    };
+    let ids: Vec<EntityId> = settings.entities.iter().map(|e| e.id.clone()).collect();
+    fi::fi_settings(args, &file, &ids, Some(settings.inbound.max_buffered_bytes))
 }
 
 pub(crate) fn seconds(

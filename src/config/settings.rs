@@ -224,8 +224,21 @@ pub const CR_PREVIOUS_KEY_GRACE: Setting = setting(
     Some("cr_previous_key_grace"),
 );
 
+pub const FI_KEK_FILE: Setting = setting(
+    "fi-kek-file",
+    "AA_BROKER_FI_KEK_FILE",
+    Some("entities[].fi_kek_file"),
+);
+pub const FI_MAX_BODY_BYTES: Setting = setting(
+    "fi-max-body-bytes",
+    "AA_BROKER_FI_MAX_BODY_BYTES",
+    Some("fi_max_body_bytes"),
+);
+
 pub const ALL: &[Setting] = &[
     SIMULATOR_LISTEN,
+    FI_KEK_FILE,
+    FI_MAX_BODY_BYTES,
     SIGNING_KEY_FILE,
     SIGNING_KID,
     CR_URL,

@@ -150,6 +150,13 @@ impl Buffered {
     pub fn is_empty(&self) -> bool {
         self.bytes.len() == self.start
     }
+
+    /// The buffer (prefix and body), where the body starts, and the budget it holds: for a handler that
+    /// works on the body in place and answers from the same buffer, keeping its bytes counted until the
+    /// answer is sent.
+    pub fn into_parts(self) -> (Vec<u8>, usize, BudgetPermit) {
+        (self.bytes, self.start, self._permit)
+    }
 }
 
 /// The body's declared length: `Content-Length`, when given and well-formed.

@@ -67,6 +67,17 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     if let Some(jws) = &app.jws {
         body["centralRegistry"] = serde_json::json!(jws.registry.status());
     }
+    // FI encryption: whether it is on, and each entity's KEK (its id, earlier keys still unwrapping, the
+    // last reload's error). Reported, not part of `ready`: a KEK is checked at start and kept if a re-read fails.
+    if let Some(fi) = &app.fi {
+        let entities: BTreeMap<String, crate::fi::kek::KekStatus> = fi
+            .fi
+            .status()
+            .into_iter()
+            .map(|(id, status)| (id.to_string(), status))
+            .collect();
+        body["fi"] = serde_json::json!({ "enabled": fi.fi.enabled(), "entities": entities });
+    }
     reply::no_store((code, axum::Json(body)).into_response())
 }
 

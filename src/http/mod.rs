@@ -16,9 +16,11 @@
 //!   (loopback `Host` rule only) and alone on `--verify-listen`.
 //! - [`jws`]: `POST /v1/sign` (guarded, token port only), `/v1/verify-signature` and `/v1/authorize`
 //!   (like the verify routes: `Host` rule on the token port, and on `--verify-listen`).
+//! - [`fi`]: FI data encryption, `/v1/fi/*` (guarded) and rahasya's `/ecc/v1/*` (`Host` rule).
 
 pub mod authorize;
 pub mod body;
+pub mod fi;
 pub mod guard;
 pub mod health;
 pub mod hot_path;
@@ -56,6 +58,8 @@ pub struct AppState {
     pub jws: Option<Arc<jws::JwsState>>,
     /// The body budget and deadline every route that reads a body uses.
     pub limits: BodyLimits,
+    /// FI data encryption (`/v1/fi/*`, `/ecc/v1/*`).
+    pub fi: Option<Arc<fi::FiState>>,
 }
 
 impl AppState {
@@ -156,6 +160,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     let credentials = match &state.jws {
         Some(jws) => credentials.merge(jws::sign_routes(Arc::clone(jws))),
         None => credentials,
+    };
+    let credentials = match &state.fi {
+        Some(fi) => credentials.merge(fi::caller_routes(Arc::clone(fi))),
+        None => credentials,
     }
     .method_not_allowed_fallback(method_not_allowed)
     .layer(axum::middleware::from_fn_with_state(
@@ -173,6 +181,9 @@ pub fn router(state: Arc<AppState>) -> Router {
     }
     if let Some(jws) = &state.jws {
         open = open.merge(jws::check_routes(Arc::clone(jws)));
+    }
+    if let Some(fi) = &state.fi {
+        open = open.merge(fi::rahasya_routes(Arc::clone(fi)));
     }
     let open = open
         .fallback(not_found)

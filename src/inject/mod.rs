@@ -92,6 +92,8 @@ pub struct InjectOptions {
     /// probes then use it.
     pub admin_port: Option<u16>,
     pub mode: Mode,
+    /// The Kubernetes Secret holding the FI key-encryption key (key `kek`), mounted into the sidecar only.
+    pub fi_kek_secret: Option<String>,
 }
 
 /// Why a stream could not be rewritten. `document` counts from 1, as a reader would.
@@ -322,6 +324,7 @@ mod properties {
             port: 7373,
             admin_port: None,
             mode: Mode::Native,
+            fi_kek_secret: None,
         }
     }
 

@@ -175,12 +175,15 @@ fn inject_pod_spec(spec: &mut Node<'_>, options: &InjectOptions) -> Result<Strin
     let Some(Yaml::Sequence(volumes)) = yaml::get_mut(spec, "volumes") else {
         return Err("spec.volumes is not a list".into());
     };
-    match volumes
-        .iter()
-        .position(|v| yaml::get(v, "name").and_then(yaml::text) == Some(VOLUME_NAME))
-    {
-        Some(at) => volumes[at] = volume,
-        None => volumes.push(volume),
+    let kek = sidecar::kek_volume(options).map(|v| (sidecar::KEK_VOLUME_NAME, v));
+    for (name, volume) in std::iter::once((VOLUME_NAME, volume)).chain(kek) {
+        match volumes
+            .iter()
+            .position(|v| yaml::get(v, "name").and_then(yaml::text) == Some(name))
+        {
+            Some(at) => volumes[at] = volume,
+            None => volumes.push(volume),
+        }
     }
     Ok(first_app)
 }

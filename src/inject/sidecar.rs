@@ -13,6 +13,10 @@ pub const CONTAINER_NAME: &str = "aa-token-broker";
 pub const VOLUME_NAME: &str = "aa-token-broker-secret";
 /// Where the Secret is mounted, as a directory, so the kubelet's update of a rotated secret reaches it.
 pub const MOUNT_PATH: &str = "/var/run/secrets/aa-token-broker";
+/// The volume holding the FI key-encryption key, its mount and the key in the Secret (the chart's).
+pub const KEK_VOLUME_NAME: &str = "aa-token-broker-fi-kek";
+pub const KEK_MOUNT_PATH: &str = "/var/run/secrets/aa-token-broker-fi";
+pub const KEK_KEY: &str = "kek";
 /// The admin port's name: distinct, so that a PodMonitor selecting it never scrapes an application port
 /// named `metrics` too (the chart uses the same name).
 pub const ADMIN_PORT_NAME: &str = "broker-metrics";
@@ -90,6 +94,12 @@ pub fn container(options: &InjectOptions) -> Node<'static> {
     }
     env_list.push(env(settings::LOG_FORMAT.env, "json"));
     env_list.push(env(settings::LOG_LEVEL.env, "info"));
+    if options.fi_kek_secret.is_some() {
+        env_list.push(env(
+            settings::FI_KEK_FILE.env,
+            &format!("{KEK_MOUNT_PATH}/{KEK_KEY}"),
+        ));
+    }
 
     let mut fields: Vec<(&'static str, Node<'static>)> = vec![
         ("name", string(CONTAINER_NAME)),
@@ -150,14 +160,20 @@ pub fn container(options: &InjectOptions) -> Node<'static> {
             ),
         ]),
     ));
-    fields.push((
-        "volumeMounts",
-        Node::Sequence(vec![mapping([
-            ("name", string(VOLUME_NAME)),
-            ("mountPath", string(MOUNT_PATH)),
+    let mut mounts = vec![mapping([
+        ("name", string(VOLUME_NAME)),
+        ("mountPath", string(MOUNT_PATH)),
+        ("readOnly", boolean(true)),
+    ])];
+    // The FI key-encryption key: in this container only, never in the application's.
+    if options.fi_kek_secret.is_some() {
+        mounts.push(mapping([
+            ("name", string(KEK_VOLUME_NAME)),
+            ("mountPath", string(KEK_MOUNT_PATH)),
             ("readOnly", boolean(true)),
-        ])]),
-    ));
+        ]));
+    }
+    fields.push(("volumeMounts", Node::Sequence(mounts)));
     mapping(fields)
 }
 
@@ -180,4 +196,26 @@ pub fn volume(options: &InjectOptions) -> Node<'static> {
             ]),
         ),
     ])
+}
+
+/// The FI key-encryption key's Secret volume, when one is named.
+pub fn kek_volume(options: &InjectOptions) -> Option<Node<'static>> {
+    let name = options.fi_kek_secret.as_deref()?;
+    Some(mapping([
+        ("name", string(KEK_VOLUME_NAME)),
+        (
+            "secret",
+            mapping([
+                ("secretName", string(name)),
+                ("defaultMode", integer(SECRET_FILE_MODE)),
+                (
+                    "items",
+                    Node::Sequence(vec![mapping([
+                        ("key", string(KEK_KEY)),
+                        ("path", string(KEK_KEY)),
+                    ])]),
+                ),
+            ]),
+        ),
+    ]))
 }

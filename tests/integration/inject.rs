@@ -885,3 +885,34 @@ fn a_list_that_the_sidecar_would_grow_past_the_node_limit_is_refused() {
     let out = ok(&inject(&[], &documents));
     assert_eq!(out.matches("name: aa-token-broker\n").count(), 5_000);
 }
+
+#[test]
+fn the_fi_kek_is_mounted_into_the_sidecar_only() {
+    let out = ok(&inject(&["--fi-kek-secret", "fiu-fi-kek"], &fixture()));
+    let docs = documents(&out);
+    let spec = pod_spec(find(&docs, "Deployment"));
+    let sidecar = &list(spec, "initContainers")[0];
+    assert_eq!(
+        env_values(sidecar, "AA_BROKER_FI_KEK_FILE"),
+        ["/var/run/secrets/aa-token-broker-fi/kek"]
+    );
+    assert!(names(list(sidecar, "volumeMounts")).contains(&"aa-token-broker-fi-kek".to_string()));
+    for app in list(spec, "containers") {
+        assert!(env_values(app, "AA_BROKER_FI_KEK_FILE").is_empty());
+        if yaml::get(app, "volumeMounts").is_some() {
+            assert!(
+                !names(list(app, "volumeMounts")).contains(&"aa-token-broker-fi-kek".to_string())
+            );
+        }
+    }
+    let volumes = list(spec, "volumes");
+    let kek = volumes
+        .iter()
+        .find(|v| text(v, &["name"]) == Some("aa-token-broker-fi-kek"))
+        .expect("the KEK volume");
+    assert_eq!(text(kek, &["secret", "secretName"]), Some("fiu-fi-kek"));
+    // Without the flag nothing of it appears.
+    assert!(!ok(&inject(&[], &fixture())).contains("fi-kek"));
+    let bad = inject(&["--fi-kek-secret", "Not_A_Name"], &fixture());
+    assert_eq!(bad.status.code(), Some(2));
+}

@@ -78,6 +78,18 @@ false
 {{- end -}}
 {{- end -}}
 
+{{/* (dict "root" $ "values" ...) The Secret holding the FI key-encryption key; empty when FI is off. */}}
+{{- define "aa-token-broker.kekSecretName" -}}
+{{- $kek := (.values.fi | default dict).kekSecret | default dict -}}
+{{- if and (or $kek.existingSecret $kek.create) .values.entities -}}
+{{- fail "fi.kekSecret serves one entity; with entities, set fi_kek_file per entity in the broker's TOML file" -}}
+{{- else if $kek.existingSecret -}}
+{{- $kek.existingSecret -}}
+{{- else if $kek.create -}}
+{{- printf "%s-fi-kek" (include "aa-token-broker.fullname" .root) -}}
+{{- end -}}
+{{- end -}}
+
 {{/* (dict "root" $ "values" ...) Which entity, which IAM, which secret: the variables the sidecar and the
 `helm test` pod share. */}}
 {{- define "aa-token-broker.brokerEnv" -}}
@@ -158,6 +170,10 @@ exec:
       value: {{ .values.sidecar.logFormat | quote }}
     - name: AA_BROKER_LOG
       value: {{ .values.sidecar.logLevel | quote }}
+    {{- if include "aa-token-broker.kekSecretName" . }}
+    - name: AA_BROKER_FI_KEK_FILE
+      value: /var/run/secrets/aa-token-broker-fi/{{ .values.fi.kekSecret.key }}
+    {{- end }}
     {{- with .values.sidecar.extraEnv }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -196,6 +212,12 @@ exec:
     {{- toYaml .values.sidecar.securityContext | nindent 4 }}
   volumeMounts:
     {{- include "aa-token-broker.volumeMounts" . | nindent 4 }}
+    {{- if include "aa-token-broker.kekSecretName" . }}
+    # The FI key-encryption key: in this container only, never in the application's.
+    - name: aa-token-broker-fi-kek
+      mountPath: /var/run/secrets/aa-token-broker-fi
+      readOnly: true
+    {{- end }}
 {{- end -}}
 
 {{/* (dict "root" $ "values" ...) The sidecar when it is native; nothing otherwise. FIRST in initContainers. */}}
@@ -248,5 +270,15 @@ reaches running pods, and with several entities the ConfigMap holding the TOML f
     items:
       - key: {{ .values.secret.key }}
         path: {{ .values.secret.key }}
+{{- end }}
+{{- with include "aa-token-broker.kekSecretName" . }}
+- name: aa-token-broker-fi-kek
+  secret:
+    secretName: {{ . }}
+    # Mounted by the sidecar alone (its own securityContext), whole, so a rotated KEK reaches running pods.
+    defaultMode: 0444
+    items:
+      - key: {{ $.values.fi.kekSecret.key }}
+        path: {{ $.values.fi.kekSecret.key }}
 {{- end }}
 {{- end -}}

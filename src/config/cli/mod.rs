@@ -54,6 +54,8 @@ pub enum Command {
     Sign(SignArgs),
     /// Verify the x-jws-signature of a body read on stdin against the sender's key in the Central Registry.
     VerifySignature(VerifySignatureArgs),
+    /// FI data: key-material, decrypt or encrypt, with the JSON of /v1/fi/OPERATION on stdin (needs --fi-kek-file for key-material and decrypt).
+    Fi(FiCommandArgs),
 }
 
 #[derive(Debug, Args)]
@@ -272,6 +274,8 @@ pub struct ServeArgs {
     pub verify: Box<VerifyArgs>,
     #[command(flatten)]
     pub jws: Box<JwsArgs>,
+    #[command(flatten)]
+    pub fi: Box<FiArgs>,
 }
 
 #[derive(Debug, Args)]
@@ -374,6 +378,9 @@ pub struct InjectArgs {
     /// Kubernetes version the manifests are for, e.g. 1.28 (for --mode auto)
     #[arg(long, value_name = "VERSION")]
     pub kube_version: Option<String>,
+    /// Kubernetes Secret holding the FI key-encryption key under the key `kek`; mounted into the sidecar only (FI encryption is off without it)
+    #[arg(long, value_name = "NAME")]
+    pub fi_kek_secret: Option<String>,
 }
 
 /// How incoming tokens are verified (`/v1/verify` and the `verify` command).
@@ -522,6 +529,41 @@ pub struct JwsArgs {
         hide_env_values = true
     )]
     pub cr_previous_key_grace: Option<f64>,
+}
+
+/// FI data encryption (`/v1/fi/*`, rahasya's `/ecc/v1/*`, the `fi` command).
+#[derive(Debug, Args, Default)]
+pub struct FiArgs {
+    /// The FI key-encryption key: 32 random bytes, raw or base64 (further lines: earlier keys that still unwrap); shared by every pod of the entity; re-read when it changes. Without it the FI routes answer 404 fi_disabled
+    #[arg(
+        long = S::FI_KEK_FILE.flag,
+        env = S::FI_KEK_FILE.env,
+        value_name = "PATH",
+        hide_env_values = true
+    )]
+    pub fi_kek_file: Option<PathBuf>,
+    /// Largest body of /v1/fi/* and /ecc/v1/*, bytes (default 23068672 = 22 MiB: 16 MiB of data in base64 with its key material); at most --max-buffered-bytes
+    #[arg(
+        long = S::FI_MAX_BODY_BYTES.flag,
+        env = S::FI_MAX_BODY_BYTES.env,
+        value_name = "BYTES",
+        hide_env_values = true
+    )]
+    pub fi_max_body_bytes: Option<usize>,
+}
+
+/// `fi key-material|decrypt|encrypt`: the FI routes of a script, JSON on stdin and stdout.
+#[derive(Debug, Args)]
+pub struct FiCommandArgs {
+    /// key-material, decrypt or encrypt (the same JSON as POST /v1/fi/OPERATION)
+    #[arg(value_name = "OPERATION", value_parser = ["key-material", "decrypt", "encrypt"])]
+    pub operation: String,
+    #[command(flatten)]
+    pub entity: EntityArgs,
+    #[command(flatten)]
+    pub fi: FiArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 /// `sign`: one body on stdin, signed locally with the key file.

@@ -152,6 +152,11 @@ impl TestBroker {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let app = Application::build(settings(iam_url, options), listener, policy)
             .expect("broker builds");
+        Self::spawn(app)
+    }
+
+    /// Runs an application built by the test (with settings `start` does not cover).
+    pub fn spawn(app: Application) -> TestBroker {
         let addr = app.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(app.run_until(async {
