@@ -26,6 +26,7 @@
 //! | [`upstream`] | what every upstream cache shares: the one cancellation-safe single flight ([`upstream::Flight`]) |
 //! | [`timefmt`] | the one checked conversion of upstream times, total formatters, the lenient IAM timestamp parser |
 //! | [`backoff`] | the exponential backoff with equal jitter that every retry loop uses |
+//! | [`certify`] | the certification cases a sidecar can decide, by case id, and the runner `certify` uses against an ingress |
 //! | [`budget`] | the one budget of request-body bytes the process may hold at once |
 //! | [`crypto_pool`] | the bounded threads that run RSA (and the hashing of large bodies) off the async workers |
 //! | [`supervise`] | restarts a long-lived task that panicked, so refresh and rotation survive a bug |
@@ -52,6 +53,7 @@
 pub mod app;
 pub mod backoff;
 pub mod budget;
+pub mod certify;
 pub mod commands;
 pub mod config;
 pub mod crypto_pool;

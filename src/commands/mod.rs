@@ -7,8 +7,10 @@
 //! - [`healthcheck`]: `healthcheck`, the probe for images without curl;
 //! - [`verify`]: `verify`, one incoming token checked from the command line;
 //! - [`jws`]: `sign` and `verify-signature`, one body on stdin;
-//! - [`fi`]: `fi key-material|decrypt|encrypt`, FI data encryption, JSON on stdin.
+//! - [`fi`]: `fi key-material|decrypt|encrypt`, FI data encryption, JSON on stdin;
+//! - [`certify`]: `certify`, the sidecar-decidable certification cases against an ingress.
 
+pub mod certify;
 pub mod fi;
 pub mod healthcheck;
 pub mod inject;
@@ -41,6 +43,7 @@ pub fn run(command: Command) -> ExitCode {
         Command::Sign(args) => jws::sign(&args),
         Command::VerifySignature(args) => jws::verify_signature(&args),
         Command::Fi(args) => fi::run(&args),
+        Command::Certify(args) => certify::run(&args),
     }
 }
 

@@ -38,7 +38,7 @@ use crate::inbound::callers;
 use crate::inbound::{Denied, Expectation};
 use crate::metrics::edge::AuthorizeOutcome;
 use crate::rebit::endpoint::{Endpoint, check_notifier};
-use crate::rebit::envelope::{EnvelopeError, check_key_material};
+use crate::rebit::envelope::EnvelopeError;
 use crate::rebit::scan::{MAX_TXNID_LEN, member_value, scan_member};
 use crate::registry::Found;
 
@@ -318,9 +318,10 @@ pub async fn authorize(
         Checked::Mismatch(_) | Checked::ForeignKey => {
             // Which key verifies decides the code: another registered entity's is `InvalidRequest`
             // (FIP_1040, FIP_3027, FIU_1043, FIU_2029); nobody's is `SignatureDoesNotMatch`.
-            let (signed_by, body) =
+            let (signed_by, body, untouched) =
                 signed_by_another_body(&state, &headers, sender, read.take(), unread.take()).await;
             read = body;
+            unread = untouched;
             match signed_by {
                 Some(other) => Refusal::invalid(format!(
                     "the body is signed by {other}, not by the token's entity"
@@ -406,14 +407,22 @@ fn body_rules(
         })?;
     }
     if endpoint == Endpoint::FiRequest {
-        check_key_material(body, SystemTime::now()).map_err(|e| {
+        // FIP_3008_1–6, AA_2011: the FI module's own reading of KeyMaterial (algorithm, curve, a point
+        // on the curve and not of small order, an expiry in the future), on the object's bytes alone.
+        let invalid_key = |message: String| {
             Refusal::new(
                 AuthorizeOutcome::InvalidRequest,
                 StatusCode::BAD_REQUEST,
                 "InvalidKey",
-                e.to_string(),
+                message,
             )
-        })?;
+        };
+        let raw = member_value(body, b"KeyMaterial")
+            .ok_or_else(|| invalid_key("the body has no KeyMaterial".into()))?;
+        let raw: &serde_json::value::RawValue = serde_json::from_slice(raw)
+            .map_err(|_| invalid_key("KeyMaterial is not JSON".into()))?;
+        crate::fi::keys::parse_key_material(raw, SystemTime::now())
+            .map_err(|e| invalid_key(e.to_string()))?;
     }
     Ok(())
 }
@@ -534,12 +543,13 @@ async fn signed_by_another_body(
     sender: &str,
     read: Option<Buffered>,
     unread: Option<Body>,
-) -> (Option<String>, Option<Buffered>) {
-    let Some(value) = headers.get(&SIGNATURE) else {
-        return (None, read);
-    };
-    let Ok(detached) = crate::jws::parse(value.as_bytes()) else {
-        return (None, read);
+) -> (Option<String>, Option<Buffered>, Option<Body>) {
+    // A signature that does not parse is nobody's: the body stays as it is, for the answer's envelope.
+    let detached = headers
+        .get(&SIGNATURE)
+        .and_then(|value| crate::jws::parse(value.as_bytes()).ok());
+    let Some(detached) = detached else {
+        return (None, read, unread);
     };
     let buffered = match (read, unread) {
         (Some(buffered), _) => buffered,
@@ -547,16 +557,16 @@ async fn signed_by_another_body(
             let prefix = format!("{}.", detached.header_segment);
             match body::read(body, prefix.as_bytes(), state.max_body_bytes, &state.limits).await {
                 Ok(buffered) => buffered,
-                Err(_) => return (None, None),
+                Err(_) => return (None, None, None),
             }
         }
-        (None, None) => return (None, None),
+        (None, None) => return (None, None, None),
     };
     let named: Vec<(Role, String)> = rebit::body_senders(buffered.body())
         .into_iter()
         .map(|(role, id)| (role, id.to_string()))
         .collect();
-    signed_by_another(
+    let (other, back) = signed_by_another(
         state,
         detached.kid.as_deref(),
         detached.signature,
@@ -564,7 +574,8 @@ async fn signed_by_another_body(
         &named,
         sender,
     )
-    .await
+    .await;
+    (other, back, None)
 }
 
 /// Which other registered entity signed `input`, if any: the known holder of the signature's `kid` (from

@@ -1,10 +1,8 @@
-//! The envelope every ReBIT body carries (`ver`, `timestamp`, `txnid`), and the `KeyMaterial` of an
-//! `FI/request`, checked as the certification suite checks them. Read with the bounded scans of
-//! [`super::scan`]; `KeyMaterial` (a small object) is parsed from its own bytes only.
+//! The envelope every ReBIT body carries (`ver`, `timestamp`, `txnid`), checked as the certification
+//! suite checks it, with the bounded scans of [`super::scan`]. (`KeyMaterial` is the FI module's to read:
+//! [`crate::fi::keys::parse_key_material`].)
 
 use std::time::{Duration, SystemTime};
-
-use serde::Deserialize;
 
 use super::scan::{MAX_TXNID_LEN, member_value, scan_member};
 
@@ -160,84 +158,6 @@ pub fn parse_timestamp(text: &str) -> Option<SystemTime> {
     }
 }
 
-/// Why `KeyMaterial` is refused: `400 InvalidKey` (FIP_3008_1–6, AA_2011).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum KeyMaterialError {
-    #[error("the body has no KeyMaterial")]
-    Missing,
-    #[error("KeyMaterial is not an object of the ReBIT shape")]
-    Malformed,
-    #[error("cryptoAlg {0:?} is not ECDH")]
-    Algorithm(String),
-    #[error("curve {0:?} is not Curve25519")]
-    Curve(String),
-    #[error("DHPublicKey.KeyValue is not a public key")]
-    BadKey,
-    #[error("DHPublicKey has expired")]
-    Expired,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct KeyMaterial {
-    crypto_alg: Option<String>,
-    curve: Option<String>,
-    #[serde(rename = "DHPublicKey")]
-    dh_public_key: Option<DhPublicKey>,
-}
-
-#[derive(Deserialize)]
-struct DhPublicKey {
-    expiry: Option<String>,
-    #[serde(rename = "KeyValue")]
-    key_value: Option<String>,
-}
-
-/// Checks the top-level `KeyMaterial` of `head` at `now`: ECDH on Curve25519, a public key that decodes,
-/// an expiry in the future.
-pub fn check_key_material(head: &[u8], now: SystemTime) -> Result<(), KeyMaterialError> {
-    let raw = member_value(head, b"KeyMaterial").ok_or(KeyMaterialError::Missing)?;
-    let material: KeyMaterial =
-        serde_json::from_slice(raw).map_err(|_| KeyMaterialError::Malformed)?;
-    let algorithm = material.crypto_alg.unwrap_or_default();
-    if algorithm != "ECDH" {
-        return Err(KeyMaterialError::Algorithm(
-            algorithm.chars().take(32).collect(),
-        ));
-    }
-    let curve = material.curve.unwrap_or_default();
-    if curve != "Curve25519" {
-        return Err(KeyMaterialError::Curve(curve.chars().take(32).collect()));
-    }
-    let key = material.dh_public_key.ok_or(KeyMaterialError::Malformed)?;
-    if !public_key_decodes(key.key_value.as_deref().unwrap_or("")) {
-        return Err(KeyMaterialError::BadKey);
-    }
-    let expiry = key
-        .expiry
-        .as_deref()
-        .and_then(parse_timestamp)
-        .ok_or(KeyMaterialError::Malformed)?;
-    if expiry <= now {
-        return Err(KeyMaterialError::Expired);
-    }
-    Ok(())
-}
-
-/// A `KeyValue` in one of the forms peers send: a PEM `PUBLIC KEY` block or bare base64 of the DER (an
-/// X.509 SubjectPublicKeyInfo, as BouncyCastle writes it) — at least the size of a Curve25519 point.
-fn public_key_decodes(value: &str) -> bool {
-    use base64::Engine;
-    let body: String = value
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("-----"))
-        .flat_map(|l| l.chars().filter(|c| !c.is_whitespace()))
-        .collect();
-    base64::engine::general_purpose::STANDARD
-        .decode(body.as_bytes())
-        .is_ok_and(|der| (32..=512).contains(&der.len()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,58 +239,5 @@ mod tests {
             Some(true)
         );
         assert_eq!(parse_timestamp("2027-01-15T08:00:00+24:00"), None);
-    }
-
-    fn material(alg: &str, curve: &str, key: &str, expiry: &str) -> String {
-        format!(
-            r#"{{"ver":"2.0.0","KeyMaterial":{{"cryptoAlg":"{alg}","curve":"{curve}","params":"","DHPublicKey":{{"expiry":"{expiry}","Parameters":"","KeyValue":"{key}"}},"Nonce":"x"}}}}"#
-        )
-    }
-
-    #[test]
-    fn key_material_of_fip_3008() {
-        use base64::Engine;
-        let key = base64::engine::general_purpose::STANDARD.encode([7u8; 91]);
-        let later = "2027-06-01T08:00:00.000Z";
-        let now = at(NOW);
-        assert_eq!(
-            check_key_material(material("ECDH", "Curve25519", &key, later).as_bytes(), now),
-            Ok(())
-        );
-        let pem = format!("-----BEGIN PUBLIC KEY-----\\n{key}\\n-----END PUBLIC KEY-----");
-        assert_eq!(
-            check_key_material(material("ECDH", "Curve25519", &pem, later).as_bytes(), now),
-            Ok(())
-        );
-        for (alg, curve) in [
-            ("RSA", "Curve25519"),
-            ("DH", "Curve25519"),
-            ("ECC", "Curve25519"),
-            ("FourQ", "Curve25519"),
-            ("ECDH", "secp256r1"),
-        ] {
-            assert!(
-                check_key_material(material(alg, curve, &key, later).as_bytes(), now).is_err(),
-                "{alg} {curve}"
-            );
-        }
-        assert_eq!(
-            check_key_material(
-                material("ECDH", "Curve25519", "not base64!", later).as_bytes(),
-                now
-            ),
-            Err(KeyMaterialError::BadKey)
-        );
-        assert_eq!(
-            check_key_material(
-                material("ECDH", "Curve25519", &key, "2020-01-01T00:00:00Z").as_bytes(),
-                now
-            ),
-            Err(KeyMaterialError::Expired)
-        );
-        assert_eq!(
-            check_key_material(br#"{"ver":"2.0.0"}"#, now),
-            Err(KeyMaterialError::Missing)
-        );
     }
 }

@@ -6,6 +6,7 @@ mod helpers;
 
 mod api;
 mod cli;
+mod conformance;
 mod fi;
 mod hostile;
 mod hostile_iam;

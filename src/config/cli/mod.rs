@@ -56,6 +56,27 @@ pub enum Command {
     VerifySignature(VerifySignatureArgs),
     /// FI data: key-material, decrypt or encrypt, with the JSON of /v1/fi/OPERATION on stdin (needs --fi-kek-file for key-material and decrypt).
     Fi(FiCommandArgs),
+    /// Run the certification cases a sidecar can decide against an ingress, with the built-in simulator as IAM and CR; print a pass/fail table by case id.
+    Certify(CertifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CertifyArgs {
+    /// The ingress the ReBIT paths are appended to, e.g. http://127.0.0.1:8080 (your proxy) or http://127.0.0.1:7373/v1/authorize
+    #[arg(long, value_name = "URL")]
+    pub ingress: String,
+    /// The built-in simulator the sidecar uses as its IAM and CR (`aa-token-broker iam-simulator`), e.g. http://127.0.0.1:7380
+    #[arg(long, value_name = "URL")]
+    pub simulator: String,
+    /// The deployment's role: FIU, FIP or AA (its cases are run)
+    #[arg(long, value_name = "ROLE")]
+    pub role: String,
+    /// The deployment's entity id
+    #[arg(long = "entity-id", value_name = "ID", value_parser = crate::entity::EntityId::parse_arg)]
+    pub entity_id: crate::entity::EntityId,
+    /// Run only these case ids (repeatable; default: every case of the role)
+    #[arg(long = "case", value_name = "ID")]
+    pub cases: Vec<String>,
 }
 
 #[derive(Debug, Args)]
