@@ -60,8 +60,7 @@ const fn case(
     method: &'static str,
     path: &'static str,
     change: Change,
-    status: u16,
-    code: Option<&'static str>,
+    (status, code): (u16, Option<&'static str>),
 ) -> Case {
     Case {
         id,
@@ -418,7 +417,15 @@ pub const CASES: &[Case] = &[
         400,
         NOTIFIER,
     ),
-    case("FIP_3001", Fip, Aa, "POST", "/FI/request", Valid, 200, None),
+    case(
+        "FIP_3001",
+        Fip,
+        Aa,
+        "POST",
+        "/FI/request",
+        Valid,
+        (200, None),
+    ),
     case(
         "FIP_3008_1",
         Fip,
@@ -519,9 +526,9 @@ pub const CASES: &[Case] = &[
         400,
         INVALID,
     ),
-    case("FIP_4001", Fip, Aa, "GET", "/Heartbeat", Valid, 200, None),
+    case("FIP_4001", Fip, Aa, "GET", "/Heartbeat", Valid, (200, None)),
     // AA: requests from FIUs.
-    case("AA_1001", Aa, Fiu, "POST", "/Consent", Valid, 200, None),
+    case("AA_1001", Aa, Fiu, "POST", "/Consent", Valid, (200, None)),
     case(
         "AA_1003",
         Aa,
@@ -572,7 +579,15 @@ pub const CASES: &[Case] = &[
         200,
         None,
     ),
-    case("AA_1026", Aa, Fiu, "GET", "/Consent/{id}", Valid, 200, None),
+    case(
+        "AA_1026",
+        Aa,
+        Fiu,
+        "GET",
+        "/Consent/{id}",
+        Valid,
+        (200, None),
+    ),
     case(
         "AA_1041", Aa, Fiu, "POST", "/Consent", Tampered, 400, MISMATCH,
     ),
@@ -596,7 +611,15 @@ pub const CASES: &[Case] = &[
         400,
         MISMATCH,
     ),
-    case("AA_2001", Aa, Fiu, "POST", "/FI/request", Valid, 200, None),
+    case(
+        "AA_2001",
+        Aa,
+        Fiu,
+        "POST",
+        "/FI/request",
+        Valid,
+        (200, None),
+    ),
     case(
         "AA_2004",
         Aa,
