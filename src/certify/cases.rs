@@ -93,8 +93,7 @@ pub const CASES: &[Case] = &[
         "POST",
         "/Consent/Notification",
         Valid,
-        200,
-        None,
+        (200, None),
     ),
     case(
         "FIU_1005",
@@ -103,8 +102,7 @@ pub const CASES: &[Case] = &[
         "POST",
         "/Consent/Notification",
         NotifierId,
-        400,
-        NOTIFIER,
+        (400, NOTIFIER),
     ),
     case(
         "FIU_1006",
@@ -113,8 +111,7 @@ pub const CASES: &[Case] = &[
         "POST",
         "/Consent/Notification",
         NotifierType("FIP"),
-        400,
-        NOTIFIER,
+        (400, NOTIFIER),
     ),
     case(
         "FIU_1010_1",
@@ -123,8 +120,7 @@ pub const CASES: &[Case] = &[
         "POST",
         "/Consent/Notification",
         TimestampOffset(900),
-        400,
-        INVALID,
+        (400, INVALID),
     ),
     case(
         "FIU_1010_2",
@@ -133,8 +129,7 @@ pub const CASES: &[Case] = &[
         "POST",
         "/Consent/Notification",
         TimestampOffset(-900),
-        400,
-        INVALID,
+        (400, INVALID),
     ),
     case(
         "FIU_1013",
@@ -143,8 +138,7 @@ pub const CASES: &[Case] = &[
         "POST",
         "/Consent/Notification",
         Ver("1.1.2"),
-        404,
-        VERSION,
+        (404, VERSION),
     ),
     case(
         "FIU_1014_1",
@@ -153,8 +147,7 @@ pub const CASES: &[Case] = &[
         "POST",
         "/Consent/Notification",
         TimestampText("Dec 06 2026 10:00:00"),
-        400,
-        INVALID,
+        (400, INVALID),
     ),
     case(
         "FIU_1014_2",
@@ -163,8 +156,7 @@ pub const CASES: &[Case] = &[
         "POST",
         "/Consent/Notification",
         TimestampText("26-12-06 10:00:00"),
-        400,
-        INVALID,
+        (400, INVALID),
     ),
     case(
         "FIU_1036",
@@ -173,8 +165,7 @@ pub const CASES: &[Case] = &[
         "POST",
         "/Consent/Notification",
         Tampered,
-        400,
-        MISMATCH,
+        (400, MISMATCH),
     ),
     case(
         "FIU_1042",
@@ -183,8 +174,7 @@ pub const CASES: &[Case] = &[
         "POST",
         "/Consent/Notification",
         InvalidApiKey,
-        401,
-        None,
+        (401, None),
     ),
     case(
         "FIU_1043",
@@ -193,8 +183,7 @@ pub const CASES: &[Case] = &[
         "POST",
         "/Consent/Notification",
         AlternateApiKey,
-        400,
-        INVALID,
+        (400, INVALID),
     ),
     case(
         "FIU_2002",
@@ -203,8 +192,7 @@ pub const CASES: &[Case] = &[
         "POST",
         "/FI/Notification",
         Valid,
-        200,
-        None,
+        (200, None),
     ),
     case(
         "FIU_2003",
@@ -213,8 +201,7 @@ pub const CASES: &[Case] = &[
         "POST",
         "/FI/Notification",
         Ver("3.0.0"),
-        404,
-        VERSION,
+        (404, VERSION),
     ),
     case(
         "FIU_2005",
@@ -223,8 +210,7 @@ pub const CASES: &[Case] = &[
         "POST",
         "/FI/Notification",
         NotifierId,
-        400,
-        INVALID,
+        (400, INVALID),
     ),
     case(
         "FIU_2007_1",
@@ -233,8 +219,7 @@ pub const CASES: &[Case] = &[
         "POST",
         "/FI/Notification",
         Txnid("0b811819-9044-4856-b0ee-8c88035f885"),
-        400,
-        INVALID,
+        (400, INVALID),
     ),
     case(
         "FIU_2007_2",
@@ -243,8 +228,7 @@ pub const CASES: &[Case] = &[
         "POST",
         "/FI/Notification",
         Txnid("0b811819-9044-4856-b0ee-8c88035f88581"),
-        400,
-        INVALID,
+        (400, INVALID),
     ),
     case(
         "FIU_2008",
@@ -253,8 +237,7 @@ pub const CASES: &[Case] = &[
         "POST",
         "/FI/Notification",
         TimestampText("2026-12-06T10:00:00.000Zx"),
-        400,
-        INVALID,
+        (400, INVALID),
     ),
     case(
         "FIU_2012",
@@ -263,8 +246,7 @@ pub const CASES: &[Case] = &[
         "POST",
         "/FI/Notification",
         NotifierType("FIP"),
-        400,
-        INVALID,
+        (400, INVALID),
     ),
     case(
         "FIU_2027",
@@ -273,8 +255,7 @@ pub const CASES: &[Case] = &[
         "POST",
         "/FI/Notification",
         DamagedSignature,
-        400,
-        MISMATCH,
+        (400, MISMATCH),
     ),
     case(
         "FIU_2028",
@@ -283,8 +264,7 @@ pub const CASES: &[Case] = &[
         "POST",
         "/FI/Notification",
         InvalidApiKey,
-        401,
-        None,
+        (401, None),
     ),
     case(
         "FIU_2029",
@@ -293,8 +273,7 @@ pub const CASES: &[Case] = &[
         "POST",
         "/FI/Notification",
         AlternateApiKey,
-        400,
-        INVALID,
+        (400, INVALID),
     ),
     // FIP: requests from the AA.
     case(
@@ -304,8 +283,7 @@ pub const CASES: &[Case] = &[
         "POST",
         "/Accounts/discover",
         Valid,
-        200,
-        None,
+        (200, None),
     ),
     case(
         "FIP_1027",
@@ -314,8 +292,7 @@ pub const CASES: &[Case] = &[
         "POST",
         "/Accounts/discover",
         TimestampOffset(-900),
-        400,
-        INVALID,
+        (400, INVALID),
     ),
     case(
         "FIP_1029",
@@ -324,8 +301,7 @@ pub const CASES: &[Case] = &[
         "POST",
         "/Accounts/discover",
         Ver("10"),
-        404,
-        VERSION,
+        (404, VERSION),
     ),
     case(
         "FIP_1033",
@@ -334,8 +310,7 @@ pub const CASES: &[Case] = &[
         "POST",
         "/Accounts/link",
         TimestampOffset(900),
-        400,
-        INVALID,
+        (400, INVALID),
     ),
     case(
         "FIP_1034",
@@ -344,8 +319,7 @@ pub const CASES: &[Case] = &[
         "POST",
         "/Accounts/link",
         Ver("10"),
-        404,
-        VERSION,
+        (404, VERSION),
     ),
     case(
         "FIP_1040",
@@ -354,8 +328,7 @@ pub const CASES: &[Case] = &[
         "POST",
         "/Accounts/link",
         AlternateApiKey,
-        400,
-        INVALID,
+        (400, INVALID),
     ),
     case(
         "FIP_1045",
@@ -364,8 +337,7 @@ pub const CASES: &[Case] = &[
         "DELETE",
         "/Accounts/link",
         Ver("10"),
-        404,
-        VERSION,
+        (404, VERSION),
     ),
     case(
         "FIP_1056",
@@ -374,8 +346,7 @@ pub const CASES: &[Case] = &[
         "POST",
         "/Accounts/discover",
         Tampered,
-        400,
-        MISMATCH,
+        (400, MISMATCH),
     ),
     case(
         "FIP_1057",
@@ -384,8 +355,7 @@ pub const CASES: &[Case] = &[
         "POST",
         "/Accounts/link",
         DamagedSignature,
-        400,
-        MISMATCH,
+        (400, MISMATCH),
     ),
     case(
         "FIP_1058",
@@ -394,8 +364,7 @@ pub const CASES: &[Case] = &[
         "DELETE",
         "/Accounts/link",
         Tampered,
-        400,
-        MISMATCH,
+        (400, MISMATCH),
     ),
     case(
         "FIP_1059",
@@ -404,8 +373,7 @@ pub const CASES: &[Case] = &[
         "GET",
         "/Accounts/link/{ref}/{token}",
         DamagedSignature,
-        400,
-        MISMATCH,
+        (400, MISMATCH),
     ),
     case(
         "FIP_2023",
@@ -414,8 +382,7 @@ pub const CASES: &[Case] = &[
         "POST",
         "/Consent/Notification",
         NotifierId,
-        400,
-        NOTIFIER,
+        (400, NOTIFIER),
     ),
     case(
         "FIP_3001",
@@ -433,8 +400,7 @@ pub const CASES: &[Case] = &[
         "POST",
         "/FI/request",
         KeyMaterial("RSA", "Curve25519"),
-        400,
-        KEY,
+        (400, KEY),
     ),
     case(
         "FIP_3008_2",
@@ -443,8 +409,7 @@ pub const CASES: &[Case] = &[
         "POST",
         "/FI/request",
         KeyMaterial("DH", "Curve25519"),
-        400,
-        KEY,
+        (400, KEY),
     ),
     case(
         "FIP_3008_3",
@@ -453,8 +418,7 @@ pub const CASES: &[Case] = &[
         "POST",
         "/FI/request",
         KeyMaterial("ECC", "Curve25519"),
-        400,
-        KEY,
+        (400, KEY),
     ),
     case(
         "FIP_3008_4",
@@ -463,8 +427,7 @@ pub const CASES: &[Case] = &[
         "POST",
         "/FI/request",
         KeyMaterial("FourQ", "Curve25519"),
-        400,
-        KEY,
+        (400, KEY),
     ),
     case(
         "FIP_3008_5",
@@ -473,8 +436,7 @@ pub const CASES: &[Case] = &[
         "POST",
         "/FI/request",
         KeyMaterial("ECMQV", "Curve25519"),
-        400,
-        KEY,
+        (400, KEY),
     ),
     case(
         "FIP_3008_6",
@@ -483,8 +445,7 @@ pub const CASES: &[Case] = &[
         "POST",
         "/FI/request",
         KeyMaterial("ECDH", "secp256r1"),
-        400,
-        KEY,
+        (400, KEY),
     ),
     case(
         "FIP_3021",
@@ -493,8 +454,7 @@ pub const CASES: &[Case] = &[
         "POST",
         "/FI/request",
         Tampered,
-        400,
-        MISMATCH,
+        (400, MISMATCH),
     ),
     case(
         "FIP_3022",
@@ -503,8 +463,7 @@ pub const CASES: &[Case] = &[
         "GET",
         "/FI/fetch/{id}",
         DamagedSignature,
-        400,
-        MISMATCH,
+        (400, MISMATCH),
     ),
     case(
         "FIP_3026",
@@ -513,8 +472,7 @@ pub const CASES: &[Case] = &[
         "GET",
         "/FI/fetch/{id}",
         Valid,
-        200,
-        None,
+        (200, None),
     ),
     case(
         "FIP_3027",
@@ -523,8 +481,7 @@ pub const CASES: &[Case] = &[
         "GET",
         "/FI/fetch/{id}",
         AlternateApiKey,
-        400,
-        INVALID,
+        (400, INVALID),
     ),
     case("FIP_4001", Fip, Aa, "GET", "/Heartbeat", Valid, (200, None)),
     // AA: requests from FIUs.
@@ -536,8 +493,7 @@ pub const CASES: &[Case] = &[
         "POST",
         "/Consent",
         TimestampText("2026/12/06 10:00:00"),
-        400,
-        INVALID,
+        (400, INVALID),
     ),
     case(
         "AA_1004",
@@ -546,8 +502,7 @@ pub const CASES: &[Case] = &[
         "POST",
         "/Consent",
         Ver("1.1.3"),
-        404,
-        VERSION,
+        (404, VERSION),
     ),
     case(
         "AA_1005",
@@ -556,8 +511,7 @@ pub const CASES: &[Case] = &[
         "POST",
         "/Consent",
         TimestampOffset(960),
-        400,
-        INVALID,
+        (400, INVALID),
     ),
     case(
         "AA_1006",
@@ -566,8 +520,7 @@ pub const CASES: &[Case] = &[
         "POST",
         "/Consent",
         Txnid("txn-1"),
-        400,
-        INVALID,
+        (400, INVALID),
     ),
     case(
         "AA_1015",
@@ -576,8 +529,7 @@ pub const CASES: &[Case] = &[
         "GET",
         "/Consent/handle/{id}",
         Valid,
-        200,
-        None,
+        (200, None),
     ),
     case(
         "AA_1026",
@@ -598,8 +550,7 @@ pub const CASES: &[Case] = &[
         "GET",
         "/Consent/handle/{id}",
         DamagedSignature,
-        400,
-        MISMATCH,
+        (400, MISMATCH),
     ),
     case(
         "AA_1043",
@@ -608,8 +559,7 @@ pub const CASES: &[Case] = &[
         "GET",
         "/Consent/{id}",
         DamagedSignature,
-        400,
-        MISMATCH,
+        (400, MISMATCH),
     ),
     case(
         "AA_2001",
@@ -627,8 +577,7 @@ pub const CASES: &[Case] = &[
         "POST",
         "/FI/request",
         Ver("1.0"),
-        404,
-        VERSION,
+        (404, VERSION),
     ),
     case(
         "AA_2005_1",
@@ -637,8 +586,7 @@ pub const CASES: &[Case] = &[
         "POST",
         "/FI/request",
         TimestampOffset(960),
-        400,
-        INVALID,
+        (400, INVALID),
     ),
     case(
         "AA_2005_2",
@@ -647,8 +595,7 @@ pub const CASES: &[Case] = &[
         "POST",
         "/FI/request",
         TimestampOffset(-900),
-        400,
-        INVALID,
+        (400, INVALID),
     ),
     case(
         "AA_2006",
@@ -657,8 +604,7 @@ pub const CASES: &[Case] = &[
         "POST",
         "/FI/request",
         Txnid("not-a-uuid"),
-        400,
-        INVALID,
+        (400, INVALID),
     ),
     case(
         "AA_2011",
@@ -667,8 +613,7 @@ pub const CASES: &[Case] = &[
         "POST",
         "/FI/request",
         KeyMaterial("RSA", "Curve25519"),
-        400,
-        KEY,
+        (400, KEY),
     ),
 ];
 
