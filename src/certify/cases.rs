@@ -541,7 +541,13 @@ pub const CASES: &[Case] = &[
         (200, None),
     ),
     case(
-        "AA_1041", Aa, Fiu, "POST", "/Consent", Tampered, 400, MISMATCH,
+        "AA_1041",
+        Aa,
+        Fiu,
+        "POST",
+        "/Consent",
+        Tampered,
+        (400, MISMATCH),
     ),
     case(
         "AA_1042",
