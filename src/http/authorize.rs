@@ -20,18 +20,22 @@
 //! bytes (unsigned only when the crypto pool is full).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use axum::body::Body;
+
+mod refusal;
+mod signers;
+
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use refusal::{Refusal, mismatch};
+use signers::{signed_by_another_body, signed_path};
 
-use super::body::{self, BodyError, Buffered};
-use super::jws::{
-    BUSY_RETRY_AFTER, Checked, JwsState, SIGNATURE, check, signature_and_key, verifies_with,
-};
-use super::rebit::{self, Echo, TXNID_SCAN_BYTES};
+use super::body::{BodyError, Buffered};
+use super::jws::{BUSY_RETRY_AFTER, Checked, JwsState, SIGNATURE, check};
+use super::rebit::{self, Echo};
 use super::verify::{ENTITY_HEADER, ROLE_HEADER, Source, credential_from_headers};
 use crate::entity::Role;
 use crate::inbound::callers;
@@ -40,130 +44,9 @@ use crate::metrics::edge::AuthorizeOutcome;
 use crate::rebit::endpoint::{Endpoint, check_notifier};
 use crate::rebit::envelope::EnvelopeError;
 use crate::rebit::scan::{MAX_TXNID_LEN, member_value, scan_member};
-use crate::registry::Found;
 
 /// The bare route; anything below it is the path form.
 pub const AUTHORIZE_PATH: &str = "/v1/authorize";
-
-/// A refusal, before or after the body was read.
-struct Refusal {
-    outcome: AuthorizeOutcome,
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-    retry_after: Option<Duration>,
-    /// The request's `txnid` is not echoed (it is what is wrong).
-    fresh_txnid: bool,
-}
-
-impl Refusal {
-    fn new(
-        outcome: AuthorizeOutcome,
-        status: StatusCode,
-        code: &'static str,
-        message: impl Into<String>,
-    ) -> Self {
-        Self {
-            outcome,
-            status,
-            code,
-            message: message.into(),
-            retry_after: None,
-            fresh_txnid: false,
-        }
-    }
-
-    fn fresh_txnid(mut self) -> Self {
-        self.fresh_txnid = true;
-        self
-    }
-
-    fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(
-            AuthorizeOutcome::Unauthorized,
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            message,
-        )
-    }
-
-    fn invalid(message: impl Into<String>) -> Self {
-        Self::new(
-            AuthorizeOutcome::InvalidRequest,
-            StatusCode::BAD_REQUEST,
-            "InvalidRequest",
-            message,
-        )
-    }
-
-    fn retry_after(mut self, wait: Duration) -> Self {
-        self.retry_after = Some(wait);
-        self
-    }
-
-    /// The answer. `read` is the body when it was read; otherwise at most the first
-    /// [`TXNID_SCAN_BYTES`] of `unread` are, for the envelope fields the answer echoes.
-    async fn answer(
-        self,
-        state: &JwsState,
-        read: Option<&Buffered>,
-        unread: Option<Body>,
-    ) -> Response {
-        state.metrics.authorize(self.outcome);
-        let head = match (read, unread) {
-            (Some(_), _) | (None, None) => None,
-            (None, Some(body)) => body::read_head(body, TXNID_SCAN_BYTES, &state.limits)
-                .await
-                .ok(),
-        };
-        let mut echo = Echo::from_head(read.or(head.as_ref()).map(Buffered::body));
-        // Answers carry a supported version, and echo a txnid that is not itself the fault.
-        echo.ver = state.envelope.answer_version(Some(&echo.ver)).to_string();
-        if self.fresh_txnid {
-            echo.txnid = rebit::answer_txnid(None);
-        }
-        let mut response = signed(
-            state,
-            self.status,
-            rebit::error_body(&echo, self.code, &self.message),
-        )
-        .await;
-        if let Some(wait) = self.retry_after {
-            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            if let Ok(value) = HeaderValue::from_str(&secs.max(1).to_string()) {
-                response.headers_mut().insert(header::RETRY_AFTER, value);
-            }
-        }
-        response
-    }
-}
-
-/// A ReBIT answer with our `x-jws-signature` over its exact bytes, when our entity has a signing key and
-/// the crypto pool has room (a refusal is never held back for want of a signature).
-async fn signed(state: &JwsState, status: StatusCode, body: Vec<u8>) -> Response {
-    let key = state.own_signer().and_then(|file| file.key().ok());
-    let Some(key) = key else {
-        return rebit::respond(status, body);
-    };
-    // An error body is a few hundred bytes: a copy keeps it for the unsigned answer.
-    let unsigned = body.clone();
-    let (signature, body) = match state
-        .pool
-        .run(move || {
-            let signature = key.sign(&body).ok();
-            (signature, body)
-        })
-        .await
-    {
-        Ok(done) => done,
-        Err(_) => return rebit::respond(status, unsigned),
-    };
-    let mut response = rebit::respond(status, body);
-    if let Some(value) = signature.and_then(|s| HeaderValue::from_str(&s).ok()) {
-        response.headers_mut().insert(SIGNATURE, value);
-    }
-    response
-}
 
 /// The roles a request asks for (`?role=AA,FIP`), and on the bare route, that it names nothing else.
 fn asked_roles(query: Option<&str>, bare: bool) -> Result<Vec<Role>, String> {
@@ -359,15 +242,6 @@ pub async fn authorize(
     refusal.answer(&state, read.as_ref(), unread).await
 }
 
-fn mismatch() -> Refusal {
-    Refusal::new(
-        AuthorizeOutcome::SignatureDoesNotMatch,
-        StatusCode::BAD_REQUEST,
-        "SignatureDoesNotMatch",
-        "the signature does not match the body and the sender's key",
-    )
-}
-
 /// The checks of a signed body on a guarded endpoint: the envelope, the notifier, the key material.
 fn body_rules(
     state: &JwsState,
@@ -425,188 +299,6 @@ fn body_rules(
             .map_err(|e| invalid_key(e.to_string()))?;
     }
     Ok(())
-}
-
-/// A `GET` signed over its endpoint path: the detached JWS's payload is the path, with or without the
-/// base prefix a proxy strips (`--authorize-path-prefix`).
-async fn signed_path(
-    state: &JwsState,
-    role: Role,
-    sender: &str,
-    headers: &HeaderMap,
-    path: &str,
-) -> Result<(), Refusal> {
-    let (signature, key) = match signature_and_key(state, role.as_str(), sender, headers).await {
-        Ok(found) => found,
-        Err(Checked::Unavailable(wait)) => {
-            return Err(Refusal::new(
-                AuthorizeOutcome::Unavailable,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ServiceUnavailable",
-                "the Central Registry cannot be asked and no key for the sender is held",
-            )
-            .retry_after(wait));
-        }
-        Err(Checked::UnknownSender) => {
-            return Err(Refusal::unauthorized(
-                "the token's entity has no usable key in the Central Registry",
-            ));
-        }
-        Err(Checked::ForeignKey) => {
-            // The kid is not the sender's: whose is it?
-            let (kid, bytes) = match crate::jws::parse(
-                headers
-                    .get(&SIGNATURE)
-                    .map(|v| v.as_bytes())
-                    .unwrap_or_default(),
-            ) {
-                Ok(d) => (d.kid, d.signature),
-                Err(_) => return Err(mismatch()),
-            };
-            let prefix = headers
-                .get(&SIGNATURE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().split_once('.'))
-                .map(|(h, _)| format!("{h}."))
-                .unwrap_or_default();
-            for candidate in path_forms(state, path) {
-                let input = Buffered::small(
-                    [prefix.as_bytes(), candidate.as_bytes()].concat(),
-                    prefix.len(),
-                    &state.limits.budget,
-                );
-                let (other, _) =
-                    signed_by_another(state, kid.as_deref(), bytes.clone(), input, &[], sender)
-                        .await;
-                if let Some(other) = other {
-                    return Err(Refusal::invalid(format!(
-                        "the request is signed by {other}, not by the token's entity"
-                    )));
-                }
-            }
-            return Err(mismatch());
-        }
-        Err(_) => return Err(mismatch()),
-    };
-    for candidate in path_forms(state, path) {
-        let input = Buffered::small(
-            [signature.prefix.as_bytes(), candidate.as_bytes()].concat(),
-            signature.prefix.len(),
-            &state.limits.budget,
-        );
-        match verifies_with(state, Arc::clone(&key), signature.bytes.clone(), input).await {
-            Some((true, _)) => return Ok(()),
-            Some((false, input)) => {
-                let (other, _) = signed_by_another(
-                    state,
-                    signature.kid.as_deref(),
-                    signature.bytes.clone(),
-                    input,
-                    &[],
-                    sender,
-                )
-                .await;
-                if let Some(other) = other {
-                    return Err(Refusal::invalid(format!(
-                        "the request is signed by {other}, not by the token's entity"
-                    )));
-                }
-            }
-            None => {
-                return Err(Refusal::new(
-                    AuthorizeOutcome::Busy,
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "ServiceUnavailable",
-                    "the broker is busy; try again shortly",
-                )
-                .retry_after(BUSY_RETRY_AFTER));
-            }
-        }
-    }
-    Err(mismatch())
-}
-
-/// The forms of a path a peer may have signed: as received, and with the configured base prefix.
-fn path_forms(state: &JwsState, path: &str) -> Vec<String> {
-    let mut forms = vec![path.to_string()];
-    if let Some(prefix) = state.path_prefix.as_deref() {
-        forms.push(format!("{}{path}", prefix.trim_end_matches('/')));
-    }
-    forms
-}
-
-/// [`signed_by_another`] for a body: reads it first when the check stopped before reading (a `kid` that
-/// is not the sender's), with the signature's header segment in front.
-async fn signed_by_another_body(
-    state: &JwsState,
-    headers: &HeaderMap,
-    sender: &str,
-    read: Option<Buffered>,
-    unread: Option<Body>,
-) -> (Option<String>, Option<Buffered>, Option<Body>) {
-    // A signature that does not parse is nobody's: the body stays as it is, for the answer's envelope.
-    let detached = headers
-        .get(&SIGNATURE)
-        .and_then(|value| crate::jws::parse(value.as_bytes()).ok());
-    let Some(detached) = detached else {
-        return (None, read, unread);
-    };
-    let buffered = match (read, unread) {
-        (Some(buffered), _) => buffered,
-        (None, Some(body)) => {
-            let prefix = format!("{}.", detached.header_segment);
-            match body::read(body, prefix.as_bytes(), state.max_body_bytes, &state.limits).await {
-                Ok(buffered) => buffered,
-                Err(_) => return (None, None, None),
-            }
-        }
-        (None, None) => return (None, None, None),
-    };
-    let named: Vec<(Role, String)> = rebit::body_senders(buffered.body())
-        .into_iter()
-        .map(|(role, id)| (role, id.to_string()))
-        .collect();
-    let (other, back) = signed_by_another(
-        state,
-        detached.kid.as_deref(),
-        detached.signature,
-        buffered,
-        &named,
-        sender,
-    )
-    .await;
-    (other, back, None)
-}
-
-/// Which other registered entity signed `input`, if any: the known holder of the signature's `kid` (from
-/// the cache, no CR call), then the first entity the body names (one lookup, within the lookup budget).
-/// At most two keys are tried. A `kid` no registered entity holds is nobody's: `None`.
-async fn signed_by_another(
-    state: &JwsState,
-    kid: Option<&str>,
-    signature: Vec<u8>,
-    mut input: Buffered,
-    named: &[(Role, String)],
-    sender: &str,
-) -> (Option<String>, Option<Buffered>) {
-    let mut candidates: Vec<(String, Arc<crate::registry::EntityKey>)> = Vec::new();
-    if let Some((_, id, key)) = kid.and_then(|kid| state.registry.holder_of_kid(kid, sender)) {
-        candidates.push((id, key));
-    }
-    if let Some((role, other)) = named.iter().find(|(_, id)| id != sender)
-        && !candidates.iter().any(|(id, _)| id == other)
-        && let Ok(Found::Key(key)) = state.registry.key_for(role.as_str(), other, kid).await
-    {
-        candidates.push((other.clone(), key));
-    }
-    for (other, key) in candidates.into_iter().take(2) {
-        match verifies_with(state, key, signature.clone(), input).await {
-            Some((true, back)) => return (Some(other), Some(back)),
-            Some((false, back)) => input = back,
-            None => return (None, None),
-        }
-    }
-    (None, Some(input))
 }
 
 fn allowed(state: &JwsState, sender: &str, role: Role) -> Response {
