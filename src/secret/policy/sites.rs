@@ -223,7 +223,13 @@ mod tests {
         for role in [Role::Primary, standby()] {
             for days in [-2.0, 1.0, 10.0, 170.0] {
                 assert_eq!(
-                    site_action(role, now, reading(now, days), Store::Differs, limits(15 * DAY)),
+                    site_action(
+                        role,
+                        now,
+                        reading(now, days),
+                        Store::Differs,
+                        limits(15 * DAY)
+                    ),
                     SiteAction::Converge
                 );
             }
