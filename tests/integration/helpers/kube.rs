@@ -44,7 +44,10 @@ impl FakeApiServer {
 
     /// The reset record annotation, parsed.
     pub fn reset_record(&self) -> Option<serde_json::Value> {
-        let text = self.annotations.get("aa-token-broker/last-reset")?.as_str()?;
+        let text = self
+            .annotations
+            .get("aa-token-broker/last-reset")?
+            .as_str()?;
         serde_json::from_str(text).ok()
     }
 }
