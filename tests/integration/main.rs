@@ -14,4 +14,5 @@ mod inject;
 mod jws;
 mod resilience;
 mod rotation;
+mod sites;
 mod verify;
