@@ -256,12 +256,12 @@ impl Metrics {
         );
         r.register(
             "secret_store_diverged_seconds",
-            "How long the store's secret has differed from the IAM's current one (0 when they agree); rotation on",
+            "How long the store's secret has differed from the IAM's current one (0 when they agree, or when this broker does not rotate)",
             m.store_diverged.clone(),
         );
         r.register(
             "secret_check_interval_seconds",
-            "How often the store is compared with the IAM; rotation on",
+            "How often the store is compared with the IAM (0 when this broker does not rotate)",
             m.check_interval.clone(),
         );
         m.inbound.register(&mut m.registry);
@@ -340,18 +340,21 @@ impl Metrics {
             self.secret_warning
                 .get_or_create(&labels)
                 .set(i64::from(entity.secret.warning.is_some()));
-            if let Some(interval) = entity.secret.check_interval {
-                self.check_interval
-                    .get_or_create(&labels)
-                    .set(interval.as_secs_f64());
-                let diverged = entity.secret.store_diverged_since.map_or(0.0, |since| {
-                    SystemTime::now()
-                        .duration_since(since)
-                        .unwrap_or_default()
-                        .as_secs_f64()
-                });
-                self.store_diverged.get_or_create(&labels).set(diverged);
-            }
+            // Both always present (0 when this broker does not rotate), so an alert on them can tell "no
+            // divergence" from "no such metric".
+            self.check_interval.get_or_create(&labels).set(
+                entity
+                    .secret
+                    .check_interval
+                    .map_or(0.0, |interval| interval.as_secs_f64()),
+            );
+            let diverged = entity.secret.store_diverged_since.map_or(0.0, |since| {
+                SystemTime::now()
+                    .duration_since(since)
+                    .unwrap_or_default()
+                    .as_secs_f64()
+            });
+            self.store_diverged.get_or_create(&labels).set(diverged);
         }
         let mut out = String::with_capacity(4096);
         // Writing to a String cannot fail.
