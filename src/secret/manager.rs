@@ -33,7 +33,7 @@ use super::rotation::{RotationError, Rotator};
 use super::sink::{SecretSink, SinkSpec};
 use super::{RotationSettings, lock};
 use crate::backoff::Backoff;
-use crate::entity::{EntityId, fingerprint};
+use crate::entity::{EntityId, SecretSource, fingerprint};
 use crate::iam::SecretGrant;
 use crate::timefmt;
 
@@ -381,16 +381,21 @@ impl SecretManager {
         self.recorder.rotation(&self.entity, outcome);
     }
 
-    /// The secret the store holds: read back from the sink when it can be, else the one this broker
-    /// uses (an `exec:` sink, or a store that cannot be reached just now).
+    /// The secret the store holds: read back from the sink when it can be; else (an `exec:` sink, or a
+    /// store that cannot be reached just now) the secret file this broker reads — never the secret it
+    /// holds in memory, which would hide a store that a convergence failed to write. With no file either
+    /// (an inline secret), the secret in use.
     async fn stored_secret(&self) -> Option<SecretString> {
         match self.sink.read().await {
-            Ok(Some(stored)) => stored.secret,
-            Ok(None) => self.cell.current().await.ok(),
+            Ok(Some(stored)) => return stored.secret,
+            Ok(None) => {}
             Err(e) => {
-                tracing::debug!(entity = %self.entity, error = %e, "cannot read the store back; comparing the secret in use");
-                self.cell.current().await.ok()
+                tracing::debug!(entity = %self.entity, error = %e, "cannot read the store back; comparing the secret file");
             }
+        }
+        match self.cell.source() {
+            SecretSource::File(_) => self.cell.source().load().await.ok(),
+            SecretSource::Inline(_) => self.cell.current().await.ok(),
         }
     }
 

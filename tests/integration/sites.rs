@@ -578,3 +578,96 @@ async fn a_standby_without_admin_credentials_is_refused_at_start() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_cannot_be_converged_shows_in_monitoring_until_it_can() {
+    let iam = iam_for_two_sites().await;
+    // Another site has reset the secret; this site's store cannot be written yet.
+    iam.sim.set_secret(ENTITY, "reset-by-the-other-site");
+    iam.sim.set_secret_expiry(ENTITY, 170 * DAY);
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    write_secret(&secret, SECRET);
+    let gate = dir.path().join("store-is-up");
+    let mut options = BrokerOptions::one(SecretSource::File(secret.clone()));
+    options.rotation = Some(serve_rotation(Role::Primary, "site-a"));
+    options.sink = Some(aa_token_broker::secret::SinkSpec::Exec(format!(
+        "sh -c 'test -e {gate} && cat > {secret}.part && mv {secret}.part {secret}'",
+        gate = gate.display(),
+        secret = secret.display()
+    )));
+    let broker = TestBroker::start(&iam.url, options).await;
+    let gauge = |metrics: &str, name: &str| {
+        crate::rotation::metric_sum(metrics, &format!("{name}{{entity=\"{ENTITY}\"}}"))
+    };
+    // Longer than one check interval (a second) without converging: what the alert looks for.
+    eventually(
+        "the divergence to outlast a check interval",
+        Duration::from_secs(10),
+        async || {
+            let metrics = broker.metrics().await;
+            gauge(&metrics, "aa_broker_secret_store_diverged_seconds")
+                > gauge(&metrics, "aa_broker_secret_check_interval_seconds")
+        },
+    )
+    .await;
+    assert_eq!(iam.sim.calls(Endpoint::SecretReset), 0, "no reset");
+    // Tokens still flow: the broker uses the IAM's secret from memory.
+    assert_eq!(broker.get("/v1/token").await.status(), 200);
+    std::fs::write(&gate, "").unwrap();
+    eventually("the convergence", Duration::from_secs(10), async || {
+        let metrics = broker.metrics().await;
+        gauge(&metrics, "aa_broker_secret_store_diverged_seconds") == 0.0
+            && crate::rotation::metric_sum(&metrics, "aa_broker_secret_convergences_total{") >= 1.0
+    })
+    .await;
+    assert_eq!(file_secret(&secret), "reset-by-the-other-site");
+    assert_eq!(iam.sim.calls(Endpoint::SecretReset), 0, "still no reset");
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_gives_a_store_it_cannot_read_back_the_iams_secret_and_resets_only_when_due() {
+    let iam = iam_for_two_sites().await;
+    iam.sim.set_secret_expiry(ENTITY, 170 * DAY);
+    iam.sim.set_secret(ENTITY, "reset-by-the-other-site");
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("password");
+    write_secret(&password, PASSWORD);
+    let vault = dir.path().join("vault");
+    let args: Vec<String> = [
+        "rotate",
+        "--iam-url",
+        &iam.url,
+        "--entity-id",
+        ENTITY,
+        "--admin-email",
+        ADMIN,
+        "--admin-password-file",
+        password.to_str().unwrap(),
+        "--secret-sink",
+        &format!("exec:tee {}", vault.display()),
+        "--state-dir",
+        dir.path().join("state").to_str().unwrap(),
+        "--standby",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || run(&args, NO_ENV))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("cannot be read back") && stdout.contains("not due"),
+        "{stdout}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&vault).unwrap(),
+        "reset-by-the-other-site"
+    );
+    assert_eq!(iam.sim.calls(Endpoint::SecretReset), 0);
+    assert!(
+        !stdout.contains("reset-by-the-other-site") && !stderr.contains("reset-by-the-other-site")
+    );
+}
