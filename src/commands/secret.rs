@@ -17,7 +17,7 @@ use crate::entity::fingerprint;
 use crate::iam::IamClient;
 use crate::secret::ledger::{Ledgered, ResetLedger};
 use crate::secret::policy::sites::{Reading, SiteAction, Store, Thresholds, recheck, site_action};
-use crate::secret::rotation::RotationError;
+use crate::secret::rotation::{Rotated, RotationError};
 use crate::secret::sink::{SinkError, read_back, write_atomically};
 use crate::secret::{AdminSession, NoRecorder, Role, Rotator, SecretSink, SinkSpec, lock};
 use crate::telemetry;
@@ -308,7 +308,17 @@ async fn rotate_site(
         }
     }
     // `--force` is an operator's deliberate, one-off act: it is not held to the reset bound.
-    let message = rotate_and_store(rotator, ctx, sink, !force).await?;
+    let message = match rotator.rotate_with(&ctx.entity, sink, !force).await {
+        // Another rotator of the same Secret wrote it between our read of the reset record and our
+        // claim: it is resetting, so this run must not.
+        Err(RotationError::Ledger(e)) if e.contended => {
+            said.push(format!(
+                "not reset: another rotator changed the store between the read of its reset record and this run's claim ({e}); it is rotating"
+            ));
+            return Ok(said.join("; "));
+        }
+        result => report_reset(rotator, ctx, sink, result).await?,
+    };
     drop(lock);
     said.push(format!(
         "rotated ({reason}) as the {} at site {}; {message}",
@@ -378,7 +388,18 @@ async fn rotate_and_store(
     sink: &SecretSink,
     bounded: bool,
 ) -> Result<String, ExitCode> {
-    match rotator.rotate_with(&ctx.entity, sink, bounded).await {
+    let result = rotator.rotate_with(&ctx.entity, sink, bounded).await;
+    report_reset(rotator, ctx, sink, result).await
+}
+
+/// What became of a reset: stored (retrying the sink), or the reason it failed.
+async fn report_reset(
+    rotator: &Rotator,
+    ctx: &AdminContext,
+    sink: &SecretSink,
+    result: Result<Rotated, RotationError>,
+) -> Result<String, ExitCode> {
+    match result {
         Ok(rotated) => Ok(format!(
             "stored in {}; {}",
             sink.spec(),

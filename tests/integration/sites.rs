@@ -671,3 +671,22 @@ async fn rotate_gives_a_store_it_cannot_read_back_the_iams_secret_and_resets_onl
         !stdout.contains("reset-by-the-other-site") && !stderr.contains("reset-by-the-other-site")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_rotators_of_one_secret_the_one_whose_claim_loses_does_not_reset() {
+    let iam = iam_for_two_sites().await;
+    let site = KubeSite::start(&iam, "site-a").await;
+    // Another rotator writes the Secret between this run's read of the record and its claim.
+    site.api.lock().unwrap().race_next_claim = true;
+    let ran = site.rotate(false).await;
+    assert_eq!(ran.0, 0, "{}", said(&ran));
+    assert!(ran.1.contains("another rotator"), "{}", said(&ran));
+    assert_eq!(iam.sim.calls(Endpoint::SecretReset), 0, "no reset");
+    assert_eq!(site.secret().as_deref(), Some(SECRET));
+    // The next run finds the way clear and resets once.
+    let again = site.rotate(false).await;
+    assert!(again.1.contains("rotated"), "{}", said(&again));
+    assert_eq!(iam.sim.calls(Endpoint::SecretReset), 1);
+    site.kubelet.abort();
+    site.broker.stop().await;
+}

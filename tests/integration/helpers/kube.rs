@@ -18,6 +18,9 @@ pub struct FakeApiServer {
     /// Another writer changes the secret just before the next PATCH that carries data arrives, so that
     /// PATCH holds a stale version.
     pub race_next_patch: bool,
+    /// Another writer changes the Secret just before the next PATCH that carries only the reset record
+    /// (a rotator's claim before its reset) arrives.
+    pub race_next_claim: bool,
     pub log: Vec<String>,
 }
 
@@ -97,6 +100,10 @@ async fn patch_secret(
     if api.race_next_patch && patch.get("data").is_some() {
         api.race_next_patch = false;
         api.put_secret("secret", "written-by-someone-else");
+    }
+    if api.race_next_claim && patch.get("data").is_none() {
+        api.race_next_claim = false;
+        api.resource_version += 1;
     }
     if patch["metadata"]["resourceVersion"].as_str() != Some(&api.resource_version.to_string()) {
         api.log.push("409".into());
