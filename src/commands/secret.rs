@@ -1,6 +1,7 @@
 //! `secret read`, `secret reset` and `rotate`: the admin operations, for people and for a Kubernetes
 //! CronJob. Passwords and secrets are never echoed, logged or put in errors; a reset secret is stored in
-//! the sink before anything is printed.
+//! the sink before anything is printed. `rotate` is one site's rotator: it converges its store on the
+//! IAM's current secret before anything, and resets only as its role (primary or standby) allows.
 
 use crate::config::settings;
 use std::process::ExitCode;
@@ -17,6 +18,7 @@ use crate::entity::fingerprint;
 use crate::iam::IamClient;
 use crate::secret::ledger::{Ledgered, ResetLedger};
 use crate::secret::policy::sites::{Reading, SiteAction, Store, Thresholds, recheck, site_action};
+use crate::secret::policy::{ExpirySource, check_expiry};
 use crate::secret::rotation::{Rotated, RotationError};
 use crate::secret::sink::{SinkError, read_back, write_atomically};
 use crate::secret::{AdminSession, NoRecorder, Role, Rotator, SecretSink, SinkSpec, lock};
@@ -216,8 +218,10 @@ async fn rotate_site(
         }
         Some(_) => Store::Differs,
     };
+    // An expiry that cannot be right is no reason to reset (as in `serve`): it is taken as unknown.
+    let believable = |at| check_expiry(SystemTime::now(), at, ExpirySource::Read).known();
     let reading = Reading {
-        expires_at: first.expires_on,
+        expires_at: believable(first.expires_on),
         in_grace: false,
     };
     let mut action = site_action(role, SystemTime::now(), reading, store, limits);
@@ -255,7 +259,7 @@ async fn rotate_site(
             role,
             SystemTime::now(),
             Reading {
-                expires_at: expires_on,
+                expires_at: believable(expires_on),
                 in_grace: false,
             },
             Store::Current,
@@ -281,7 +285,7 @@ async fn rotate_site(
             SystemTime::now(),
             &holds,
             &fingerprint(&second.secret),
-            second.expires_on,
+            believable(second.expires_on),
             limits,
         ) {
             SiteAction::Reset(_) => {}

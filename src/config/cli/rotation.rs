@@ -80,7 +80,7 @@ pub struct RotationArgs {
         hide_env_values = true
     )]
     pub min_reset_interval: Option<f64>,
-    /// Directory for the reset records of sinks that are not files (default: $TMPDIR/aa-token-broker)
+    /// Directory for the reset records of exec: sinks (a file keeps its own beside it, a Kubernetes Secret on itself; default: $TMPDIR/aa-token-broker)
     #[arg(
         long = S::STATE_DIR.flag,
         env = S::STATE_DIR.env,
