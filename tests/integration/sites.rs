@@ -27,12 +27,12 @@ use secrecy::SecretString;
 const ADMIN: &str = "ops@fiu.example";
 const PASSWORD: &str = "admin-password-never-logged";
 const DAY: i64 = 86_400;
-/// Entity tokens live 6 s: a sidecar refreshes about 3.5 s after minting and may hand a token out until
-/// 4.5 s, so over the test every sidecar refreshes from its store many times, and a store left holding a
-/// revoked secret for about a second would make requests fail.
-const TOKEN_LIFETIME: u64 = 6;
+/// Entity tokens live 8 s: a sidecar refreshes about 5 s after minting and may hand a token out until
+/// 6.5 s, so over the test every sidecar refreshes from its store on its own too, and a store left holding
+/// a revoked secret for more than a second or two would make requests fail.
+const TOKEN_LIFETIME: u64 = 8;
 /// Between rotation cycles, time for the sidecars to refresh on their own.
-const BETWEEN_CYCLES: Duration = Duration::from_millis(1500);
+const BETWEEN_CYCLES: Duration = Duration::from_secs(2);
 
 /// The simulator: revoke-immediately resets (its default), short tokens, a secret 10 days from expiry —
 /// due for a primary (15 days), not for a standby (3 days).
@@ -461,18 +461,18 @@ async fn two_sites_serving_and_rotating_file_stores_reset_once_and_converge() {
         file_secret(&store_a) == current
     })
     .await;
-    // Within one check (a second) the standby's store holds the primary's secret.
+    // Within one check (a second) the standby's store holds the primary's secret, and it counted the
+    // convergence (the count follows the write, after a confirming read of the IAM).
+    let convergences =
+        |m: &str| crate::rotation::metric_sum(m, "aa_broker_secret_convergences_total{");
     eventually(
         "the standby to converge",
-        Duration::from_secs(3),
-        async || file_secret(&store_b) == current,
+        Duration::from_secs(5),
+        async || file_secret(&store_b) == current && convergences(&b.metrics().await) >= 1.0,
     )
     .await;
     assert_eq!(iam.sim.calls(Endpoint::SecretReset), 1, "exactly one reset");
     assert_eq!(iam.sim.site_resets("site-b"), 0);
-    let convergences =
-        |m: &str| crate::rotation::metric_sum(m, "aa_broker_secret_convergences_total{");
-    assert!(convergences(&b.metrics().await) >= 1.0);
     mints_with_its_store(&a, "site-a mints").await;
     mints_with_its_store(&b, "site-b mints").await;
 
@@ -503,7 +503,7 @@ async fn two_sites_serving_and_rotating_file_stores_reset_once_and_converge() {
     let current = iam.sim.current_secret(ENTITY).unwrap();
     eventually(
         "the standby to converge again",
-        Duration::from_secs(3),
+        Duration::from_secs(5),
         async || file_secret(&store_b) == current,
     )
     .await;
