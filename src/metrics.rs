@@ -44,6 +44,12 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TriggerLabels {
+    entity: String,
+    trigger: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct IamLabels {
     entity: String,
     trigger: String,
@@ -93,6 +99,9 @@ pub struct Metrics {
     admin_logins: Family<LoginLabels, Counter>,
     rotations: Family<OutcomeLabels, Counter>,
     last_rotation: Family<EntityLabels, FloatGauge>,
+    convergences: Family<TriggerLabels, Counter>,
+    store_diverged: Family<EntityLabels, FloatGauge>,
+    check_interval: Family<EntityLabels, FloatGauge>,
     inbound: inbound::InboundMetrics,
     edge: edge::EdgeMetrics,
     cr: registry::RegistryMetrics,
@@ -135,6 +144,9 @@ impl Metrics {
             admin_logins: Family::default(),
             rotations: Family::default(),
             last_rotation: Family::default(),
+            convergences: Family::default(),
+            store_diverged: Family::default(),
+            check_interval: Family::default(),
             inbound: inbound::InboundMetrics::default(),
             edge: edge::EdgeMetrics::default(),
             cr: registry::RegistryMetrics::default(),
@@ -244,6 +256,21 @@ impl Metrics {
             "When the last successful rotation finished, Unix seconds",
             m.last_rotation.clone(),
         );
+        r.register(
+            "secret_convergences",
+            "Times the store was given the IAM's current secret without a reset (reset elsewhere, or restored from a backup), by what found it: check, rejected, before_reset",
+            m.convergences.clone(),
+        );
+        r.register(
+            "secret_store_diverged_seconds",
+            "How long the store's secret has differed from the IAM's current one (0 when they agree, or when this broker does not rotate)",
+            m.store_diverged.clone(),
+        );
+        r.register(
+            "secret_check_interval_seconds",
+            "How often the store is compared with the IAM (0 when this broker does not rotate)",
+            m.check_interval.clone(),
+        );
         m.inbound.register(&mut m.registry);
         m.edge.register(&mut m.registry);
         m.cr.register(&mut m.registry);
@@ -337,6 +364,21 @@ impl Metrics {
             self.secret_warning
                 .get_or_create(&labels)
                 .set(i64::from(entity.secret.warning.is_some()));
+            // Both always present (0 when this broker does not rotate), so an alert on them can tell "no
+            // divergence" from "no such metric".
+            self.check_interval.get_or_create(&labels).set(
+                entity
+                    .secret
+                    .check_interval
+                    .map_or(0.0, |interval| interval.as_secs_f64()),
+            );
+            let diverged = entity.secret.store_diverged_since.map_or(0.0, |since| {
+                SystemTime::now()
+                    .duration_since(since)
+                    .unwrap_or_default()
+                    .as_secs_f64()
+            });
+            self.store_diverged.get_or_create(&labels).set(diverged);
         }
         let mut out = String::with_capacity(4096);
         // Writing to a String cannot fail.
@@ -424,6 +466,15 @@ impl SecretRecorder for Metrics {
             .get_or_create(&OutcomeLabels {
                 entity: entity.to_string(),
                 outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    fn convergence(&self, entity: &EntityId, trigger: &'static str) {
+        self.convergences
+            .get_or_create(&TriggerLabels {
+                entity: entity.to_string(),
+                trigger: trigger.into(),
             })
             .inc();
     }

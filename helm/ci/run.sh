@@ -27,11 +27,12 @@ helm lint --strict "$chart" -f helm/ci/minimal-values.yaml
 helm lint --strict "$chart" -f helm/ci/full-values.yaml
 
 helm lint --strict "$chart" -f helm/ci/entities-values.yaml
+helm lint --strict "$chart" -f helm/ci/standby-values.yaml
 
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 for version in 1.28.0 1.29.0 1.31.0; do
-  for values in minimal full entities openshift; do
+  for values in minimal full entities openshift standby; do
     file="$out/$values-$version.yaml"
     helm template aa "$chart" --namespace fiu --kube-version "$version" -f "helm/ci/$values-values.yaml" > "$file"
     echo "== kubernetes-validate $values values at $version"

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import tomllib
+import zlib
 
 import pytest
 import yaml
@@ -160,6 +161,58 @@ def test_rotation_cronjob_runs_one_rotator_with_the_kubernetes_sink():
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
 
 
+def derived_schedule(namespace, fullname, standby=False):
+    """What the chart's rotationSchedule helper computes: adler32 of NAMESPACE/FULLNAME picks minute and hour."""
+    h = zlib.adler32(f"{namespace}/{fullname}".encode())
+    minute, hour = h % 60, (h // 60) % 24
+    if standby:
+        first = hour % 6
+        return f"{(minute + 30) % 60} {first},{first + 6},{first + 12},{first + 18} * * *"
+    return f"{minute} {hour} * * *"
+
+
+def cron_of(docs):
+    return one(docs, "CronJob")["spec"]["schedule"]
+
+
+def test_the_default_schedule_is_derived_from_the_release_not_one_fixed_time():
+    assert cron_of(load("full", "1.29.0")) == derived_schedule("fiu", "aa-aa-token-broker")
+    rendered = {}
+    for namespace, release in [("fiu", "aa"), ("fiu", "payments"), ("fiu-dr", "aa"), ("lending", "broker")]:
+        result = subprocess.run(["helm", "template", release, CHART, "--namespace", namespace, "-f",
+                                 os.path.join(ROOT, "helm/ci/full-values.yaml")], capture_output=True, text=True, check=True)
+        docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+        fullname = one(docs, "CronJob")["metadata"]["name"].removesuffix("-rotator")
+        rendered[(namespace, release)] = cron_of(docs)
+        assert cron_of(docs) == derived_schedule(namespace, fullname)
+    assert len(set(rendered.values())) == len(rendered), rendered
+    assert "17 3 * * *" not in rendered.values()
+    result = helm_template("--set", "rotation.enabled=true", "--set", "rotation.adminEmail=a@b",
+                           "--set", "rotation.adminPasswordSecret=p", "--set", "rotation.schedule=5 4 * * *")
+    assert cron_of([d for d in yaml.safe_load_all(result.stdout) if d]) == "5 4 * * *"
+
+
+def test_a_standby_site_converges_four_times_a_day_and_names_itself():
+    docs = load("standby", "1.29.0")
+    cron = one(docs, "CronJob")
+    assert cron_of(docs) == derived_schedule("fiu", "aa-aa-token-broker", standby=True)
+    primary_minute = int(derived_schedule("fiu", "aa-aa-token-broker").split()[0])
+    assert int(cron_of(docs).split()[0]) == (primary_minute + 30) % 60, "never at the primary's minute"
+    container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    assert env(container)["AA_BROKER_ROTATION_STANDBY"] == "true"
+    assert env(container)["AA_BROKER_STANDBY_RESET_DAYS"] == "2"
+    assert env(container)["AA_BROKER_SITE"] == "chennai-dr"
+    full = one(load("full", "1.29.0"), "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    assert "AA_BROKER_ROTATION_STANDBY" not in env(full), "without rotation.standby a rotator is a primary"
+
+
+@pytest.mark.parametrize("values", ["full", "standby"])
+def test_the_rotation_job_keeps_no_state_of_its_own(values):
+    pod = one(load(values, "1.29.0"), "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert [v["name"] for v in pod["volumes"]] == ["admin-password"], "the reset record lives on the Secret"
+    assert "AA_BROKER_STATE_DIR" not in env(pod["containers"][0])
+
+
 def test_sidecars_never_get_write_access():
     spec = pod_spec(load("full", "1.29.0"))
     assert spec["automountServiceAccountToken"] is False
@@ -176,7 +229,10 @@ def test_monitoring_objects():
     alerts = {r["alert"]: r for r in rules}
     assert {"AaTokenBrokerSecretExpiringSoon", "AaTokenBrokerSecretInGracePeriod", "AaTokenBrokerRefreshFailing",
             "AaTokenBrokerNoValidToken", "AaTokenBrokerAbsent", "AaTokenBrokerStaleTokenExpiring",
-            "AaTokenBrokerRotationJobFailed", "AaTokenBrokerSecretNotStored"} <= set(alerts)
+            "AaTokenBrokerRotationJobFailed", "AaTokenBrokerSecretNotStored",
+            "AaTokenBrokerSecretStoreDiverged"} <= set(alerts)
+    diverged = alerts["AaTokenBrokerSecretStoreDiverged"]["expr"]
+    assert "aa_broker_secret_store_diverged_seconds - aa_broker_secret_check_interval_seconds" in diverged
     assert "< 604800" in alerts["AaTokenBrokerSecretExpiringSoon"]["expr"]
     assert alerts["AaTokenBrokerAbsent"]["expr"].startswith("absent(")
     stale = alerts["AaTokenBrokerStaleTokenExpiring"]
@@ -264,6 +320,9 @@ def helm_template(*args):
     (["--set", "secret.create=true", "--set", "secret.value=x", "--set", "rotation.enabled=true",
       "--set", "rotation.adminEmail=a@b", "--set", "rotation.adminPasswordSecret=p"], "not"),
     (["--set", "entities[0].id=FIU-ONE", "--set", "entities[0].existingSecret=one"], "entityId"),
+    (["--set", "rotation.standby=true"], "enabled"),
+    (["--set", "rotation.enabled=true", "--set", "rotation.adminEmail=a@b", "--set", "rotation.adminPasswordSecret=p",
+      "--set", "rotation.site=two words"], "site"),
 ])
 def test_the_schema_refuses_unknown_keys_and_conflicting_settings(args, reason):
     result = helm_template(*args)

@@ -1,13 +1,14 @@
 //! `secret read`, `secret reset` and `rotate`: the admin operations, for people and for a Kubernetes
 //! CronJob. Passwords and secrets are never echoed, logged or put in errors; a reset secret is stored in
-//! the sink before anything is printed.
+//! the sink before anything is printed. `rotate` is one site's rotator: it converges its store on the
+//! IAM's current secret before anything, and resets only as its role (primary or standby) allows.
 
 use crate::config::settings;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 
 use super::{config_error, current_thread_runtime, failure};
 use crate::config::ConfigError;
@@ -15,10 +16,12 @@ use crate::config::cli::{LogArgs, RotateArgs, RotationArgs, SecretReadArgs, Secr
 use crate::config::rotation::{AdminContext, admin_context, env_secrets};
 use crate::entity::fingerprint;
 use crate::iam::IamClient;
-use crate::secret::policy::{RotationDecision, decide};
-use crate::secret::rotation::RotationError;
-use crate::secret::sink::write_atomically;
-use crate::secret::{AdminSession, NoRecorder, Rotator, SecretSink, SinkSpec, lock};
+use crate::secret::ledger::{Ledgered, ResetLedger};
+use crate::secret::policy::sites::{Reading, SiteAction, Store, Thresholds, recheck, site_action};
+use crate::secret::policy::{ExpirySource, check_expiry};
+use crate::secret::rotation::{Rotated, RotationError};
+use crate::secret::sink::{SinkError, read_back, write_atomically};
+use crate::secret::{AdminSession, NoRecorder, Role, Rotator, SecretSink, SinkSpec, lock};
 use crate::telemetry;
 use crate::timefmt;
 
@@ -162,7 +165,10 @@ pub fn reset(args: &SecretResetArgs) -> ExitCode {
     })
 }
 
-/// `rotate [--force]`: the CronJob's command.
+/// `rotate [--force] [--standby]`: the CronJob's command. It reads the IAM first and converges a store
+/// that differs (another site reset the secret, or a backup was restored) without resetting; it resets
+/// only as its role allows ([`site_action`]); and it reads the IAM again immediately before a reset, so a
+/// reset another site made moments ago is adopted, not repeated ([`recheck`]).
 pub fn rotate(args: &RotateArgs) -> ExitCode {
     let (ctx, rt) = match prepare(admin_context(
         &args.iam,
@@ -180,59 +186,203 @@ pub fn rotate(args: &RotateArgs) -> ExitCode {
             (Ok(rotator), Ok(sink)) => (rotator, sink),
             (Err(code), _) | (_, Err(code)) => return code,
         };
-        let before = match rotator.read_current(&ctx.entity).await {
-            Ok(current) => current,
-            Err(e) => return failure(e),
-        };
-        let decision = decide(
-            SystemTime::now(),
-            before.expires_on,
-            false,
-            ctx.rotation.rotate_before,
-            None,
-            ctx.rotation.check_interval,
-        );
-        let reason = match decision {
-            RotationDecision::Due(reason) => reason,
-            _ if args.force => "forced",
-            _ => {
-                println!(
-                    "{}: not due: secret {}; the threshold is {:.1} days",
-                    ctx.entity,
-                    describe_expiry(before.expires_on),
-                    ctx.rotation.rotate_before.as_secs_f64() / 86_400.0
-                );
-                return ExitCode::SUCCESS;
-            }
-        };
-        let _lock = match sink.spec() {
-            SinkSpec::File(path) => match lock::acquire(path, Duration::from_secs(60)).await {
-                Ok(held) => Some(held),
-                Err(e) => return failure(e),
-            },
-            _ => None,
-        };
-        // Another rotator may have finished while we waited for the lock.
-        if let Ok(now) = rotator.read_current(&ctx.entity).await
-            && now.secret.expose_secret() != before.secret.expose_secret()
-            && !args.force
-        {
-            println!(
-                "{}: already rotated by another process; secret {}",
-                ctx.entity,
-                describe_expiry(now.expires_on)
-            );
-            return ExitCode::SUCCESS;
-        }
-        // `--force` is an operator's deliberate, one-off act: it is not held to the reset bound.
-        match rotate_and_store(&rotator, &ctx, &sink, !args.force).await {
+        match rotate_site(&rotator, &ctx, &sink, args.force).await {
             Ok(message) => {
-                println!("{}: rotated ({reason}); {message}", ctx.entity);
+                println!("{}: {message}", ctx.entity);
                 ExitCode::SUCCESS
             }
             Err(code) => code,
         }
     })
+}
+
+/// One run of a rotator at its site; the message says what it did.
+async fn rotate_site(
+    rotator: &Rotator,
+    ctx: &AdminContext,
+    sink: &SecretSink,
+    force: bool,
+) -> Result<String, ExitCode> {
+    let role = ctx.rotation.role;
+    let limits = Thresholds {
+        rotate_before: ctx.rotation.rotate_before,
+        granted_validity: None,
+        check_interval: ctx.rotation.check_interval,
+    };
+    let first = rotator.read_current(&ctx.entity).await.map_err(failure)?;
+    let stored = read_store(ctx, sink).await.map_err(failure)?;
+    let store = match &stored {
+        None => Store::Unreadable,
+        Some(Some(secret)) if secret.expose_secret() == first.secret.expose_secret() => {
+            Store::Current
+        }
+        Some(_) => Store::Differs,
+    };
+    // An expiry that cannot be right is no reason to reset (as in `serve`): it is taken as unknown.
+    let believable = |at| check_expiry(SystemTime::now(), at, ExpirySource::Read).known();
+    let reading = Reading {
+        expires_at: believable(first.expires_on),
+        in_grace: false,
+    };
+    let mut action = site_action(role, SystemTime::now(), reading, store, limits);
+    let mut said = Vec::new();
+    let mut lock = None;
+    // What the store holds once converged: the secret the read just before a reset is compared with.
+    let mut holds = fingerprint(&first.secret);
+    let mut expires_on = first.expires_on;
+    // A store that cannot be read back is given the IAM's current secret on every run that resets
+    // nothing: writing the secret the IAM accepts is always safe, and it is the only way such a store
+    // can follow a reset made elsewhere.
+    let write_through = store == Store::Unreadable && !matches!(action, SiteAction::Reset(_));
+    if action == SiteAction::Converge || write_through {
+        lock = lock_store(sink).await?;
+        let before = stored.as_ref().map(|s| s.as_ref().map(fingerprint));
+        let converged = rotator
+            .converge(&ctx.entity, sink, first)
+            .await
+            .map_err(failure)?;
+        holds = fingerprint(&converged.secret);
+        expires_on = converged.expires_on;
+        match before {
+            Some(before) => {
+                tracing::info!(entity = %ctx.entity, store_was = before.as_deref().unwrap_or("none"), store_now = %holds, site = %ctx.rotation.site, role = role.as_str(), "converged: the store holds the IAM's current secret (no reset)");
+                said.push(format!(
+                    "converged: the store held {}, the IAM's current secret is {holds} (reset elsewhere, or restored from a backup); no reset",
+                    before.as_deref().unwrap_or("no secret")
+                ));
+            }
+            None => said.push(format!(
+                "the store cannot be read back, so it was given the IAM's current secret {holds}"
+            )),
+        }
+        action = site_action(
+            role,
+            SystemTime::now(),
+            Reading {
+                expires_at: believable(expires_on),
+                in_grace: false,
+            },
+            Store::Current,
+            limits,
+        );
+    }
+    let reason = match action {
+        SiteAction::Reset(reason) => reason,
+        _ if force => "forced",
+        _ => {
+            said.push(not_due(ctx, sink, expires_on).await);
+            return Ok(said.join("; "));
+        }
+    };
+    if lock.is_none() {
+        lock = lock_store(sink).await?;
+    }
+    // Immediately before the reset, read again: a reset another site made moments ago is adopted.
+    if !force {
+        let second = rotator.read_current(&ctx.entity).await.map_err(failure)?;
+        match recheck(
+            role,
+            SystemTime::now(),
+            &holds,
+            &fingerprint(&second.secret),
+            believable(second.expires_on),
+            limits,
+        ) {
+            SiteAction::Reset(_) => {}
+            SiteAction::Converge => {
+                let adopted = rotator
+                    .converge(&ctx.entity, sink, second)
+                    .await
+                    .map_err(failure)?;
+                tracing::info!(entity = %ctx.entity, store_was = %holds, store_now = %fingerprint(&adopted.secret), "the IAM's secret changed just before the reset (reset elsewhere moments ago); adopted, no reset");
+                said.push(format!(
+                    "already rotated elsewhere moments ago: adopted {} ({}); no reset",
+                    fingerprint(&adopted.secret),
+                    describe_expiry(adopted.expires_on)
+                ));
+                return Ok(said.join("; "));
+            }
+            SiteAction::Wait { .. } | SiteAction::Unknown => {
+                said.push(format!(
+                    "no longer due after re-reading the IAM: secret {}",
+                    describe_expiry(second.expires_on)
+                ));
+                return Ok(said.join("; "));
+            }
+        }
+    }
+    // `--force` is an operator's deliberate, one-off act: it is not held to the reset bound.
+    let message = match rotator.rotate_with(&ctx.entity, sink, !force).await {
+        // Another rotator of the same Secret wrote it between our read of the reset record and our
+        // claim: it is resetting, so this run must not.
+        Err(RotationError::Ledger(e)) if e.contended => {
+            said.push(format!(
+                "not reset: another rotator changed the store between the read of its reset record and this run's claim ({e}); it is rotating"
+            ));
+            return Ok(said.join("; "));
+        }
+        result => report_reset(rotator, ctx, sink, result).await?,
+    };
+    drop(lock);
+    said.push(format!(
+        "rotated ({reason}) as the {} at site {}; {message}",
+        role.as_str(),
+        ctx.rotation.site
+    ));
+    Ok(said.join("; "))
+}
+
+/// The secret the store holds (`Some(None)`: none), or `None` when it cannot be read back: an `exec:`
+/// sink with no secret file named to compare with.
+async fn read_store(
+    ctx: &AdminContext,
+    sink: &SecretSink,
+) -> Result<Option<Option<SecretString>>, SinkError> {
+    match sink.read().await? {
+        Some(stored) => Ok(Some(stored.secret)),
+        None => match &ctx.secret_file {
+            Some(path) => read_back(path).map(Some),
+            None => Ok(None),
+        },
+    }
+}
+
+/// The advisory lock of a `file:` sink, held while the store is written.
+async fn lock_store(sink: &SecretSink) -> Result<Option<lock::SecretFileLock>, ExitCode> {
+    match sink.spec() {
+        SinkSpec::File(path) => lock::acquire(path, Duration::from_secs(60))
+            .await
+            .map(Some)
+            .map_err(failure),
+        _ => Ok(None),
+    }
+}
+
+/// "not due", with the threshold this rotator's role sets and the last reset on record.
+async fn not_due(ctx: &AdminContext, sink: &SecretSink, expires_on: Option<SystemTime>) -> String {
+    let days = |d: Duration| d.as_secs_f64() / 86_400.0;
+    let threshold = match ctx.rotation.role {
+        Role::Primary => format!(
+            "a primary resets within {:.1} days",
+            days(ctx.rotation.rotate_before)
+        ),
+        role @ Role::Standby { .. } => format!(
+            "a standby resets only within {:.1} days (the primary within {:.1})",
+            days(role.threshold(ctx.rotation.rotate_before)),
+            days(ctx.rotation.rotate_before)
+        ),
+    };
+    let ledger = ResetLedger::for_sink(sink, &ctx.entity, &ctx.rotation.state_dir);
+    let last = match ledger.read().await {
+        Ok(Ledgered {
+            last: Some(record), ..
+        }) => format!("; the last reset recorded here: {}", record.describe()),
+        _ => String::new(),
+    };
+    format!(
+        "not due: secret {}; {threshold}{last}",
+        describe_expiry(expires_on)
+    )
 }
 
 /// Reset, store (retrying the sink), verify. The message says where the secret went and when it expires.
@@ -242,7 +392,18 @@ async fn rotate_and_store(
     sink: &SecretSink,
     bounded: bool,
 ) -> Result<String, ExitCode> {
-    match rotator.rotate_with(&ctx.entity, sink, bounded).await {
+    let result = rotator.rotate_with(&ctx.entity, sink, bounded).await;
+    report_reset(rotator, ctx, sink, result).await
+}
+
+/// What became of a reset: stored (retrying the sink), or the reason it failed.
+async fn report_reset(
+    rotator: &Rotator,
+    ctx: &AdminContext,
+    sink: &SecretSink,
+    result: Result<Rotated, RotationError>,
+) -> Result<String, ExitCode> {
+    match result {
         Ok(rotated) => Ok(format!(
             "stored in {}; {}",
             sink.spec(),

@@ -12,9 +12,10 @@ use super::cli::{AdminArgs, EntityArgs, IamArgs, LogArgs, RotationArgs};
 use super::{Common, ConfigError, EnvSecrets, LogSettings, common, file, log_settings};
 use crate::entity::{EntityId, SecretSource, read_secret_file};
 use crate::iam::IamTimeouts;
+use crate::secret::policy::sites::DEFAULT_STANDBY_RESET_WITHIN;
 use crate::secret::policy::{DEFAULT_MIN_RESET_INTERVAL, MIN_RESET_INTERVAL_FLOOR};
 use crate::secret::sink::{SERVICE_ACCOUNT_CA, SERVICE_ACCOUNT_TOKEN};
-use crate::secret::{AdminCredentials, KubeAccess, RotationSettings, SinkSpec};
+use crate::secret::{AdminCredentials, KubeAccess, Role, RotationSettings, SinkSpec};
 
 /// The variable that may hold the admin password when no file is given.
 pub const ENV_ADMIN_PASSWORD: &str = "AA_BROKER_ADMIN_PASSWORD";
@@ -35,7 +36,15 @@ pub fn rotation_settings(
         .admin_password_file
         .clone()
         .or_else(|| file.admin_password_file.clone());
+    let standby = rotation.rotation_standby || file.rotation_standby.unwrap_or(false);
     let Some(email) = email.map(|e| e.trim().to_string()) else {
+        if standby {
+            // A standby's whole job is to read the IAM's current secret; without the admin user it cannot.
+            return Err(ConfigError::new(
+                settings::ROTATION_STANDBY,
+                "a standby reads the IAM's current secret, which needs the admin user (--admin-email and its password); without admin credentials run one rotator that writes a shared store (e.g. External Secrets) and have every site read from it",
+            ));
+        }
         if password_file.is_some() {
             return Err(ConfigError::new(
                 settings::ADMIN_EMAIL,
@@ -127,7 +136,38 @@ pub fn rotation_settings(
         .clone()
         .or_else(|| file.state_dir.clone())
         .unwrap_or_else(|| std::env::temp_dir().join("aa-token-broker"));
+    let reset_within = match rotation.standby_reset_days.or(file.standby_reset_days) {
+        Some(days) if days.is_finite() && days > 0.0 && days < f64::from(expiry_days) => {
+            Duration::from_secs_f64(days * 86_400.0)
+        }
+        Some(_) => {
+            return Err(ConfigError::new(
+                settings::STANDBY_RESET_DAYS,
+                format!(
+                    "must be more than 0 and less than the secret's validity ({expiry_days} days)"
+                ),
+            ));
+        }
+        None => DEFAULT_STANDBY_RESET_WITHIN,
+    };
+    let role = if standby {
+        Role::Standby { reset_within }
+    } else {
+        Role::Primary
+    };
+    let site = match rotation.site.as_deref().or(file.site.as_deref()) {
+        Some(name) if valid_site(name.trim()) => name.trim().to_string(),
+        Some(_) => {
+            return Err(ConfigError::new(
+                settings::SITE,
+                "must be 1 to 63 letters, digits, '.', '_' or '-'",
+            ));
+        }
+        None => host_name(),
+    };
     Ok(Some(RotationSettings {
+        role,
+        site,
         min_reset_interval,
         state_dir,
         admin: AdminCredentials { email, password },
@@ -136,6 +176,33 @@ pub fn rotation_settings(
         check_interval,
         kube,
     }))
+}
+
+/// A site name: what may stand in a reset record and a log line without quoting.
+fn valid_site(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// The default site name: the host name (a pod's name in Kubernetes), cut to what a site name may hold.
+fn host_name() -> String {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    let name: String = raw
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        .take(63)
+        .collect();
+    if name.is_empty() {
+        "unnamed".into()
+    } else {
+        name
+    }
 }
 
 /// The sink for an entity: the explicit one, else its secret file.
@@ -216,6 +283,9 @@ pub struct AdminContext {
     pub entity: EntityId,
     /// Where the new secret goes (`reset`, `rotate`); `None` when there is nowhere (then those refuse).
     pub sink: Option<SinkSpec>,
+    /// The entity's secret file, when one is named: what `rotate` compares with the IAM when the sink
+    /// cannot be read back (`exec:`).
+    pub secret_file: Option<PathBuf>,
     pub rotation: RotationSettings,
     pub log: LogSettings,
 }
@@ -274,6 +344,7 @@ pub fn admin_context(
         iam_timeouts,
         entity: entity_id,
         sink,
+        secret_file,
         rotation,
         log,
     })

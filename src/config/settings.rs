@@ -111,6 +111,17 @@ pub const SECRET_SINK: Setting = setting(
     "AA_BROKER_SECRET_SINK",
     Some("entities[].secret_sink"),
 );
+pub const ROTATION_STANDBY: Setting = setting(
+    "rotation-standby",
+    "AA_BROKER_ROTATION_STANDBY",
+    Some("rotation_standby"),
+);
+pub const STANDBY_RESET_DAYS: Setting = setting(
+    "standby-reset-days",
+    "AA_BROKER_STANDBY_RESET_DAYS",
+    Some("standby_reset_days"),
+);
+pub const SITE: Setting = setting("site", "AA_BROKER_SITE", Some("site"));
 pub const SHUTDOWN_GRACE: Setting = setting(
     "shutdown-grace",
     "AA_BROKER_SHUTDOWN_GRACE",
@@ -274,6 +285,9 @@ pub const ALL: &[Setting] = &[
     MIN_RESET_INTERVAL,
     NO_METADATA_HEADER,
     ROTATE_BEFORE_DAYS,
+    ROTATION_STANDBY,
+    STANDBY_RESET_DAYS,
+    SITE,
     SECRET_CHECK_INTERVAL,
     SECRET_EXPIRY_DAYS,
     SECRET_FILE,

@@ -193,6 +193,15 @@ fn every_mistake_names_its_setting_on_one_line() {
             ]),
             "--admin-password-file",
         ),
+        // A standby without the admin user cannot read the IAM: refused, pointing at a shared store.
+        (
+            with_entity(&["--iam-url", url, "--rotation-standby"]),
+            "--rotation-standby",
+        ),
+        (
+            with_entity(&["--iam-url", url, "--standby"]),
+            "External Secrets",
+        ),
     ];
     for (args, names) in table {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -214,6 +223,66 @@ fn every_mistake_names_its_setting_on_one_line() {
     let error = serve(&["--iam-url", "bad", "--entity-id", "FIU-A"], &env).unwrap_err();
     assert!(error.to_string().contains("--iam-url"), "{error}");
     assert!(serve(&["--iam-url", url, "--entity-id", "FIU-A"], &env).is_ok());
+}
+
+#[test]
+fn standby_site_and_threshold_come_from_flags_variables_or_the_file() {
+    use crate::secret::Role;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = secret_file(dir.path(), "secret");
+    let password = secret_file(dir.path(), "password");
+    let (secret, password) = (secret.to_str().unwrap(), password.to_str().unwrap());
+    let base = [
+        "--iam-url",
+        "http://127.0.0.1:9/iam",
+        "--entity-id",
+        "FIU-A",
+        "--secret-file",
+        secret,
+        "--admin-email",
+        "ops@fiu.example",
+        "--admin-password-file",
+        password,
+    ];
+    let with = |extra: &[&str]| {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        serve(&args, &EnvSecrets::default())
+    };
+    let rotation = |s: BrokerSettings| s.rotation.unwrap();
+    let primary = rotation(with(&[]).unwrap());
+    assert_eq!(primary.role, Role::Primary);
+    assert!(!primary.site.is_empty() && primary.site.len() <= 63);
+    let standby = rotation(with(&["--standby", "--site", "dr-chennai"]).unwrap());
+    assert_eq!(
+        standby.role,
+        Role::Standby {
+            reset_within: Duration::from_secs(3 * 86_400)
+        }
+    );
+    assert_eq!(standby.site, "dr-chennai");
+    let config = dir.path().join("broker.toml");
+    std::fs::write(
+        &config,
+        "rotation_standby = true\nstandby_reset_days = 2.5\nsite = \"dr\"\n",
+    )
+    .unwrap();
+    let from_file = rotation(with(&["--config", config.to_str().unwrap()]).unwrap());
+    assert_eq!(
+        from_file.role,
+        Role::Standby {
+            reset_within: Duration::from_secs(216_000)
+        }
+    );
+    assert_eq!(from_file.site, "dr");
+    for (extra, names) in [
+        (&["--site", "two words"][..], "--site"),
+        (&["--site", ""][..], "--site"),
+        (&["--standby-reset-days", "0"][..], "--standby-reset-days"),
+        (&["--standby-reset-days", "200"][..], "--standby-reset-days"),
+    ] {
+        let error = with(extra).unwrap_err().to_string();
+        assert!(error.contains(names), "{extra:?}: {error}");
+    }
 }
 
 #[test]

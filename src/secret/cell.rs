@@ -7,7 +7,7 @@
 //! for those events. Neither side holds the other.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{Notify, mpsc};
@@ -38,6 +38,11 @@ pub struct SecretStatus {
     pub admin_login: Option<&'static str>,
     /// When the last rotation succeeded.
     pub last_rotation: Option<SystemTime>,
+    /// Since when the store's secret has differed from the IAM's current one (a convergence that has not
+    /// succeeded yet); `None` when they agree or rotation is off.
+    pub store_diverged_since: Option<SystemTime>,
+    /// How often the secret manager compares the store with the IAM (rotation on).
+    pub check_interval: Option<Duration>,
 }
 
 #[derive(Default)]

@@ -42,6 +42,10 @@ pub trait SecretRecorder: Send + Sync {
     fn admin_login(&self, outcome: &'static str);
     /// One rotation step's outcome for an entity (`ok`, `recovered`, or a failure kind).
     fn rotation(&self, entity: &crate::entity::EntityId, outcome: &'static str);
+    /// The store was given the IAM's current secret without a reset; `trigger` is what found it
+    /// differing: `check` (a periodic read), `rejected` (the IAM refused the stored secret) or
+    /// `before_reset` (the read just before a reset).
+    fn convergence(&self, _entity: &crate::entity::EntityId, _trigger: &'static str) {}
 }
 
 /// A recorder that drops everything, for the one-shot admin commands.

@@ -1,7 +1,12 @@
 //! The per-entity task `serve` runs when admin credentials are configured.
 //!
 //! It knows the secret's expiry (from `secret read` at start and every `check_interval`, and from the
-//! `secret-expiry-ts` claim of each token), rotates when [`super::policy::decide`] says so, and heals:
+//! `secret-expiry-ts` claim of each token), rotates when [`super::policy::sites::site_action`] says so —
+//! a primary when fewer than `--rotate-before-days` remain, a standby only as the last resort — and heals:
+//! - **the store differs from the IAM** at a check (another site reset the secret, or a backup was
+//!   restored): the IAM's current secret is written to the store — a *convergence*, logged with both
+//!   fingerprints and counted — and nothing is reset; immediately before a reset the IAM is read again,
+//!   so a reset another site made moments ago is adopted, not repeated;
 //! - **rejected secret** (the IAM answers 401): read the IAM's current secret back and store it — this also
 //!   recovers from a crash between reset and persist. It never resets in that case;
 //! - **persist failed** after a reset: keep the new secret in memory (the broker uses it), report the
@@ -22,12 +27,14 @@ use tokio::time::{Instant, sleep_until};
 
 use super::cell::{SecretCell, SecretEvent};
 use super::login::SecretRecorder;
-use super::policy::{Expiry, RotationDecision, check_read_expiry, decide};
+use super::policy::sites::{Reading, Role, SiteAction, Store, Thresholds, recheck, site_action};
+use super::policy::{Expiry, check_read_expiry};
 use super::rotation::{RotationError, Rotator};
 use super::sink::{SecretSink, SinkSpec};
 use super::{RotationSettings, lock};
 use crate::backoff::Backoff;
-use crate::entity::{EntityId, fingerprint};
+use crate::entity::{EntityId, SecretSource, fingerprint};
+use crate::iam::SecretGrant;
 use crate::timefmt;
 
 /// How long to wait for another process's rotation before giving up this turn.
@@ -52,6 +59,7 @@ pub struct SecretManager {
     lock_file: Option<PathBuf>,
     rotate_before: Duration,
     check_interval: Duration,
+    role: Role,
 }
 
 #[derive(Default)]
@@ -68,6 +76,8 @@ struct Known {
     retry_in: Option<Duration>,
     /// When the secret in use was issued by a reset of ours (unknown for one found in place).
     issued_at: Option<SystemTime>,
+    /// Since when the store has been seen to differ from the IAM's current secret (cleared once they agree).
+    diverged_since: Option<SystemTime>,
 }
 
 impl SecretManager {
@@ -92,6 +102,15 @@ impl SecretManager {
             lock_file,
             rotate_before: settings.rotate_before,
             check_interval: settings.check_interval,
+            role: settings.role,
+        }
+    }
+
+    fn thresholds(&self, known: &Known) -> Thresholds {
+        Thresholds {
+            rotate_before: self.rotate_before,
+            granted_validity: known.granted_validity,
+            check_interval: self.check_interval,
         }
     }
 
@@ -110,6 +129,8 @@ impl SecretManager {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut known = Known::default();
+        self.cell
+            .report(|s| s.check_interval = Some(self.check_interval));
         let mut next_check = Instant::now();
         let mut next_recovery = Instant::now();
         let mut retry_at = Instant::now();
@@ -135,6 +156,7 @@ impl SecretManager {
                     Ok(current) => {
                         known.read_failures = 0;
                         self.note_read_expiry(&mut known, current.expires_on);
+                        self.converge_if_diverged(&mut known, current).await;
                         now + self.check_interval
                     }
                     Err(e) => {
@@ -149,15 +171,19 @@ impl SecretManager {
                 };
             }
             if known.pending.is_none() && now >= retry_at {
-                match decide(
+                let reading = Reading {
+                    expires_at: known.expiry,
+                    in_grace: known.in_grace,
+                };
+                // The store was compared at the check: here only the role and the expiry decide.
+                match site_action(
+                    self.role,
                     SystemTime::now(),
-                    known.expiry,
-                    known.in_grace,
-                    self.rotate_before,
-                    known.granted_validity,
-                    self.check_interval,
+                    reading,
+                    Store::Current,
+                    self.thresholds(&known),
                 ) {
-                    RotationDecision::Due(reason) => {
+                    SiteAction::Reset(reason) => {
                         known.retry_in = None;
                         if self.rotate(&mut known, reason).await {
                             known.failures = 0;
@@ -173,10 +199,10 @@ impl SecretManager {
                             };
                         continue;
                     }
-                    RotationDecision::NotDue { check_again_in } => {
+                    SiteAction::Wait { check_again_in } => {
                         next_check = next_check.min(Instant::now() + check_again_in);
                     }
-                    RotationDecision::Unknown => {}
+                    SiteAction::Converge | SiteAction::Unknown => {}
                 }
             }
             let mut wake = next_check;
@@ -216,7 +242,8 @@ impl SecretManager {
             },
             None => None,
         };
-        // Another process may have rotated while we waited for the lock: ask the IAM, not our memory.
+        // Read again immediately before the reset: another process, or another site, may have reset it
+        // moments ago. Ask the IAM, not our memory.
         let current = match self.rotator.read_current(&self.entity).await {
             Ok(current) => current,
             Err(e) => {
@@ -226,27 +253,30 @@ impl SecretManager {
             }
         };
         self.note_read_expiry(known, current.expires_on);
-        let ours = self.cell.current().await.ok();
-        if ours.as_ref().map(|s| s.expose_secret()) != Some(current.secret.expose_secret()) {
-            tracing::info!(entity = %self.entity, current = %fingerprint(&current.secret), "the IAM's current secret differs from ours (rotated elsewhere); adopting it");
-            known.in_grace = false;
-            known.issued_at = None;
-            return self.adopt(current.secret).await;
-        }
-        if !matches!(
-            decide(
-                SystemTime::now(),
-                known.expiry,
-                false,
-                self.rotate_before,
-                known.granted_validity,
-                self.check_interval
-            ),
-            RotationDecision::Due(_)
+        let stored = self.stored_secret().await;
+        let before = stored.as_ref().map(fingerprint).unwrap_or_default();
+        match recheck(
+            self.role,
+            SystemTime::now(),
+            &before,
+            &fingerprint(&current.secret),
+            known.expiry,
+            self.thresholds(known),
         ) {
-            tracing::info!(entity = %self.entity, "rotation no longer due after re-reading the IAM");
-            known.in_grace = false;
-            return true;
+            SiteAction::Reset(_) => {}
+            SiteAction::Converge => {
+                tracing::info!(entity = %self.entity, store = %before, iam = %fingerprint(&current.secret), "the IAM's current secret differs from the store's just before the reset (reset elsewhere moments ago); adopting it, no reset");
+                known.in_grace = false;
+                known.issued_at = None;
+                return self
+                    .adopt(known, current, Some(before), "before_reset")
+                    .await;
+            }
+            SiteAction::Wait { .. } | SiteAction::Unknown => {
+                tracing::info!(entity = %self.entity, "rotation no longer due after re-reading the IAM");
+                known.in_grace = false;
+                return true;
+            }
         }
         match self.rotator.rotate(&self.entity, &self.sink).await {
             Ok(rotated) => {
@@ -351,17 +381,60 @@ impl SecretManager {
         self.recorder.rotation(&self.entity, outcome);
     }
 
-    /// Stores the IAM's current secret and switches to it (a heal, not a reset).
-    async fn adopt(&self, secret: SecretString) -> bool {
-        self.cell.replace(secret.clone());
+    /// The secret the store holds: read back from the sink when it can be; else (an `exec:` sink, or a
+    /// store that cannot be reached just now) the secret file this broker reads — never the secret it
+    /// holds in memory, which would hide a store that a convergence failed to write. With no file either
+    /// (an inline secret), the secret in use.
+    async fn stored_secret(&self) -> Option<SecretString> {
+        match self.sink.read().await {
+            Ok(Some(stored)) => return stored.secret,
+            Ok(None) => {}
+            Err(e) => {
+                tracing::debug!(entity = %self.entity, error = %e, "cannot read the store back; comparing the secret file");
+            }
+        }
+        match self.cell.source() {
+            SecretSource::File(_) => self.cell.source().load().await.ok(),
+            SecretSource::Inline(_) => self.cell.current().await.ok(),
+        }
+    }
+
+    /// At a check: when the store's secret differs from the IAM's current one, converge.
+    async fn converge_if_diverged(&self, known: &mut Known, current: SecretGrant) {
+        let stored = self.stored_secret().await;
+        if stored.as_ref().map(|s| s.expose_secret()) == Some(current.secret.expose_secret()) {
+            self.set_diverged(known, false);
+            return;
+        }
+        let before = stored.as_ref().map(fingerprint);
+        tracing::info!(entity = %self.entity, store = before.as_deref().unwrap_or("none"), iam = %fingerprint(&current.secret), "the store's secret differs from the IAM's current one (reset elsewhere, or restored from a backup); converging, no reset");
+        known.in_grace = false;
+        known.issued_at = None;
+        self.adopt(known, current, before, "check").await;
+    }
+
+    /// Stores the IAM's current secret and switches to it: a convergence (a heal, not a reset).
+    async fn adopt(
+        &self,
+        known: &mut Known,
+        current: SecretGrant,
+        before: Option<String>,
+        trigger: &'static str,
+    ) -> bool {
+        self.set_diverged(known, true);
+        self.cell.replace(current.secret.clone());
         match self
             .rotator
-            .persist(&self.entity, &self.sink, &secret)
+            .converge(&self.entity, &self.sink, current)
             .await
         {
-            Ok(_) => {
+            Ok(converged) => {
+                self.cell.replace(converged.secret.clone());
                 self.cell.report(|s| s.alert = None);
-                tracing::info!(entity = %self.entity, secret = %fingerprint(&secret), sink = %self.sink.spec(), "stored the IAM's current secret");
+                self.set_diverged(known, false);
+                self.recorder.convergence(&self.entity, trigger);
+                self.note_read_expiry(known, converged.expires_on);
+                tracing::info!(entity = %self.entity, store_was = before.as_deref().unwrap_or("none"), store_now = %fingerprint(&converged.secret), sink = %self.sink.spec(), trigger, "converged: the store holds the IAM's current secret (no reset)");
                 true
             }
             Err(error) => {
@@ -372,6 +445,17 @@ impl SecretManager {
                 false
             }
         }
+    }
+
+    /// Notes whether the store differs from the IAM, keeping the moment it was first seen to.
+    fn set_diverged(&self, known: &mut Known, diverged: bool) {
+        known.diverged_since = match (diverged, known.diverged_since) {
+            (false, _) => None,
+            (true, Some(since)) => Some(since),
+            (true, None) => Some(SystemTime::now()),
+        };
+        let since = known.diverged_since;
+        self.cell.report(|s| s.store_diverged_since = since);
     }
 
     /// After a 401: read the IAM's current secret; if it is not the one we use, store and use it.
@@ -389,9 +473,10 @@ impl SecretManager {
             tracing::warn!(entity = %self.entity, "the IAM rejected the secret it reports as current (expired past its grace period?)");
             return;
         }
-        tracing::warn!(entity = %self.entity, current = %fingerprint(&current.secret), "the IAM rejected our secret; recovering the current one by reading it back (no reset)");
+        let before = ours.as_ref().map(fingerprint);
+        tracing::warn!(entity = %self.entity, store = before.as_deref().unwrap_or("none"), iam = %fingerprint(&current.secret), "the IAM rejected our secret; recovering the current one by reading it back (no reset)");
         known.issued_at = None;
-        if self.adopt(current.secret).await {
+        if self.adopt(known, current, before, "rejected").await {
             self.rotated("recovered");
         }
     }

@@ -3,12 +3,12 @@
 //! - [`cell`]: the entity secret as the token path reads it, and what the lifecycle reports about it.
 //! - [`login`]: the admin user's credentials, the login limits and a cached user token for secret read/reset.
 //! - [`policy`]: when a rotation is due — a pure function of the secret's expiry, the grace warning and the
-//!   threshold.
+//!   threshold — and, across sites, whether to reset or converge ([`policy::sites`]).
 //! - [`rotation`]: the one safe order — user token → reset → **persist** → verify → switch — and the
 //!   read-back that heals a rejected or lost secret without resetting.
 //! - [`sink`]: where a new secret is written (file, Kubernetes Secret, command).
 //! - [`lock`]: the advisory file lock that makes one process of several sharing a secret file the rotator.
-//! - [`ledger`]: the on-disk record of the last reset, which bounds resets across restarts.
+//! - [`ledger`]: the record of the last reset, kept with the store, which bounds resets across restarts.
 //! - [`manager`]: the task `serve` runs per entity when admin credentials are configured.
 
 pub mod cell;
@@ -22,6 +22,8 @@ pub mod sink;
 
 use std::path::PathBuf;
 use std::time::Duration;
+
+pub use policy::sites::Role;
 
 pub use cell::{SecretCell, SecretEvent, SecretStatus};
 pub use login::{AdminCredentials, AdminSession, NoRecorder, SecretRecorder};
@@ -42,8 +44,12 @@ pub struct RotationSettings {
     pub kube: Option<KubeAccess>,
     /// Least time between two resets of one entity's secret.
     pub min_reset_interval: Duration,
-    /// Where reset records live for sinks that are not files.
+    /// Where reset records live for sinks that keep none of their own (`exec:`).
     pub state_dir: PathBuf,
+    /// Primary (resets when due) or standby (converges; resets only as the last resort).
+    pub role: Role,
+    /// This site's name, recorded with each reset.
+    pub site: String,
 }
 
 impl RotationSettings {
@@ -51,6 +57,7 @@ impl RotationSettings {
         ResetBound {
             min_interval: self.min_reset_interval,
             state_dir: self.state_dir.clone(),
+            site: self.site.clone(),
         }
     }
 }

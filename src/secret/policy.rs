@@ -11,7 +11,9 @@
 //!   from a record that survives restarts, so a crash loop cannot become a reset storm;
 //! - **whether the admin may log in now** ([`LoginRecord::decide`]): failures back off exponentially to an
 //!   hour, a rejected password is not tried again until it changes, and never more than 10 logins an hour
-//!   — Keycloak locks a user out after repeated failures, and this user is the only one who can reset.
+//!   — Keycloak locks a user out after repeated failures, and this user is the only one who can reset;
+//! - **which site may reset, and when a store converges instead** ([`sites`]): read before you reset, a
+//!   standby resets only as the last resort, and a reset made elsewhere moments ago is adopted.
 
 use std::time::{Duration, SystemTime};
 
@@ -157,6 +159,7 @@ pub fn reset_wait(
 }
 
 mod login;
+pub mod sites;
 pub use login::{LoginDecision, LoginHold, LoginLimits, LoginRecord};
 
 #[cfg(test)]

@@ -1,17 +1,21 @@
 //! Rotation in the one order that cannot lock the entity out, and the read-back that heals without a reset.
 //!
-//! 1. the reset bound: no reset within the minimum interval of the last one ([`super::ledger`]);
+//! 1. the reset bound: no reset within the minimum interval of the last one ([`super::ledger`], kept with
+//!    the store: beside a secret file, or on the Kubernetes Secret itself);
 //! 2. user token from a fresh login (the IAM caps the new secret's validity by the admin token's life);
-//! 3. the reset is recorded in the ledger — no record, no reset;
+//! 3. the reset is recorded in the ledger — no record, no reset (on a Secret, compare-and-swap against
+//!    the version the bound was checked on, so of two rotators of one Secret only one resets);
 //! 4. reset (`secretExpiryDays`) — from here the IAM knows only the new secret;
 //! 5. **persist** the new secret through the sink, before anything else touches the answer (no logging,
-//!    metrics or date handling first) — a 409 from a Kubernetes Secret is resolved by reading the IAM's
-//!    current secret back and writing that, never by overwriting blindly;
+//!    metrics or date handling first; a Secret gets the completed record in the same update) — a 409 from
+//!    a Kubernetes Secret is resolved by reading the IAM's current secret back and writing that, never by
+//!    overwriting blindly;
 //! 6. verify by minting an entity token with the new secret;
 //! 7. the caller switches to it.
 //!
 //! If step 5 fails, [`RotationError::Persist`] carries the new secret back to the caller, who keeps it in
-//! memory, keeps retrying and reports not-ready. Every step logs one line with the entity, the `txnId` and
+//! memory, keeps retrying and reports not-ready. [`Rotator::converge`] is the other way a store changes:
+//! the IAM's current secret written to it, with no reset (another site reset it, or a backup was restored). Every step logs one line with the entity, the `txnId` and
 //! the outcome — never the secret, only its fingerprint.
 
 use std::path::PathBuf;
@@ -20,7 +24,7 @@ use std::time::{Duration, SystemTime};
 
 use secrecy::{ExposeSecret, SecretString};
 
-use super::ledger::{LedgerError, ResetLedger};
+use super::ledger::{LedgerError, ResetLedger, ResetRecord};
 use super::lock::LockError;
 use super::login::{AdminError, AdminSession};
 use super::policy::{Expiry, ExpirySource, check_expiry, reset_wait};
@@ -30,6 +34,14 @@ use crate::iam::{IamError, SecretGrant};
 
 /// How many times a 409 is resolved by reading back before giving up.
 const CONFLICT_RETRIES: usize = 3;
+/// How many times a convergence writes the IAM's secret, when the IAM's secret changed again while it did.
+const CONVERGE_ROUNDS: usize = 3;
+
+/// The IAM's current secret, now in the store.
+pub struct Converged {
+    pub secret: SecretString,
+    pub expires_on: Option<SystemTime>,
+}
 
 /// A secret the IAM issued on reset.
 #[derive(Clone)]
@@ -72,14 +84,16 @@ pub enum RotationError {
     Verify(IamError),
     #[error(transparent)]
     Lock(#[from] LockError),
-    #[error("no reset for another {}s: at most one per {}s (the last was recorded in {})", .retry_in.as_secs(), .interval.as_secs(), .ledger.display())]
+    #[error("no reset for another {}s: at most one per {}s (the last was recorded in {})", .retry_in.as_secs(), .interval.as_secs(), .ledger)]
     Deferred {
         retry_in: Duration,
         interval: Duration,
-        ledger: PathBuf,
+        ledger: String,
     },
     #[error("the reset cannot be recorded, so it is not made: {0}")]
     Ledger(#[from] LedgerError),
+    #[error("the IAM's current secret could not be stored: {0}")]
+    Converge(String),
 }
 
 impl RotationError {
@@ -93,7 +107,9 @@ impl RotationError {
             RotationError::Verify(_) => "verify_failed",
             RotationError::Lock(_) => "lock_failed",
             RotationError::Deferred { .. } => "reset_deferred",
+            RotationError::Ledger(e) if e.contended => "reset_contended",
             RotationError::Ledger(_) => "ledger_failed",
+            RotationError::Converge(_) => "converge_failed",
         }
     }
 
@@ -107,12 +123,13 @@ impl RotationError {
     }
 }
 
-/// The bound on resets: the least interval between two, and where records live for sinks that are not
-/// files.
+/// The bound on resets: the least interval between two, where records live for sinks that keep none of
+/// their own (`exec:`), and the site named in each record.
 #[derive(Debug, Clone)]
 pub struct ResetBound {
     pub min_interval: Duration,
     pub state_dir: PathBuf,
+    pub site: String,
 }
 
 /// Performs admin operations for entities.
@@ -170,22 +187,34 @@ impl Rotator {
         sink: &SecretSink,
         bounded: bool,
     ) -> Result<Rotated, RotationError> {
-        let ledger = ResetLedger::for_sink(sink.spec(), entity, &self.bound.state_dir);
+        let ledger = ResetLedger::for_sink(sink, entity, &self.bound.state_dir);
         let now = SystemTime::now();
-        if bounded {
-            let last = ledger.last_reset().map_err(RotationError::Ledger)?;
-            if let Some(retry_in) = reset_wait(now, last, self.bound.min_interval) {
-                return Err(RotationError::Deferred {
-                    retry_in,
-                    interval: self.bound.min_interval,
-                    ledger: ledger.path().to_path_buf(),
-                });
-            }
+        let ledgered = ledger.read().await.map_err(RotationError::Ledger)?;
+        if bounded
+            && let Some(retry_in) = reset_wait(
+                now,
+                ledgered.last.as_ref().map(|r| r.at),
+                self.bound.min_interval,
+            )
+        {
+            return Err(RotationError::Deferred {
+                retry_in,
+                interval: self.bound.min_interval,
+                ledger: ledger.place(),
+            });
         }
         let token = self.admin.fresh_user_token().await.inspect_err(|e| {
             tracing::error!(entity = %entity, step = "user_token", outcome = "failed", error = %e, "secret rotation step");
         })?;
-        ledger.record(now).map_err(RotationError::Ledger)?;
+        let claim = ResetRecord {
+            at: now,
+            secret: None,
+            site: Some(self.bound.site.clone()),
+        };
+        ledger
+            .claim(&claim, ledgered.version.as_deref())
+            .await
+            .map_err(RotationError::Ledger)?;
         let grant = self
             .admin
             .iam()
@@ -195,8 +224,15 @@ impl Rotator {
                 tracing::error!(entity = %entity, step = "reset", outcome = "failed", error = %e, "secret rotation step");
                 RotationError::Reset(e)
             })?;
+        // The completed record goes to a Secret in the same update as the secret itself.
+        let record = ResetRecord {
+            secret: Some(fingerprint(&grant.secret)),
+            ..claim
+        };
         // The IAM has switched to the new secret: store it before anything else can go wrong.
-        let persisted = self.persist(entity, sink, &grant.secret).await;
+        let persisted = self
+            .persist_noted(entity, sink, &grant.secret, ledger.note(&record).as_deref())
+            .await;
         let (expires_on, implausible_expiry) =
             match check_expiry(SystemTime::now(), grant.expires_on, ExpirySource::Granted) {
                 Expiry::Known(at) => (Some(at), None),
@@ -247,6 +283,9 @@ impl Rotator {
             }
         };
         tracing::info!(entity = %entity, step = "persist", outcome = "ok", sink = %sink.spec(), secret = %fingerprint(&stored), "secret rotation step");
+        if let Err(e) = ledger.complete(&record) {
+            tracing::warn!(entity = %entity, error = %e, "the reset record could not be completed with the new secret's fingerprint (its time still bounds the next reset)");
+        }
         let rotated = Rotated {
             fingerprint: fingerprint(&stored),
             secret: stored,
@@ -274,10 +313,21 @@ impl Rotator {
         sink: &SecretSink,
         secret: &SecretString,
     ) -> Result<SecretString, SinkError> {
+        self.persist_noted(entity, sink, secret, None).await
+    }
+
+    /// [`Rotator::persist`], with a Secret's reset record annotation written in the same update.
+    async fn persist_noted(
+        &self,
+        entity: &EntityId,
+        sink: &SecretSink,
+        secret: &SecretString,
+        note: Option<&str>,
+    ) -> Result<SecretString, SinkError> {
         let mut value = secret.clone();
         let mut attempt = 0;
         loop {
-            match sink.persist(&value).await {
+            match sink.persist_noted(&value, note).await {
                 Ok(()) => return Ok(value),
                 Err(conflict @ SinkError::Conflict { .. }) if attempt < CONFLICT_RETRIES => {
                     attempt += 1;
@@ -298,5 +348,35 @@ impl Rotator {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Writes the IAM's current secret to the store — a *convergence*: no reset — then reads the IAM
+    /// again, so a reset made elsewhere while it wrote does not leave the store holding a secret revoked
+    /// seconds after it was written. Returns what the store holds now.
+    pub async fn converge(
+        &self,
+        entity: &EntityId,
+        sink: &SecretSink,
+        current: SecretGrant,
+    ) -> Result<Converged, RotationError> {
+        let mut secret = current.secret;
+        for _ in 0..CONVERGE_ROUNDS {
+            let stored = self
+                .persist(entity, sink, &secret)
+                .await
+                .map_err(|e| RotationError::Converge(e.to_string()))?;
+            let again = self.read_current(entity).await?;
+            if again.secret.expose_secret() == stored.expose_secret() {
+                return Ok(Converged {
+                    secret: stored,
+                    expires_on: again.expires_on,
+                });
+            }
+            tracing::warn!(entity = %entity, stored = %fingerprint(&stored), current = %fingerprint(&again.secret), "the IAM's secret changed again while it was being stored; storing the newer one");
+            secret = again.secret;
+        }
+        Err(RotationError::Converge(format!(
+            "the IAM's secret changed {CONVERGE_ROUNDS} times while it was being stored"
+        )))
     }
 }

@@ -1,7 +1,8 @@
 //! The simulator's control API under `/_simulator/`, for driving it from outside the process (benchmarks,
 //! soak runs, a developer with curl). Everything here is also a method on [`super::Simulator`].
 //!
-//! - `GET /_simulator/stats` — calls per endpoint and entity tokens issued
+//! - `GET /_simulator/stats` — calls per endpoint, entity tokens issued, and per site (see
+//!   [`Simulator::spawn_site`](super::Simulator::spawn_site)) its calls, resets and whether it is cut off
 //! - `GET|PUT /_simulator/settings` — token lifetime, latency, reset mode, clock offset
 //! - `POST|DELETE /_simulator/faults` — queue a [`Fault`](super::Fault) / clear the queue
 //! - `POST /_simulator/entities` — `{"id","secret","secretValidForSecs"}` adds or replaces an entity
@@ -44,7 +45,23 @@ async fn stats(State(shared): State<Arc<Shared>>) -> Response {
         .counters
         .entity_tokens_issued
         .load(std::sync::atomic::Ordering::SeqCst);
-    axum::Json(serde_json::json!({ "calls": calls, "entityTokensIssued": issued })).into_response()
+    let sites: serde_json::Map<String, serde_json::Value> = shared
+        .sites()
+        .iter()
+        .map(|(name, site)| {
+            let calls: serde_json::Map<String, serde_json::Value> = site
+                .calls
+                .iter()
+                .map(|(e, n)| (e.as_str().to_string(), (*n).into()))
+                .collect();
+            (
+                name.clone(),
+                serde_json::json!({ "calls": calls, "resets": site.resets, "cutOff": site.cut_off }),
+            )
+        })
+        .collect();
+    axum::Json(serde_json::json!({ "calls": calls, "entityTokensIssued": issued, "sites": sites }))
+        .into_response()
 }
 
 async fn get_settings(State(shared): State<Arc<Shared>>) -> Response {

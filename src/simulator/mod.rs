@@ -10,7 +10,9 @@
 //! Tests drive it through the [`Simulator`] handle (or the same operations over HTTP under `/_simulator/`,
 //! see the `control` module): entities, users, token lifetime, latency, a shifted clock, injected faults (status
 //! codes, delays, hung requests, malformed bodies) and call counters. The `registry` module serves the
-//! Central Registry's entity-info API (`/cr/v2/entityInfo/…`) with peers that hold real key pairs.
+//! Central Registry's entity-info API (`/cr/v2/entityInfo/…`) with peers that hold real key pairs. The
+//! `sites` module gives each site of a multi-site deployment its own door to the one world
+//! ([`Simulator::spawn_site`]): calls and resets counted per site, and a site that can be cut off.
 
 mod control;
 mod faults;
@@ -19,8 +21,10 @@ pub mod jwt;
 pub mod realm;
 mod registry;
 pub use registry::CertificateForm;
+pub mod sites;
 pub mod state;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
@@ -46,11 +50,19 @@ pub(crate) struct Shared {
     counters: Counters,
     /// The Central Registry: entities, their keys, its faults (`registry` module).
     cr: registry::CrState,
+    /// What each site did through its own door (`sites` module).
+    sites: Mutex<HashMap<String, sites::SiteState>>,
 }
 
 impl Shared {
     pub(crate) fn world(&self) -> MutexGuard<'_, World> {
         self.world
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn sites(&self) -> MutexGuard<'_, HashMap<String, sites::SiteState>> {
+        self.sites
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -68,6 +80,7 @@ impl Simulator {
                 key: realm::Realm::new()?,
                 counters: Counters::default(),
                 cr: registry::CrState::default(),
+                sites: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -122,6 +135,46 @@ impl Simulator {
             let _ = axum::serve(listener, router).await;
         });
         Ok(format!("http://{addr}/iam"))
+    }
+
+    /// Serves the same world on another loopback port as `site`'s door, in the background, and returns
+    /// that door's IAM base URL. Requests through it are counted for the site, successful resets too, and
+    /// [`Simulator::cut_off_site`] makes it answer 503.
+    pub async fn spawn_site(&self, site: &str) -> std::io::Result<String> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        self.shared.sites().entry(site.to_string()).or_default();
+        let router = self.router().layer(axum::middleware::from_fn_with_state(
+            (Arc::clone(&self.shared), Arc::<str>::from(site)),
+            sites::door,
+        ));
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        Ok(format!("http://{addr}/iam"))
+    }
+
+    /// Successful secret resets made through `site`'s door.
+    pub fn site_resets(&self, site: &str) -> u64 {
+        self.shared.sites().get(site).map_or(0, |s| s.resets)
+    }
+
+    /// Requests to `endpoint` through `site`'s door.
+    pub fn site_calls(&self, site: &str, endpoint: Endpoint) -> u64 {
+        self.shared
+            .sites()
+            .get(site)
+            .and_then(|s| s.calls.get(&endpoint).copied())
+            .unwrap_or(0)
+    }
+
+    /// Cuts `site` off the IAM (every request through its door gets 503), or lets it through again.
+    pub fn cut_off_site(&self, site: &str, cut_off: bool) {
+        self.shared
+            .sites()
+            .entry(site.to_string())
+            .or_default()
+            .cut_off = cut_off;
     }
 
     /// Adds (or replaces) an entity whose secret expires `valid_for` from the simulator's now.

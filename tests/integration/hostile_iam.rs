@@ -16,7 +16,8 @@ use aa_token_broker::iam::{Endpoint, IamClient, IamTimeouts};
 use aa_token_broker::secret::policy::DEFAULT_MIN_RESET_INTERVAL;
 use aa_token_broker::secret::sink::SecretSink;
 use aa_token_broker::secret::{
-    AdminCredentials, AdminSession, NoRecorder, ResetBound, RotationSettings, Rotator, SinkSpec,
+    AdminCredentials, AdminSession, NoRecorder, ResetBound, Role, RotationSettings, Rotator,
+    SinkSpec,
 };
 use aa_token_broker::simulator::{EpochUnit, FaultKind};
 use aa_token_broker::token::policy::RefreshPolicy;
@@ -50,6 +51,8 @@ fn rotation(password: SecretSource, state_dir: &std::path::Path) -> RotationSett
         kube: None,
         min_reset_interval: DEFAULT_MIN_RESET_INTERVAL,
         state_dir: state_dir.to_path_buf(),
+        role: Role::Primary,
+        site: "test".into(),
     }
 }
 
@@ -279,6 +282,7 @@ async fn a_reset_answer_with_absurd_optional_fields_is_stored_before_anything_el
         ResetBound {
             min_interval: DEFAULT_MIN_RESET_INTERVAL,
             state_dir: dir.path().to_path_buf(),
+            site: "test".into(),
         },
     );
     let sink = SecretSink::new(SinkSpec::File(path.clone()), None).unwrap();

@@ -17,4 +17,5 @@ mod jws;
 mod real_peers;
 mod resilience;
 mod rotation;
+mod sites;
 mod verify;

@@ -13,7 +13,7 @@ use crate::helpers::*;
 use aa_token_broker::entity::{EntityId, SecretSource};
 use aa_token_broker::iam::{Endpoint, IamClient, IamTimeouts};
 use aa_token_broker::secret::policy::DEFAULT_MIN_RESET_INTERVAL;
-use aa_token_broker::secret::{AdminCredentials, RotationSettings, SinkSpec};
+use aa_token_broker::secret::{AdminCredentials, Role, RotationSettings, SinkSpec};
 use base64::Engine;
 use secrecy::SecretString;
 
@@ -45,6 +45,8 @@ fn rotation(check_interval: Duration) -> RotationSettings {
         min_reset_interval: DEFAULT_MIN_RESET_INTERVAL,
         // Reset records of sinks that are not files: a directory of this test's own.
         state_dir: std::env::temp_dir().join(format!("aa-broker-test-{:016x}", fastrand::u64(..))),
+        role: Role::Primary,
+        site: "test".into(),
     }
 }
 
@@ -233,9 +235,28 @@ async fn a_stale_secret_file_is_healed_by_reading_back_not_by_resetting() {
     assert_eq!(iam.sim.calls(Endpoint::SecretReset), 0, "no reset");
     assert!(iam.sim.calls(Endpoint::SecretRead) >= 1);
     assert_eq!(broker.get("/v1/token").await.status(), 200);
+    // Healed once: by the first check that compared the store with the IAM, or by the read-back after the
+    // IAM rejected the stale secret, whichever came first.
     let metrics = broker.metrics().await;
-    assert!(metrics.contains(r#"outcome="recovered"} 1"#), "{metrics}");
+    assert_eq!(
+        metric_sum(&metrics, "aa_broker_secret_convergences_total{"),
+        1.0,
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"aa_broker_secret_store_diverged_seconds{entity="FIU-TEST"} 0"#),
+        "{metrics}"
+    );
     broker.stop().await;
+}
+
+/// The sum of every sample whose line starts with `prefix`.
+pub fn metric_sum(metrics: &str, prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 #[tokio::test]
@@ -274,12 +295,14 @@ async fn the_rotate_command_writes_a_kubernetes_secret_and_resolves_a_conflict()
         race_next_patch: true,
         ..FakeApiServer::default()
     }));
+    api.lock().unwrap().put_secret("secret", SECRET);
     let api_url = start_api_server(Arc::clone(&api)).await;
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, format!("{KUBE_TOKEN}\n")).unwrap();
     let password_file = dir.path().join("password");
     write_secret(&password_file, PASSWORD);
+    let state_dir = dir.path().join("state");
     let args: Vec<String> = [
         "rotate",
         "--iam-url",
@@ -297,7 +320,9 @@ async fn the_rotate_command_writes_a_kubernetes_secret_and_resolves_a_conflict()
         "--kube-token-file",
         token_file.to_str().unwrap(),
         "--state-dir",
-        dir.path().to_str().unwrap(),
+        state_dir.to_str().unwrap(),
+        "--site",
+        "test-site",
         "--log-level",
         "debug",
     ]
@@ -319,12 +344,23 @@ async fn the_rotate_command_writes_a_kubernetes_secret_and_resolves_a_conflict()
         new_secret,
         "the Secret holds the IAM's current secret"
     );
-    assert_eq!(
-        api.log,
-        ["GET", "PATCH", "409", "GET", "PATCH"],
-        "a conflict, resolved by re-reading"
+    assert!(
+        api.log.ends_with(&[
+            "PATCH".to_string(),
+            "409".into(),
+            "GET".into(),
+            "PATCH".into()
+        ]),
+        "a conflict, resolved by re-reading: {:?}",
+        api.log
     );
+    assert_eq!(api.log.iter().filter(|l| *l == "409").count(), 1);
     assert_eq!(iam.sim.calls(Endpoint::SecretReset), 1);
+    // The record of the reset is on the Secret, with the new secret's fingerprint; no state directory.
+    let record = api.reset_record().expect("a reset record annotation");
+    assert_eq!(record["site"], "test-site");
+    assert!(record["secret"].as_str().unwrap().starts_with("sha256:"));
+    assert!(!state_dir.exists(), "nothing written outside the Secret");
     for leaked in [PASSWORD, SECRET, new_secret.as_str(), KUBE_TOKEN] {
         assert!(
             !stdout.contains(leaked) && !stderr.contains(leaked),

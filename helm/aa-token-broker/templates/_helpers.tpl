@@ -25,6 +25,29 @@ aa-token-broker
 {{- end -}}
 {{- end -}}
 
+{{/*
+The rotation CronJob's schedule: rotation.schedule when set; otherwise derived from the release, so that
+releases do not all rotate at one fixed minute: a hash (adler32) of "NAMESPACE/FULLNAME" picks the minute
+and the hour. A primary runs once a day at that time. A standby runs four times a day, half an hour past
+the primary's minute, so that it converges on a reset made elsewhere within six hours — well inside the
+half of a 24-hour token's life that a sidecar still holds after such a reset.
+*/}}
+{{- define "aa-token-broker.rotationSchedule" -}}
+{{- if .Values.rotation.schedule -}}
+{{- .Values.rotation.schedule -}}
+{{- else -}}
+{{- $hash := printf "%s/%s" .Release.Namespace (include "aa-token-broker.fullname" .) | adler32sum | atoi -}}
+{{- $minute := mod $hash 60 -}}
+{{- $hour := mod (div $hash 60) 24 -}}
+{{- if .Values.rotation.standby -}}
+{{- $h := mod $hour 6 -}}
+{{- printf "%d %d,%d,%d,%d * * *" (mod (add $minute 30) 60) $h (add $h 6) (add $h 12) (add $h 18) -}}
+{{- else -}}
+{{- printf "%d %d * * *" $minute $hour -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "aa-token-broker.labels" -}}
 app.kubernetes.io/name: {{ include "aa-token-broker.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}

@@ -80,7 +80,7 @@ pub struct RotationArgs {
         hide_env_values = true
     )]
     pub min_reset_interval: Option<f64>,
-    /// Directory for the reset records of sinks that are not files (default: $TMPDIR/aa-token-broker)
+    /// Directory for the reset records of exec: sinks (a file keeps its own beside it, a Kubernetes Secret on itself; default: $TMPDIR/aa-token-broker)
     #[arg(
         long = S::STATE_DIR.flag,
         env = S::STATE_DIR.env,
@@ -88,6 +88,30 @@ pub struct RotationArgs {
         hide_env_values = true
     )]
     pub state_dir: Option<PathBuf>,
+    /// A standby rotator (also --standby): converges on the primary's resets, resets only when fewer than --standby-reset-days remain
+    #[arg(
+        long = S::ROTATION_STANDBY.flag,
+        visible_alias = "standby",
+        env = S::ROTATION_STANDBY.env,
+        hide_env_values = true
+    )]
+    pub rotation_standby: bool,
+    /// A standby resets only when fewer days than this remain (default 3; never more than --rotate-before-days)
+    #[arg(
+        long = S::STANDBY_RESET_DAYS.flag,
+        env = S::STANDBY_RESET_DAYS.env,
+        value_name = "DAYS",
+        hide_env_values = true
+    )]
+    pub standby_reset_days: Option<f64>,
+    /// This site's name, recorded with each reset (default: the host name)
+    #[arg(
+        long = S::SITE.flag,
+        env = S::SITE.env,
+        value_name = "NAME",
+        hide_env_values = true
+    )]
+    pub site: Option<String>,
     /// Kubernetes API server for a kubernetes-secret sink (default from KUBERNETES_SERVICE_HOST/PORT)
     #[arg(
         long = S::KUBE_API_URL.flag,

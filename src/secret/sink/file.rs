@@ -38,6 +38,20 @@ pub fn write_atomically(path: &Path, secret: &SecretString) -> Result<(), SinkEr
         .map_err(|e| fail(e.to_string()))
 }
 
+/// What the file holds now, read as the broker reads a secret file; `None` when there is no file (or it is
+/// empty): a store that holds no secret.
+pub fn read_back(path: &Path) -> Result<Option<SecretString>, SinkError> {
+    match crate::entity::read_secret_file(path) {
+        Ok(secret) => Ok(Some(secret)),
+        Err(crate::entity::SecretError::Empty { .. }) => Ok(None),
+        Err(_) if std::fs::symlink_metadata(path).is_err() => Ok(None),
+        Err(e) => Err(SinkError::ReadBack {
+            place: path.display().to_string(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,8 @@
 //! The `kubernetes-secret:` sink: `GET` the Secret for its `resourceVersion`, then a JSON merge patch that
 //! carries it, so a concurrent writer makes the API server answer 409 instead of one value silently
-//! replacing another ([`SinkError::Conflict`]).
+//! replacing another ([`SinkError::Conflict`]). The Secret also carries the record of the last reset as an
+//! annotation ([`RESET_RECORD_ANNOTATION`]), written in the same patch as the secret, and is read back so a
+//! rotator can tell whether it still holds the IAM's current secret.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -51,88 +53,167 @@ pub(super) fn client(access: &KubeAccess) -> Result<reqwest::Client, SinkSetupEr
         .map_err(|e| SinkSetupError::Client(e.to_string()))
 }
 
-pub(super) async fn patch_secret(
-    client: &reqwest::Client,
-    access: &KubeAccess,
-    namespace: &str,
-    name: &str,
-    key: &str,
-    secret: &SecretString,
-) -> Result<(), SinkError> {
-    let token = std::fs::read_to_string(&access.token_file).map_err(|e| {
-        SinkError::Kubernetes(format!(
-            "cannot read the service account token {}: {}",
-            access.token_file.display(),
-            e.kind()
+/// The annotation on the Secret that holds the record of the last reset (see [`crate::secret::ledger`]):
+/// kept with the secret, so every rotator run, every replica and every reader of the Secret sees it.
+pub const RESET_RECORD_ANNOTATION: &str = "aa-token-broker/last-reset";
+
+/// The Secret as read: the key's value, the reset record annotation and the `resourceVersion`.
+pub(super) struct SecretObject {
+    pub value: Option<SecretString>,
+    pub note: Option<String>,
+    pub resource_version: String,
+}
+
+/// One Secret addressed through the API server.
+pub(super) struct SecretRef<'a> {
+    pub client: &'a reqwest::Client,
+    pub access: &'a KubeAccess,
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub key: &'a str,
+}
+
+impl SecretRef<'_> {
+    fn token(&self) -> Result<String, SinkError> {
+        let token = std::fs::read_to_string(&self.access.token_file).map_err(|e| {
+            SinkError::Kubernetes(format!(
+                "cannot read the service account token {}: {}",
+                self.access.token_file.display(),
+                e.kind()
+            ))
+        })?;
+        Ok(token.trim().to_string())
+    }
+
+    fn url(&self) -> Result<reqwest::Url, SinkError> {
+        // By segment, like every upstream URL ([`crate::iam::url`]); the names' grammar refuses `.` and `..`.
+        let base = reqwest::Url::parse(&self.access.api_url)
+            .map_err(|e| SinkError::Kubernetes(format!("the API server URL is not a URL: {e}")))?;
+        Ok(with_segments(
+            &base,
+            [
+                "api",
+                "v1",
+                "namespaces",
+                self.namespace,
+                "secrets",
+                self.name,
+            ],
         ))
-    })?;
-    let token = token.trim();
-    // By segment, like every upstream URL ([`crate::iam::url`]); the names' grammar refuses `.` and `..`.
-    let base = reqwest::Url::parse(&access.api_url)
-        .map_err(|e| SinkError::Kubernetes(format!("the API server URL is not a URL: {e}")))?;
-    let url = with_segments(
-        &base,
-        ["api", "v1", "namespaces", namespace, "secrets", name],
-    );
-    let current = client
-        .get(url.clone())
-        .bearer_auth(token)
-        .header(reqwest::header::ACCEPT, "application/json")
-        .send()
-        .await
-        .map_err(|e| SinkError::Kubernetes(format!("GET {namespace}/{name}: {e}")))?;
-    let status = current.status();
-    let body = current.bytes().await.unwrap_or_default();
-    if !status.is_success() {
-        return Err(SinkError::Kubernetes(format!(
-            "GET {namespace}/{name}: HTTP {}{}",
+    }
+
+    /// `GET` the Secret.
+    pub async fn get(&self) -> Result<SecretObject, SinkError> {
+        let (namespace, name) = (self.namespace, self.name);
+        let current = self
+            .client
+            .get(self.url()?)
+            .bearer_auth(self.token()?)
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| SinkError::Kubernetes(format!("GET {namespace}/{name}: {e}")))?;
+        let status = current.status();
+        let body = current.bytes().await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(SinkError::Kubernetes(format!(
+                "GET {namespace}/{name}: HTTP {}{}",
+                status.as_u16(),
+                kube_reason(&body)
+            )));
+        }
+        let object: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+            SinkError::Kubernetes(format!("GET {namespace}/{name}: not JSON ({e})"))
+        })?;
+        let resource_version = object["metadata"]["resourceVersion"]
+            .as_str()
+            .ok_or_else(|| {
+                SinkError::Kubernetes(format!(
+                    "GET {namespace}/{name}: no metadata.resourceVersion"
+                ))
+            })?
+            .to_string();
+        // A value that is not base64 or not UTF-8 is no secret of ours: the store is treated as holding none.
+        let value = object["data"][self.key]
+            .as_str()
+            .and_then(|encoded| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(encoded)
+                    .ok()
+            })
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .map(|text| SecretString::from(text.trim().to_string()))
+            .filter(|secret| !secret.expose_secret().is_empty());
+        let note = object["metadata"]["annotations"][RESET_RECORD_ANNOTATION]
+            .as_str()
+            .map(str::to_string);
+        Ok(SecretObject {
+            value,
+            note,
+            resource_version,
+        })
+    }
+
+    /// A JSON merge patch carrying `resource_version`: the secret (when given) and the reset record
+    /// annotation (when given) in one update, so a concurrent writer makes the API server answer 409.
+    pub async fn patch(
+        &self,
+        resource_version: &str,
+        secret: Option<&SecretString>,
+        note: Option<&str>,
+    ) -> Result<(), SinkError> {
+        let (namespace, name) = (self.namespace, self.name);
+        let mut patch = serde_json::json!({ "metadata": { "resourceVersion": resource_version } });
+        if let Some(secret) = secret {
+            let encoded = base64::engine::general_purpose::STANDARD.encode(secret.expose_secret());
+            patch["data"] = serde_json::json!({ self.key: encoded });
+        }
+        if let Some(note) = note {
+            patch["metadata"]["annotations"] = serde_json::json!({ RESET_RECORD_ANNOTATION: note });
+        }
+        let response = self
+            .client
+            .patch(self.url()?)
+            .bearer_auth(self.token()?)
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/merge-patch+json",
+            )
+            .header(reqwest::header::ACCEPT, "application/json")
+            .body(patch.to_string())
+            .send()
+            .await
+            .map_err(|e| SinkError::Kubernetes(format!("PATCH {namespace}/{name}: {e}")))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        if status == reqwest::StatusCode::CONFLICT {
+            return Err(SinkError::Conflict {
+                namespace: namespace.into(),
+                name: name.into(),
+            });
+        }
+        let body = response.bytes().await.unwrap_or_default();
+        Err(SinkError::Kubernetes(format!(
+            "PATCH {namespace}/{name}: HTTP {}{}",
             status.as_u16(),
             kube_reason(&body)
-        )));
+        )))
     }
-    let object: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|e| SinkError::Kubernetes(format!("GET {namespace}/{name}: not JSON ({e})")))?;
-    let resource_version = object["metadata"]["resourceVersion"]
-        .as_str()
-        .ok_or_else(|| {
-            SinkError::Kubernetes(format!(
-                "GET {namespace}/{name}: no metadata.resourceVersion"
-            ))
-        })?
-        .to_string();
-    let encoded = base64::engine::general_purpose::STANDARD.encode(secret.expose_secret());
-    let patch = serde_json::json!({
-        "metadata": { "resourceVersion": resource_version },
-        "data": { key: encoded },
-    });
-    let response = client
-        .patch(url)
-        .bearer_auth(token)
-        .header(
-            reqwest::header::CONTENT_TYPE,
-            "application/merge-patch+json",
-        )
-        .header(reqwest::header::ACCEPT, "application/json")
-        .body(patch.to_string())
-        .send()
+}
+
+/// Stores `secret` (with the reset record `note`, when given): `GET` for the `resourceVersion`, then one
+/// merge patch carrying it.
+pub(super) async fn patch_secret(
+    secret_ref: &SecretRef<'_>,
+    secret: &SecretString,
+    note: Option<&str>,
+) -> Result<(), SinkError> {
+    let current = secret_ref.get().await?;
+    secret_ref
+        .patch(&current.resource_version, Some(secret), note)
         .await
-        .map_err(|e| SinkError::Kubernetes(format!("PATCH {namespace}/{name}: {e}")))?;
-    let status = response.status();
-    if status.is_success() {
-        return Ok(());
-    }
-    if status == reqwest::StatusCode::CONFLICT {
-        return Err(SinkError::Conflict {
-            namespace: namespace.into(),
-            name: name.into(),
-        });
-    }
-    let body = response.bytes().await.unwrap_or_default();
-    Err(SinkError::Kubernetes(format!(
-        "PATCH {namespace}/{name}: HTTP {}{}",
-        status.as_u16(),
-        kube_reason(&body)
-    )))
 }
 
 /// The `message` of a Kubernetes `Status` body, sanitized.

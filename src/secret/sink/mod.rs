@@ -29,8 +29,10 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 
 pub use exec::EXEC_TIMEOUT;
-pub use file::write_atomically;
-pub use kubernetes::{KubeAccess, SERVICE_ACCOUNT_CA, SERVICE_ACCOUNT_TOKEN};
+pub use file::{read_back, write_atomically};
+pub use kubernetes::{
+    KubeAccess, RESET_RECORD_ANNOTATION, SERVICE_ACCOUNT_CA, SERVICE_ACCOUNT_TOKEN,
+};
 
 /// The key written when a `kubernetes-secret:` sink names none.
 pub const DEFAULT_SECRET_KEY: &str = "secret";
@@ -155,6 +157,18 @@ pub enum SinkError {
     Kubernetes(String),
     #[error("exec sink: {0}")]
     Exec(String),
+    #[error("cannot read back {place}: {reason}")]
+    ReadBack { place: String, reason: String },
+}
+
+/// What a store holds, read back.
+pub struct Stored {
+    /// The secret in the store; `None` when it holds none (no file yet, no such key in the Secret).
+    pub secret: Option<SecretString>,
+    /// The reset record kept with the secret (the Secret's annotation), unparsed.
+    pub note: Option<String>,
+    /// The version to compare-and-swap on (the Secret's `resourceVersion`).
+    pub version: Option<String>,
 }
 
 /// A sink ready to store secrets.
@@ -199,6 +213,16 @@ impl SecretSink {
 
     /// Stores `secret`. Success means it is durable.
     pub async fn persist(&self, secret: &SecretString) -> Result<(), SinkError> {
+        self.persist_noted(secret, None).await
+    }
+
+    /// Stores `secret`; a `kubernetes-secret:` sink writes `note` (the reset record) as an annotation in
+    /// the same update. Other sinks ignore `note`: their record is the ledger file.
+    pub async fn persist_noted(
+        &self,
+        secret: &SecretString,
+        note: Option<&str>,
+    ) -> Result<(), SinkError> {
         match &self.spec {
             SinkSpec::File(path) => {
                 let path = path.clone();
@@ -210,17 +234,66 @@ impl SecretSink {
                         reason: e.to_string(),
                     })?
             }
-            SinkSpec::KubernetesSecret {
+            SinkSpec::KubernetesSecret { .. } => {
+                kubernetes::patch_secret(&self.kube_ref()?, secret, note).await
+            }
+            SinkSpec::Exec(command) => exec::run(command, secret, self.exec_timeout).await,
+        }
+    }
+
+    /// Reads back what the store holds; `Ok(None)` for a sink that cannot be read (`exec:`).
+    pub async fn read(&self) -> Result<Option<Stored>, SinkError> {
+        match &self.spec {
+            SinkSpec::File(path) => {
+                let path = path.clone();
+                let secret = tokio::task::spawn_blocking(move || file::read_back(&path))
+                    .await
+                    .map_err(|e| SinkError::File {
+                        path: PathBuf::new(),
+                        reason: e.to_string(),
+                    })??;
+                Ok(Some(Stored {
+                    secret,
+                    note: None,
+                    version: None,
+                }))
+            }
+            SinkSpec::KubernetesSecret { .. } => {
+                let object = self.kube_ref()?.get().await?;
+                Ok(Some(Stored {
+                    secret: object.value,
+                    note: object.note,
+                    version: Some(object.resource_version),
+                }))
+            }
+            SinkSpec::Exec(_) => Ok(None),
+        }
+    }
+
+    /// Writes only the reset record annotation of a `kubernetes-secret:` sink, if the Secret is still at
+    /// `version` (a 409 otherwise): the record made before a reset, which doubles as a claim that another
+    /// rotator of the same Secret sees.
+    pub async fn write_note(&self, note: &str, version: &str) -> Result<(), SinkError> {
+        self.kube_ref()?.patch(version, None, Some(note)).await
+    }
+
+    fn kube_ref(&self) -> Result<kubernetes::SecretRef<'_>, SinkError> {
+        match (&self.spec, &self.kube) {
+            (
+                SinkSpec::KubernetesSecret {
+                    namespace,
+                    name,
+                    key,
+                },
+                Some((access, client)),
+            ) => Ok(kubernetes::SecretRef {
+                client,
+                access,
                 namespace,
                 name,
                 key,
-            } => {
-                let Some((access, client)) = &self.kube else {
-                    return Err(SinkError::Kubernetes("no API server configured".into()));
-                };
-                kubernetes::patch_secret(client, access, namespace, name, key, secret).await
-            }
-            SinkSpec::Exec(command) => exec::run(command, secret, self.exec_timeout).await,
+            }),
+            _ => Err(SinkError::Kubernetes("no API server configured".into())),
         }
     }
 }

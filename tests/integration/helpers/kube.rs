@@ -8,14 +8,51 @@ use axum::response::IntoResponse;
 use base64::Engine;
 
 /// A stand-in for the Kubernetes API server's Secret endpoints. It checks every request the way the real
-/// one would (path, method, content type, bearer token, resourceVersion) and can play a concurrent writer.
+/// one would (path, method, content type, bearer token, resourceVersion), merges patches the way a JSON
+/// merge patch does (data and annotations), and can play a concurrent writer.
 #[derive(Default)]
 pub struct FakeApiServer {
     pub resource_version: u64,
     pub data: serde_json::Map<String, serde_json::Value>,
-    /// Bump the version between the next GET and PATCH, as another writer would.
+    pub annotations: serde_json::Map<String, serde_json::Value>,
+    /// Another writer changes the secret just before the next PATCH that carries data arrives, so that
+    /// PATCH holds a stale version.
     pub race_next_patch: bool,
+    /// Another writer changes the Secret just before the next PATCH that carries only the reset record
+    /// (a rotator's claim before its reset) arrives.
+    pub race_next_claim: bool,
     pub log: Vec<String>,
+}
+
+impl FakeApiServer {
+    /// The secret held under `key`, decoded.
+    pub fn secret(&self, key: &str) -> Option<String> {
+        let encoded = self.data.get(key)?.as_str()?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .ok()?;
+        String::from_utf8(bytes).ok()
+    }
+
+    /// Writes `secret` under `key`, as `kubectl apply` (or a restored backup) would.
+    pub fn put_secret(&mut self, key: &str, secret: &str) {
+        self.data.insert(
+            key.into(),
+            base64::engine::general_purpose::STANDARD
+                .encode(secret)
+                .into(),
+        );
+        self.resource_version += 1;
+    }
+
+    /// The reset record annotation, parsed.
+    pub fn reset_record(&self) -> Option<serde_json::Value> {
+        let text = self
+            .annotations
+            .get("aa-token-broker/last-reset")?
+            .as_str()?;
+        serde_json::from_str(text).ok()
+    }
 }
 
 pub type Api = Arc<Mutex<FakeApiServer>>;
@@ -32,26 +69,13 @@ async fn get_secret(State(api): State<Api>, headers: HeaderMap) -> axum::respons
     if !authorized(&headers) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
-    if api.race_next_patch {
-        api.race_next_patch = false;
-        api.resource_version += 1;
-        api.data.insert(
-            "secret".into(),
-            base64::engine::general_purpose::STANDARD
-                .encode("written-by-someone-else")
-                .into(),
-        );
-        // The version this GET returns is already stale.
-        let body = serde_json::json!({
-            "kind": "Secret", "apiVersion": "v1",
-            "metadata": { "name": "broker", "namespace": "aa", "resourceVersion": (api.resource_version - 1).to_string() },
-            "data": api.data,
-        });
-        return axum::Json(body).into_response();
-    }
     let body = serde_json::json!({
         "kind": "Secret", "apiVersion": "v1",
-        "metadata": { "name": "broker", "namespace": "aa", "resourceVersion": api.resource_version.to_string() },
+        "metadata": {
+            "name": "broker", "namespace": "aa",
+            "resourceVersion": api.resource_version.to_string(),
+            "annotations": api.annotations,
+        },
         "data": api.data,
     });
     axum::Json(body).into_response()
@@ -73,14 +97,33 @@ async fn patch_secret(
         return StatusCode::UNSUPPORTED_MEDIA_TYPE.into_response();
     }
     let patch: serde_json::Value = serde_json::from_str(&body).unwrap();
+    if api.race_next_patch && patch.get("data").is_some() {
+        api.race_next_patch = false;
+        api.put_secret("secret", "written-by-someone-else");
+    }
+    if api.race_next_claim && patch.get("data").is_none() {
+        api.race_next_claim = false;
+        api.resource_version += 1;
+    }
     if patch["metadata"]["resourceVersion"].as_str() != Some(&api.resource_version.to_string()) {
         api.log.push("409".into());
         let status = serde_json::json!({ "kind": "Status", "status": "Failure", "reason": "Conflict", "code": 409,
             "message": "Operation cannot be fulfilled on secrets \"broker\": the object has been modified" });
         return (StatusCode::CONFLICT, axum::Json(status)).into_response();
     }
-    for (key, value) in patch["data"].as_object().unwrap() {
-        api.data.insert(key.clone(), value.clone());
+    if let Some(data) = patch["data"].as_object() {
+        for (key, value) in data {
+            api.data.insert(key.clone(), value.clone());
+        }
+    }
+    if let Some(annotations) = patch["metadata"]["annotations"].as_object() {
+        for (key, value) in annotations {
+            if value.is_null() {
+                api.annotations.remove(key);
+            } else {
+                api.annotations.insert(key.clone(), value.clone());
+            }
+        }
     }
     api.resource_version += 1;
     (StatusCode::OK, "{}").into_response()
