@@ -9,7 +9,7 @@
 //! | module | owns |
 //! |---|---|
 //! | [`config`] | the command line, the environment fallbacks and the TOML file, validated once into [`config::BrokerSettings`]; every setting's names in [`config::settings`] |
-//! | [`entity`] | the entity id newtype and the entity secret: where it is read from, how it is fingerprinted |
+//! | [`entity`] | the entity id newtype, the roles of the network (and who may call whom), and the entity secret: where it is read from, how it is fingerprinted |
 //! | [`private_file`] | how the private files (secret, password, signing key) are read: regular files only, capped, errors in plain words, the warning on a loose mode |
 //! | [`iam`] | the HTTP client for the four IAM endpoints, their wire formats and their errors |
 //! | [`token`] | the token type, its pure refresh/backoff/caller policy, the broker handle, the one place that fetches, the background refresher |
@@ -32,15 +32,19 @@
 //! | [`supervise`] | restarts a long-lived task that panicked, so refresh and rotation survive a bug |
 //! | [`app`] | the broker application: built on a bound listener, run until a shutdown future completes |
 //! | [`inject`] | `inject`: Kubernetes manifests in, the same with the sidecar in every pod template out (a pure function; never on the serving path) |
-//! | [`commands`] | one function per subcommand: `serve`, `token`, `iam-simulator`, `demo`, `secret`, `rotate`, `inject`, `verify`, `sign`, `verify-signature`, `fi` |
+//! | [`commands`] | one function per subcommand: `serve`, `token`, `iam-simulator`, `demo`, `secret`, `rotate`, `inject`, `verify`, `sign`, `verify-signature`, `fi`, `certify` |
 //!
 //! Dependencies point one way: `app` and `commands` wire everything; `http` uses `token`, `inbound` and
 //! `metrics`; `token` reads the secret from `secret` ([`secret::SecretCell`]) and both call `iam`; the
 //! foundations (`entity`, `timefmt`, `backoff`, `upstream`) use nothing above them; the token's cold
 //! fetch, the realm key set and the CR's records each fetch through one [`upstream::Flight`]. `metrics`
 //! observes: `token`, `secret`, `inbound` and `registry` define what they report (recorder traits) and
-//! never import it. `jws` works on bytes (and its own key file); `registry` fetches CR keys with a token
-//! from `token` and follows [`registry::policy`].
+//! never import it; the body budget and the crypto pool it reads at scrape time. `jws` works on bytes (and
+//! its own key file); `registry` fetches CR keys with a token from `token` and follows
+//! [`registry::policy`]. `rebit` (envelope, endpoints, bounded scans) uses only `entity`; `http` follows
+//! it for `/v1/authorize` and uses `fi` for `KeyMaterial`. `budget` and `crypto_pool` are foundations:
+//! `http` reads bodies through the one and runs RSA (and `inbound` its token signatures) on the other.
+//! `certify` is a client: it drives an ingress and the simulator over HTTP.
 //!
 //! Where is a decision made? In a `policy` module, as a pure function of times and outcomes:
 //! [`token::policy`] (refresh ahead, retry, when a caller may call the IAM), [`secret::policy`] (when to
