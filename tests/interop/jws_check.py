@@ -16,6 +16,7 @@ Usage: jws_check.py BROKER_BINARY
 """
 
 import base64
+import datetime
 import json
 import os
 import subprocess
@@ -158,7 +159,8 @@ def main():
                   f"/v1/authorize accepts Python's signature with the AA's token, {label}", body)
         # Sahamati's Router scripts: compact JSON, a signature with no kid, and the token in
         # `client_api_key` with the Bearer scheme, at an FIU's notification endpoint.
-        notification = json.dumps({"ver": "2.0.0", "timestamp": "2026-12-06T10:00:00.000Z",
+        now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        notification = json.dumps({"ver": "2.0.0", "timestamp": now,
                                    "txnid": "7d1c0de0-0000-4000-8000-00000000a002",
                                    "Notifier": {"type": "AA", "id": AA}}, separators=(",", ":")).encode()
         sahamati = py_sign(aa_private, {"alg": "RS256", "b64": False, "crit": ["b64"]}, notification)
@@ -168,7 +170,7 @@ def main():
         check(status == 200 and headers["X-AA-Entity-Id"] == AA and headers["X-AA-Role"] == "AA",
               "/v1/authorize accepts a Sahamati-style call: client_api_key: Bearer, no kid", body)
         # Its ReBIT error answers are signed by us over their exact bytes: Python verifies them.
-        status, headers, body = request("POST", f"{broker}/v1/authorize", notification.replace(b"10:00", b"11:00"),
+        status, headers, body = request("POST", f"{broker}/v1/authorize", notification.replace(b'"AA-JWS"}', b'"AA-JWS" }'),
                                         {"client_api_key": f"Bearer {aa_token}", "x-jws-signature": sahamati})
         check(status == 400 and json.loads(body)["errorCode"] == "SignatureDoesNotMatch"
               and py_verify(fiu_public, headers.get("x-jws-signature", ""), body),
