@@ -63,7 +63,7 @@ pub(super) async fn patch_secret(
         SinkError::Kubernetes(format!(
             "cannot read the service account token {}: {}",
             access.token_file.display(),
-            e.kind()
+            crate::private_file::io_reason(&e)
         ))
     })?;
     let token = token.trim();
