@@ -364,7 +364,7 @@ pub struct InjectArgs {
     /// Token API port on the pod's loopback
     #[arg(long, value_name = "PORT", default_value_t = 7373)]
     pub port: u16,
-    /// Also serve /healthz, /readyz and /metrics on this port of the pod IP (port name `metrics`); probes use it
+    /// Also serve /healthz, /readyz and /metrics on this port of the pod IP (port name `broker-metrics`); probes use it
     #[arg(long, value_name = "PORT")]
     pub admin_port: Option<u16>,
     /// native: first init container with restartPolicy Always (Kubernetes >= 1.29); regular: first container
@@ -374,6 +374,15 @@ pub struct InjectArgs {
     /// Kubernetes version the manifests are for, e.g. 1.28 (for --mode auto)
     #[arg(long, value_name = "VERSION")]
     pub kube_version: Option<String>,
+    /// Only workloads whose pod template labels match (kubectl's equality syntax: k=v,k2!=v2)
+    #[arg(short = 'l', long, value_name = "SELECTOR")]
+    pub selector: Option<String>,
+    /// Leave this workload alone, e.g. deployment/redis (repeatable)
+    #[arg(long, value_name = "KIND/NAME")]
+    pub exclude: Vec<String>,
+    /// Set no runAsUser, runAsGroup or fsGroup: OpenShift (restricted-v2) assigns them
+    #[arg(long)]
+    pub openshift: bool,
 }
 
 /// How incoming tokens are verified (`/v1/verify` and the `verify` command).
