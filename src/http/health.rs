@@ -46,6 +46,8 @@ struct EntityReadiness {
     admin_login: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     last_rotation: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret_fingerprint: Option<String>,
 }
 
 /// 200 only when every configured entity holds a token that may be handed out; 503 otherwise, with the
@@ -91,6 +93,7 @@ pub fn readiness(status: Vec<EntityStatus>) -> (bool, serde_json::Value) {
                     secret_warning: e.secret.warning,
                     admin_login: e.secret.admin_login,
                     last_rotation: e.secret.last_rotation.map(timefmt::rfc3339_seconds),
+                    secret_fingerprint: e.secret_fingerprint,
                 },
             )
         })

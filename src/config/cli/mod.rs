@@ -13,7 +13,8 @@ use crate::entity::EntityId;
 
 mod rotation;
 pub use rotation::{
-    AdminArgs, RotateArgs, RotationArgs, SecretCommand, SecretReadArgs, SecretResetArgs,
+    AdminArgs, RotateArgs, RotationArgs, SecretCommand, SecretFingerprintArgs, SecretReadArgs,
+    SecretResetArgs,
 };
 
 #[derive(Debug, Parser)]
