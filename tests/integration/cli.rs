@@ -496,3 +496,43 @@ async fn a_wrong_secret_is_fingerprinted_at_start_and_the_command_computes_the_s
         "{stderr}"
     );
 }
+
+/// One instant, one time: the expiry `/readyz` shows (from the token's zoneless `secret-expiry-ts`) and the
+/// one `secret read` prints (from the IAM's `expiresOn`, epoch milliseconds) are the same, with the
+/// simulator writing its zoneless times as the IAM does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_and_secret_read_report_the_same_secret_expiry() {
+    let iam = Iam::start(86_400).await;
+    iam.sim
+        .add_user("ops@fiu.example", "admin-password", &[ENTITY]);
+    let broker = TestBroker::start(&iam.url, BrokerOptions::inline()).await;
+    broker.wait_ready(Duration::from_secs(10)).await;
+    let (_, body) = broker.readyz().await;
+    let shown = body["entities"][ENTITY]["secretExpiresAt"]
+        .as_str()
+        .expect("an expiry in /readyz")
+        .to_string();
+    broker.stop().await;
+    let args: Vec<String> = [
+        "secret",
+        "read",
+        "--iam-url",
+        iam.url.as_str(),
+        "--entity-id",
+        ENTITY,
+        "--admin-email",
+        "ops@fiu.example",
+    ]
+    .map(str::to_string)
+    .to_vec();
+    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        run(&args, &[("AA_BROKER_ADMIN_PASSWORD", "admin-password")])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains(&format!("expires {shown} (")),
+        "secret read: {stdout} /readyz: {shown}"
+    );
+}
