@@ -68,6 +68,16 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     // reason to be unready by itself.
     if let Some(jws) = &app.jws {
         body["centralRegistry"] = serde_json::json!(jws.registry.status());
+        // Each signing key's state: a broken key is an operator's problem to see here, never a reason
+        // to stop serving tokens.
+        if !jws.signers.is_empty() {
+            let signing: BTreeMap<String, crate::jws::key::KeyState> = jws
+                .signers
+                .iter()
+                .map(|(entity, file)| (entity.to_string(), file.state()))
+                .collect();
+            body["signing"] = serde_json::json!(signing);
+        }
     }
     reply::no_store((code, axum::Json(body)).into_response())
 }

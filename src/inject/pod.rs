@@ -321,10 +321,10 @@ fn remove_injected(spec: &mut Node<'_>) -> Result<bool, String> {
 fn remove_pod_label(template: &mut Node<'_>) {
     if let Some(labels) = yaml::path_mut(template, &["metadata", "labels"]) {
         yaml::remove(labels, POD_LABEL.0);
-        if matches!(labels, Yaml::Mapping(map) if map.is_empty()) {
-            if let Some(metadata) = yaml::get_mut(template, "metadata") {
-                yaml::remove(metadata, "labels");
-            }
+        if matches!(labels, Yaml::Mapping(map) if map.is_empty())
+            && let Some(metadata) = yaml::get_mut(template, "metadata")
+        {
+            yaml::remove(metadata, "labels");
         }
     }
 }

@@ -326,6 +326,19 @@ impl Stamp {
     }
 }
 
+/// One signing key's state as `/readyz` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyState {
+    /// `ok`, or `unavailable` (`/v1/sign` answers `503 signing_key_unavailable`).
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
+    pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// The key parsed from one version of the file.
 struct Loaded {
     /// The stamp of the handle the key was read from (not of an earlier `stat` of the path).
@@ -362,6 +375,25 @@ impl SigningKeyFile {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether a signature can be made now, for `/readyz`: the file read (again, if it changed) and the
+    /// `kid`, or why not. Never the key.
+    pub fn state(&self) -> KeyState {
+        match self.key() {
+            Ok(key) => KeyState {
+                state: "ok",
+                kid: Some(key.kid().to_string()),
+                path: self.path.display().to_string(),
+                error: None,
+            },
+            Err(e) => KeyState {
+                state: "unavailable",
+                kid: None,
+                path: self.path.display().to_string(),
+                error: Some(e.to_string()),
+            },
+        }
     }
 
     /// The permission warning of the key held now (see [`private_file::mode_warning`]). The first load
