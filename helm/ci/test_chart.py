@@ -175,11 +175,15 @@ def test_monitoring_objects():
     monitor = one(docs, "ServiceMonitor")
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
-    rules = one(docs, "PrometheusRule")["spec"]["groups"][0]["rules"]
+    rules = [r for g in one(docs, "PrometheusRule")["spec"]["groups"] for r in g["rules"]]
     alerts = {r["alert"]: r for r in rules}
     assert {"AaTokenBrokerSecretExpiringSoon", "AaTokenBrokerSecretInGracePeriod", "AaTokenBrokerRefreshFailing",
             "AaTokenBrokerNoValidToken", "AaTokenBrokerAbsent", "AaTokenBrokerStaleTokenExpiring",
-            "AaTokenBrokerRotationJobFailed", "AaTokenBrokerSecretNotStored"} <= set(alerts)
+            "AaTokenBrokerRotationJobFailed", "AaTokenBrokerSecretNotStored",
+            "AaTokenBrokerSigningKeyUnavailable", "AaTokenBrokerKeySetUnavailable", "AaTokenBrokerKeySetStale",
+            "AaTokenBrokerSignatureChecksUnavailable", "AaTokenBrokerAuthorizeUnavailable",
+            "AaTokenBrokerAuthorizeRefusingMost", "AaTokenBrokerCentralRegistryFailing",
+            "AaTokenBrokerCrLookupBudgetSpent"} <= set(alerts)
     assert "< 604800" in alerts["AaTokenBrokerSecretExpiringSoon"]["expr"]
     assert alerts["AaTokenBrokerAbsent"]["expr"].startswith("absent(")
     stale = alerts["AaTokenBrokerStaleTokenExpiring"]
@@ -196,7 +200,8 @@ def test_every_alert_links_to_its_runbook_section():
     with open(os.path.join(ROOT, "docs", "runbook.md")) as f:
         anchors = {re.sub(r"[^a-z0-9 -]", "", line[3:].strip().lower()).replace(" ", "-")
                    for line in f if line.startswith("## ")}
-    rules = one(load("full", "1.29.0"), "PrometheusRule")["spec"]["groups"][0]["rules"]
+    rules = [r for g in one(load("full", "1.29.0"), "PrometheusRule")["spec"]["groups"] for r in g["rules"]]
+    assert len(rules) >= 16
     for rule in rules:
         url = rule["annotations"]["runbook_url"]
         assert url.split("#")[0].endswith("/docs/runbook.md"), url
@@ -221,7 +226,10 @@ def test_the_dashboard_is_an_opt_in_config_map_for_grafanas_sidecar():
     dashboard = json.loads(board["data"]["aa-token-broker.json"])
     exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
     for metric in ["aa_broker_token_valid", "aa_broker_token_expires_in_seconds", "aa_broker_refresh_consecutive_failures",
-                   "aa_broker_secret_expires_in_seconds", "aa_broker_token_requests_total"]:
+                   "aa_broker_secret_expires_in_seconds", "aa_broker_token_requests_total",
+                   "aa_broker_sign_requests_total", "aa_broker_signing_key_valid", "aa_broker_jwks_fetches_total",
+                   "aa_broker_signature_checks_total", "aa_broker_authorize_total", "aa_broker_cr_requests_total",
+                   "aa_broker_verifications_total"]:
         assert metric in exprs, metric
     assert not [d for d in load("minimal", "1.29.0") if d["kind"] == "ConfigMap"]
 
