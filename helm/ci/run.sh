@@ -101,6 +101,34 @@ echo "== helm --post-renderer aa-token-broker-inject (Helm 4 plugin) over helm c
 grep -q 'name: aa-token-broker$' "$out/post-rendered-1.29.0.yaml"
 kubernetes-validate --strict --quiet --no-warn -k 1.29.0 "$out/post-rendered-1.29.0.yaml"
 
+# Helm 3's post-renderer, the command the README and examples/helm/post-renderer.sh show, as written
+# (`template` for `install`: the same post-rendering, no cluster), with the broker on PATH.
+echo "== helm3 --post-renderer ./examples/helm/post-renderer.sh over helm create's chart"
+(
+  export PATH="$PWD/target/debug:$PATH"
+  AA_ENTITY_ID=FIU-EXAMPLE AA_SECRET_NAME=fiu-entity-secret AA_ENVIRONMENT=sandbox \
+    helm3 template web "$out/web" --kube-version 1.29.0 --post-renderer ./examples/helm/post-renderer.sh \
+    > "$out/post-rendered-helm3-1.29.0.yaml"
+)
+grep -q 'name: aa-token-broker$' "$out/post-rendered-helm3-1.29.0.yaml"
+kubernetes-validate --strict --quiet --no-warn -k 1.29.0 "$out/post-rendered-helm3-1.29.0.yaml"
+
+# kustomize: kubectl's built-in kustomize skips the exec function (no --enable-exec) and exits 0 without
+# the sidecar, which is why the README pipes instead; this fails the day kubectl changes that.
+echo "== kubectl kustomize: the exec function is skipped; the pipe works"
+PATH="$PWD/target/debug:$PATH" kubectl kustomize --enable-alpha-plugins examples/kustomize > "$out/kustomized.yaml"
+if grep -q 'name: aa-token-broker$' "$out/kustomized.yaml"; then
+  echo "kubectl kustomize now runs exec functions: update the README's kustomize advice" >&2
+  exit 1
+fi
+mkdir -p "$out/kustomize-pipe"
+cp examples/kustomize/workloads.yaml "$out/kustomize-pipe/"
+printf 'resources:\n  - workloads.yaml\n' > "$out/kustomize-pipe/kustomization.yaml"
+kubectl kustomize "$out/kustomize-pipe" | "$broker" inject --entity-id FIU-EXAMPLE --secret-name fiu-entity-secret \
+  --environment sandbox - > "$out/kustomize-piped-1.31.0.yaml"
+grep -q 'name: aa-token-broker$' "$out/kustomize-piped-1.31.0.yaml"
+kubernetes-validate --strict --quiet --no-warn -k 1.31.0 "$out/kustomize-piped-1.31.0.yaml"
+
 echo "== metric names in the alerts and the dashboard exist (aa-token-broker demo's /metrics)"
 python helm/ci/check_metrics.py "$broker" "$out/full-1.29.0.yaml" "$out/fiu-app-1.29.0.yaml"
 
