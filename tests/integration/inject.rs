@@ -1167,3 +1167,17 @@ fn a_list_that_the_sidecar_would_grow_past_the_node_limit_is_refused() {
     let out = ok(&inject(&[], &documents));
     assert_eq!(out.matches("name: aa-token-broker\n").count(), 5_000);
 }
+
+#[test]
+fn the_help_names_the_flags_and_the_admin_port_as_it_is_named() {
+    let output = Command::new(env!("CARGO_BIN_EXE_aa-token-broker"))
+        .args(["inject", "--help"])
+        .output()
+        .expect("the binary runs");
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{help}");
+    assert!(help.contains("port name `broker-metrics`"), "{help}");
+    for flag in ["--selector", "-l", "--exclude", "--openshift"] {
+        assert!(help.contains(flag), "{flag}: {help}");
+    }
+}
