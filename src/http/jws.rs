@@ -9,7 +9,7 @@
 //!   unknown_sender`; `400 missing_signature`; `503 registry_unavailable` with `Retry-After`; `400
 //!   bad_request` for a missing or repeated parameter, or a sender that is not an entity id (`..`,
 //!   `a/b`: refused before the CR is asked).
-//! - `authorize` ([`super::authorize`]) uses the signature check of this file ([`check`]).
+//! - `authorize` ([`super::authorize`]) uses the signature check of this file (`check`).
 //!
 //! Verification hands out nothing secret, so, like `/v1/verify`, it needs no `Metadata` header: on the
 //! token port the loopback `Host` rule holds (a layer, [`super::guard`]), and `--verify-listen` serves it

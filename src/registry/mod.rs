@@ -597,7 +597,7 @@ const ENVIRONMENT_CRS: [(&str, &str); 3] = [
     ("production", "https://cr.sahamati.org.in"),
 ];
 
-/// The CR base for an IAM base: a named environment's CR ([`ENVIRONMENT_CRS`]); otherwise the same host,
+/// The CR base for an IAM base: a named environment's CR (`ENVIRONMENT_CRS`); otherwise the same host,
 /// `/cr` in place of `/iam` (spec §1.1), e.g. a simulator's `http://127.0.0.1:P/iam` → `…/cr`.
 pub fn default_cr_url(iam_url: &str) -> String {
     let base = iam_url.trim_end_matches('/');
