@@ -6,12 +6,21 @@
 ARG RUST_VERSION=1.95.0
 
 FROM docker.io/library/rust:${RUST_VERSION}-slim-bookworm AS build
-ARG TARGET=x86_64-unknown-linux-musl
+# The musl target of the platform being built (buildx sets TARGETARCH: amd64 or arm64); the build stage
+# runs on that platform (natively, or emulated), so musl-tools' compiler is the right one. TARGET
+# overrides it.
+ARG TARGETARCH
+ARG TARGET=
 # musl-tools: the C compiler for ring's assembly and C parts on the musl target.
-RUN apt-get update \
+RUN case "${TARGET:-${TARGETARCH:-amd64}}" in \
+      amd64) echo x86_64-unknown-linux-musl ;; \
+      arm64) echo aarch64-unknown-linux-musl ;; \
+      *) echo "${TARGET}" ;; \
+    esac > /rust-target \
+ && apt-get update \
  && apt-get install -y --no-install-recommends musl-tools=1.2.3-1 \
  && rm -rf /var/lib/apt/lists/* \
- && rustup target add "${TARGET}"
+ && rustup target add "$(cat /rust-target)"
 WORKDIR /src
 
 # Dependencies first, in their own layer: it is rebuilt only when Cargo.toml or Cargo.lock change.
@@ -21,14 +30,14 @@ RUN mkdir -p src bench \
  && touch src/lib.rs \
  && echo 'fn main() {}' > bench/floor.rs \
  && echo 'fn main() {}' > bench/load.rs \
- && cargo build --release --locked --target "${TARGET}" --bin aa-token-broker \
+ && cargo build --release --locked --target "$(cat /rust-target)" --bin aa-token-broker \
  && rm -rf src bench
 
 COPY src ./src
 COPY bench ./bench
 RUN touch src/main.rs src/lib.rs \
- && cargo build --release --locked --target "${TARGET}" --bin aa-token-broker \
- && cp "target/${TARGET}/release/aa-token-broker" /aa-token-broker
+ && cargo build --release --locked --target "$(cat /rust-target)" --bin aa-token-broker \
+ && cp "target/$(cat /rust-target)/release/aa-token-broker" /aa-token-broker
 
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /aa-token-broker /usr/local/bin/aa-token-broker

@@ -68,6 +68,8 @@ impl Application {
     ) -> Result<Self, BuildError> {
         let iam = IamClient::new(&settings.iam_url, settings.iam_timeouts)?;
         let metrics = Arc::new(Metrics::new());
+        let ids: Vec<EntityId> = settings.entities.iter().map(|e| e.id.clone()).collect();
+        metrics.known_entities(&ids);
         // Each entity's secret lives in a cell the secret module owns; the token path reads it there.
         let cells: Vec<(EntityId, Arc<SecretCell>)> = settings
             .entities
@@ -78,6 +80,8 @@ impl Application {
             &settings.verify,
             Arc::clone(&metrics) as Arc<dyn VerifyRecorder>,
         )?);
+        let key_sets = verifier.status().key_sets;
+        metrics.known_key_sets(key_sets.iter().map(|k| k.url.as_str()));
         let broker = Broker::new(
             cells.clone(),
             iam.clone(),
@@ -335,6 +339,7 @@ fn jws_state(
         }
     };
     tracing::info!(cr = %jws.cr_url, max_body_bytes = jws.max_body_bytes, "signature verification reads peers' keys from the Central Registry");
+    metrics.observe_signers(jws.signers.clone());
     for (entity, file) in &jws.signers {
         // The kid and the file, never the key.
         let kid = file.key().map(|k| k.kid().to_string()).unwrap_or_default();

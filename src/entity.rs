@@ -180,6 +180,13 @@ pub fn read_secret_file(path: &Path) -> Result<SecretString, SecretError> {
             FileError::TooLarge => SecretError::TooLarge { path },
         });
     }
+    secret_from_bytes(raw, path)
+}
+
+/// A secret from the bytes of its file (or of stdin, named by `path`): UTF-8, surrounding whitespace
+/// ignored, not empty — what [`read_secret_file`] and `secret fingerprint` both accept, so a fingerprint
+/// computed by hand is the one the broker logs.
+pub fn secret_from_bytes(raw: Vec<u8>, path: &Path) -> Result<SecretString, SecretError> {
     // Wrapped at once so the untrimmed copy is zeroized when it goes out of scope.
     let text = SecretString::from(String::from_utf8(raw).map_err(|_| SecretError::NotUtf8 {
         path: path.to_path_buf(),

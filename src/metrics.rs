@@ -14,6 +14,7 @@ pub mod edge;
 pub mod fi;
 pub mod inbound;
 pub mod registry;
+pub mod signing;
 
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
@@ -106,7 +107,40 @@ pub struct Metrics {
     edge: edge::EdgeMetrics,
     cr: registry::RegistryMetrics,
     fi: fi::FiMetrics,
+    signing: signing::SigningMetrics,
 }
+
+/// Every `outcome` of an IAM token call ([`crate::token::fetch::FetchError::kind`], with `ok`), exported
+/// at 0 per entity and trigger from start.
+pub const IAM_OUTCOMES: &[&str] = &[
+    "ok",
+    "timeout",
+    "transport",
+    "unauthorized",
+    "throttled",
+    "http_4xx",
+    "http_5xx",
+    "malformed",
+    "rejected_token",
+    "same_token",
+    "secret_unreadable",
+];
+/// Every trigger of an IAM token call ([`Trigger`]).
+const IAM_TRIGGERS: [Trigger; 3] = [Trigger::Background, Trigger::Client, Trigger::Forced];
+/// The outcomes of a rotation the secret manager reports, and of an admin login.
+pub const ROTATION_OUTCOMES: &[&str] = &[
+    "ok",
+    "recovered",
+    "persist_failed",
+    "reset_failed",
+    "read_failed",
+    "verify_failed",
+    "admin_login_failed",
+    "lock_failed",
+    "reset_deferred",
+    "ledger_failed",
+];
+pub const ADMIN_LOGIN_OUTCOMES: &[&str] = &["ok", "rejected", "failed", "held"];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -151,6 +185,7 @@ impl Metrics {
             edge: edge::EdgeMetrics::default(),
             cr: registry::RegistryMetrics::default(),
             fi: fi::FiMetrics::default(),
+            signing: signing::SigningMetrics::default(),
             registry,
         };
         let mut m = m;
@@ -275,7 +310,65 @@ impl Metrics {
         m.edge.register(&mut m.registry);
         m.cr.register(&mut m.registry);
         m.fi.register(&mut m.registry);
+        m.signing.register(&mut m.registry);
+        for outcome in ADMIN_LOGIN_OUTCOMES {
+            let _ = m.admin_logins.get_or_create(&LoginLabels {
+                outcome: (*outcome).into(),
+            });
+        }
         m
+    }
+
+    /// The configured entities: every labelled counter of theirs exists from now on, at 0, so that a
+    /// dashboard shows a flat line and `increase()` sees the first event (a series born at 1 has no
+    /// increase to show).
+    pub fn known_entities(&self, entities: &[EntityId]) {
+        for entity in entities {
+            let entity = entity.to_string();
+            let outcome = |outcome: &str| OutcomeLabels {
+                entity: entity.clone(),
+                outcome: outcome.into(),
+            };
+            for served in ["served", "stale", "unavailable"] {
+                let _ = self.token_requests.get_or_create(&outcome(served));
+            }
+            for forced in ["refreshed", "rate_limited"] {
+                let _ = self.forced_refreshes.get_or_create(&outcome(forced));
+            }
+            for rotation in ROTATION_OUTCOMES {
+                let _ = self.rotations.get_or_create(&outcome(rotation));
+            }
+            for trigger in IAM_TRIGGERS {
+                for result in IAM_OUTCOMES {
+                    let _ = self.iam_requests.get_or_create(&IamLabels {
+                        entity: entity.clone(),
+                        trigger: trigger.as_str().into(),
+                        outcome: (*result).into(),
+                    });
+                }
+            }
+            let labels = EntityLabels {
+                entity: entity.clone(),
+            };
+            let _ = self.iam_warnings.get_or_create(&labels);
+        }
+    }
+
+    /// The realm key-set URLs verification reads: their fetch counters exist from now on, at 0.
+    pub fn known_key_sets<'u>(&self, urls: impl IntoIterator<Item = &'u str>) {
+        self.inbound.known_key_sets(urls);
+    }
+
+    /// The entities that sign, with their key files: `/v1/sign`'s counters and the key-state gauge.
+    pub fn observe_signers(
+        &self,
+        signers: Vec<(EntityId, std::sync::Arc<crate::jws::SigningKeyFile>)>,
+    ) {
+        self.signing.observe(signers);
+    }
+
+    pub fn sign_request(&self, entity: &EntityId, outcome: signing::SignOutcome) {
+        self.signing.sign(entity, outcome);
     }
 
     pub fn guard_rejection(&self, reason: &'static str) {
@@ -321,6 +414,7 @@ impl Metrics {
     /// Renders the registry in the OpenMetrics text format, after setting the state gauges from `status`.
     pub fn render(&self, status: &[EntityStatus]) -> String {
         self.edge.refresh();
+        self.signing.refresh();
         for entity in status {
             let labels = EntityLabels {
                 entity: entity.entity_id.to_string(),

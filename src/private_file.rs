@@ -156,7 +156,8 @@ pub fn warning_for(path: &Path, meta: &Metadata) -> Option<String> {
 }
 
 /// The warning for a file of `mode` owned by `owner`:`group` read by `reader`, or `None` when no bit for
-/// group or others is set. Names the path and the mode (never content) and advises only what keeps the
+/// group or others is set, or when the only one is the group's read bit and the broker reads the file
+/// through that group (it owns neither the file nor the machine). Names the path and the mode (never content) and advises only what keeps the
 /// file readable to the broker: a non-root process reads a 0400 file only if it owns it, so a file it
 /// reads through its group (a Kubernetes Secret volume with `fsGroup`) must keep the group bit, and one
 /// it reads through the bits for others must first be given to it.
@@ -172,6 +173,12 @@ pub fn mode_warning(
         return None;
     }
     let me = reader.uid;
+    // A file someone else owns, readable by its group only, that the broker reads through that group:
+    // a Kubernetes Secret volume with `fsGroup` and `defaultMode: 0440`, mounted into the sidecar alone.
+    // That is as private as a non-root reader can have it; 0400 would lock the broker out.
+    if me != 0 && owner != me && mode & 0o077 == 0o040 && reader.groups.contains(&group) {
+        return None;
+    }
     let advice = if me == 0 || owner == me {
         format!("chmod 0400 (or 0600) keeps it to uid {owner}, its owner, which the broker runs as")
     } else if reader.groups.contains(&group) {
@@ -298,11 +305,20 @@ mod tests {
             "{own}"
         );
         assert!(own.contains("chmod 0400"), "{own}");
-        // Root-owned, read through the pod's fsGroup (a Secret volume with defaultMode 0440): never
-        // advise 0400, which would lock the broker out.
-        let fs_group = mode_warning(path, 0o440, 0, 2000, &broker).unwrap();
-        assert!(fs_group.contains("mode 0440") && fs_group.contains("keep that group bit"));
+        // Root-owned, read through the pod's fsGroup (a Secret volume with defaultMode 0440): as
+        // private as a non-root broker can have it, so no warning.
+        assert_eq!(mode_warning(path, 0o440, 0, 2000, &broker), None);
+        assert_eq!(mode_warning(path, 0o100440, 0, 2000, &broker), None);
+        // Group-writable as well: warned, never advising 0400, which would lock the broker out.
+        let fs_group = mode_warning(path, 0o460, 0, 2000, &broker).unwrap();
+        assert!(fs_group.contains("mode 0460") && fs_group.contains("keep that group bit"));
         assert!(!fs_group.contains("chmod 0400"), "{fs_group}");
+        // 0440 owned by the broker itself: the group bit is not needed.
+        assert!(
+            mode_warning(path, 0o440, 1000, 2000, &broker)
+                .unwrap()
+                .contains("chmod 0400")
+        );
         let fs_group_others = mode_warning(path, 0o644, 0, 2000, &broker).unwrap();
         assert!(fs_group_others.contains("o-rwx"), "{fs_group_others}");
         assert!(!fs_group_others.contains("chmod 0400"), "{fs_group_others}");

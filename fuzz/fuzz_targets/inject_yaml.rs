@@ -21,6 +21,8 @@ fuzz_target!(|data: &[u8]| {
         port: 7373,
         admin_port: (data.len() % 3 == 0).then_some(9373),
         mode: [Mode::Native, Mode::Regular][data.len() % 2],
+        selection: Default::default(),
+        openshift: data.len() % 5 == 0,
     };
     if let Ok(injected) = inject_within(text, &options, MAX_OUTPUT) {
         assert!(injected.output.len() <= MAX_OUTPUT);

@@ -4,7 +4,10 @@ run helm (schema refusals) or the broker's own `inject` (BROKER=path) themselves
 import json
 import os
 import re
+import socket
 import subprocess
+import tempfile
+import time
 import tomllib
 import zlib
 
@@ -225,12 +228,16 @@ def test_monitoring_objects():
     monitor = one(docs, "ServiceMonitor")
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
-    rules = one(docs, "PrometheusRule")["spec"]["groups"][0]["rules"]
+    rules = [r for g in one(docs, "PrometheusRule")["spec"]["groups"] for r in g["rules"]]
     alerts = {r["alert"]: r for r in rules}
     assert {"AaTokenBrokerSecretExpiringSoon", "AaTokenBrokerSecretInGracePeriod", "AaTokenBrokerRefreshFailing",
             "AaTokenBrokerNoValidToken", "AaTokenBrokerAbsent", "AaTokenBrokerStaleTokenExpiring",
             "AaTokenBrokerRotationJobFailed", "AaTokenBrokerSecretNotStored",
-            "AaTokenBrokerSecretStoreDiverged"} <= set(alerts)
+            "AaTokenBrokerSecretStoreDiverged",
+            "AaTokenBrokerSigningKeyUnavailable", "AaTokenBrokerKeySetUnavailable", "AaTokenBrokerKeySetStale",
+            "AaTokenBrokerSignatureChecksUnavailable", "AaTokenBrokerAuthorizeUnavailable",
+            "AaTokenBrokerAuthorizeRefusingMost", "AaTokenBrokerCentralRegistryFailing",
+            "AaTokenBrokerCrLookupBudgetSpent"} <= set(alerts)
     diverged = alerts["AaTokenBrokerSecretStoreDiverged"]["expr"]
     assert "aa_broker_secret_store_diverged_seconds - aa_broker_secret_check_interval_seconds" in diverged
     assert "< 604800" in alerts["AaTokenBrokerSecretExpiringSoon"]["expr"]
@@ -249,7 +256,8 @@ def test_every_alert_links_to_its_runbook_section():
     with open(os.path.join(ROOT, "docs", "runbook.md")) as f:
         anchors = {re.sub(r"[^a-z0-9 -]", "", line[3:].strip().lower()).replace(" ", "-")
                    for line in f if line.startswith("## ")}
-    rules = one(load("full", "1.29.0"), "PrometheusRule")["spec"]["groups"][0]["rules"]
+    rules = [r for g in one(load("full", "1.29.0"), "PrometheusRule")["spec"]["groups"] for r in g["rules"]]
+    assert len(rules) >= 16
     for rule in rules:
         url = rule["annotations"]["runbook_url"]
         assert url.split("#")[0].endswith("/docs/runbook.md"), url
@@ -274,7 +282,10 @@ def test_the_dashboard_is_an_opt_in_config_map_for_grafanas_sidecar():
     dashboard = json.loads(board["data"]["aa-token-broker.json"])
     exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
     for metric in ["aa_broker_token_valid", "aa_broker_token_expires_in_seconds", "aa_broker_refresh_consecutive_failures",
-                   "aa_broker_secret_expires_in_seconds", "aa_broker_token_requests_total"]:
+                   "aa_broker_secret_expires_in_seconds", "aa_broker_token_requests_total",
+                   "aa_broker_sign_requests_total", "aa_broker_signing_key_valid", "aa_broker_jwks_fetches_total",
+                   "aa_broker_signature_checks_total", "aa_broker_authorize_total", "aa_broker_cr_requests_total",
+                   "aa_broker_verifications_total"]:
         assert metric in exprs, metric
     assert not [d for d in load("minimal", "1.29.0") if d["kind"] == "ConfigMap"]
 
@@ -346,7 +357,7 @@ def test_a_parent_chart_gets_the_sidecar_from_its_own_values_only(version):
     assert ("restartPolicy" in container) == native
     assert (spec.get("initContainers", [{}])[0].get("name") == "aa-token-broker") == native
     if not native:
-        assert spec["containers"][0]["name"] == "aa-token-broker" and "initContainers" not in spec
+        assert spec["containers"][0]["name"] == "aa-token-broker"
     app = next(c for c in spec["containers"] if c["name"] == "app")
     assert env(app)["AA_TOKEN_BROKER_URL"] == "http://127.0.0.1:7373"
     volume = next(v for v in spec["volumes"] if v["name"] == "aa-token-broker-secret")
@@ -399,3 +410,129 @@ def test_the_fi_kek_is_mounted_into_the_sidecar_only():
     secret = one(docs, "Secret", "fi-kek")
     assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     assert "AA_BROKER_FI_KEK_FILE" not in env(sidecar(pod_spec(load("minimal", "1.29.0"))))
+
+
+@pytest.mark.parametrize("version", ["1.28.0", "1.29.0", "1.31.0"])
+def test_a_parent_charts_own_init_containers_are_kept_at_every_version(version):
+    spec = pod_spec(load("fiu-app", version))
+    init = [c["name"] for c in spec["initContainers"]]
+    native = version != "1.28.0"
+    assert init == (["aa-token-broker", "migrate"] if native else ["migrate"]), init
+    migrate = next(c for c in spec["initContainers"] if c["name"] == "migrate")
+    # A regular sidecar starts after the init containers: its URL would lead nowhere.
+    assert ("AA_TOKEN_BROKER_URL" in env(migrate)) == native
+    assert env(migrate)["DB_URL"] is None and migrate["env"][-1]["valueFrom"]["secretKeyRef"]["name"] == "fiu-db"
+
+
+SECRET_VOLUMES = re.compile(r"^aa-token-broker-secret(-\d+)?$")
+
+
+@pytest.mark.parametrize("rendered", ["minimal-1.28.0", "full-1.29.0", "entities-1.31.0", "fiu-app-1.28.0",
+                                      "fiu-app-1.31.0", "openshift-1.29.0"])
+def test_the_secret_is_readable_by_the_pods_fs_group_and_no_one_else(rendered):
+    values, version = rendered.rsplit("-", 1)
+    docs = load(values, version)
+    pods = [d["spec"]["template"]["spec"] for d in docs if d["kind"] == "Deployment"]
+    pods += [d["spec"] for d in docs if d["kind"] == "Pod"]
+    assert pods
+    for spec in pods:
+        volumes = [v for v in spec["volumes"] if SECRET_VOLUMES.match(v["name"])]
+        assert volumes
+        for volume in volumes:
+            # 0440: root's, readable by its group (the pod's fsGroup), nothing for others. 0400 would lock
+            # the non-root broker out; 0444 lets every user in the container read the secret.
+            assert volume["secret"]["defaultMode"] == 0o440, volume
+        if values == "openshift":
+            assert "fsGroup" not in spec["securityContext"], "restricted-v2 assigns it"
+        else:
+            assert spec["securityContext"]["fsGroup"] == 65532, spec["securityContext"]
+
+
+def serve_log(secret, timeout=10):
+    """The broker's start-up log, run as the chart's uid and group, until it says whether rotation is on
+    (the last start-up line, after every file warning)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    broker = subprocess.Popen(
+        [os.path.abspath(BROKER), "serve", "--entity-id", "FIU-EXAMPLE", "--secret-file", str(secret),
+         "--iam-url", "http://127.0.0.1:9/iam", "--listen", f"127.0.0.1:{port}", "--log-format", "text"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, user=65532, group=65532, extra_groups=[65532])
+    lines = []
+    try:
+        deadline = time.monotonic() + timeout
+        for line in broker.stderr:
+            lines.append(line)
+            if "automatic secret rotation" in line or time.monotonic() > deadline:
+                break
+    finally:
+        broker.terminate()
+        broker.wait(timeout=15)
+    return "".join(lines)
+
+
+def test_the_mounted_secret_is_read_without_a_warning_as_the_kubelet_lays_it_out():
+    """The kubelet writes a Secret volume's files as root, group fsGroup, mode defaultMode (0440). Lay a
+    file out like that and start the broker on it as the chart's uid and group (fsGroup 65532): no mode
+    warning. The 0444 the chart used before is warned about. Needs root to chown; skipped otherwise."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to lay the file out as the kubelet does")
+    # Not pytest's tmp_path: its parents are private to root, and the broker runs as 65532.
+    with tempfile.TemporaryDirectory(dir="/tmp") as directory:
+        os.chmod(directory, 0o755)
+        secret = os.path.join(directory, "secret")
+        with open(secret, "w") as f:
+            f.write("not-a-real-secret")
+        os.chown(secret, 0, 65532)
+        os.chmod(secret, 0o440)
+        log = serve_log(secret)
+        assert "entity configured" in log, log
+        assert "has mode" not in log, log
+        os.chmod(secret, 0o444)
+        log = serve_log(secret)
+        assert "has mode 0444" in log, log
+
+
+def run_inject_file(path, *flags):
+    result = subprocess.run([BROKER, "inject", "--entity-id", "FIU-EXAMPLE", "--secret-name", "fiu-example-entity-secret",
+                             "--environment", "sandbox", *flags, path], capture_output=True, text=True, check=True)
+    return [d for d in yaml.safe_load_all(result.stdout) if d], result.stderr
+
+
+def injected_names(docs):
+    names = []
+    for d in docs:
+        spec = {"Pod": lambda d: d["spec"], "CronJob": lambda d: d["spec"]["jobTemplate"]["spec"]["template"]["spec"]}.get(
+            d["kind"], lambda d: d.get("spec", {}).get("template", {}).get("spec"))(d)
+        if spec and any(c["name"] == "aa-token-broker" for c in spec.get("initContainers", []) + spec["containers"]):
+            names.append(f"{d['kind']}/{d['metadata']['name']}")
+    return names
+
+
+THIRD_PARTY = os.path.join(ROOT, "tests", "fixtures", "inject", "third-party.yaml")
+WORKLOADS = os.path.join(ROOT, "tests", "fixtures", "inject", "workloads.yaml")
+
+
+def test_inject_chooses_workloads_by_selector_and_exclude_and_honours_the_workload_annotation():
+    docs, _ = run_inject_file(THIRD_PARTY)
+    assert "Deployment/argocd-dex-server" not in injected_names(docs)
+    docs, _ = run_inject_file(THIRD_PARTY, "-l", "aa.example/entity-token=yes", "--exclude", "statefulset/argocd-application-controller")
+    assert injected_names(docs) == ["Deployment/argocd-server"]
+
+
+def test_inject_in_regular_mode_leaves_run_to_completion_pods_alone():
+    docs, stderr = run_inject_file(WORKLOADS, "--mode", "regular")
+    names = injected_names(docs)
+    assert "Job/fiu-backfill" not in names and "CronJob/fiu-consent-report" not in names
+    assert "Deployment/fiu-api" in names
+    assert stderr.count("left without the sidecar") == 2, stderr
+
+
+def test_inject_openshift_sets_no_ids():
+    docs, _ = run_inject_file(THIRD_PARTY, "--openshift")
+    for d in docs:
+        if f"{d['kind']}/{d['metadata']['name']}" in injected_names([d]):
+            spec = d["spec"] if d["kind"] == "Pod" else d["spec"]["template"]["spec"]
+            side = sidecar(spec)["securityContext"]
+            assert "runAsUser" not in side and "runAsGroup" not in side
+            assert "fsGroup" not in spec.get("securityContext", {})

@@ -20,6 +20,7 @@ use super::{config_error, failure};
 use crate::config::cli::InjectArgs;
 use crate::config::{ConfigError, resolve_iam_url};
 use crate::inject::limits::{MAX_INPUT_BYTES, MAX_OUTPUT_BYTES};
+use crate::inject::select::Selection;
 use crate::inject::{self, Iam, InjectError, InjectOptions, Mode};
 
 /// Where the published images are; the chart's `image.repository`.
@@ -170,7 +171,7 @@ fn read(source: &Path) -> Result<String, String> {
     } else {
         std::fs::File::open(source).and_then(|f| f.take(cap).read_to_end(&mut bytes))
     };
-    limited.map_err(|e| format!("cannot read: {}", e.kind()))?;
+    limited.map_err(|e| format!("cannot read: {}", crate::private_file::io_reason(&e)))?;
     if bytes.len() > MAX_INPUT_BYTES {
         return Err(format!(
             "larger than {} MiB; split it",
@@ -263,6 +264,17 @@ fn options(args: &InjectArgs) -> Result<InjectOptions, ConfigError> {
             ),
         ));
     }
+    let mut selection = Selection::default();
+    if let Some(selector) = &args.selector {
+        selection = selection
+            .with_selector(selector)
+            .map_err(|e| ConfigError::new("--selector", e))?;
+    }
+    for exclude in &args.exclude {
+        selection = selection
+            .with_exclude(exclude)
+            .map_err(|e| ConfigError::new("--exclude", e))?;
+    }
     Ok(InjectOptions {
         entity_id,
         secret_name: secret_name.to_string(),
@@ -273,6 +285,8 @@ fn options(args: &InjectArgs) -> Result<InjectOptions, ConfigError> {
         admin_port: args.admin_port,
         mode,
         fi_kek_secret: args.fi_kek_secret.clone(),
+        selection,
+        openshift: args.openshift,
     })
 }
 

@@ -10,11 +10,13 @@ use secrecy::SecretString;
 use super::{bind, config_error, failure, log_or_exit, runtime, shutdown_signal};
 use crate::app::Application;
 use crate::config::cli::{DemoArgs, SimulatorArgs};
+use crate::config::jws::JwsSettings;
 use crate::config::{self, BrokerSettings, ConfigError, EntitySettings};
 use crate::entity::{EntityId, SecretSource};
 use crate::http::GuardSettings;
 use crate::http::server::ServerLimits;
 use crate::iam::IamTimeouts;
+use crate::jws::SigningKeyFile;
 use crate::simulator::{ResetMode, SimSettings, Simulator};
 use crate::telemetry;
 use crate::token::policy::RefreshPolicy;
@@ -158,6 +160,12 @@ pub fn demo(args: &DemoArgs) -> ExitCode {
             Ok(id) => id,
             Err(e) => return failure(e),
         };
+        // The demo entity signs too: its key registered in the simulator's CR, the private half in a
+        // private temporary file (removed when the demo ends), so `/v1/sign` and its metrics work.
+        let (signing_dir, jws) = match demo_signer(&simulator, &iam_url, &id) {
+            Ok(signer) => signer,
+            Err(e) => return failure(e),
+        };
         let settings = BrokerSettings {
             iam_url: iam_url.clone(),
             iam_timeouts: IamTimeouts::default(),
@@ -178,7 +186,7 @@ pub fn demo(args: &DemoArgs) -> ExitCode {
             inbound: config::InboundLimits::defaults(config::DEFAULT_WORKER_THREADS),
         };
         let app = match Application::build(settings, listener, RefreshPolicy::default()) {
-            Ok(app) => app,
+            Ok(app) => app.with_jws(jws),
             Err(e) => return failure(e),
         };
         let addr = app
@@ -197,11 +205,46 @@ pub fn demo(args: &DemoArgs) -> ExitCode {
         println!(
             "  curl -s -H \"Authorization: Bearer $(curl -s -H 'Metadata: true' -H 'Accept: text/plain' http://{addr}/v1/token)\" http://{addr}/v1/verify"
         );
+        println!("  curl -s -H 'Metadata: true' --data-binary '{{\"ver\":\"2.0.0\"}}' http://{addr}/v1/sign");
         println!("  curl -s http://{addr}/readyz");
         println!("  curl -s http://{addr}/metrics");
         println!();
         println!("Ctrl-C stops it.");
         app.run_until(shutdown_signal()).await;
+        drop(signing_dir);
         ExitCode::SUCCESS
     })
+}
+
+/// Registers the demo entity in the simulator's CR and writes its private key to a new private
+/// directory: the signature settings that sign with it, and the directory (dropping it removes the key).
+fn demo_signer(
+    simulator: &Simulator,
+    iam_url: &str,
+    id: &EntityId,
+) -> Result<(tempfile::TempDir, JwsSettings), String> {
+    let kid = simulator.cr_register(id.as_str(), "FIU")?;
+    let pem = simulator
+        .cr_private_key_pem(id.as_str())
+        .ok_or("the simulator holds no key for the demo entity")?;
+    let dir = tempfile::Builder::new()
+        .prefix("aa-token-broker-demo-")
+        .tempdir()
+        .map_err(|e| format!("cannot create the demo's key directory: {e}"))?;
+    let path = dir.path().join("signing-key.pem");
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| f.write_all(pem.as_bytes()))
+            .map_err(|e| format!("cannot write the demo's signing key: {e}"))?;
+    }
+    let file = SigningKeyFile::open(&path, Some(&kid)).map_err(|e| e.to_string())?;
+    let mut jws = JwsSettings::for_iam_url(iam_url);
+    jws.signers = vec![(id.clone(), Arc::new(file))];
+    Ok((dir, jws))
 }

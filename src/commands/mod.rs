@@ -36,6 +36,7 @@ pub fn run(command: Command) -> ExitCode {
         Command::Demo(args) => local::demo(&args),
         Command::Secret(SecretCommand::Read(args)) => secret::read(&args),
         Command::Secret(SecretCommand::Reset(args)) => secret::reset(&args),
+        Command::Secret(SecretCommand::Fingerprint(args)) => secret::fingerprint_command(&args),
         Command::Rotate(args) => secret::rotate(&args),
         Command::Healthcheck(args) => healthcheck::run(&args),
         Command::Inject(args) => inject::run(&args),

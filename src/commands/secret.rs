@@ -2,6 +2,8 @@
 //! CronJob. Passwords and secrets are never echoed, logged or put in errors; a reset secret is stored in
 //! the sink before anything is printed. `rotate` is one site's rotator: it converges its store on the
 //! IAM's current secret before anything, and resets only as its role (primary or standby) allows.
+//! And `secret fingerprint`, which needs nothing but the secret: the fingerprint to compare with the
+//! one the broker logs and shows in `/readyz`.
 
 use crate::config::settings;
 use std::process::ExitCode;
@@ -12,9 +14,11 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::{config_error, current_thread_runtime, failure};
 use crate::config::ConfigError;
-use crate::config::cli::{LogArgs, RotateArgs, RotationArgs, SecretReadArgs, SecretResetArgs};
+use crate::config::cli::{
+    LogArgs, RotateArgs, RotationArgs, SecretFingerprintArgs, SecretReadArgs, SecretResetArgs,
+};
 use crate::config::rotation::{AdminContext, admin_context, env_secrets};
-use crate::entity::fingerprint;
+use crate::entity::{MAX_SECRET_FILE_BYTES, fingerprint, read_secret_file, secret_from_bytes};
 use crate::iam::IamClient;
 use crate::secret::ledger::{Ledgered, ResetLedger};
 use crate::secret::policy::sites::{Reading, SiteAction, Store, Thresholds, recheck, site_action};
@@ -76,6 +80,41 @@ fn describe_expiry(expires_on: Option<SystemTime>) -> String {
             )
         }
         None => "expiry not reported".into(),
+    }
+}
+
+/// `secret fingerprint [FILE|-]`: the secret read as the broker reads its secret file (at most 4 KiB,
+/// UTF-8, surrounding whitespace ignored), and its fingerprint on stdout. Exit 1 with the reason when it
+/// cannot be read; the secret itself is never printed.
+pub fn fingerprint_command(args: &SecretFingerprintArgs) -> ExitCode {
+    use std::io::Read;
+    let secret = if args.file == std::path::Path::new("-") {
+        let mut raw = Vec::new();
+        if let Err(e) = std::io::stdin()
+            .lock()
+            .take(MAX_SECRET_FILE_BYTES + 1)
+            .read_to_end(&mut raw)
+        {
+            return failure(format!(
+                "cannot read the secret from stdin: {}",
+                crate::private_file::io_reason(&e)
+            ));
+        }
+        if raw.len() as u64 > MAX_SECRET_FILE_BYTES {
+            return failure(format!(
+                "the secret on stdin is larger than {MAX_SECRET_FILE_BYTES} bytes"
+            ));
+        }
+        secret_from_bytes(raw, std::path::Path::new("(stdin)"))
+    } else {
+        read_secret_file(&args.file)
+    };
+    match secret {
+        Ok(secret) => {
+            println!("{}", fingerprint(&secret));
+            ExitCode::SUCCESS
+        }
+        Err(e) => failure(e),
     }
 }
 

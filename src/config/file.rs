@@ -95,7 +95,11 @@ pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
     let meta = std::fs::metadata(path).map_err(|e| {
         ConfigError::new(
             settings::CONFIG,
-            format!("cannot read {}: {}", path.display(), e.kind()),
+            format!(
+                "cannot read {}: {}",
+                path.display(),
+                crate::private_file::io_reason(&e)
+            ),
         )
     })?;
     if !meta.is_file() || meta.len() > MAX_CONFIG_BYTES {
@@ -107,7 +111,11 @@ pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigError::new(
             settings::CONFIG,
-            format!("cannot read {}: {}", path.display(), e.kind()),
+            format!(
+                "cannot read {}: {}",
+                path.display(),
+                crate::private_file::io_reason(&e)
+            ),
         )
     })?;
     parse(&text).map_err(|reason| {

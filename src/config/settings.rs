@@ -365,6 +365,38 @@ mod tests {
     }
 
     #[test]
+    fn the_readmes_list_of_file_keys_is_every_file_key() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("File keys (every one")
+            .expect("the README lists the file keys");
+        let paragraph = &readme[start..];
+        let paragraph = &paragraph[..paragraph.find("\n\n").unwrap_or(paragraph.len())];
+        // The backticked words before the settings without a key.
+        let listed = &paragraph[..paragraph
+            .find("The settings without a key")
+            .unwrap_or(paragraph.len())];
+        let mut in_readme: Vec<&str> = listed
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|word| *word != "[[entities]]" && !word.starts_with("--"))
+            .collect();
+        let mut keys: Vec<&str> = ALL
+            .iter()
+            .filter_map(|s| s.key)
+            .map(|k| k.trim_start_matches("entities[]."))
+            .collect();
+        in_readme.sort_unstable();
+        keys.sort_unstable();
+        keys.dedup();
+        assert_eq!(
+            in_readme, keys,
+            "the README's file keys and config::settings differ"
+        );
+    }
+
+    #[test]
     fn the_readme_table_lists_every_setting_by_its_names() {
         let readme = include_str!("../../README.md");
         let rows: Vec<(String, String)> = readme

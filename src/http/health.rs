@@ -46,6 +46,8 @@ struct EntityReadiness {
     admin_login: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     last_rotation: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret_fingerprint: Option<String>,
 }
 
 /// 200 only when every configured entity holds a token that may be handed out; 503 otherwise, with the
@@ -66,6 +68,16 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     // reason to be unready by itself.
     if let Some(jws) = &app.jws {
         body["centralRegistry"] = serde_json::json!(jws.registry.status());
+        // Each signing key's state: a broken key is an operator's problem to see here, never a reason
+        // to stop serving tokens.
+        if !jws.signers.is_empty() {
+            let signing: BTreeMap<String, crate::jws::key::KeyState> = jws
+                .signers
+                .iter()
+                .map(|(entity, file)| (entity.to_string(), file.state()))
+                .collect();
+            body["signing"] = serde_json::json!(signing);
+        }
     }
     // FI encryption: whether it is on, and each entity's KEK (its id, earlier keys still unwrapping, the
     // last reload's error). Reported, not part of `ready`: a KEK is checked at start and kept if a re-read fails.
@@ -102,6 +114,7 @@ pub fn readiness(status: Vec<EntityStatus>) -> (bool, serde_json::Value) {
                     secret_warning: e.secret.warning,
                     admin_login: e.secret.admin_login,
                     last_rotation: e.secret.last_rotation.map(timefmt::rfc3339_seconds),
+                    secret_fingerprint: e.secret_fingerprint,
                 },
             )
         })

@@ -40,6 +40,7 @@ use crate::inbound::Verifier;
 use crate::jws::{self, JwsError, SigningKeyFile};
 use crate::metrics::Metrics;
 use crate::metrics::edge::SignatureOutcome;
+use crate::metrics::signing::SignOutcome;
 use crate::rebit::envelope::EnvelopeRules;
 use crate::registry::{EntityKey, Found, Registry, RegistryError, TYPES};
 use crate::token::broker::Broker;
@@ -173,9 +174,11 @@ async fn sign(state: &JwsState, entity_id: Option<&str>, body: Body) -> Response
             "no signing key is configured for that entity (--signing-key-file)",
         );
     };
+    let outcome = |outcome| state.metrics.sign_request(entity, outcome);
     let key = match file.key() {
         Ok(key) => key,
         Err(e) => {
+            outcome(SignOutcome::KeyUnavailable);
             tracing::error!(entity = %entity, error = %e, "signing key unavailable");
             return reply::error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -188,7 +191,10 @@ async fn sign(state: &JwsState, entity_id: Option<&str>, body: Body) -> Response
     let buffered =
         match body::read(body, prefix.as_bytes(), state.max_body_bytes, &state.limits).await {
             Ok(buffered) => buffered,
-            Err(error) => return error.response(),
+            Err(error) => {
+                outcome(SignOutcome::BodyRefused);
+                return error.response();
+            }
         };
     let kid = key.kid().to_string();
     let signed = state
@@ -198,10 +204,15 @@ async fn sign(state: &JwsState, entity_id: Option<&str>, body: Body) -> Response
     let signature = match signed {
         Ok(Ok(signature)) => signature,
         Ok(Err(e)) => {
+            outcome(SignOutcome::Failed);
             return reply::error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string());
         }
-        Err(PoolError::Busy) => return busy(),
+        Err(PoolError::Busy) => {
+            outcome(SignOutcome::Busy);
+            return busy();
+        }
         Err(PoolError::Failed) => {
+            outcome(SignOutcome::Failed);
             return reply::error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -209,6 +220,7 @@ async fn sign(state: &JwsState, entity_id: Option<&str>, body: Body) -> Response
             );
         }
     };
+    outcome(SignOutcome::Signed);
     let json = serde_json::json!({ "signature": signature, "kid": kid });
     let mut response = (StatusCode::OK, axum::Json(json)).into_response();
     if let Ok(value) = HeaderValue::from_str(&signature) {

@@ -5,18 +5,21 @@
 //! on the serving path and depends on nothing but the entity id type. The parts:
 //!
 //! - [`pod`]: which kinds have a pod template and where, and what is done to one (the one table);
+//! - [`select`]: which workloads a run touches (a label selector, `--exclude`);
 //! - [`sidecar`]: the container, volume and variable added, with the Helm chart's values;
 //! - [`yaml`]: loading and writing YAML without changing what Kubernetes reads;
 //! - [`limits`]: how large, deep and alias-expanded an input may be, enforced while it is read.
 //!
 //! A `List` or a kustomize/kpt `ResourceList` has its items rewritten the same way, so `inject` also works
-//! as a KRM function. Documents come out in the order they went in. Documents without a pod template, and pod templates
-//! annotated `aa-token-broker/inject: "false"`, come out with the same data (comments are not kept, and
+//! as a KRM function. Documents come out in the order they went in. Documents without a pod template, and
+//! those not chosen ([`select`]: a selector, `--exclude`, the opt-out annotation `aa-token-broker/inject:
+//! "false"`), come out with the same data (comments are not kept, and
 //! empty documents are dropped). Documents are read, rewritten and written one at a time, so only one
 //! tree is in memory at once.
 
 pub mod limits;
 pub mod pod;
+pub mod select;
 pub mod sidecar;
 pub mod yaml;
 
@@ -88,12 +91,17 @@ pub struct InjectOptions {
     pub iam: Iam,
     /// The token API port on the pod's loopback.
     pub port: u16,
-    /// Serve `/healthz`, `/readyz` and `/metrics` on the pod IP at this port (named `metrics`); the
-    /// probes then use it.
+    /// Serve `/healthz`, `/readyz` and `/metrics` on the pod IP at this port (named `broker-metrics`);
+    /// the probes then use it.
     pub admin_port: Option<u16>,
     pub mode: Mode,
     /// The Kubernetes Secret holding the FI key-encryption key (key `kek`), mounted into the sidecar only.
     pub fi_kek_secret: Option<String>,
+    /// Which workloads get the sidecar.
+    pub selection: select::Selection,
+    /// Leave the user and group ids (the sidecar's, the pod's `fsGroup`) to the platform: OpenShift's
+    /// `restricted-v2` assigns them from the namespace's range and refuses others.
+    pub openshift: bool,
 }
 
 /// Why a stream could not be rewritten. `document` counts from 1, as a reader would.
@@ -325,6 +333,8 @@ mod properties {
             admin_port: None,
             mode: Mode::Native,
             fi_kek_secret: None,
+            selection: select::Selection::default(),
+            openshift: false,
         }
     }
 

@@ -3,9 +3,15 @@
 //! `inject` owns four things in a pod template and rewrites them on every run: the container named
 //! `aa-token-broker` (in `initContainers` or `containers`), the volume `aa-token-broker-secret`, the
 //! `AA_TOKEN_BROKER_URL` variable of the other containers, and the label `aa-token-broker/sidecar`. It
-//! also sets `kubectl.kubernetes.io/default-container` when that is not set. Running it again with the same flags
-//! therefore changes nothing, and with other flags replaces them rather than adding a second copy.
-//! Everything else in the spec is left as it was.
+//! also sets `kubectl.kubernetes.io/default-container` when that is not set, and the pod's `fsGroup`
+//! when none is set (the Secret's files are readable by that group only, see [`super::sidecar`]).
+//! Running it again with the same flags therefore changes nothing, and with other flags replaces them
+//! rather than adding a second copy. Everything else in the spec is left as it was.
+//!
+//! Which objects it touches is [`super::select`]'s choice, plus one rule of its own: a regular
+//! (non-native) sidecar never exits, so in regular mode a pod meant to run to completion — a Job's, a
+//! CronJob's, or any with `restartPolicy` `Never` or `OnFailure` (a `helm test` pod) — is left alone,
+//! with a warning, rather than made to run for ever.
 
 use saphyr::Yaml;
 
@@ -40,8 +46,13 @@ const POD_TEMPLATES: &[(&str, &str, &[&str])] = &[
 pub enum Outcome {
     /// Not a kind with a pod template: written back as it was.
     NotAWorkload,
-    /// Annotated `aa-token-broker/inject: "false"`: written back as it was.
+    /// Annotated `aa-token-broker/inject: "false"` (the workload or its pod template): written back as
+    /// it was.
     OptedOut,
+    /// Not chosen by the selector, or named by `--exclude`: written back as it was.
+    NotChosen,
+    /// Runs to completion, and the sidecar would be a regular one that never exits: left without it.
+    RunsToCompletion,
     /// The sidecar is in (added, or brought up to date).
     Injected,
 }
@@ -76,18 +87,54 @@ pub fn inject_object(
     } else {
         keys.join(".")
     };
+    let opted_out = |node: &Node<'_>| {
+        yaml::path(node, &["metadata", "annotations", OPT_OUT_ANNOTATION]).and_then(yaml::text)
+            == Some("false")
+    };
+    // The workload's own metadata counts as much as its pod template's: it is where people look.
+    if opted_out(object) {
+        return Ok(Outcome::OptedOut);
+    }
+    let name = yaml::path(object, &["metadata", "name"]).and_then(yaml::text);
+    if options.selection.excludes(kind, name) {
+        return Ok(Outcome::NotChosen);
+    }
+    let kind = kind.to_string();
     let template = yaml::path_mut(object, keys)
         .filter(|t| t.is_mapping())
         .ok_or_else(|| format!("{where_} is missing or not a mapping"))?;
-    let opted_out = yaml::path(template, &["metadata", "annotations", OPT_OUT_ANNOTATION])
-        .and_then(yaml::text)
-        == Some("false");
-    if opted_out {
+    if opted_out(template) {
         return Ok(Outcome::OptedOut);
+    }
+    if !options
+        .selection
+        .selects(yaml::path(template, &["metadata", "labels"]))
+    {
+        return Ok(Outcome::NotChosen);
     }
     let spec = yaml::get_mut(template, "spec")
         .filter(|s| s.is_mapping())
         .ok_or_else(|| format!("{where_}.spec is missing or not a mapping"))?;
+    let restart_policy = yaml::get(spec, "restartPolicy")
+        .and_then(yaml::text)
+        .filter(|p| matches!(*p, "Never" | "OnFailure"));
+    if options.mode == Mode::Regular && (is_job || restart_policy.is_some()) {
+        let what = match restart_policy {
+            Some(policy) => format!("its pods run to completion (restartPolicy {policy})"),
+            None => format!("a {kind}'s pods run to completion"),
+        };
+        let removed = remove_injected(spec)?;
+        notes.push(format!(
+            "left without the sidecar{}: {what}, and a regular (non-native) sidecar never exits, so \
+             they would never complete; use --mode native (Kubernetes 1.29 or newer), where the sidecar \
+             ends with the pod",
+            if removed { " (removed)" } else { "" }
+        ));
+        if removed {
+            remove_pod_label(template);
+        }
+        return Ok(Outcome::RunsToCompletion);
+    }
     let first_app = inject_pod_spec(spec, options)?;
     if yaml::get(spec, "hostNetwork").and_then(yaml::text) == Some("true") {
         notes.push(format!(
@@ -96,12 +143,21 @@ pub fn inject_object(
             options.port
         ));
     }
-    if is_job && options.mode == Mode::Regular {
-        notes.push(
-            "a regular (non-native) sidecar keeps running after the job's containers finish, so the \
-             job never completes; use --mode native (Kubernetes 1.29 or newer)"
-                .into(),
-        );
+    if options.mode == Mode::Regular {
+        let init = container_list(spec, "initContainers")?.map_or_else(Vec::new, |items| {
+            items
+                .iter()
+                .filter_map(|c| yaml::get(c, "name").and_then(yaml::text))
+                .map(str::to_string)
+                .collect()
+        });
+        if !init.is_empty() {
+            notes.push(format!(
+                "its init containers ({}) run before a regular sidecar starts: they get no {URL_ENV} \
+                 and cannot use the broker (--mode native, Kubernetes 1.29 or newer, starts it first)",
+                init.join(", ")
+            ));
+        }
     }
     let metadata = yaml::mapping_entry(template, "metadata")
         .ok_or_else(|| format!("{where_}.metadata is not a mapping"))?;
@@ -137,9 +193,16 @@ fn inject_pod_spec(spec: &mut Node<'_>, options: &InjectOptions) -> Result<Strin
     };
     let url = sidecar::url_env(options);
     for list in ["initContainers", "containers"] {
+        // A regular sidecar starts after the init containers: the URL would lead them nowhere.
+        let reaches = list == "containers" || options.mode == Mode::Native;
         if let Some(items) = container_list(spec, list)? {
             for (index, container) in items.iter_mut().enumerate() {
-                set_url_env(container, &url).map_err(|e| format!("spec.{list}[{index}].{e}"))?;
+                let set = if reaches {
+                    set_url_env(container, &url)
+                } else {
+                    remove_url_env(container)
+                };
+                set.map_err(|e| format!("spec.{list}[{index}].{e}"))?;
             }
         }
     }
@@ -166,6 +229,16 @@ fn inject_pod_spec(spec: &mut Node<'_>, options: &InjectOptions) -> Result<Strin
             {
                 yaml::remove(spec, "initContainers");
             }
+        }
+    }
+    if !options.openshift {
+        // The Secret's files are readable by their group only: the pod's fsGroup, which every
+        // container gets as a supplementary group. One already set is kept (the broker reads through
+        // it just as well); on OpenShift the platform assigns it.
+        let context = yaml::mapping_entry(spec, "securityContext")
+            .ok_or("spec.securityContext is not a mapping")?;
+        if yaml::get(context, "fsGroup").is_none_or(yaml::is_null) {
+            yaml::set(context, "fsGroup", yaml::integer(sidecar::BROKER_GID), None);
         }
     }
     let volume = sidecar::volume(options);
@@ -218,6 +291,72 @@ fn remove_sidecar(spec: &mut Node<'_>, key: &str) -> Result<bool, String> {
     let before = items.len();
     items.retain(|c| yaml::get(c, "name").and_then(yaml::text) != Some(CONTAINER_NAME));
     Ok(items.len() != before)
+}
+
+/// Takes out of a pod spec what an earlier run put in (the sidecar in either list, its volume, the
+/// broker URL of the other containers); true when there was a sidecar. A spec without one is untouched.
+fn remove_injected(spec: &mut Node<'_>) -> Result<bool, String> {
+    let from_init = remove_sidecar(spec, "initContainers")?;
+    let from_containers = remove_sidecar(spec, "containers")?;
+    if !(from_init || from_containers) {
+        return Ok(false);
+    }
+    if from_init && container_list(spec, "initContainers")?.is_some_and(|l| l.is_empty()) {
+        yaml::remove(spec, "initContainers");
+    }
+    for list in ["initContainers", "containers"] {
+        if let Some(items) = container_list(spec, list)? {
+            for (index, container) in items.iter_mut().enumerate() {
+                remove_url_env(container).map_err(|e| format!("spec.{list}[{index}].{e}"))?;
+            }
+        }
+    }
+    if let Some(Yaml::Sequence(volumes)) = yaml::get_mut(spec, "volumes") {
+        volumes.retain(|v| yaml::get(v, "name").and_then(yaml::text) != Some(VOLUME_NAME));
+        if volumes.is_empty() {
+            yaml::remove(spec, "volumes");
+        }
+    }
+    Ok(true)
+}
+
+/// Removes the label the PodMonitor selects from a pod template.
+fn remove_pod_label(template: &mut Node<'_>) {
+    if let Some(labels) = yaml::path_mut(template, &["metadata", "labels"]) {
+        yaml::remove(labels, POD_LABEL.0);
+        if matches!(labels, Yaml::Mapping(map) if map.is_empty())
+            && let Some(metadata) = yaml::get_mut(template, "metadata")
+        {
+            yaml::remove(metadata, "labels");
+        }
+    }
+}
+
+/// Removes an `AA_TOKEN_BROKER_URL` that points at the pod's loopback (an earlier run's; one pointing
+/// elsewhere is the application's own), and an `env` list left empty by that.
+fn remove_url_env(container: &mut Node<'_>) -> Result<(), String> {
+    let Some(node) = yaml::get_mut(container, "env") else {
+        return Ok(());
+    };
+    let Yaml::Sequence(env) = node else {
+        return if yaml::is_null(node) {
+            Ok(())
+        } else {
+            Err("env is not a list".into())
+        };
+    };
+    let before = env.len();
+    env.retain(|e| {
+        let ours = yaml::get(e, "name").and_then(yaml::text) == Some(URL_ENV)
+            && yaml::get(e, "value")
+                .and_then(yaml::text)
+                .is_some_and(|v| v.starts_with(sidecar::LOOPBACK_URL_PREFIX));
+        !ours
+    });
+    if before != env.len() && env.is_empty() {
+        yaml::remove(container, "env");
+    }
+    Ok(())
 }
 
 /// Sets `AA_TOKEN_BROKER_URL` in a container's `env`: replaces an entry of that name (keeping its

@@ -27,13 +27,22 @@ pub const URL_ENV: &str = "AA_TOKEN_BROKER_URL";
 /// How long a regular sidecar's `postStart` hook holds the next container (the chart's
 /// `sidecar.holdApplicationSeconds`).
 const HOLD_SECONDS: &str = "60";
-/// The Secret's files are read-only for everyone: 0444 written in decimal, which YAML 1.1 and 1.2
-/// readers take alike (a leading-zero `0444` is octal only to YAML 1.1).
-const SECRET_FILE_MODE: i64 = 0o444;
+/// The Secret's files are readable by their owner (root) and group only: the pod's `fsGroup`, which the
+/// broker gets as a supplementary group. 0400 is not an option: a Secret volume's files belong to root,
+/// so a non-root broker could not read them; 0444 would let any user in the container read the secret
+/// (and the broker warns about it). Written in decimal, which YAML 1.1 and 1.2 readers take alike (a
+/// leading-zero `0440` is octal only to YAML 1.1).
+const SECRET_FILE_MODE: i64 = 0o440;
+/// The user and group the broker runs as (the image's `nonroot`), and the `fsGroup` a pod without one
+/// gets. Not set under `--openshift`, where the platform assigns all three.
+pub const BROKER_UID: i64 = 65532;
+pub const BROKER_GID: i64 = 65532;
+/// How [`URL_ENV`] starts when it points at the pod's own broker.
+pub const LOOPBACK_URL_PREFIX: &str = "http://127.0.0.1:";
 
 /// `http://127.0.0.1:<port>`, the value of [`URL_ENV`].
 pub fn broker_url(options: &InjectOptions) -> String {
-    format!("http://127.0.0.1:{}", options.port)
+    format!("{LOOPBACK_URL_PREFIX}{}", options.port)
 }
 
 /// The `AA_TOKEN_BROKER_URL` entry of an application container's `env`.
@@ -145,21 +154,21 @@ pub fn container(options: &InjectOptions) -> Node<'static> {
             ("limits", mapping([("memory", string("48Mi"))])),
         ]),
     ));
-    fields.push((
-        "securityContext",
-        mapping([
-            ("runAsNonRoot", boolean(true)),
-            ("runAsUser", integer(65532)),
-            ("runAsGroup", integer(65532)),
-            ("readOnlyRootFilesystem", boolean(true)),
-            ("allowPrivilegeEscalation", boolean(false)),
-            ("capabilities", mapping([("drop", strings(&["ALL"]))])),
-            (
-                "seccompProfile",
-                mapping([("type", string("RuntimeDefault"))]),
-            ),
-        ]),
-    ));
+    let mut security = vec![("runAsNonRoot", boolean(true))];
+    if !options.openshift {
+        security.push(("runAsUser", integer(BROKER_UID)));
+        security.push(("runAsGroup", integer(BROKER_GID)));
+    }
+    security.extend([
+        ("readOnlyRootFilesystem", boolean(true)),
+        ("allowPrivilegeEscalation", boolean(false)),
+        ("capabilities", mapping([("drop", strings(&["ALL"]))])),
+        (
+            "seccompProfile",
+            mapping([("type", string("RuntimeDefault"))]),
+        ),
+    ]);
+    fields.push(("securityContext", mapping(security)));
     let mut mounts = vec![mapping([
         ("name", string(VOLUME_NAME)),
         ("mountPath", string(MOUNT_PATH)),

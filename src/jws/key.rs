@@ -44,6 +44,9 @@ pub enum KeyError {
         "the signing key file {path} is not a PKCS#8 or PKCS#1 PEM RSA key, nor a private RSA JWK: {reason}"
     )]
     Format { path: String, reason: String },
+    /// A key of another kind, recognised: saying so beats a parse error.
+    #[error("the signing key file {path} holds {what}: only RSA keys are supported (RS256)")]
+    NotRsa { path: String, what: &'static str },
     #[error(
         "the signing key file {path} has no kid; give --signing-kid (the kid registered in the CR)"
     )]
@@ -90,6 +93,12 @@ impl SigningKey {
         };
         let text = std::str::from_utf8(bytes).map_err(|_| format("not text"))?;
         let trimmed = text.trim_start();
+        if let Some(what) = other_kind(trimmed) {
+            return Err(KeyError::NotRsa {
+                path: path.to_string(),
+                what,
+            });
+        }
         let (pair, jwk_kid) = if trimmed.starts_with('{') {
             let (pair, jwk_kid) = from_jwk(trimmed).map_err(&format)?;
             (pair, jwk_kid)
@@ -172,6 +181,66 @@ impl SigningKey {
         URL_SAFE_NO_PAD.encode_string(&signature, &mut value);
         Ok(value)
     }
+}
+
+/// What a key file that is not an RSA private key holds, when that can be told without parsing it: an EC
+/// or Ed25519 key (SEC1 or PKCS#8 PEM, or a JWK), a public key or certificate, an encrypted or OpenSSH key.
+/// Only the PEM labels, the PKCS#8 algorithm identifier and the JWK's `kty` are looked at.
+fn other_kind(text: &str) -> Option<&'static str> {
+    const LABELS: &[(&str, &str)] = &[
+        ("-----BEGIN EC PRIVATE KEY-----", "an EC key (SEC1 PEM)"),
+        ("-----BEGIN OPENSSH PRIVATE KEY-----", "an OpenSSH key"),
+        (
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----",
+            "an encrypted PKCS#8 key (decrypt it first: openssl pkey -in KEY -out PLAIN)",
+        ),
+        (
+            "-----BEGIN PUBLIC KEY-----",
+            "a public key, not a private key",
+        ),
+        (
+            "-----BEGIN RSA PUBLIC KEY-----",
+            "a public key, not a private key",
+        ),
+        (
+            "-----BEGIN CERTIFICATE-----",
+            "a certificate, not a private key",
+        ),
+    ];
+    if let Some((_, what)) = LABELS.iter().find(|(label, _)| text.contains(label)) {
+        return Some(what);
+    }
+    if text.starts_with('{') {
+        let kty = serde_json::from_str::<serde_json::Value>(text)
+            .ok()
+            .and_then(|v| v.get("kty").and_then(|k| k.as_str()).map(str::to_string));
+        return match kty.as_deref() {
+            Some("EC") => Some("an EC key (JWK kty EC)"),
+            Some("OKP") => Some("an Ed25519 or X25519 key (JWK kty OKP)"),
+            _ => None,
+        };
+    }
+    let mut der = pem_body(text, "PRIVATE KEY")?;
+    // The PKCS#8 AlgorithmIdentifier comes within the first few dozen bytes.
+    let head = &der[..der.len().min(32)];
+    let found = if contains(head, &EC_PUBLIC_KEY_OID) {
+        Some("an EC key (PKCS#8)")
+    } else if contains(head, &ED25519_OID) {
+        Some("an Ed25519 key (PKCS#8)")
+    } else {
+        None
+    };
+    der.wipe();
+    found
+}
+
+/// DER of the OID 1.2.840.10045.2.1 (id-ecPublicKey).
+const EC_PUBLIC_KEY_OID: [u8; 9] = [0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+/// DER of the OID 1.3.101.112 (id-Ed25519).
+const ED25519_OID: [u8; 5] = [0x06, 0x03, 0x2b, 0x65, 0x70];
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// The DER inside `-----BEGIN {label}-----` … `-----END {label}-----`, when the text has that block.
@@ -257,6 +326,19 @@ impl Stamp {
     }
 }
 
+/// One signing key's state as `/readyz` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyState {
+    /// `ok`, or `unavailable` (`/v1/sign` answers `503 signing_key_unavailable`).
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
+    pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// The key parsed from one version of the file.
 struct Loaded {
     /// The stamp of the handle the key was read from (not of an earlier `stat` of the path).
@@ -293,6 +375,25 @@ impl SigningKeyFile {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether a signature can be made now, for `/readyz`: the file read (again, if it changed) and the
+    /// `kid`, or why not. Never the key.
+    pub fn state(&self) -> KeyState {
+        match self.key() {
+            Ok(key) => KeyState {
+                state: "ok",
+                kid: Some(key.kid().to_string()),
+                path: self.path.display().to_string(),
+                error: None,
+            },
+            Err(e) => KeyState {
+                state: "unavailable",
+                kid: None,
+                path: self.path.display().to_string(),
+                error: Some(e.to_string()),
+            },
+        }
     }
 
     /// The permission warning of the key held now (see [`private_file::mode_warning`]). The first load
@@ -442,6 +543,51 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn keys_of_other_kinds_are_named_as_such() {
+        let rng = SystemRandom::new();
+        let ec = ring::signature::EcdsaKeyPair::generate_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &rng,
+        )
+        .unwrap();
+        let ed = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let pem = |label: &str, der: &[u8]| {
+            format!(
+                "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+                STANDARD.encode(der)
+            )
+        };
+        for (text, what) in [
+            (pem("PRIVATE KEY", ec.as_ref()), "an EC key (PKCS#8)"),
+            (pem("EC PRIVATE KEY", b"sec1"), "an EC key (SEC1 PEM)"),
+            (pem("PRIVATE KEY", ed.as_ref()), "an Ed25519 key (PKCS#8)"),
+            (
+                r#"{"kty":"EC","crv":"P-256"}"#.to_string(),
+                "an EC key (JWK kty EC)",
+            ),
+            (
+                pem("PUBLIC KEY", b"public"),
+                "a public key, not a private key",
+            ),
+            (
+                pem("CERTIFICATE", b"cert"),
+                "a certificate, not a private key",
+            ),
+        ] {
+            let error =
+                SigningKey::from_file_bytes(text.as_bytes(), Some("k"), "k.pem").unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                format!(
+                    "the signing key file k.pem holds {what}: only RSA keys are supported (RS256)"
+                )
+            );
+        }
+        // An RSA key is still read.
+        assert!(SigningKey::from_file_bytes(test_pem().as_bytes(), Some("k"), "k.pem").is_ok());
     }
 
     #[test]

@@ -78,7 +78,33 @@ impl Default for InboundMetrics {
     }
 }
 
+/// Every outcome of a key-set fetch (`ok`, and [`crate::inbound::keyset::FetchError::kind`]'s) and every
+/// trigger ([`crate::inbound::keyset::FetchTrigger`]), exported at 0 per key URL from start.
+const FETCH_OUTCOMES: &[&str] = &[
+    "ok",
+    "timeout",
+    "transport",
+    "http_error",
+    "too_large",
+    "malformed",
+];
+const FETCH_TRIGGERS: &[&str] = &["scheduled", "first_use", "unknown_kid"];
+
 impl InboundMetrics {
+    pub(super) fn known_key_sets<'u>(&self, urls: impl IntoIterator<Item = &'u str>) {
+        for url in urls {
+            for trigger in FETCH_TRIGGERS {
+                for outcome in FETCH_OUTCOMES {
+                    let _ = self.fetches.get_or_create(&FetchLabels {
+                        url: url.into(),
+                        trigger: (*trigger).into(),
+                        outcome: (*outcome).into(),
+                    });
+                }
+            }
+        }
+    }
+
     pub(super) fn register(&self, registry: &mut Registry) {
         registry.register(
             "verifications",

@@ -37,13 +37,20 @@ pub enum EpochUnit {
 }
 
 /// The zone the zoneless local date-times (`expirationDate`, `secret-expiry-ts`) are written in.
+///
+/// The spec calls them local date-times and leaves the zone unstated; the IAM runs in India, and the
+/// broker reads a zoneless expiry as IST ([`crate::timefmt::parse_iam_expiry`]). Written in IST by
+/// default, so the instant a client reads from them is the one `expiresOn` (epoch milliseconds) gives:
+/// `/readyz`, from the token's `secret-expiry-ts`, and `secret read`, from `expiresOn`, agree. `utc`
+/// plays an IAM that writes UTC wall time instead, which the broker then reads 5 h 30 min early (its
+/// safe side).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LocalZone {
-    /// UTC (the default; what the samples suggest).
-    #[default]
+    /// UTC wall time.
     Utc,
-    /// India Standard Time, +05:30.
+    /// India Standard Time, +05:30 (the default).
+    #[default]
     Ist,
 }
 

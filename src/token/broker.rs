@@ -209,6 +209,7 @@ impl Broker {
                     status.stale =
                         status.expires_in.is_some() && state.attempts.consecutive_failures > 0;
                     status.last_error = state.last_error.as_ref().map(ToString::to_string);
+                    status.secret_fingerprint = state.secret_fingerprint.clone();
                 }
                 status.with_secret(slot.secret.status())
             })

@@ -197,8 +197,15 @@ impl Fetcher {
         {
             let mut state = slot.state();
             if state.secret_fingerprint.as_deref() != Some(secret_fp.as_str()) {
-                if let Some(previous) = &state.secret_fingerprint {
-                    tracing::info!(entity = %slot.id, from = %previous, to = %secret_fp, "entity secret changed");
+                match &state.secret_fingerprint {
+                    Some(previous) => {
+                        tracing::info!(entity = %slot.id, from = %previous, to = %secret_fp, "entity secret changed");
+                    }
+                    // The first read, wrong secret or not: the fingerprint to compare with
+                    // `aa-token-broker secret fingerprint` of the expected one.
+                    None => {
+                        tracing::info!(entity = %slot.id, secret = %secret_fp, "entity secret read");
+                    }
                 }
                 state.secret_fingerprint = Some(secret_fp);
             }

@@ -57,6 +57,9 @@ pub struct EntityStatus {
     pub iam_message: Option<String>,
     /// What the secret lifecycle reports.
     pub secret: SecretStatus,
+    /// The fingerprint of the secret the last fetch used (`sha256:` and 8 hex digits): what
+    /// `aa-token-broker secret fingerprint` computes from the expected secret.
+    pub secret_fingerprint: Option<String>,
 }
 
 impl EntityStatus {
@@ -75,6 +78,7 @@ impl EntityStatus {
             secret_in_grace: latest.is_some_and(|t| t.iam_message.is_some()),
             iam_message: latest.and_then(|t| t.iam_message.clone()),
             secret: SecretStatus::default(),
+            secret_fingerprint: None,
         }
     }
 

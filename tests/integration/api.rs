@@ -528,3 +528,47 @@ async fn a_caller_that_hangs_up_does_not_strand_the_others() {
     assert_eq!(iam.token_calls(), 1, "the abandoned fetch was not repeated");
     broker.stop().await;
 }
+
+/// Every labelled counter has its series, at 0, before its first event: a dashboard shows a flat line
+/// rather than "no data", and `increase()` sees the first event (a series born at 1 shows no increase).
+#[tokio::test]
+async fn labelled_counters_are_exported_at_zero_before_their_first_event() {
+    let iam = Iam::start(86_400).await;
+    let broker = TestBroker::start(&iam.url, BrokerOptions::inline()).await;
+    let text = broker.metrics().await;
+    for sample in [
+        format!(r#"aa_broker_forced_refreshes_total{{entity="{ENTITY}",outcome="refreshed"}} 0"#),
+        format!(
+            r#"aa_broker_forced_refreshes_total{{entity="{ENTITY}",outcome="rate_limited"}} 0"#
+        ),
+        format!(r#"aa_broker_token_requests_total{{entity="{ENTITY}",outcome="unavailable"}} 0"#),
+        format!(r#"aa_broker_token_requests_total{{entity="{ENTITY}",outcome="stale"}} 0"#),
+        format!(
+            r#"aa_broker_iam_requests_total{{entity="{ENTITY}",trigger="forced",outcome="unauthorized"}} 0"#
+        ),
+        format!(r#"aa_broker_iam_warnings_total{{entity="{ENTITY}"}} 0"#),
+        format!(
+            r#"aa_broker_secret_rotations_total{{entity="{ENTITY}",outcome="persist_failed"}} 0"#
+        ),
+        r#"aa_broker_admin_logins_total{outcome="rejected"} 0"#.to_string(),
+        r#"aa_broker_guard_rejections_total{reason="host"} 0"#.to_string(),
+        r#"aa_broker_verifications_total{outcome="invalid",reason="bad_signature"} 0"#.to_string(),
+        r#"aa_broker_cr_requests_total{outcome="error"} 0"#.to_string(),
+        r#"aa_broker_signature_checks_total{outcome="mismatch"} 0"#.to_string(),
+        r#"aa_broker_authorize_total{outcome="unauthorized"} 0"#.to_string(),
+    ] {
+        assert!(text.lines().any(|l| l == sample), "no {sample} in\n{text}");
+    }
+    let key_set = format!(
+        "{}/protocol/openid-connect/certs",
+        iam.url.replace("/iam", "/auth/realms/sahamati")
+    );
+    assert!(
+        text.lines().any(|l| l
+            == format!(
+                r#"aa_broker_jwks_fetches_total{{url="{key_set}",trigger="unknown_kid",outcome="timeout"}} 0"#
+            )),
+        "no key-set fetch series for {key_set} in\n{text}"
+    );
+    broker.stop().await;
+}

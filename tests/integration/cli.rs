@@ -409,3 +409,130 @@ async fn token_check_reports_without_printing_the_token() {
     );
     assert!(!stdout.contains("eyJ"), "{stdout}");
 }
+
+/// The runbook's first step for `unauthorized`: a secret that is wrong from the start is fingerprinted in
+/// the log and in `/readyz`, and `secret fingerprint` computes the same value from the file or stdin, so
+/// the mounted secret can be compared with the expected one without printing either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_secret_is_fingerprinted_at_start_and_the_command_computes_the_same() {
+    let iam = Iam::start(86_400).await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    let wrong = "not-the-registered-secret";
+    write_secret(&secret, &format!("  {wrong}\n"));
+    let (url, secret_path) = (iam.url.clone(), path_str(&secret));
+    let served = tokio::task::spawn_blocking(move || {
+        spawn_serve(
+            &["--listen", "127.0.0.1:0", "--log-format", "json"],
+            &[
+                ("AA_BROKER_IAM_URL", url.as_str()),
+                ("AA_BROKER_ENTITY_ID", ENTITY),
+                ("AA_BROKER_SECRET_FILE", secret_path.as_str()),
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    let client = http_client();
+    let readyz = format!("http://{}/readyz", served.addr);
+    let entity = eventually_some(
+        "readyz shows the failure",
+        Duration::from_secs(10),
+        async || {
+            let body: serde_json::Value =
+                client.get(&readyz).send().await.ok()?.json().await.ok()?;
+            let entity = body["entities"][ENTITY].clone();
+            entity["lastError"].is_string().then_some(entity)
+        },
+    )
+    .await;
+    let shown = entity["secretFingerprint"]
+        .as_str()
+        .expect("a fingerprint")
+        .to_string();
+    assert!(shown.starts_with("sha256:") && shown.len() == 15, "{shown}");
+    assert!(
+        entity["lastError"].as_str().unwrap().contains("401"),
+        "{entity}"
+    );
+    let mut child = served.child;
+    terminate(&child);
+    tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15)))
+        .await
+        .unwrap();
+    let log = served.log.lock().unwrap().clone();
+    let line = log
+        .lines()
+        .find(|l| l.contains("entity secret read"))
+        .unwrap_or_else(|| panic!("no 'entity secret read' line: {log}"));
+    assert!(line.contains(&shown), "{line}");
+    assert_clean_log(&log, &[wrong]);
+
+    // From the file, and from stdin as `kubectl get secret … | base64 -d` gives it.
+    let (code, stdout, stderr) = run(&["secret", "fingerprint", &path_str(&secret)], NO_ENV);
+    assert_eq!((code, stdout.trim()), (0, shown.as_str()), "{stderr}");
+    let output = broker_command()
+        .args(["secret", "fingerprint", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(wrong.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), shown);
+    // The registered secret has another; a missing file says so.
+    let right = dir.path().join("right");
+    write_secret(&right, SECRET);
+    let (_, other, _) = run(&["secret", "fingerprint", &path_str(&right)], NO_ENV);
+    assert_ne!(other.trim(), shown);
+    let (code, stdout, stderr) = run(&["secret", "fingerprint", "/no/such/secret"], NO_ENV);
+    assert_eq!(code, 1);
+    assert!(stdout.is_empty());
+    assert!(
+        stderr.contains("/no/such/secret cannot be read: no such file"),
+        "{stderr}"
+    );
+}
+
+/// One instant, one time: the expiry `/readyz` shows (from the token's zoneless `secret-expiry-ts`) and the
+/// one `secret read` prints (from the IAM's `expiresOn`, epoch milliseconds) are the same, with the
+/// simulator writing its zoneless times as the IAM does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_and_secret_read_report_the_same_secret_expiry() {
+    let iam = Iam::start(86_400).await;
+    iam.sim
+        .add_user("ops@fiu.example", "admin-password", &[ENTITY]);
+    let broker = TestBroker::start(&iam.url, BrokerOptions::inline()).await;
+    broker.wait_ready(Duration::from_secs(10)).await;
+    let (_, body) = broker.readyz().await;
+    let shown = body["entities"][ENTITY]["secretExpiresAt"]
+        .as_str()
+        .expect("an expiry in /readyz")
+        .to_string();
+    broker.stop().await;
+    let args: Vec<String> = [
+        "secret",
+        "read",
+        "--iam-url",
+        iam.url.as_str(),
+        "--entity-id",
+        ENTITY,
+        "--admin-email",
+        "ops@fiu.example",
+    ]
+    .map(str::to_string)
+    .to_vec();
+    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        run(&args, &[("AA_BROKER_ADMIN_PASSWORD", "admin-password")])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains(&format!("expires {shown} (")),
+        "secret read: {stdout} /readyz: {shown}"
+    );
+}

@@ -8,6 +8,7 @@ use aa_token_broker::inject::yaml::{self, Node};
 
 const FIXTURE: &str = "tests/fixtures/inject/workloads.yaml";
 const GOLDEN_NATIVE: &str = "tests/fixtures/inject/workloads.native.yaml";
+const THIRD_PARTY: &str = "tests/fixtures/inject/third-party.yaml";
 const BASE: &[&str] = &[
     "--entity-id",
     "FIU-EXAMPLE",
@@ -244,7 +245,12 @@ fn injecting_again_with_other_flags_updates_the_sidecar_instead_of_adding_one() 
     let job = pod_spec(find(&docs, "Job"));
     assert!(
         yaml::get(job, "initContainers").is_none(),
-        "no empty initContainers list is left where there was none"
+        "a job is left without a regular sidecar, and no empty initContainers list is left"
+    );
+    assert!(
+        !emitted(job).contains("aa-token-broker"),
+        "{}",
+        emitted(job)
     );
     let volumes: Vec<_> = list(deployment, "volumes")
         .iter()
@@ -327,7 +333,7 @@ fn every_application_container_gets_the_broker_url_once() {
 
 #[test]
 fn the_default_container_is_the_first_application_container_unless_set() {
-    let out = ok(&inject(&["--mode", "regular"], &fixture()));
+    let out = ok(&inject(&["--mode", "native"], &fixture()));
     let docs = documents(&out);
     let annotation = |kind| {
         let mut keys = template_path(kind).to_vec();
@@ -494,23 +500,269 @@ fn a_kustomize_resource_list_is_written_back_as_one_with_its_items_injected() {
     );
 }
 
+fn third_party() -> String {
+    std::fs::read_to_string(THIRD_PARTY).expect("the fixture exists")
+}
+
+/// The names of the documents whose pod template got the sidecar.
+fn injected(out: &str) -> Vec<String> {
+    documents(out)
+        .iter()
+        .filter(|d| {
+            let kind = text(d, &["kind"]).unwrap_or("?");
+            let mut keys = template_path(kind).to_vec();
+            keys.push("spec");
+            yaml::path(d, &keys).is_some_and(|spec| {
+                names(list(spec, "initContainers"))
+                    .iter()
+                    .chain(&names(list(spec, "containers")))
+                    .any(|n| n == "aa-token-broker")
+            })
+        })
+        .map(kind_and_name)
+        .collect()
+}
+
 #[test]
-fn a_regular_sidecar_in_a_job_is_warned_about() {
-    let output = inject(&["--mode", "regular"], &fixture());
-    ok(&output);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+fn regular_mode_leaves_run_to_completion_pods_alone_with_a_warning_each() {
+    let input = format!("{}---\n{}", fixture(), third_party());
+    let output = inject(&["--mode", "regular"], &input);
+    let out = ok(&output);
+    let chosen = injected(&out);
+    for left in [
+        "Job/fiu-backfill",
+        "CronJob/fiu-consent-report",
+        "Pod/fiu-app-test-connection",
+    ] {
+        assert!(!chosen.contains(&left.to_string()), "{left}: {chosen:?}");
+        let (before, after) = (documents(&input), documents(&out));
+        let same = |docs: &[Node<'_>]| {
+            docs.iter()
+                .find(|d| kind_and_name(d) == left)
+                .map(emitted)
+                .expect("present")
+        };
+        assert_eq!(
+            same(&before),
+            same(&after),
+            "{left} is written back as it was"
+        );
+    }
     assert!(
-        stderr.contains("(Job fiu-backfill)") && stderr.contains("never completes"),
+        chosen.contains(&"Deployment/fiu-api".to_string()),
+        "{chosen:?}"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("left without the sidecar"))
+        .collect();
+    assert_eq!(warnings.len(), 3, "one line each: {stderr}");
+    assert!(
+        warnings.iter().any(|l| l.contains("(Job fiu-backfill)")
+            && l.contains("restartPolicy Never")
+            && l.contains("--mode native")),
         "{stderr}"
     );
-    assert!(stderr.contains("(CronJob fiu-consent-report)"), "{stderr}");
-    let native = inject(&["--mode", "native"], &fixture());
-    ok(&native);
     assert!(
-        native.stderr.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&native.stderr)
+        warnings
+            .iter()
+            .any(|l| l.contains("(CronJob fiu-consent-report)") && l.contains("OnFailure")),
+        "{stderr}"
     );
+    assert!(
+        warnings
+            .iter()
+            .any(|l| l.contains("(Pod fiu-app-test-connection)")),
+        "{stderr}"
+    );
+
+    // Native sidecars end with the pod: every one of them is injected, without a warning about it.
+    let native = inject(&["--mode", "native"], &input);
+    let chosen = injected(&ok(&native));
+    for kind_name in [
+        "Job/fiu-backfill",
+        "CronJob/fiu-consent-report",
+        "Pod/fiu-app-test-connection",
+    ] {
+        assert!(chosen.contains(&kind_name.to_string()), "{kind_name}");
+    }
+    let stderr = String::from_utf8_lossy(&native.stderr);
+    assert!(!stderr.contains("left without"), "{stderr}");
+}
+
+#[test]
+fn regular_mode_gives_init_containers_no_broker_url_and_says_so() {
+    let output = inject(&["--mode", "regular"], &fixture());
+    let out = ok(&output);
+    let docs = documents(&out);
+    let spec = pod_spec(find(&docs, "Deployment"));
+    let migrate = &list(spec, "initContainers")[0];
+    assert_eq!(text(migrate, &["name"]), Some("migrate"));
+    assert!(env_values(migrate, "AA_TOKEN_BROKER_URL").is_empty());
+    assert_eq!(
+        env_values(&list(spec, "containers")[1], "AA_TOKEN_BROKER_URL"),
+        ["http://127.0.0.1:7373"]
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("(Deployment fiu-api): its init containers (migrate) run before"),
+        "{stderr}"
+    );
+    // From native output too: the URL an earlier run gave the init container is taken back.
+    let native = ok(&inject(&["--mode", "native"], &fixture()));
+    let regular = ok(&inject(&["--mode", "regular"], &native));
+    let docs = documents(&regular);
+    let migrate = &list(pod_spec(find(&docs, "Deployment")), "initContainers")[0];
+    assert!(env_values(migrate, "AA_TOKEN_BROKER_URL").is_empty());
+    assert_eq!(
+        emitted(find(&docs, "Deployment")),
+        emitted(find(&documents(&out), "Deployment")),
+        "the same as injecting the original"
+    );
+}
+
+#[test]
+fn the_opt_out_annotation_on_the_workload_is_honoured() {
+    let input = third_party();
+    let out = ok(&inject(&[], &input));
+    let dex = |docs: &[Node<'_>]| {
+        docs.iter()
+            .find(|d| kind_and_name(d) == "Deployment/argocd-dex-server")
+            .map(emitted)
+            .expect("dex")
+    };
+    assert_eq!(dex(&documents(&input)), dex(&documents(&out)));
+    assert!(!injected(&out).contains(&"Deployment/argocd-dex-server".to_string()));
+}
+
+#[test]
+fn a_selector_and_excludes_choose_the_workloads() {
+    let input = third_party();
+    let chosen = |flags: &[&str]| injected(&ok(&inject(flags, &input)));
+    assert_eq!(
+        chosen(&[]),
+        [
+            "Deployment/argocd-server",
+            "Deployment/argocd-redis",
+            "StatefulSet/argocd-application-controller",
+            "Pod/fiu-app-test-connection"
+        ]
+    );
+    assert_eq!(
+        chosen(&["-l", "aa.example/entity-token=yes"]),
+        [
+            "Deployment/argocd-server",
+            "StatefulSet/argocd-application-controller"
+        ]
+    );
+    assert_eq!(
+        chosen(&[
+            "--selector",
+            "app.kubernetes.io/part-of==argocd,app.kubernetes.io/name!=argocd-redis"
+        ]),
+        [
+            "Deployment/argocd-server",
+            "StatefulSet/argocd-application-controller"
+        ]
+    );
+    assert_eq!(
+        chosen(&[
+            "--exclude",
+            "deployment/argocd-redis",
+            "--exclude",
+            "Pod/fiu-app-test-connection",
+            "--exclude",
+            "statefulsets/argocd-application-controller",
+        ]),
+        ["Deployment/argocd-server"]
+    );
+    // What is not chosen comes out as it went in, including secrets: none is mounted there.
+    let out = ok(&inject(&["-l", "aa.example/entity-token=yes"], &input));
+    let (before, after) = (documents(&input), documents(&out));
+    let redis = |docs: &[Node<'_>]| {
+        docs.iter()
+            .find(|d| kind_and_name(d) == "Deployment/argocd-redis")
+            .map(emitted)
+            .expect("redis")
+    };
+    assert_eq!(redis(&before), redis(&after));
+    // Labels on the workload object do not count, only the pod template's.
+    assert!(chosen(&["-l", "app.kubernetes.io/part-of=argocd"]).len() == 3);
+    assert!(chosen(&["-l", "app.kubernetes.io/name=fiu-app"]) == ["Pod/fiu-app-test-connection"]);
+}
+
+#[test]
+fn openshift_leaves_user_group_and_fs_group_to_the_platform() {
+    let out = ok(&inject(&["--openshift"], &third_party()));
+    let docs = documents(&out);
+    for document in &docs {
+        if !injected(&emitted(document)).is_empty() {
+            let spec = pod_spec(document);
+            let sidecar = &list(spec, "initContainers")[0];
+            let security = yaml::get(sidecar, "securityContext").expect("a security context");
+            assert!(yaml::get(security, "runAsUser").is_none());
+            assert!(yaml::get(security, "runAsGroup").is_none());
+            assert_eq!(text(security, &["runAsNonRoot"]), Some("true"));
+            assert!(yaml::path(spec, &["securityContext", "fsGroup"]).is_none());
+        }
+    }
+    // Without it, the broker's ids are set.
+    let out = ok(&inject(&[], &third_party()));
+    let docs = documents(&out);
+    let sidecar = &list(pod_spec(&docs[0]), "initContainers")[0];
+    assert_eq!(
+        text(sidecar, &["securityContext", "runAsUser"]),
+        Some("65532")
+    );
+}
+
+#[test]
+fn the_secret_is_readable_by_the_pods_fs_group_only() {
+    let input = format!("{}---\n{}", fixture(), third_party());
+    let out = ok(&inject(&[], &input));
+    let docs = documents(&out);
+    // 0440 in decimal: no bit for others, so no other user in the container reads it.
+    let mode = |spec: &Node<'_>| {
+        list(spec, "volumes")
+            .iter()
+            .find(|v| text(v, &["name"]) == Some("aa-token-broker-secret"))
+            .and_then(|v| yaml::path(v, &["secret", "defaultMode"]))
+            .map(emitted)
+    };
+    for name in [
+        "Deployment/fiu-api",
+        "Deployment/argocd-redis",
+        "DaemonSet/fiu-node-agent",
+    ] {
+        let document = docs.iter().find(|d| kind_and_name(d) == name).expect(name);
+        let spec = pod_spec(document);
+        assert_eq!(mode(spec).as_deref(), Some("---\n288\n"), "{name}");
+    }
+    let fs_group = |name: &str| {
+        let document = docs.iter().find(|d| kind_and_name(d) == name).expect(name);
+        text(pod_spec(document), &["securityContext", "fsGroup"]).map(str::to_string)
+    };
+    assert_eq!(
+        fs_group("Deployment/fiu-api").as_deref(),
+        Some("10001"),
+        "kept"
+    );
+    assert_eq!(
+        fs_group("Deployment/argocd-redis").as_deref(),
+        Some("65532"),
+        "added beside the pod's own runAsUser"
+    );
+    assert_eq!(
+        fs_group("DaemonSet/fiu-node-agent").as_deref(),
+        Some("65532")
+    );
+    let redis = pod_spec(
+        docs.iter()
+            .find(|d| kind_and_name(d) == "Deployment/argocd-redis")
+            .expect("redis"),
+    );
+    assert_eq!(text(redis, &["securityContext", "runAsUser"]), Some("999"));
 }
 
 /// A failed run: exit 2, one line on stderr, nothing on stdout.
@@ -634,6 +886,32 @@ fn a_missing_or_wrong_flag_is_refused_naming_it() {
             ],
             "--admin-port",
         ),
+        (
+            &[
+                "--entity-id",
+                "FIU-X",
+                "--secret-name",
+                "s",
+                "--environment",
+                "uat",
+                "-l",
+                "app in (a,b)",
+            ],
+            "--selector",
+        ),
+        (
+            &[
+                "--entity-id",
+                "FIU-X",
+                "--secret-name",
+                "s",
+                "--environment",
+                "uat",
+                "--exclude",
+                "service/redis",
+            ],
+            "--exclude",
+        ),
     ];
     for (flags, named) in cases {
         let stderr = assert_refused(&inject_with(flags, &[], &fixture));
@@ -652,7 +930,11 @@ fn files_are_read_in_order_and_a_missing_one_is_refused() {
     assert_eq!(docs.len(), 9);
     assert_eq!(kind_and_name(&docs[8]), "Namespace/fiu");
     let stderr = assert_refused(&inject(&["no/such/file.yaml"], ""));
-    assert!(stderr.contains("no/such/file.yaml"), "{stderr}");
+    assert!(
+        stderr.contains("no/such/file.yaml: cannot read: no such file"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("entity"), "{stderr}");
 }
 
 /// A 250 KB manifest: one 100 KB anchored string and 50 000 aliases to it, 5 GB once written out.
@@ -915,4 +1197,18 @@ fn the_fi_kek_is_mounted_into_the_sidecar_only() {
     assert!(!ok(&inject(&[], &fixture())).contains("fi-kek"));
     let bad = inject(&["--fi-kek-secret", "Not_A_Name"], &fixture());
     assert_eq!(bad.status.code(), Some(2));
+}
+
+#[test]
+fn the_help_names_the_flags_and_the_admin_port_as_it_is_named() {
+    let output = Command::new(env!("CARGO_BIN_EXE_aa-token-broker"))
+        .args(["inject", "--help"])
+        .output()
+        .expect("the binary runs");
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{help}");
+    assert!(help.contains("port name `broker-metrics`"), "{help}");
+    for flag in ["--selector", "-l", "--exclude", "--openshift"] {
+        assert!(help.contains(flag), "{flag}: {help}");
+    }
 }

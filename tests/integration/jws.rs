@@ -1236,3 +1236,63 @@ async fn a_served_broker_logs_the_kid_and_the_path_never_the_key() {
         );
     }
 }
+
+/// A broken signing key shows where an operator looks: `/readyz` names it per entity (and stays 200:
+/// tokens still flow), `/v1/sign`'s outcome and the key's state are metrics, exported at 0 from start.
+#[tokio::test]
+async fn a_broken_signing_key_shows_in_readyz_and_the_metrics_without_making_tokens_unready() {
+    let net = Net::start().await;
+    let failed =
+        format!(r#"aa_broker_sign_requests_total{{entity="{ENTITY}",outcome="key_unavailable"}}"#);
+    let signed = format!(r#"aa_broker_sign_requests_total{{entity="{ENTITY}",outcome="signed"}}"#);
+    let valid = format!(r#"aa_broker_signing_key_valid{{entity="{ENTITY}"}}"#);
+    assert_eq!(
+        net.metric(&failed).await,
+        Some(0.0),
+        "exported at 0 from start"
+    );
+    assert_eq!(net.metric(&signed).await, Some(0.0));
+    assert_eq!(net.metric(&valid).await, Some(1.0));
+    assert_eq!(net.sign(BODY).await.status, 200);
+    assert_eq!(net.metric(&signed).await, Some(1.0));
+    let readyz = |net: &Net| {
+        let url = format!("http://{}/readyz", net.addr);
+        let http = net.http.clone();
+        async move {
+            let response = http.get(url).send().await.unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        }
+    };
+    let (status, body) = readyz(&net).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["signing"][ENTITY]["state"], "ok", "{body}");
+    assert_eq!(body["signing"][ENTITY]["kid"], net.own_kid.as_str());
+
+    // An EC key where the RSA key was (a wrong file in the Secret).
+    std::fs::write(
+        &net.key_path,
+        "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIA==\n-----END EC PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let answer = net.sign(BODY).await;
+    assert_eq!(answer.status, 503);
+    assert_eq!(answer.body["error"], "signing_key_unavailable");
+    let (status, body) = readyz(&net).await;
+    assert_eq!(status, 200, "tokens still flow: {body}");
+    assert_eq!(body["ready"], true);
+    let signing = &body["signing"][ENTITY];
+    assert_eq!(signing["state"], "unavailable", "{body}");
+    assert!(
+        signing["error"]
+            .as_str()
+            .unwrap()
+            .contains("only RSA keys are supported"),
+        "{signing}"
+    );
+    assert_eq!(net.metric(&failed).await, Some(1.0));
+    assert_eq!(net.metric(&valid).await, Some(0.0));
+    net.stop().await;
+}

@@ -1,8 +1,8 @@
 {{/*
 Names, labels, and the named templates that put the sidecar into a pod.
 
-The pod templates ("aa-token-broker.initContainers", ".containers", ".volumes", ".env", ".podLabels")
-take one explicit context, so that a parent chart can call them:
+The pod templates ("aa-token-broker.initContainers", ".containers", ".volumes", ".env", ".initEnv",
+".podSecurityContext", ".podLabels") take one explicit context, so that a parent chart can call them:
 
   (dict "root" $ "values" .Values.tokenBroker)
 
@@ -263,6 +263,25 @@ exec:
   value: "http://127.0.0.1:{{ .values.sidecar.port }}"
 {{- end -}}
 
+{{/* (dict "root" $ "values" ...) The variable for the application's INIT containers: the same as
+"aa-token-broker.env" with a native sidecar, which starts before them; nothing with a regular one, which
+starts after them (the URL would lead nowhere). */}}
+{{- define "aa-token-broker.initEnv" -}}
+{{- if eq (include "aa-token-broker.native" .) "true" -}}
+{{ include "aa-token-broker.env" . }}
+{{- end -}}
+{{- end -}}
+
+{{/* (dict "root" $ "values" ...) What the POD's securityContext needs for the sidecar to read its secret:
+an fsGroup (the Secret's files are 0440 and belong to that group), the sidecar's runAsGroup. Nothing when
+runAsGroup is null (OpenShift's restricted-v2 assigns an fsGroup itself). A pod that already sets an
+fsGroup of its own can keep it instead: the broker reads through any. */}}
+{{- define "aa-token-broker.podSecurityContext" -}}
+{{- with .values.sidecar.securityContext.runAsGroup -}}
+fsGroup: {{ . }}
+{{- end -}}
+{{- end -}}
+
 {{/* (dict "root" $ "values" ...) The pod label the PodMonitor selects (`inject` sets it too). */}}
 {{- define "aa-token-broker.podLabels" -}}
 aa-token-broker/sidecar: "true"
@@ -279,7 +298,7 @@ reaches running pods, and with several entities the ConfigMap holding the TOML f
 - name: aa-token-broker-secret-{{ $index }}
   secret:
     secretName: {{ $entity.existingSecret }}
-    defaultMode: 0444
+    defaultMode: 0440
     items:
       - key: {{ $entity.key | default "secret" }}
         path: {{ $entity.key | default "secret" }}
@@ -288,8 +307,10 @@ reaches running pods, and with several entities the ConfigMap holding the TOML f
 - name: aa-token-broker-secret
   secret:
     secretName: {{ include "aa-token-broker.secretName" . }}
-    # Only the sidecar mounts this volume; world-readable inside it so any runAsUser can read it.
-    defaultMode: 0444
+    # Only the sidecar mounts this volume. Its files are root's, readable by the pod's fsGroup
+    # ("aa-token-broker.podSecurityContext"), which the broker has as a supplementary group: no other
+    # user reads them, and the broker does not warn about the mode.
+    defaultMode: 0440
     items:
       - key: {{ .values.secret.key }}
         path: {{ .values.secret.key }}

@@ -13,7 +13,8 @@ use crate::entity::EntityId;
 
 mod rotation;
 pub use rotation::{
-    AdminArgs, RotateArgs, RotationArgs, SecretCommand, SecretReadArgs, SecretResetArgs,
+    AdminArgs, RotateArgs, RotationArgs, SecretCommand, SecretFingerprintArgs, SecretReadArgs,
+    SecretResetArgs,
 };
 
 #[derive(Debug, Parser)]
@@ -389,7 +390,7 @@ pub struct InjectArgs {
     /// Token API port on the pod's loopback
     #[arg(long, value_name = "PORT", default_value_t = 7373)]
     pub port: u16,
-    /// Also serve /healthz, /readyz and /metrics on this port of the pod IP (port name `metrics`); probes use it
+    /// Also serve /healthz, /readyz and /metrics on this port of the pod IP (port name `broker-metrics`); probes use it
     #[arg(long, value_name = "PORT")]
     pub admin_port: Option<u16>,
     /// native: first init container with restartPolicy Always (Kubernetes >= 1.29); regular: first container
@@ -402,6 +403,15 @@ pub struct InjectArgs {
     /// Kubernetes Secret holding the FI key-encryption key under the key `kek`; mounted into the sidecar only (FI encryption is off without it)
     #[arg(long, value_name = "NAME")]
     pub fi_kek_secret: Option<String>,
+    /// Only workloads whose pod template labels match (kubectl's equality syntax: k=v,k2!=v2)
+    #[arg(short = 'l', long, value_name = "SELECTOR")]
+    pub selector: Option<String>,
+    /// Leave this workload alone, e.g. deployment/redis (repeatable)
+    #[arg(long, value_name = "KIND/NAME")]
+    pub exclude: Vec<String>,
+    /// Set no runAsUser, runAsGroup or fsGroup: OpenShift (restricted-v2) assigns them
+    #[arg(long)]
+    pub openshift: bool,
 }
 
 /// How incoming tokens are verified (`/v1/verify` and the `verify` command).

@@ -14,6 +14,18 @@ pub enum SecretCommand {
     Read(SecretReadArgs),
     /// Reset the secret, store the new one in the sink, then print its expiry.
     Reset(SecretResetArgs),
+    /// Print the fingerprint (sha256:xxxxxxxx) the broker logs and shows in /readyz for a secret, read
+    /// from a file or stdin; no IAM, no credentials.
+    Fingerprint(SecretFingerprintArgs),
+}
+
+/// `secret fingerprint [FILE|-]`.
+#[derive(Debug, Args)]
+pub struct SecretFingerprintArgs {
+    /// The secret's file, or `-` (the default) for stdin, e.g. from
+    /// `kubectl get secret NAME -o jsonpath='{.data.secret}' | base64 -d`
+    #[arg(value_name = "FILE", default_value = "-")]
+    pub file: PathBuf,
 }
 
 /// The entity's admin user.

@@ -79,7 +79,7 @@ impl SecretRef<'_> {
             SinkError::Kubernetes(format!(
                 "cannot read the service account token {}: {}",
                 self.access.token_file.display(),
-                e.kind()
+                crate::private_file::io_reason(&e)
             ))
         })?;
         Ok(token.trim().to_string())

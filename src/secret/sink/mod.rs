@@ -135,7 +135,7 @@ pub enum SinkSpecError {
 pub enum SinkSetupError {
     #[error("a kubernetes-secret sink needs the API server (not running in a pod?)")]
     NoApiServer,
-    #[error("cannot read the CA file {path}: {kind}")]
+    #[error("cannot read the CA file {path}: {}", crate::private_file::io_reason(&std::io::Error::from(*kind)))]
     CaUnreadable {
         path: PathBuf,
         kind: std::io::ErrorKind,
