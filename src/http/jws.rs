@@ -277,13 +277,8 @@ impl Checked {
     }
 }
 
-/// What can be known before the body: the signature header parsed, and `sender`'s key for its `kid`.
-pub(super) async fn signature_and_key(
-    state: &JwsState,
-    kind: &str,
-    sender: &str,
-    headers: &HeaderMap,
-) -> Result<(Signature, Arc<EntityKey>), Checked> {
+/// The request's one `x-jws-signature`, parsed into what travels to the crypto pool.
+pub(super) fn parse_signature(headers: &HeaderMap) -> Result<Signature, Checked> {
     let mut values = headers.get_all(&SIGNATURE).iter();
     let value = match (values.next(), values.next()) {
         (None, _) => return Err(Checked::Missing),
@@ -291,11 +286,21 @@ pub(super) async fn signature_and_key(
         (Some(_), Some(_)) => return Err(Checked::Mismatch(JwsError::NotDetached)),
     };
     let detached = jws::parse(value.as_bytes()).map_err(Checked::Mismatch)?;
-    let signature = Signature {
+    Ok(Signature {
         prefix: format!("{}.", detached.header_segment),
         kid: detached.kid,
         bytes: detached.signature,
-    };
+    })
+}
+
+/// What can be known before the body: the signature header parsed, and `sender`'s key for its `kid`.
+pub(super) async fn signature_and_key(
+    state: &JwsState,
+    kind: &str,
+    sender: &str,
+    headers: &HeaderMap,
+) -> Result<(Signature, Arc<EntityKey>), Checked> {
+    let signature = parse_signature(headers)?;
     match state
         .registry
         .key_for(kind, sender, signature.kid.as_deref())

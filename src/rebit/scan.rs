@@ -54,39 +54,21 @@ pub fn body_senders(head: &[u8]) -> Vec<(Role, &str)> {
 
 /// The raw bytes of the top-level member `name`'s value (an object, array, string or scalar).
 pub fn member_value<'a>(head: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-    let head = &head[..head.len().min(TXNID_SCAN_BYTES)];
-    let mut at = skip_whitespace(head, 0);
-    if head.get(at) != Some(&b'{') {
-        return None;
-    }
-    at += 1;
-    loop {
-        at = skip_whitespace(head, at);
-        if head.get(at) != Some(&b'"') {
-            return None;
-        }
-        let key_end = string_end(head, at)?;
-        let key = &head[at + 1..key_end];
-        at = skip_whitespace(head, key_end + 1);
-        if head.get(at) != Some(&b':') {
-            return None;
-        }
-        at = skip_whitespace(head, at + 1);
-        let end = skip_value(head, at)?;
-        if key == name {
-            return head.get(at..end);
-        }
-        at = skip_whitespace(head, end);
-        match head.get(at) {
-            Some(b',') => at += 1,
-            _ => return None,
-        }
-    }
+    let (head, at) = find_member(head, name)?;
+    let end = skip_value(head, at)?;
+    head.get(at..end)
 }
 
 /// The value of the top-level member `name` of the JSON object that starts `head`, when it is a plain
 /// string of 1 to `max_len` visible ASCII characters without escapes.
 pub fn scan_member<'a>(head: &'a [u8], name: &[u8], max_len: usize) -> Option<&'a str> {
+    let (head, at) = find_member(head, name)?;
+    plain_string(head, at, max_len)
+}
+
+/// Where the value of the top-level member `name` starts, in the scanned part of `head` (which is
+/// returned with it): the one walk over the object's keys that [`member_value`] and [`scan_member`] share.
+fn find_member<'a>(head: &'a [u8], name: &[u8]) -> Option<(&'a [u8], usize)> {
     let head = &head[..head.len().min(TXNID_SCAN_BYTES)];
     let mut at = skip_whitespace(head, 0);
     if head.get(at) != Some(&b'{') {
@@ -106,7 +88,7 @@ pub fn scan_member<'a>(head: &'a [u8], name: &[u8], max_len: usize) -> Option<&'
         }
         at = skip_whitespace(head, at + 1);
         if key == name {
-            return plain_string(head, at, max_len);
+            return Some((head, at));
         }
         at = skip_value(head, at)?;
         at = skip_whitespace(head, at);

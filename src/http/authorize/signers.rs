@@ -12,7 +12,8 @@ use super::refusal::{Refusal, mismatch};
 use crate::entity::Role;
 use crate::http::body::{self, Buffered};
 use crate::http::jws::{
-    BUSY_RETRY_AFTER, Checked, JwsState, SIGNATURE, signature_and_key, verifies_with,
+    BUSY_RETRY_AFTER, Checked, JwsState, Signature, parse_signature, signature_and_key,
+    verifies_with,
 };
 use crate::http::rebit;
 use crate::metrics::edge::AuthorizeOutcome;
@@ -45,21 +46,9 @@ pub(super) async fn signed_path(
         }
         Err(Checked::ForeignKey) => {
             // The kid is not the sender's: whose is it?
-            let (kid, bytes) = match crate::jws::parse(
-                headers
-                    .get(&SIGNATURE)
-                    .map(|v| v.as_bytes())
-                    .unwrap_or_default(),
-            ) {
-                Ok(d) => (d.kid, d.signature),
-                Err(_) => return Err(mismatch()),
+            let Ok(Signature { prefix, kid, bytes }) = parse_signature(headers) else {
+                return Err(mismatch());
             };
-            let prefix = headers
-                .get(&SIGNATURE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().split_once('.'))
-                .map(|(h, _)| format!("{h}."))
-                .unwrap_or_default();
             for candidate in path_forms(state, path) {
                 let input = Buffered::small(
                     [prefix.as_bytes(), candidate.as_bytes()].concat(),
@@ -136,17 +125,14 @@ pub(super) async fn signed_by_another_body(
     unread: Option<Body>,
 ) -> (Option<String>, Option<Buffered>, Option<Body>) {
     // A signature that does not parse is nobody's: the body stays as it is, for the answer's envelope.
-    let detached = headers
-        .get(&SIGNATURE)
-        .and_then(|value| crate::jws::parse(value.as_bytes()).ok());
-    let Some(detached) = detached else {
+    let Ok(signature) = parse_signature(headers) else {
         return (None, read, unread);
     };
     let buffered = match (read, unread) {
         (Some(buffered), _) => buffered,
         (None, Some(body)) => {
-            let prefix = format!("{}.", detached.header_segment);
-            match body::read(body, prefix.as_bytes(), state.max_body_bytes, &state.limits).await {
+            let prefix = signature.prefix.as_bytes();
+            match body::read(body, prefix, state.max_body_bytes, &state.limits).await {
                 Ok(buffered) => buffered,
                 Err(_) => return (None, None, None),
             }
@@ -159,8 +145,8 @@ pub(super) async fn signed_by_another_body(
         .collect();
     let (other, back) = signed_by_another(
         state,
-        detached.kid.as_deref(),
-        detached.signature,
+        signature.kid.as_deref(),
+        signature.bytes,
         buffered,
         &named,
         sender,
