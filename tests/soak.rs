@@ -7,6 +7,8 @@
 //! `cargo test --test soak` runs 75 s (CI), long enough for every kind of fault once. A long run: `AA_SOAK_SECONDS=1800 AA_SOAK_SEED=7 cargo test
 //! --release --test soak -- --nocapture`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
+
 // The soak runs apart (its load would distort the timing of the other tests) and uses a part of the
 // helpers, so the rest of them are unused here.
 #[allow(dead_code)]

@@ -2,6 +2,8 @@
 //! broker and the IAM simulator over loopback (and to the real binary where a process matters). The
 //! soak runs apart, in `tests/soak.rs`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
+
 mod helpers;
 
 mod api;
