@@ -27,9 +27,11 @@ use axum::body::Body;
 mod refusal;
 mod signers;
 
+use axum::Router;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{any, post};
 use refusal::{Refusal, mismatch};
 use signers::{signed_by_another_body, signed_path};
 
@@ -47,6 +49,32 @@ use crate::rebit::scan::{MAX_TXNID_LEN, member_value, scan_member};
 
 /// The bare route; anything below it is the path form.
 pub const AUTHORIZE_PATH: &str = "/v1/authorize";
+
+/// `/v1/verify-signature` and `/v1/authorize[/…]`: on the token port behind the `Host` rule, and alone on
+/// `--verify-listen`.
+pub fn check_routes(state: Arc<JwsState>) -> Router {
+    Router::new()
+        .route("/v1/verify-signature", post(super::jws::verify_signature))
+        .route(AUTHORIZE_PATH, any(authorize))
+        .route("/v1/authorize/{*original}", any(authorize))
+        .with_state(state)
+}
+
+impl JwsState {
+    /// The ReBIT path `/v1/authorize/{path}` guards: the part after the route, without the base prefix.
+    pub fn rebit_path(&self, uri_path: &str) -> String {
+        let path = uri_path.strip_prefix(AUTHORIZE_PATH).unwrap_or(uri_path);
+        let path = match self.path_prefix.as_deref().map(|p| p.trim_end_matches('/')) {
+            Some(prefix) if !prefix.is_empty() => path.strip_prefix(prefix).unwrap_or(path),
+            _ => path,
+        };
+        if path.starts_with('/') {
+            path.to_string()
+        } else {
+            format!("/{path}")
+        }
+    }
+}
 
 /// The roles a request asks for (`?role=AA,FIP`), and on the bare route, that it names nothing else.
 fn asked_roles(query: Option<&str>, bare: bool) -> Result<Vec<Role>, String> {

@@ -1,4 +1,5 @@
-//! `POST /v1/sign[/{entityId}]`, `POST /v1/verify-signature` and `POST /v1/authorize`: `x-jws-signature`s
+//! `POST /v1/sign[/{entityId}]` and `POST /v1/verify-signature`, and the signature check `/v1/authorize`
+//! uses: `x-jws-signature`s
 //! made with a key that never leaves the sidecar, and checked against the keys peers publish in the CR.
 //!
 //! - `sign` (token port only, behind the caller guard, like `/v1/token`): the body is the exact bytes the
@@ -9,7 +10,8 @@
 //!   unknown_sender`; `400 missing_signature`; `503 registry_unavailable` with `Retry-After`; `400
 //!   bad_request` for a missing or repeated parameter, or a sender that is not an entity id (`..`,
 //!   `a/b`: refused before the CR is asked).
-//! - `authorize` ([`super::authorize`]) uses the signature check of this file (`check`).
+//! - `authorize` ([`super::authorize`], which also mounts `verify-signature` beside its own routes) uses
+//!   the signature check of this file (`check`); nothing here depends on it.
 //!
 //! Verification hands out nothing secret, so, like `/v1/verify`, it needs no `Metadata` header: on the
 //! token port the loopback `Host` rule holds (a layer, [`super::guard`]), and `--verify-listen` serves it
@@ -29,7 +31,7 @@ use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, post};
+use axum::routing::post;
 
 use super::body::{self, BodyError, BodyLimits, Buffered};
 use super::guard::CallerAllowed;
@@ -75,22 +77,6 @@ pub struct JwsState {
 }
 
 impl JwsState {
-    /// The ReBIT path `/v1/authorize/{path}` guards: the part after the route, without the base prefix.
-    pub fn rebit_path(&self, uri_path: &str) -> String {
-        let path = uri_path
-            .strip_prefix(super::authorize::AUTHORIZE_PATH)
-            .unwrap_or(uri_path);
-        let path = match self.path_prefix.as_deref().map(|p| p.trim_end_matches('/')) {
-            Some(prefix) if !prefix.is_empty() => path.strip_prefix(prefix).unwrap_or(path),
-            _ => path,
-        };
-        if path.starts_with('/') {
-            path.to_string()
-        } else {
-            format!("/{path}")
-        }
-    }
-
     /// Our entity's roles, from the token held for it (none while no token is held).
     pub fn own_roles(&self) -> Vec<Role> {
         self.broker
@@ -113,19 +99,6 @@ pub fn sign_routes(state: Arc<JwsState>) -> Router {
     Router::new()
         .route("/v1/sign", post(sign_default))
         .route("/v1/sign/{entity_id}", post(sign_one))
-        .with_state(state)
-}
-
-/// `/v1/verify-signature` and `/v1/authorize[/…]`: on the token port behind the `Host` rule, and alone on
-/// `--verify-listen`.
-pub fn check_routes(state: Arc<JwsState>) -> Router {
-    Router::new()
-        .route("/v1/verify-signature", post(verify_signature))
-        .route("/v1/authorize", any(super::authorize::authorize))
-        .route(
-            "/v1/authorize/{*original}",
-            any(super::authorize::authorize),
-        )
         .with_state(state)
 }
 
@@ -403,7 +376,7 @@ fn sender_type(raw: &str) -> Option<&'static str> {
         .find(|t| t.eq_ignore_ascii_case(raw.trim()))
 }
 
-async fn verify_signature(
+pub(super) async fn verify_signature(
     State(state): State<Arc<JwsState>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,

@@ -101,7 +101,7 @@ pub fn verify_frontend(
     });
     let router = verify::routes(Arc::clone(&state));
     let router = match jws {
-        Some(jws) => router.merge(jws::check_routes(jws)),
+        Some(jws) => router.merge(authorize::check_routes(jws)),
         None => router,
     };
     Frontend::verify_only(state, router.fallback(not_found))
@@ -180,7 +180,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         open = open.merge(verify::routes(verify));
     }
     if let Some(jws) = &state.jws {
-        open = open.merge(jws::check_routes(Arc::clone(jws)));
+        open = open.merge(authorize::check_routes(Arc::clone(jws)));
     }
     if let Some(fi) = &state.fi {
         open = open.merge(fi::rahasya_routes(Arc::clone(fi)));
