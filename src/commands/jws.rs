@@ -41,10 +41,10 @@ fn read_body(limit: usize) -> Result<Vec<u8>, ExitCode> {
 }
 
 pub fn sign(args: &SignArgs) -> ExitCode {
-    let Some(path) = &args.signing_key_file else {
+    let Some(path) = &args.key.signing_key_file else {
         return config_error(&ConfigError::new(S_SIGNING_KEY_FILE, "no key file given"));
     };
-    let key = match SigningKeyFile::open(path, args.signing_kid.as_deref()) {
+    let key = match SigningKeyFile::open(path, args.key.signing_kid.as_deref()) {
         Ok(file) => match file.key() {
             Ok(key) => key,
             Err(e) => return config_error(&ConfigError::new(S_SIGNING_KEY_FILE, e)),

@@ -137,7 +137,7 @@ pub fn jws_settings(
             ));
         }
     }
-    if let Some(path) = &args.signing_key_file {
+    if let Some(path) = &args.key.signing_key_file {
         let id = match entities {
             [only] => only.id.clone(),
             _ => {
@@ -156,10 +156,10 @@ pub fn jws_settings(
         keys.push((
             id,
             path.clone(),
-            args.signing_kid.clone(),
+            args.key.signing_kid.clone(),
             SIGNING_KEY_FILE.to_string(),
         ));
-    } else if args.signing_kid.is_some() {
+    } else if args.key.signing_kid.is_some() {
         return Err(ConfigError::new(
             SIGNING_KID,
             "--signing-kid needs --signing-key-file",
@@ -275,6 +275,7 @@ fn registry_policy(args: &JwsArgs, file: &FileConfig) -> Result<RegistryPolicy, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::cli::SigningKeyArgs;
     use crate::config::file::parse;
     use crate::entity::SecretSource;
 
@@ -301,8 +302,10 @@ mod tests {
 
     fn args(key: Option<PathBuf>, kid: Option<&str>) -> JwsArgs {
         JwsArgs {
-            signing_key_file: key,
-            signing_kid: kid.map(str::to_string),
+            key: SigningKeyArgs {
+                signing_key_file: key,
+                signing_kid: kid.map(str::to_string),
+            },
             ..JwsArgs::default()
         }
     }

@@ -477,31 +477,22 @@ pub struct VerifyTokenArgs {
 /// Signing and signature verification (`/v1/sign`, `/v1/verify-signature`, `/v1/authorize`).
 #[derive(Debug, Args, Default)]
 pub struct JwsArgs {
-    /// The entity's private key for x-jws-signature: PKCS#8 PEM or a private RSA JWK; re-read when it changes [env: AA_BROKER_SIGNING_KEY_FILE]
+    #[command(flatten)]
+    pub key: SigningKeyArgs,
+    /// Central Registry base URL; entity info is read at {base}/v2/entityInfo/{type}/{id} (default: the IAM's host, /cr)
     #[arg(
-        long,
-        env = "AA_BROKER_SIGNING_KEY_FILE",
-        value_name = "PATH",
-        hide_env = true
+        long = S::CR_URL.flag,
+        env = S::CR_URL.env,
+        value_name = "URL",
+        hide_env_values = true
     )]
-    pub signing_key_file: Option<PathBuf>,
-    /// The kid to sign under; must equal the kid registered in the CR (default: the JWK's kid) [env: AA_BROKER_SIGNING_KID]
-    #[arg(
-        long,
-        env = "AA_BROKER_SIGNING_KID",
-        value_name = "KID",
-        hide_env = true
-    )]
-    pub signing_kid: Option<String>,
-    /// Central Registry base URL; entity info is read at {base}/v2/entityInfo/{type}/{id} (default: the IAM's host, /cr) [env: AA_BROKER_CR_URL]
-    #[arg(long, env = "AA_BROKER_CR_URL", value_name = "URL", hide_env = true)]
     pub cr_url: Option<String>,
-    /// Largest body signed or verified, bytes (default 16 MiB); larger ones get 413 [env: AA_BROKER_MAX_BODY_BYTES]
+    /// Largest body signed or verified, bytes (default 16 MiB); larger ones get 413
     #[arg(
-        long,
-        env = "AA_BROKER_MAX_BODY_BYTES",
+        long = S::MAX_BODY_BYTES.flag,
+        env = S::MAX_BODY_BYTES.env,
         value_name = "BYTES",
-        hide_env = true
+        hide_env_values = true
     )]
     pub max_body_bytes: Option<usize>,
     /// Roles /v1/authorize accepts as callers, comma-separated (default: those that may call our own role: AA for an FIU or FIP, FIU and FIP for an AA)
@@ -600,20 +591,28 @@ pub struct FiCommandArgs {
 /// `sign`: one body on stdin, signed locally with the key file.
 #[derive(Debug, Args)]
 pub struct SignArgs {
-    /// The private key: PKCS#8 PEM or a private RSA JWK [env: AA_BROKER_SIGNING_KEY_FILE]
+    #[command(flatten)]
+    pub key: SigningKeyArgs,
+}
+
+/// The entity's signing key: for the serving routes (`/v1/sign`, signed ReBIT errors) and the `sign`
+/// command alike.
+#[derive(Debug, Args, Default)]
+pub struct SigningKeyArgs {
+    /// The entity's private key for x-jws-signature: PKCS#8 PEM or a private RSA JWK; re-read when it changes
     #[arg(
-        long,
-        env = "AA_BROKER_SIGNING_KEY_FILE",
+        long = S::SIGNING_KEY_FILE.flag,
+        env = S::SIGNING_KEY_FILE.env,
         value_name = "PATH",
-        hide_env = true
+        hide_env_values = true
     )]
     pub signing_key_file: Option<PathBuf>,
-    /// The kid to sign under (default: the JWK's kid) [env: AA_BROKER_SIGNING_KID]
+    /// The kid to sign under; must equal the kid registered in the CR (default: the JWK's kid)
     #[arg(
-        long,
-        env = "AA_BROKER_SIGNING_KID",
+        long = S::SIGNING_KID.flag,
+        env = S::SIGNING_KID.env,
         value_name = "KID",
-        hide_env = true
+        hide_env_values = true
     )]
     pub signing_kid: Option<String>,
 }
