@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use super::{config_error, current_thread_runtime, failure, log_or_exit};
 use crate::config::cli::{
-    AdminArgs, ListenArgs, LogArgs, RotationArgs, SignArgs, VerifyArgs, VerifySignatureArgs,
+    AdminArgs, ListenArgs, RotationArgs, SignArgs, VerifyArgs, VerifySignatureArgs,
 };
 use crate::config::settings::SIGNING_KEY_FILE as S_SIGNING_KEY_FILE;
 use crate::config::{self, BrokerArgs, ConfigError};
@@ -65,11 +65,7 @@ pub fn sign(args: &SignArgs) -> ExitCode {
 }
 
 pub fn verify_signature(args: &VerifySignatureArgs) -> ExitCode {
-    let log = LogArgs {
-        log_format: args.log.log_format.clone(),
-        log_level: Some(args.log.log_level.clone().unwrap_or_else(|| "error".into())),
-    };
-    let log = match log_or_exit(&log) {
+    let log = match log_or_exit(&args.log.with_default_level("error")) {
         Ok(log) => log,
         Err(code) => return code,
     };

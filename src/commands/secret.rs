@@ -15,7 +15,7 @@ use secrecy::{ExposeSecret, SecretString};
 use super::{config_error, current_thread_runtime, failure};
 use crate::config::ConfigError;
 use crate::config::cli::{
-    LogArgs, RotateArgs, RotationArgs, SecretFingerprintArgs, SecretReadArgs, SecretResetArgs,
+    RotateArgs, RotationArgs, SecretFingerprintArgs, SecretReadArgs, SecretResetArgs,
 };
 use crate::config::rotation::{AdminContext, admin_context, env_secrets};
 use crate::entity::{MAX_SECRET_FILE_BYTES, fingerprint, read_secret_file, secret_from_bytes};
@@ -31,13 +31,6 @@ use crate::timefmt;
 
 /// Attempts to store a reset secret before giving up.
 const PERSIST_ATTEMPTS: u32 = 3;
-
-fn quiet_by_default(log: &LogArgs) -> LogArgs {
-    LogArgs {
-        log_format: log.log_format.clone(),
-        log_level: Some(log.log_level.clone().unwrap_or_else(|| "warn".into())),
-    }
-}
 
 /// The start every admin command shares: settings validated (exit 2 on a mistake), logging, a runtime.
 fn prepare(
@@ -125,7 +118,7 @@ pub fn read(args: &SecretReadArgs) -> ExitCode {
         &args.entity,
         &args.admin,
         &RotationArgs::default(),
-        &quiet_by_default(&args.log),
+        &args.log.with_default_level("warn"),
         &env_secrets(),
     )) {
         Ok(prepared) => prepared,
@@ -182,7 +175,7 @@ pub fn reset(args: &SecretResetArgs) -> ExitCode {
         &args.entity,
         &args.admin,
         &args.rotation,
-        &quiet_by_default(&args.log),
+        &args.log.with_default_level("warn"),
         &env_secrets(),
     )) {
         Ok(prepared) => prepared,
@@ -214,7 +207,7 @@ pub fn rotate(args: &RotateArgs) -> ExitCode {
         &args.entity,
         &args.admin,
         &args.rotation,
-        &quiet_by_default(&args.log),
+        &args.log.with_default_level("warn"),
         &env_secrets(),
     )) {
         Ok(prepared) => prepared,

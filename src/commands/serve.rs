@@ -5,9 +5,7 @@ use std::process::ExitCode;
 
 use super::{bind, config_error, current_thread_runtime, failure, runtime, shutdown_signal};
 use crate::app::Application;
-use crate::config::cli::{
-    AdminArgs, ListenArgs, LogArgs, RotationArgs, ServeArgs, TokenArgs, VerifyArgs,
-};
+use crate::config::cli::{AdminArgs, ListenArgs, RotationArgs, ServeArgs, TokenArgs, VerifyArgs};
 use crate::config::fi::FiSettings;
 use crate::config::jws::JwsSettings;
 use crate::config::rotation::env_secrets;
@@ -99,10 +97,7 @@ pub fn serve_full(settings: BrokerSettings, jws: Option<JwsSettings>, fi: FiSett
 
 /// `token`: one fetch straight from the IAM; the token alone on stdout.
 pub fn token(args: &TokenArgs) -> ExitCode {
-    let log = LogArgs {
-        log_format: args.log.log_format.clone(),
-        log_level: Some(args.log.log_level.clone().unwrap_or_else(|| "warn".into())),
-    };
+    let log = args.log.with_default_level("warn");
     let broker_args = BrokerArgs {
         iam: &args.iam,
         entity: &args.entity,

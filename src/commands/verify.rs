@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::{config_error, current_thread_runtime, failure, log_or_exit};
 use crate::config::ConfigError;
-use crate::config::cli::{LogArgs, VerifyTokenArgs};
+use crate::config::cli::VerifyTokenArgs;
 use crate::config::verify::verify_command_settings;
 use crate::entity::EntityId;
 use crate::inbound::{Denied, Expectation, NoRecorder, Rejection, Verifier};
@@ -20,11 +20,7 @@ const MAX_STDIN_BYTES: u64 = 64 * 1024;
 pub fn run(args: &VerifyTokenArgs) -> ExitCode {
     // Errors only by default: the outcome is the one line printed at the end (a key set that could not
     // be fetched is named in it).
-    let log = LogArgs {
-        log_format: args.log.log_format.clone(),
-        log_level: Some(args.log.log_level.clone().unwrap_or_else(|| "error".into())),
-    };
-    let log = match log_or_exit(&log) {
+    let log = match log_or_exit(&args.log.with_default_level("error")) {
         Ok(log) => log,
         Err(code) => return code,
     };

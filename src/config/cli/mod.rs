@@ -169,6 +169,17 @@ pub struct LogArgs {
     pub log_level: Option<String>,
 }
 
+impl LogArgs {
+    /// These settings, with `level` where `--log-level` is not given: a one-shot command whose outcome is
+    /// the line it prints stays quiet by default.
+    pub fn with_default_level(&self, level: &str) -> LogArgs {
+        LogArgs {
+            log_format: self.log_format.clone(),
+            log_level: Some(self.log_level.clone().unwrap_or_else(|| level.into())),
+        }
+    }
+}
+
 /// The local HTTP surface.
 #[derive(Debug, Args, Default)]
 pub struct ListenArgs {
