@@ -26,9 +26,11 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until};
 
 use super::cell::{SecretCell, SecretEvent};
-use super::login::SecretRecorder;
 use super::policy::sites::{Reading, Role, SiteAction, Store, Thresholds, recheck, site_action};
 use super::policy::{Expiry, check_read_expiry};
+use super::recorder::{
+    ConvergenceTrigger, RotationLabel, RotationStep, SecretRecorder, StepOutcome,
+};
 use super::rotation::{RotationError, Rotator};
 use super::sink::{SecretSink, SinkSpec};
 use super::{RotationSettings, lock};
@@ -269,7 +271,12 @@ impl SecretManager {
                 known.in_grace = false;
                 known.issued_at = None;
                 return self
-                    .adopt(known, current, Some(before), "before_reset")
+                    .adopt(
+                        known,
+                        current,
+                        Some(before),
+                        ConvergenceTrigger::BeforeReset,
+                    )
                     .await;
             }
             SiteAction::Wait { .. } | SiteAction::Unknown => {
@@ -283,7 +290,7 @@ impl SecretManager {
                 self.cell.replace(rotated.secret.clone());
                 self.cell.report(|s| s.alert = None);
                 self.note_granted(&rotated);
-                self.rotated("ok");
+                self.rotated(RotationLabel::Ok);
                 known.expiry = rotated.expires_on;
                 known.granted_validity = rotated.granted_validity;
                 known.in_grace = false;
@@ -296,7 +303,7 @@ impl SecretManager {
                 self.set_alert(Some(format!(
                     "a rotated secret is held only in memory: {error}"
                 )));
-                self.rotated("persist_failed");
+                self.rotated(RotationLabel::PersistFailed);
                 self.note_granted(&rotated);
                 known.expiry = rotated.expires_on;
                 known.granted_validity = rotated.granted_validity;
@@ -373,8 +380,8 @@ impl SecretManager {
     }
 
     /// Counts a rotation outcome; a success is also reported in the entity's status.
-    fn rotated(&self, outcome: &'static str) {
-        if outcome == "ok" {
+    fn rotated(&self, outcome: RotationLabel) {
+        if outcome == RotationLabel::Ok {
             self.cell
                 .report(|s| s.last_rotation = Some(SystemTime::now()));
         }
@@ -410,7 +417,8 @@ impl SecretManager {
         tracing::info!(entity = %self.entity, store = before.as_deref().unwrap_or("none"), iam = %fingerprint(&current.secret), "the store's secret differs from the IAM's current one (reset elsewhere, or restored from a backup); converging, no reset");
         known.in_grace = false;
         known.issued_at = None;
-        self.adopt(known, current, before, "check").await;
+        self.adopt(known, current, before, ConvergenceTrigger::Check)
+            .await;
     }
 
     /// Stores the IAM's current secret and switches to it: a convergence (a heal, not a reset).
@@ -419,7 +427,7 @@ impl SecretManager {
         known: &mut Known,
         current: SecretGrant,
         before: Option<String>,
-        trigger: &'static str,
+        trigger: ConvergenceTrigger,
     ) -> bool {
         self.set_diverged(known, true);
         self.cell.replace(current.secret.clone());
@@ -434,7 +442,7 @@ impl SecretManager {
                 self.set_diverged(known, false);
                 self.recorder.convergence(&self.entity, trigger);
                 self.note_read_expiry(known, converged.expires_on);
-                tracing::info!(entity = %self.entity, store_was = before.as_deref().unwrap_or("none"), store_now = %fingerprint(&converged.secret), sink = %self.sink.spec(), trigger, "converged: the store holds the IAM's current secret (no reset)");
+                tracing::info!(entity = %self.entity, store_was = before.as_deref().unwrap_or("none"), store_now = %fingerprint(&converged.secret), sink = %self.sink.spec(), %trigger, "converged: the store holds the IAM's current secret (no reset)");
                 true
             }
             Err(error) => {
@@ -476,8 +484,11 @@ impl SecretManager {
         let before = ours.as_ref().map(fingerprint);
         tracing::warn!(entity = %self.entity, store = before.as_deref().unwrap_or("none"), iam = %fingerprint(&current.secret), "the IAM rejected our secret; recovering the current one by reading it back (no reset)");
         known.issued_at = None;
-        if self.adopt(known, current, before, "rejected").await {
-            self.rotated("recovered");
+        if self
+            .adopt(known, current, before, ConvergenceTrigger::Rejected)
+            .await
+        {
+            self.rotated(RotationLabel::Recovered);
         }
     }
 
@@ -495,8 +506,8 @@ impl SecretManager {
                 known.failures = 0;
                 self.cell.replace(stored);
                 self.cell.report(|s| s.alert = None);
-                self.rotated("ok");
-                tracing::info!(entity = %self.entity, step = "persist", outcome = "ok", sink = %self.sink.spec(), "secret rotation step: the rotated secret is stored now");
+                self.rotated(RotationLabel::Ok);
+                tracing::info!(entity = %self.entity, step = %RotationStep::Persist, outcome = %StepOutcome::Ok, sink = %self.sink.spec(), "secret rotation step: the rotated secret is stored now");
             }
             Err(error) => {
                 known.failures += 1;
@@ -505,8 +516,8 @@ impl SecretManager {
                 )));
                 tracing::error!(
                     entity = %self.entity,
-                    step = "persist",
-                    outcome = "failed",
+                    step = %RotationStep::Persist,
+                    outcome = %StepOutcome::Failed,
                     attempts = known.failures,
                     sink = %self.sink.spec(),
                     error = %error,
