@@ -9,7 +9,8 @@
 //! - [`sink`]: where a new secret is written (file, Kubernetes Secret, command).
 //! - [`lock`]: the advisory file lock that makes one process of several sharing a secret file the rotator.
 //! - [`ledger`]: the record of the last reset, kept with the store, which bounds resets across restarts.
-//! - [`manager`]: the task `serve` runs per entity when admin credentials are configured.
+//! - [`manager`]: the task `serve` runs per entity when admin credentials are configured; it follows
+//!   [`policy::schedule`], which decides its next step.
 //! - [`recorder`]: what the lifecycle reports to metrics, and the labels it reports in.
 
 pub mod cell;
