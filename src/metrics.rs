@@ -28,6 +28,7 @@ use prometheus_client::registry::Registry;
 
 use crate::entity::EntityId;
 use crate::secret::SecretRecorder;
+use crate::secret::recorder::{ConvergenceTrigger, LoginOutcome, RotationLabel};
 use crate::timefmt;
 use crate::token::fetch::Trigger;
 use crate::token::recorder::{RequestTallies, Tally, TokenRecorder};
@@ -127,21 +128,6 @@ pub const IAM_OUTCOMES: &[&str] = &[
 ];
 /// Every trigger of an IAM token call ([`Trigger`]).
 const IAM_TRIGGERS: [Trigger; 3] = [Trigger::Background, Trigger::Client, Trigger::Forced];
-/// The outcomes of a rotation the secret manager reports, and of an admin login.
-pub const ROTATION_OUTCOMES: &[&str] = &[
-    "ok",
-    "recovered",
-    "persist_failed",
-    "reset_failed",
-    "read_failed",
-    "verify_failed",
-    "admin_login_failed",
-    "lock_failed",
-    "reset_deferred",
-    "ledger_failed",
-];
-pub const ADMIN_LOGIN_OUTCOMES: &[&str] = &["ok", "rejected", "failed", "held"];
-
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -311,9 +297,9 @@ impl Metrics {
         m.cr.register(&mut m.registry);
         m.fi.register(&mut m.registry);
         m.signing.register(&mut m.registry);
-        for outcome in ADMIN_LOGIN_OUTCOMES {
+        for outcome in LoginOutcome::ALL {
             let _ = m.admin_logins.get_or_create(&LoginLabels {
-                outcome: (*outcome).into(),
+                outcome: outcome.as_str().into(),
             });
         }
         m
@@ -335,8 +321,8 @@ impl Metrics {
             for forced in ["refreshed", "rate_limited"] {
                 let _ = self.forced_refreshes.get_or_create(&outcome(forced));
             }
-            for rotation in ROTATION_OUTCOMES {
-                let _ = self.rotations.get_or_create(&outcome(rotation));
+            for rotation in RotationLabel::ALL {
+                let _ = self.rotations.get_or_create(&outcome(rotation.as_str()));
             }
             for trigger in IAM_TRIGGERS {
                 for result in IAM_OUTCOMES {
@@ -547,28 +533,28 @@ impl TokenRecorder for Metrics {
 }
 
 impl SecretRecorder for Metrics {
-    fn admin_login(&self, outcome: &'static str) {
+    fn admin_login(&self, outcome: LoginOutcome) {
         self.admin_logins
             .get_or_create(&LoginLabels {
-                outcome: outcome.into(),
+                outcome: outcome.as_str().into(),
             })
             .inc();
     }
 
-    fn rotation(&self, entity: &EntityId, outcome: &'static str) {
+    fn rotation(&self, entity: &EntityId, outcome: RotationLabel) {
         self.rotations
             .get_or_create(&OutcomeLabels {
                 entity: entity.to_string(),
-                outcome: outcome.into(),
+                outcome: outcome.as_str().into(),
             })
             .inc();
     }
 
-    fn convergence(&self, entity: &EntityId, trigger: &'static str) {
+    fn convergence(&self, entity: &EntityId, trigger: ConvergenceTrigger) {
         self.convergences
             .get_or_create(&TriggerLabels {
                 entity: entity.to_string(),
-                trigger: trigger.into(),
+                trigger: trigger.as_str().into(),
             })
             .inc();
     }

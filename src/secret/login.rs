@@ -15,6 +15,7 @@ use secrecy::SecretString;
 use tokio::time::Instant;
 
 use super::policy::{LoginDecision, LoginHold, LoginLimits, LoginRecord};
+use super::recorder::{LoginOutcome, SecretRecorder};
 use crate::entity::{SecretSource, fingerprint};
 use crate::iam::{Endpoint, IamClient, IamError};
 
@@ -32,28 +33,6 @@ impl fmt::Debug for AdminCredentials {
             .field("password", &self.password)
             .finish()
     }
-}
-
-/// What the secret lifecycle reports; the metrics registry (`Metrics`) implements it. The secret module
-/// defines what it tells, so it never depends on the metrics registry.
-pub trait SecretRecorder: Send + Sync {
-    /// One admin login, by outcome: `ok`, `rejected` (bad or expired credentials), `failed` (anything
-    /// else) or `held` (not sent: backing off or over the hourly limit).
-    fn admin_login(&self, outcome: &'static str);
-    /// One rotation step's outcome for an entity (`ok`, `recovered`, or a failure kind).
-    fn rotation(&self, entity: &crate::entity::EntityId, outcome: &'static str);
-    /// The store was given the IAM's current secret without a reset; `trigger` is what found it
-    /// differing: `check` (a periodic read), `rejected` (the IAM refused the stored secret) or
-    /// `before_reset` (the read just before a reset).
-    fn convergence(&self, _entity: &crate::entity::EntityId, _trigger: &'static str) {}
-}
-
-/// A recorder that drops everything, for the one-shot admin commands.
-pub struct NoRecorder;
-
-impl SecretRecorder for NoRecorder {
-    fn admin_login(&self, _: &'static str) {}
-    fn rotation(&self, _: &crate::entity::EntityId, _: &'static str) {}
 }
 
 /// Logs in on demand, within the login limits, and reuses the user token while it has more than a minute
@@ -146,7 +125,7 @@ impl AdminSession {
                 logins.decide(&self.limits, now, &password_fp)
             {
                 drop(logins);
-                self.recorder.admin_login("held");
+                self.recorder.admin_login(LoginOutcome::Held);
                 return Err(AdminError::Held {
                     hold,
                     retry_in: until.saturating_duration_since(now),
@@ -161,7 +140,7 @@ impl AdminSession {
         {
             Ok(grant) => {
                 self.logins().succeeded();
-                self.recorder.admin_login("ok");
+                self.recorder.admin_login(LoginOutcome::Ok);
                 let lifetime = grant
                     .expires_in
                     .unwrap_or(Duration::from_secs(300))
@@ -185,10 +164,10 @@ impl AdminSession {
                     logins.consecutive_failures
                 };
                 if rejected {
-                    self.recorder.admin_login("rejected");
+                    self.recorder.admin_login(LoginOutcome::Rejected);
                     tracing::error!(admin = %self.credentials.email, error = %e, "the IAM rejected the admin credentials; no login with this password again until the password file changes (or for an hour), so the account is not locked out");
                 } else {
-                    self.recorder.admin_login("failed");
+                    self.recorder.admin_login(LoginOutcome::Failed);
                     tracing::warn!(admin = %self.credentials.email, consecutive_failures = failures, error = %e, "admin login failed; backing off");
                 }
                 Err(AdminError::Login(e))

@@ -16,6 +16,9 @@
 //! - **an expiry that cannot be right** (in the past on a secret just issued, beyond 181 days, a year
 //!   gone on a read): treated as unknown and reported as a warning, never acted on, so a unit or clock
 //!   error on the IAM's side cannot become a reset loop. The reset bound ([`super::ledger`]) backs this up.
+//!
+//! When to do what is not decided here: [`next_step`] decides from the [`Schedule`] (what is known about
+//! the secret, and the timers), and this task takes the step and records how it ended.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,26 +29,26 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until};
 
 use super::cell::{SecretCell, SecretEvent};
-use super::login::SecretRecorder;
-use super::policy::sites::{Reading, Role, SiteAction, Store, Thresholds, recheck, site_action};
+use super::policy::schedule::{
+    CheckOutcome, Known, Moment, PersistOutcome, RetryHint, RotationOutcome, Schedule,
+    ScheduleSettings, Step, next_step,
+};
+use super::policy::sites::{SiteAction, recheck};
 use super::policy::{Expiry, check_read_expiry};
+use super::recorder::{
+    ConvergenceTrigger, RotationLabel, RotationStep, SecretRecorder, StepOutcome,
+};
 use super::rotation::{RotationError, Rotator};
 use super::sink::{SecretSink, SinkSpec};
 use super::{RotationSettings, lock};
-use crate::backoff::Backoff;
 use crate::entity::{EntityId, SecretSource, fingerprint};
 use crate::iam::SecretGrant;
 use crate::timefmt;
 
 /// How long to wait for another process's rotation before giving up this turn.
 const LOCK_WAIT: Duration = Duration::from_secs(60);
-/// Least time between two read-back recoveries.
-const RECOVERY_SPACING: Duration = Duration::from_secs(30);
-/// Retry delays after a failed step: 5 s doubling to 5 min.
-const RETRY: Backoff = Backoff::new(Duration::from_secs(5), Duration::from_secs(300));
-/// While the admin login is held back for a rejected password, the password file is looked at this often,
-/// so a corrected password is used within a minute (looking costs no IAM call).
-const PASSWORD_WATCH: Duration = Duration::from_secs(10);
+/// Least sleep between two turns, so a wake-up that is due at once cannot spin.
+const MIN_SLEEP: Duration = Duration::from_millis(10);
 
 /// Manages one entity's secret.
 #[derive(Clone)]
@@ -57,27 +60,7 @@ pub struct SecretManager {
     rotator: Arc<Rotator>,
     sink: SecretSink,
     lock_file: Option<PathBuf>,
-    rotate_before: Duration,
-    check_interval: Duration,
-    role: Role,
-}
-
-#[derive(Default)]
-struct Known {
-    expiry: Option<SystemTime>,
-    granted_validity: Option<Duration>,
-    in_grace: bool,
-    /// A reset secret not yet stored.
-    pending: Option<SecretString>,
-    recovery_requested: bool,
-    failures: u32,
-    read_failures: u32,
-    /// When an error said how long to wait (a deferred reset, a held-back login).
-    retry_in: Option<Duration>,
-    /// When the secret in use was issued by a reset of ours (unknown for one found in place).
-    issued_at: Option<SystemTime>,
-    /// Since when the store has been seen to differ from the IAM's current secret (cleared once they agree).
-    diverged_since: Option<SystemTime>,
+    settings: ScheduleSettings,
 }
 
 impl SecretManager {
@@ -100,17 +83,11 @@ impl SecretManager {
             rotator,
             sink,
             lock_file,
-            rotate_before: settings.rotate_before,
-            check_interval: settings.check_interval,
-            role: settings.role,
-        }
-    }
-
-    fn thresholds(&self, known: &Known) -> Thresholds {
-        Thresholds {
-            rotate_before: self.rotate_before,
-            granted_validity: known.granted_validity,
-            check_interval: self.check_interval,
+            settings: ScheduleSettings {
+                role: settings.role,
+                rotate_before: settings.rotate_before,
+                check_interval: settings.check_interval,
+            },
         }
     }
 
@@ -122,196 +99,148 @@ impl SecretManager {
         &self.cell
     }
 
-    /// Runs until `shutdown` turns true.
+    /// Runs until `shutdown` turns true: asks the schedule for the next step, takes it, records how it
+    /// ended. The decisions are all in [`next_step`].
     pub async fn run(
         self,
         mut events: mpsc::Receiver<SecretEvent>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let mut known = Known::default();
+        let mut schedule = Schedule::new(Instant::now(), self.settings);
         self.cell
-            .report(|s| s.check_interval = Some(self.check_interval));
-        let mut next_check = Instant::now();
-        let mut next_recovery = Instant::now();
-        let mut retry_at = Instant::now();
+            .report(|s| s.check_interval = Some(self.settings.check_interval));
         let mut events_open = true;
         loop {
             if *shutdown.borrow() {
                 return;
             }
-            let now = Instant::now();
-            if known.pending.is_some() {
-                if now >= retry_at {
-                    self.retry_persist(&mut known).await;
-                    retry_at = Instant::now() + backoff(known.failures);
+            let now = Moment::now();
+            match next_step(now, &schedule) {
+                Step::RetryPersist => {
+                    let outcome = self.retry_persist(&schedule).await;
+                    schedule.record_persist(Instant::now(), outcome, fastrand::f64());
                 }
-            } else if known.recovery_requested && now >= next_recovery {
-                known.recovery_requested = false;
-                next_recovery = now + RECOVERY_SPACING;
-                self.recover(&mut known).await;
-            } else if now >= next_check {
-                let read = self.rotator.read_current(&self.entity).await;
-                self.report_admin_login();
-                next_check = match read {
-                    Ok(current) => {
-                        known.read_failures = 0;
-                        self.note_read_expiry(&mut known, current.expires_on);
-                        self.converge_if_diverged(&mut known, current).await;
-                        now + self.check_interval
-                    }
-                    Err(e) => {
-                        known.read_failures = known.read_failures.saturating_add(1);
-                        if e.retry_in().is_none() {
-                            tracing::warn!(entity = %self.entity, error = %e, "cannot read the secret's expiry");
-                        }
-                        now + self
-                            .retry_delay(&e, known.read_failures)
-                            .min(self.check_interval)
-                    }
-                };
-            }
-            if known.pending.is_none() && now >= retry_at {
-                let reading = Reading {
-                    expires_at: known.expiry,
-                    in_grace: known.in_grace,
-                };
-                // The store was compared at the check: here only the role and the expiry decide.
-                match site_action(
-                    self.role,
-                    SystemTime::now(),
-                    reading,
-                    Store::Current,
-                    self.thresholds(&known),
-                ) {
-                    SiteAction::Reset(reason) => {
-                        known.retry_in = None;
-                        if self.rotate(&mut known, reason).await {
-                            known.failures = 0;
-                        } else {
-                            known.failures = known.failures.saturating_add(1);
-                        }
-                        self.report_admin_login();
-                        retry_at = Instant::now()
-                            + match (known.failures, known.retry_in) {
-                                (0, _) => Duration::ZERO,
-                                (_, Some(wait)) => wait,
-                                (failures, None) => backoff(failures),
-                            };
-                        continue;
-                    }
-                    SiteAction::Wait { check_again_in } => {
-                        next_check = next_check.min(Instant::now() + check_again_in);
-                    }
-                    SiteAction::Converge | SiteAction::Unknown => {}
+                Step::Recover => {
+                    schedule.record_recovery(now.at);
+                    self.recover(&mut schedule.known).await;
                 }
-            }
-            let mut wake = next_check;
-            if known.pending.is_some() || known.failures > 0 {
-                wake = wake.min(retry_at);
-            }
-            if known.recovery_requested {
-                wake = wake.min(next_recovery);
-            }
-            tokio::select! {
-                () = sleep_until(wake.max(Instant::now() + Duration::from_millis(10))) => {}
-                event = events.recv(), if events_open => match event {
-                    Some(SecretEvent::Rejected) => known.recovery_requested = true,
-                    Some(SecretEvent::GraceWarning) => known.in_grace = true,
-                    Some(SecretEvent::ExpiryHint(at)) => {
-                        if known.expiry.is_none() {
-                            known.expiry = check_read_expiry(SystemTime::now(), Some(at), known.issued_at).known();
-                        }
-                    }
-                    None => events_open = false,
+                Step::Check => {
+                    let outcome = self.check(&mut schedule.known).await;
+                    schedule.record_check(now, outcome, fastrand::f64());
+                }
+                Step::Rotate(reason) => {
+                    let outcome = self.rotate(&mut schedule, reason).await;
+                    self.report_admin_login();
+                    schedule.record_rotation(Instant::now(), outcome, fastrand::f64());
+                }
+                Step::Sleep { until } => tokio::select! {
+                    () = sleep_until(until.max(now.at + MIN_SLEEP)) => {}
+                    event = events.recv(), if events_open => match event {
+                        Some(event) => schedule.record_event(SystemTime::now(), event),
+                        None => events_open = false,
+                    },
+                    _ = shutdown.changed() => return,
                 },
-                _ = shutdown.changed() => return,
             }
         }
     }
 
-    /// One rotation attempt. Returns whether it ended well (rotated, or found nothing to do).
-    async fn rotate(&self, known: &mut Known, reason: &str) -> bool {
+    /// One periodic read of the IAM: the expiry noted, the store converged if it differs.
+    async fn check(&self, known: &mut Known) -> CheckOutcome {
+        let read = self.rotator.read_current(&self.entity).await;
+        self.report_admin_login();
+        match read {
+            Ok(current) => {
+                self.note_read_expiry(known, current.expires_on);
+                self.converge_if_diverged(known, current).await;
+                CheckOutcome::Read
+            }
+            Err(e) => {
+                let hint = retry_hint(&e);
+                if hint == RetryHint::Backoff {
+                    tracing::warn!(entity = %self.entity, error = %e, "cannot read the secret's expiry");
+                }
+                CheckOutcome::Failed(hint)
+            }
+        }
+    }
+
+    /// One rotation attempt: the lock, a read of the IAM just before, and the reset if it is still due.
+    async fn rotate(&self, schedule: &mut Schedule, reason: &str) -> RotationOutcome {
         tracing::info!(entity = %self.entity, reason, "secret rotation due");
         let _lock = match &self.lock_file {
             Some(path) => match lock::acquire(path, LOCK_WAIT).await {
                 Ok(held) => Some(held),
-                Err(e) => {
-                    self.failed(&RotationError::Lock(e));
-                    return false;
-                }
+                Err(e) => return self.failed(&RotationError::Lock(e)),
             },
             None => None,
         };
+        let thresholds = schedule.thresholds();
+        let known = &mut schedule.known;
         // Read again immediately before the reset: another process, or another site, may have reset it
         // moments ago. Ask the IAM, not our memory.
         let current = match self.rotator.read_current(&self.entity).await {
             Ok(current) => current,
-            Err(e) => {
-                known.retry_in = self.held_retry(&e);
-                self.failed(&e);
-                return false;
-            }
+            Err(e) => return self.failed(&e),
         };
         self.note_read_expiry(known, current.expires_on);
         let stored = self.stored_secret().await;
         let before = stored.as_ref().map(fingerprint).unwrap_or_default();
         match recheck(
-            self.role,
+            self.settings.role,
             SystemTime::now(),
             &before,
             &fingerprint(&current.secret),
             known.expiry,
-            self.thresholds(known),
+            thresholds,
         ) {
             SiteAction::Reset(_) => {}
             SiteAction::Converge => {
                 tracing::info!(entity = %self.entity, store = %before, iam = %fingerprint(&current.secret), "the IAM's current secret differs from the store's just before the reset (reset elsewhere moments ago); adopting it, no reset");
                 known.in_grace = false;
                 known.issued_at = None;
-                return self
-                    .adopt(known, current, Some(before), "before_reset")
+                let stored = self
+                    .adopt(
+                        known,
+                        current,
+                        Some(before),
+                        ConvergenceTrigger::BeforeReset,
+                    )
                     .await;
+                return RotationOutcome::Adopted { stored };
             }
             SiteAction::Wait { .. } | SiteAction::Unknown => {
                 tracing::info!(entity = %self.entity, "rotation no longer due after re-reading the IAM");
                 known.in_grace = false;
-                return true;
+                return RotationOutcome::NoLongerDue;
             }
         }
-        match self.rotator.rotate(&self.entity, &self.sink).await {
+        let (rotated, outcome) = match self.rotator.rotate(&self.entity, &self.sink).await {
             Ok(rotated) => {
                 self.cell.replace(rotated.secret.clone());
                 self.cell.report(|s| s.alert = None);
                 self.note_granted(&rotated);
-                self.rotated("ok");
-                known.expiry = rotated.expires_on;
-                known.granted_validity = rotated.granted_validity;
-                known.in_grace = false;
-                known.issued_at = Some(SystemTime::now());
+                self.rotated(RotationLabel::Ok);
                 tracing::info!(entity = %self.entity, secret = %rotated.fingerprint, "secret rotated");
-                true
+                (rotated, RotationOutcome::Rotated)
             }
             Err(RotationError::Persist { rotated, error }) => {
                 self.cell.replace(rotated.secret.clone());
                 self.set_alert(Some(format!(
                     "a rotated secret is held only in memory: {error}"
                 )));
-                self.rotated("persist_failed");
+                self.rotated(RotationLabel::PersistFailed);
                 self.note_granted(&rotated);
-                known.expiry = rotated.expires_on;
-                known.granted_validity = rotated.granted_validity;
-                known.in_grace = false;
-                known.issued_at = Some(SystemTime::now());
-                known.pending = Some(rotated.secret.clone());
-                known.failures = 1;
-                false
+                let held = rotated.secret.clone();
+                (*rotated, RotationOutcome::Unstored(held))
             }
-            Err(e) => {
-                known.retry_in = self.held_retry(&e);
-                self.failed(&e);
-                false
-            }
-        }
+            Err(e) => return self.failed(&e),
+        };
+        known.expiry = rotated.expires_on;
+        known.granted_validity = rotated.granted_validity;
+        known.in_grace = false;
+        known.issued_at = Some(SystemTime::now());
+        outcome
     }
 
     /// Takes a read-back expiry if it is believable; reports one that is not, and forgets the expiry.
@@ -344,21 +273,6 @@ impl SecretManager {
         );
     }
 
-    /// How long to wait after a failed IAM read or rotation: what the error says (a held-back login is
-    /// looked at again soon, since only a changed password file can lift it early), else the backoff.
-    fn retry_delay(&self, error: &RotationError, failures: u32) -> Duration {
-        self.held_retry(error).unwrap_or_else(|| backoff(failures))
-    }
-
-    fn held_retry(&self, error: &RotationError) -> Option<Duration> {
-        match error {
-            RotationError::Deferred { retry_in, .. } => Some(*retry_in),
-            other => other
-                .retry_in()
-                .map(|wait| wait.clamp(Duration::from_secs(1), PASSWORD_WATCH)),
-        }
-    }
-
     fn report_admin_login(&self) {
         let state = self.rotator.admin().login_state();
         self.cell.report(|s| s.admin_login = Some(state));
@@ -373,8 +287,8 @@ impl SecretManager {
     }
 
     /// Counts a rotation outcome; a success is also reported in the entity's status.
-    fn rotated(&self, outcome: &'static str) {
-        if outcome == "ok" {
+    fn rotated(&self, outcome: RotationLabel) {
+        if outcome == RotationLabel::Ok {
             self.cell
                 .report(|s| s.last_rotation = Some(SystemTime::now()));
         }
@@ -410,7 +324,8 @@ impl SecretManager {
         tracing::info!(entity = %self.entity, store = before.as_deref().unwrap_or("none"), iam = %fingerprint(&current.secret), "the store's secret differs from the IAM's current one (reset elsewhere, or restored from a backup); converging, no reset");
         known.in_grace = false;
         known.issued_at = None;
-        self.adopt(known, current, before, "check").await;
+        self.adopt(known, current, before, ConvergenceTrigger::Check)
+            .await;
     }
 
     /// Stores the IAM's current secret and switches to it: a convergence (a heal, not a reset).
@@ -419,7 +334,7 @@ impl SecretManager {
         known: &mut Known,
         current: SecretGrant,
         before: Option<String>,
-        trigger: &'static str,
+        trigger: ConvergenceTrigger,
     ) -> bool {
         self.set_diverged(known, true);
         self.cell.replace(current.secret.clone());
@@ -434,7 +349,7 @@ impl SecretManager {
                 self.set_diverged(known, false);
                 self.recorder.convergence(&self.entity, trigger);
                 self.note_read_expiry(known, converged.expires_on);
-                tracing::info!(entity = %self.entity, store_was = before.as_deref().unwrap_or("none"), store_now = %fingerprint(&converged.secret), sink = %self.sink.spec(), trigger, "converged: the store holds the IAM's current secret (no reset)");
+                tracing::info!(entity = %self.entity, store_was = before.as_deref().unwrap_or("none"), store_now = %fingerprint(&converged.secret), sink = %self.sink.spec(), %trigger, "converged: the store holds the IAM's current secret (no reset)");
                 true
             }
             Err(error) => {
@@ -476,52 +391,59 @@ impl SecretManager {
         let before = ours.as_ref().map(fingerprint);
         tracing::warn!(entity = %self.entity, store = before.as_deref().unwrap_or("none"), iam = %fingerprint(&current.secret), "the IAM rejected our secret; recovering the current one by reading it back (no reset)");
         known.issued_at = None;
-        if self.adopt(known, current, before, "rejected").await {
-            self.rotated("recovered");
+        if self
+            .adopt(known, current, before, ConvergenceTrigger::Rejected)
+            .await
+        {
+            self.rotated(RotationLabel::Recovered);
         }
     }
 
-    async fn retry_persist(&self, known: &mut Known) {
-        let Some(secret) = known.pending.clone() else {
-            return;
+    /// Writes the reset secret held in memory to the store again.
+    async fn retry_persist(&self, schedule: &Schedule) -> PersistOutcome {
+        let Some(secret) = schedule.pending() else {
+            return PersistOutcome::Stored;
         };
-        match self
-            .rotator
-            .persist(&self.entity, &self.sink, &secret)
-            .await
-        {
+        match self.rotator.persist(&self.entity, &self.sink, secret).await {
             Ok(stored) => {
-                known.pending = None;
-                known.failures = 0;
                 self.cell.replace(stored);
                 self.cell.report(|s| s.alert = None);
-                self.rotated("ok");
-                tracing::info!(entity = %self.entity, step = "persist", outcome = "ok", sink = %self.sink.spec(), "secret rotation step: the rotated secret is stored now");
+                self.rotated(RotationLabel::Ok);
+                tracing::info!(entity = %self.entity, step = %RotationStep::Persist, outcome = %StepOutcome::Ok, sink = %self.sink.spec(), "secret rotation step: the rotated secret is stored now");
+                PersistOutcome::Stored
             }
             Err(error) => {
-                known.failures += 1;
                 self.set_alert(Some(format!(
                     "a rotated secret is held only in memory: {error}"
                 )));
                 tracing::error!(
                     entity = %self.entity,
-                    step = "persist",
-                    outcome = "failed",
-                    attempts = known.failures,
+                    step = %RotationStep::Persist,
+                    outcome = %StepOutcome::Failed,
+                    attempts = schedule.failures().saturating_add(1),
                     sink = %self.sink.spec(),
                     error = %error,
                     "secret rotation step: THE NEW SECRET IS ONLY IN MEMORY; a restart now would lose it (recover with `aa-token-broker secret read --output FILE`)"
                 );
+                PersistOutcome::Failed
             }
         }
     }
 
-    fn failed(&self, error: &RotationError) {
+    /// Counts and logs a failed attempt; the schedule retries it.
+    fn failed(&self, error: &RotationError) -> RotationOutcome {
         self.rotated(error.kind());
         tracing::error!(entity = %self.entity, error = %error, "secret rotation failed; will retry");
+        RotationOutcome::Failed(retry_hint(error))
     }
 }
 
-fn backoff(failures: u32) -> Duration {
-    RETRY.delay(failures, fastrand::f64())
+/// What an error says about when to try again.
+fn retry_hint(error: &RotationError) -> RetryHint {
+    match error {
+        RotationError::Deferred { retry_in, .. } => RetryHint::ResetDeferred(*retry_in),
+        other => other
+            .retry_in()
+            .map_or(RetryHint::Backoff, RetryHint::LoginHeld),
+    }
 }

@@ -9,7 +9,9 @@
 //! - [`sink`]: where a new secret is written (file, Kubernetes Secret, command).
 //! - [`lock`]: the advisory file lock that makes one process of several sharing a secret file the rotator.
 //! - [`ledger`]: the record of the last reset, kept with the store, which bounds resets across restarts.
-//! - [`manager`]: the task `serve` runs per entity when admin credentials are configured.
+//! - [`manager`]: the task `serve` runs per entity when admin credentials are configured; it follows
+//!   [`policy::schedule`], which decides its next step.
+//! - [`recorder`]: what the lifecycle reports to metrics, and the labels it reports in.
 
 pub mod cell;
 pub mod ledger;
@@ -17,6 +19,7 @@ pub mod lock;
 pub mod login;
 pub mod manager;
 pub mod policy;
+pub mod recorder;
 pub mod rotation;
 pub mod sink;
 
@@ -26,7 +29,8 @@ use std::time::Duration;
 pub use policy::sites::Role;
 
 pub use cell::{SecretCell, SecretEvent, SecretStatus};
-pub use login::{AdminCredentials, AdminSession, NoRecorder, SecretRecorder};
+pub use login::{AdminCredentials, AdminSession};
+pub use recorder::{NoRecorder, SecretRecorder};
 pub use rotation::{ResetBound, RotationError, Rotator};
 pub use sink::{KubeAccess, SecretSink, SinkSpec};
 

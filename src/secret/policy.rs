@@ -13,7 +13,9 @@
 //!   hour, a rejected password is not tried again until it changes, and never more than 10 logins an hour
 //!   — Keycloak locks a user out after repeated failures, and this user is the only one who can reset;
 //! - **which site may reset, and when a store converges instead** ([`sites`]): read before you reset, a
-//!   standby resets only as the last resort, and a reset made elsewhere moments ago is adopted.
+//!   standby resets only as the last resort, and a reset made elsewhere moments ago is adopted;
+//! - **what the manager does next** ([`schedule`]): retry a write, read back, check, rotate or sleep, from
+//!   its state and its timers.
 
 use std::time::{Duration, SystemTime};
 
@@ -159,6 +161,7 @@ pub fn reset_wait(
 }
 
 mod login;
+pub mod schedule;
 pub mod sites;
 pub use login::{LoginDecision, LoginHold, LoginLimits, LoginRecord};
 

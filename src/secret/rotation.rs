@@ -28,6 +28,7 @@ use super::ledger::{LedgerError, ResetLedger, ResetRecord};
 use super::lock::LockError;
 use super::login::{AdminError, AdminSession};
 use super::policy::{Expiry, ExpirySource, check_expiry, reset_wait};
+use super::recorder::{RotationLabel, RotationStep, StepOutcome};
 use super::sink::{SecretSink, SinkError};
 use crate::entity::{EntityId, fingerprint};
 use crate::iam::{IamError, SecretGrant};
@@ -98,18 +99,18 @@ pub enum RotationError {
 
 impl RotationError {
     /// Low-cardinality label for metrics.
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> RotationLabel {
         match self {
-            RotationError::Admin(_) => "admin_login_failed",
-            RotationError::Reset(_) => "reset_failed",
-            RotationError::Read(_) => "read_failed",
-            RotationError::Persist { .. } => "persist_failed",
-            RotationError::Verify(_) => "verify_failed",
-            RotationError::Lock(_) => "lock_failed",
-            RotationError::Deferred { .. } => "reset_deferred",
-            RotationError::Ledger(e) if e.contended => "reset_contended",
-            RotationError::Ledger(_) => "ledger_failed",
-            RotationError::Converge(_) => "converge_failed",
+            RotationError::Admin(_) => RotationLabel::AdminLoginFailed,
+            RotationError::Reset(_) => RotationLabel::ResetFailed,
+            RotationError::Read(_) => RotationLabel::ReadFailed,
+            RotationError::Persist { .. } => RotationLabel::PersistFailed,
+            RotationError::Verify(_) => RotationLabel::VerifyFailed,
+            RotationError::Lock(_) => RotationLabel::LockFailed,
+            RotationError::Deferred { .. } => RotationLabel::ResetDeferred,
+            RotationError::Ledger(e) if e.contended => RotationLabel::ResetContended,
+            RotationError::Ledger(_) => RotationLabel::LedgerFailed,
+            RotationError::Converge(_) => RotationLabel::ConvergeFailed,
         }
     }
 
@@ -204,7 +205,7 @@ impl Rotator {
             });
         }
         let token = self.admin.fresh_user_token().await.inspect_err(|e| {
-            tracing::error!(entity = %entity, step = "user_token", outcome = "failed", error = %e, "secret rotation step");
+            tracing::error!(entity = %entity, step = %RotationStep::UserToken, outcome = %StepOutcome::Failed, error = %e, "secret rotation step");
         })?;
         let claim = ResetRecord {
             at: now,
@@ -221,7 +222,7 @@ impl Rotator {
             .reset_secret(&token, entity, Some(self.expiry_days))
             .await
             .map_err(|e| {
-                tracing::error!(entity = %entity, step = "reset", outcome = "failed", error = %e, "secret rotation step");
+                tracing::error!(entity = %entity, step = %RotationStep::Reset, outcome = %StepOutcome::Failed, error = %e, "secret rotation step");
                 RotationError::Reset(e)
             })?;
         // The completed record goes to a Secret in the same update as the secret itself.
@@ -249,8 +250,8 @@ impl Rotator {
         };
         tracing::info!(
             entity = %entity,
-            step = "reset",
-            outcome = "ok",
+            step = %RotationStep::Reset,
+            outcome = %StepOutcome::Ok,
             txn_id = rotated.txn_id.as_deref().unwrap_or("-"),
             secret = %rotated.fingerprint,
             expires_on = %rotated.expires_on.map(crate::timefmt::rfc3339_seconds).unwrap_or_default(),
@@ -269,8 +270,8 @@ impl Rotator {
             Err(error) => {
                 tracing::error!(
                     entity = %entity,
-                    step = "persist",
-                    outcome = "failed",
+                    step = %RotationStep::Persist,
+                    outcome = %StepOutcome::Failed,
                     sink = %sink.spec(),
                     secret = %rotated.fingerprint,
                     error = %error,
@@ -282,7 +283,7 @@ impl Rotator {
                 });
             }
         };
-        tracing::info!(entity = %entity, step = "persist", outcome = "ok", sink = %sink.spec(), secret = %fingerprint(&stored), "secret rotation step");
+        tracing::info!(entity = %entity, step = %RotationStep::Persist, outcome = %StepOutcome::Ok, sink = %sink.spec(), secret = %fingerprint(&stored), "secret rotation step");
         if let Err(e) = ledger.complete(&record) {
             tracing::warn!(entity = %entity, error = %e, "the reset record could not be completed with the new secret's fingerprint (its time still bounds the next reset)");
         }
@@ -292,13 +293,13 @@ impl Rotator {
             ..rotated
         };
         let verified = self.admin.iam().entity_token(entity, &rotated.secret).await.map_err(|e| {
-            tracing::error!(entity = %entity, step = "verify", outcome = "failed", error = %e, "secret rotation step");
+            tracing::error!(entity = %entity, step = %RotationStep::Verify, outcome = %StepOutcome::Failed, error = %e, "secret rotation step");
             RotationError::Verify(e)
         })?;
         tracing::info!(
             entity = %entity,
-            step = "verify",
-            outcome = "ok",
+            step = %RotationStep::Verify,
+            outcome = %StepOutcome::Ok,
             txn_id = verified.txn_id.as_deref().unwrap_or("-"),
             "secret rotation step"
         );

@@ -15,7 +15,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::{RotationDecision, decide};
+use super::{RotationDecision, decide, effective_threshold};
 
 /// Default time left under which a standby resets (the primary is then taken to be gone).
 pub const DEFAULT_STANDBY_RESET_WITHIN: Duration = Duration::from_secs(3 * 86_400);
@@ -124,6 +124,19 @@ pub fn site_action(
     }
 }
 
+/// The moment after which [`site_action`] answers [`SiteAction::Reset`] for a secret expiring at
+/// `expires_at` (a grace warning makes a reset due at once, whatever this says). The schedule uses it to
+/// read the IAM once the reset has fallen due and before making it.
+pub fn reset_due_at(role: Role, expires_at: SystemTime, limits: Thresholds) -> SystemTime {
+    let threshold = effective_threshold(
+        role.threshold(limits.rotate_before),
+        limits.granted_validity,
+    );
+    expires_at
+        .checked_sub(threshold)
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
 /// The read made immediately before a reset. `before` and `now_read` are fingerprints of the secret the
 /// store holds (what the first read agreed with) and of the IAM's current secret read again: if they
 /// differ another site reset it moments ago, and the answer is [`SiteAction::Converge`]. Otherwise the
@@ -154,7 +167,6 @@ pub fn recheck(
 
 #[cfg(test)]
 mod tests {
-    use super::super::effective_threshold;
     use super::*;
     use proptest::prelude::*;
 
@@ -293,6 +305,28 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// The schedule's idea of when a reset falls due is the decision's: a reset exactly when the
+        /// wall clock is past [`reset_due_at`] (no grace warning, the store current).
+        #[test]
+        fn a_reset_is_due_exactly_after_reset_due_at(
+            role in role_strategy(),
+            left_seconds in -2_000_000i64..30_000_000,
+            rotate_before_hours in 1u64..60 * 24,
+            granted_hours in proptest::option::of(1u64..180 * 24),
+        ) {
+            let now = SystemTime::UNIX_EPOCH + 20_000 * DAY;
+            let left = Duration::from_secs(left_seconds.unsigned_abs());
+            let expires_at = if left_seconds >= 0 { now + left } else { now - left };
+            let l = Thresholds {
+                rotate_before: HOUR * rotate_before_hours as u32,
+                granted_validity: granted_hours.map(|h| HOUR * h as u32),
+                check_interval: 6 * HOUR,
+            };
+            let iam = Reading { expires_at: Some(expires_at), in_grace: false };
+            let reset = matches!(site_action(role, now, iam, Store::Current, l), SiteAction::Reset(_));
+            prop_assert_eq!(reset, now > reset_due_at(role, expires_at, l));
+        }
 
         /// Whatever the IAM reports, a standby resets only inside its own threshold (or when the IAM says
         /// the secret is in its grace period), a store that differs is never reset but converged, and a
