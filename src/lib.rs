@@ -68,6 +68,7 @@ pub mod iam;
 pub mod inbound;
 pub mod inject;
 pub mod jws;
+pub mod keys;
 pub mod metrics;
 pub mod private_file;
 pub mod rebit;

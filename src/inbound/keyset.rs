@@ -5,7 +5,7 @@
 //! it, bounded, and one that goes away leaves it to finish for the others), a rate limit on the refetches
 //! callers can trigger (an unknown `kid`, see [`super::policy`]), the last good value served through an
 //! outage, and its age reported (`/readyz`, metrics). The fetch is bounded: connect and request timeouts,
-//! no redirects, and a cap on the body size. The document itself is parsed by [`super::jwks`].
+//! no redirects, and a cap on the body size. The document itself is parsed by [`crate::keys`].
 //!
 //! The first fetch happens at start with [`KeyPolicy::prefetch`], otherwise at the first verification,
 //! which waits for it; the periodic schedule starts after it.
@@ -17,9 +17,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::VerifyRecorder;
-pub use super::jwks::{JwksError, KeySet, MAX_JWKS_BYTES, RsaKey, parse_jwks};
 use super::policy::{FetchHistory, KeyPolicy, UnknownKid};
 use crate::iam::IamTimeouts;
+use crate::keys::{JwksError, KeySet, MAX_JWKS_BYTES, RsaKey, parse_jwks};
 use crate::upstream::Flight;
 /// Why a fetch failed; also the metric label.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -377,6 +377,3 @@ fn transport_error(error: reqwest::Error) -> FetchError {
             .collect(),
     )
 }
-
-#[cfg(test)]
-mod tests;

@@ -5,9 +5,9 @@
 //! request says it is. This module does it once, for every service in the pod.
 //!
 //! - [`verify`]: the pure verification of one token (parse, algorithm, signature, claims, expectations).
-//! - [`keyset`]: the realm's key set — its parsing, and the cache that fetches it (one
-//!   [`crate::upstream::Flight`], last good keys through an outage, age reported), at start or at first
-//!   use.
+//! - [`keyset`]: the cache of the realm's key set (one [`crate::upstream::Flight`], last good keys
+//!   through an outage, age reported), fetched at start or at first use; the document itself is parsed
+//!   by [`crate::keys`].
 //! - [`policy`]: when to fetch keys, and the rate limit on refetches an unknown `kid` may trigger.
 //! - [`Verifier`] (this file): ties them together, with a cache of verified tokens by SHA-256 of the token
 //!   (never past the token's `exp`), so a peer presenting the same token on every call costs a hash and
@@ -19,7 +19,6 @@
 //! the metrics registry. Tokens are never logged: a rejection logs the token's `sha256:` fingerprint.
 
 pub mod callers;
-pub mod jwks;
 pub mod keyset;
 pub mod policy;
 pub mod verify;
@@ -34,7 +33,8 @@ use tokio::task::JoinSet;
 
 use crate::crypto_pool::{CryptoPool, PoolError};
 use crate::iam::{IamTimeouts, environment_base_url};
-use keyset::{FetchTrigger, KeySource, KeySourceStatus, RsaKey};
+use crate::keys::RsaKey;
+use keyset::{FetchTrigger, KeySource, KeySourceStatus};
 use policy::KeyPolicy;
 pub use verify::{BadExpectation, Expectation, Mismatch, Rejection, Role, Verified};
 

@@ -501,7 +501,7 @@ mod tests {
         ));
         let key = SigningKey::from_file_bytes(pem.as_bytes(), Some("kid-1"), "k.pem").unwrap();
         let value = key.sign(b"{\"a\":1}").unwrap();
-        let public = super::super::public_key_from_jwk(&key.public_jwk()).unwrap();
+        let public = crate::keys::RsaKey::from_jwk_value(&key.public_jwk()).unwrap();
         let parsed = super::super::parse(value.as_bytes()).unwrap();
         assert_eq!(parsed.kid.as_deref(), Some("kid-1"));
         assert!(super::super::verify(&parsed, &public, b"{\"a\":1}").is_ok());

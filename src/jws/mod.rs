@@ -20,15 +20,13 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
 
-use crate::inbound::keyset::RsaKey;
+use crate::keys::{MAX_KID_LEN, RsaKey};
 pub use key::{KeyError, SigningKey, SigningKeyFile};
 
 /// The header that carries the signature.
 pub const SIGNATURE_HEADER: &str = "x-jws-signature";
 /// Longest header value looked at: a header of a few hundred bytes and an 8192-bit signature fit easily.
 pub const MAX_SIGNATURE_LEN: usize = 8 * 1024;
-/// Longest `kid` accepted (the key set's limit).
-const MAX_KID_LEN: usize = 256;
 
 /// Why a signature was not accepted. Every variant is the sender's fault: a `4xx`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -168,24 +166,6 @@ pub fn header_segment(kid: &str) -> String {
     URL_SAFE_NO_PAD.encode(json)
 }
 
-/// A public key from a JWK (as the CR's `certificate`), with the checks of the realm's key set: RSA,
-/// 2048–8192 bits, a small odd exponent, `use` sig and `alg` RS256 when given.
-pub fn public_key_from_jwk(jwk: &serde_json::Value) -> Option<RsaKey> {
-    let mut jwk = jwk.as_object()?.clone();
-    // The key set's parser keys by `kid`; a certificate without one still has a key.
-    if jwk
-        .get("kid")
-        .and_then(|k| k.as_str())
-        .is_none_or(str::is_empty)
-    {
-        jwk.insert("kid".into(), serde_json::Value::String("-".into()));
-    }
-    let kid = jwk.get("kid")?.as_str()?.to_string();
-    let document = serde_json::json!({ "keys": [jwk] });
-    let set = crate::inbound::keyset::parse_jwks(document.to_string().as_bytes()).ok()?;
-    set.get(&kid).cloned()
-}
-
 /// The spec's golden vector (§2.4): a public key, a body and the signature over it, for tests, the fuzz
 /// target and the interop check.
 pub mod golden {
@@ -203,7 +183,7 @@ mod tests {
     use super::golden::*;
 
     fn golden_key() -> RsaKey {
-        public_key_from_jwk(&serde_json::json!({
+        RsaKey::from_jwk_value(&serde_json::json!({
             "kty": "RSA", "e": "AQAB", "use": "sig", "alg": "RS256", "kid": GOLDEN_KID, "n": GOLDEN_N
         }))
         .unwrap()
