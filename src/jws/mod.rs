@@ -3,8 +3,9 @@
 //!
 //! This module owns the bytes: [`parse`] reads a header value into its parts, [`verify`] checks one against
 //! a public key and a body, [`SigningKey::sign`](key::SigningKey::sign) makes one. They are pure functions
-//! over bytes; nothing here fetches a key, reads a clock or logs. Where keys come from is
-//! the `registry` module (the peers' public keys) and [`key`] (our own private key).
+//! over bytes; nothing here fetches a key, reads a clock or logs. The public key type is
+//! [`crate::keys::RsaKey`]; where keys come from is the `registry` module (the peers' public keys), [`key`]
+//! (our own private key and its formats) and [`key_file`] (its file, re-read when it changes).
 //!
 //! - The signing input is `BASE64URL(header) || "." || body`, the body exactly as received: no
 //!   canonicalisation, and the header segment exactly as sent (never re-serialised).
@@ -15,13 +16,15 @@
 //! - Every failure is a typed [`JwsError`] with a reason; none panics, whatever the bytes.
 
 pub mod key;
+pub mod key_file;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
 
 use crate::keys::{MAX_KID_LEN, RsaKey};
-pub use key::{KeyError, SigningKey, SigningKeyFile};
+pub use key::{KeyError, SigningKey};
+pub use key_file::{KeyState, SigningKeyFile};
 
 /// The header that carries the signature.
 pub const SIGNATURE_HEADER: &str = "x-jws-signature";
