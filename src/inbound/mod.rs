@@ -34,6 +34,7 @@ use tokio::task::JoinSet;
 use crate::crypto_pool::{CryptoPool, PoolError};
 use crate::iam::{IamTimeouts, environment_base_url};
 use crate::keys::RsaKey;
+use crate::upstream::http::ClientSpec;
 use keyset::{FetchTrigger, KeySource, KeySourceStatus};
 use policy::KeyPolicy;
 pub use verify::{BadExpectation, Expectation, Mismatch, Rejection, Role, Verified};
@@ -271,26 +272,27 @@ impl Verifier {
         if settings.issuers.is_empty() {
             return Err(InboundError::NoIssuer);
         }
-        crate::install_crypto_provider();
-        let client = reqwest::Client::builder()
-            .connect_timeout(settings.timeouts.connect)
-            .timeout(settings.timeouts.request)
-            // The key URL is configured; a redirect would let the server pick another one.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("aa-token-broker/", env!("CARGO_PKG_VERSION")))
+        let key_urls: Vec<String> = settings
+            .issuers
+            .iter()
+            .map(|issuer| {
+                settings
+                    .jwks_url
+                    .clone()
+                    .unwrap_or_else(|| jwks_url_for(issuer))
+            })
+            .collect();
+        let client = ClientSpec::new(settings.timeouts.connect, settings.timeouts.request)
+            .direct_to_loopback(key_urls.iter().map(String::as_str))
             .build()
-            .map_err(|e| InboundError::Client(e.to_string()))?;
+            .map_err(|e| InboundError::Client(e.reason().to_string()))?;
         let verified: Cache<[u8; 32], Arc<Verified>> = Cache::builder()
             .max_capacity(RESULT_CACHE_CAPACITY)
             .expire_after(UntilExp)
             .build();
         let mut sources: Vec<Arc<KeySource>> = Vec::new();
         let mut issuers = Vec::new();
-        for issuer in &settings.issuers {
-            let url = settings
-                .jwks_url
-                .clone()
-                .unwrap_or_else(|| jwks_url_for(issuer));
+        for (issuer, url) in settings.issuers.iter().zip(key_urls) {
             let index = match sources.iter().position(|s| s.url() == url) {
                 Some(index) => index,
                 None => {

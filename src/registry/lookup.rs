@@ -11,6 +11,7 @@ use super::store::{Negative, SenderKey};
 use super::{CrOutcome, Inner, LastAnswer, MAX_RECORD_BYTES, RecordError, record};
 use crate::entity::{EntityId, Role};
 use crate::iam::url::entity_info_url;
+use crate::upstream::http::{describe, read_capped};
 
 /// What one lookup found; what it left behind is in the stores.
 #[derive(Debug, Clone)]
@@ -98,7 +99,7 @@ impl Inner {
                 self.broker.token(&self.caller).await
             }
             .map_err(|e| format!("no entity token for the CR call: {e}"))?;
-            let response = self
+            let mut response = self
                 .client
                 .get(url.clone())
                 .bearer_auth(served.token.expose())
@@ -109,7 +110,7 @@ impl Inner {
                     if e.is_timeout() {
                         "timed out".to_string()
                     } else {
-                        format!("transport: {}", without_url(&e))
+                        format!("transport: {}", describe(&e))
                     }
                 })?;
             let status = response.status().as_u16();
@@ -125,37 +126,19 @@ impl Inner {
                 403 | 404 => return Ok(None),
                 other => return Err(format!("HTTP {other}")),
             }
-            let body = read_capped(response).await?;
-            return match record::parse(&body, id) {
+            let body = read_capped(&mut response, MAX_RECORD_BYTES)
+                .await
+                .map_err(|e| format!("reading the answer: {}", describe(&e)))?;
+            if body.truncated {
+                return Err(format!(
+                    "the answer is larger than {MAX_RECORD_BYTES} bytes"
+                ));
+            }
+            return match record::parse(&body.bytes, id) {
                 Ok(key) => Ok(Some(key)),
                 Err(RecordError::NoRecord | RecordError::BadCertificate) => Ok(None),
                 Err(e) => Err(e.to_string()),
             };
         }
     }
-}
-
-fn without_url(error: &reqwest::Error) -> String {
-    let text = error.to_string();
-    match error.url() {
-        Some(url) => text.replace(url.as_str(), "<cr>"),
-        None => text,
-    }
-}
-
-async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, String> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| format!("reading the answer: {}", without_url(&e)))?
-    {
-        if body.len() + chunk.len() > MAX_RECORD_BYTES {
-            return Err(format!(
-                "the answer is larger than {MAX_RECORD_BYTES} bytes"
-            ));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }

@@ -36,6 +36,7 @@ use crate::entity::{EntityId, PerRole, Role};
 use crate::iam::IamTimeouts;
 use crate::registry::policy::{Action, EntryClock, LookupBudget, RegistryPolicy};
 use crate::token::broker::Broker;
+use crate::upstream::http::{ClientBuildError, ClientSpec};
 use crate::upstream::{Flight, FlightError};
 use lookup::Looked;
 pub use record::{Certificate, EntityKey, RecordError};
@@ -172,13 +173,9 @@ impl Registry {
         policy: RegistryPolicy,
         timeouts: IamTimeouts,
         recorder: Arc<dyn RegistryRecorder>,
-    ) -> Result<Self, reqwest::Error> {
-        crate::install_crypto_provider();
-        let client = reqwest::Client::builder()
-            .connect_timeout(timeouts.connect)
-            .timeout(timeouts.request)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("aa-token-broker/", env!("CARGO_PKG_VERSION")))
+    ) -> Result<Self, ClientBuildError> {
+        let client = ClientSpec::new(timeouts.connect, timeouts.request)
+            .direct_to_loopback([base])
             .build()?;
         let negative = moka::sync::Cache::builder()
             .max_capacity(MAX_NEGATIVE)

@@ -369,6 +369,57 @@ async fn the_rotate_command_writes_a_kubernetes_secret_and_resolves_a_conflict()
     }
 }
 
+/// The API server's answer is read up to a cap (a Secret holds at most 1 MiB): a Secret answer of 3 MiB
+/// is refused before anything is reset, not read whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_kubernetes_answer_is_refused_before_any_reset() {
+    let iam = iam_with_admin(10).await;
+    let api: Api = Arc::new(Mutex::new(FakeApiServer::default()));
+    {
+        let mut api = api.lock().unwrap();
+        api.put_secret("secret", SECRET);
+        api.annotations
+            .insert("padding".into(), "x".repeat(3 << 20).into());
+    }
+    let api_url = start_api_server(Arc::clone(&api)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, KUBE_TOKEN).unwrap();
+    let password_file = dir.path().join("password");
+    write_secret(&password_file, PASSWORD);
+    let args: Vec<String> = [
+        "rotate",
+        "--iam-url",
+        &iam.url,
+        "--entity-id",
+        ENTITY,
+        "--admin-email",
+        ADMIN,
+        "--admin-password-file",
+        password_file.to_str().unwrap(),
+        "--secret-sink",
+        "kubernetes-secret:aa/broker",
+        "--kube-api-url",
+        &api_url,
+        "--kube-token-file",
+        token_file.to_str().unwrap(),
+        "--site",
+        "test-site",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || run(&args, NO_ENV))
+        .await
+        .unwrap();
+    assert_ne!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("GET aa/broker: the answer is larger than"),
+        "{stderr}"
+    );
+    assert_eq!(iam.sim.calls(Endpoint::SecretReset), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secret_commands_read_reset_and_decline_when_not_due() {
     let iam = iam_with_admin(90).await;
