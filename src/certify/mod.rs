@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::{Value, json};
 
 use crate::entity::Role;
-use crate::upstream::http::{ClientSpec, describe, read_capped};
+use crate::upstream::http::{ClientSpec, describe, read_whole};
 use cases::{Case, Change};
 
 /// Where the simulator and the ingress are, and which deployment is tested.
@@ -59,15 +59,9 @@ const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 
 /// An answer's body, at most [`MAX_ANSWER_BYTES`].
 async fn answer_body(url: &str, mut response: reqwest::Response) -> Result<Vec<u8>, String> {
-    let body = read_capped(&mut response, MAX_ANSWER_BYTES)
+    read_whole(&mut response, MAX_ANSWER_BYTES)
         .await
-        .map_err(|e| format!("{url}: {}", describe(&e)))?;
-    if body.truncated {
-        return Err(format!(
-            "{url}: the answer is larger than {MAX_ANSWER_BYTES} bytes"
-        ));
-    }
-    Ok(body.bytes)
+        .map_err(|e| format!("{url}: {e}"))
 }
 
 /// A small HTTP client over the simulator's control API and the ingress.

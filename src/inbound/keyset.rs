@@ -21,7 +21,7 @@ use super::policy::{FetchHistory, KeyPolicy, UnknownKid};
 use crate::iam::IamTimeouts;
 use crate::keys::{JwksError, KeySet, MAX_JWKS_BYTES, RsaKey, parse_jwks};
 use crate::upstream::Flight;
-use crate::upstream::http::{describe, read_capped};
+use crate::upstream::http::{ReadError, describe, read_whole};
 /// Why a fetch failed; also the metric label.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FetchError {
@@ -282,13 +282,13 @@ impl KeySource {
         if !status.is_success() {
             return Err(FetchError::Status(status.as_u16()));
         }
-        let body = read_capped(&mut response, MAX_JWKS_BYTES)
+        let body = read_whole(&mut response, MAX_JWKS_BYTES)
             .await
-            .map_err(transport_error)?;
-        if body.truncated {
-            return Err(FetchError::TooLarge);
-        }
-        Ok(parse_jwks(&body.bytes)?)
+            .map_err(|e| match e {
+                ReadError::Transport(e) => transport_error(e),
+                ReadError::TooLarge(_) => FetchError::TooLarge,
+            })?;
+        Ok(parse_jwks(&body)?)
     }
 
     /// The state for `/readyz`.

@@ -11,7 +11,7 @@ use super::store::{Negative, SenderKey};
 use super::{CrOutcome, Inner, LastAnswer, MAX_RECORD_BYTES, RecordError, record};
 use crate::entity::{EntityId, Role};
 use crate::iam::url::entity_info_url;
-use crate::upstream::http::{describe, read_capped};
+use crate::upstream::http::{ReadError, describe, read_whole};
 
 /// What one lookup found; what it left behind is in the stores.
 #[derive(Debug, Clone)]
@@ -126,15 +126,13 @@ impl Inner {
                 403 | 404 => return Ok(None),
                 other => return Err(format!("HTTP {other}")),
             }
-            let body = read_capped(&mut response, MAX_RECORD_BYTES)
+            let body = read_whole(&mut response, MAX_RECORD_BYTES)
                 .await
-                .map_err(|e| format!("reading the answer: {}", describe(&e)))?;
-            if body.truncated {
-                return Err(format!(
-                    "the answer is larger than {MAX_RECORD_BYTES} bytes"
-                ));
-            }
-            return match record::parse(&body.bytes, id) {
+                .map_err(|e| match e {
+                    ReadError::Transport(_) => format!("reading the answer: {e}"),
+                    ReadError::TooLarge(_) => e.to_string(),
+                })?;
+            return match record::parse(&body, id) {
                 Ok(key) => Ok(Some(key)),
                 Err(RecordError::NoRecord | RecordError::BadCertificate) => Ok(None),
                 Err(e) => Err(e.to_string()),

@@ -6,8 +6,8 @@
 //!   the server pick another host, and carry our token there), one user agent, idle connections closed
 //!   after 30 s. The environment's `HTTP(S)_PROXY` is honoured (banks route egress through proxies)
 //!   except for a client whose upstreams are all on this host, which never goes through one.
-//! - [`read_capped`]: reads an answer up to a cap, so a hostile or broken upstream cannot make the broker
-//!   hold more than it expects.
+//! - [`read_capped`] and [`read_whole`]: read an answer up to a cap, so a hostile or broken upstream
+//!   cannot make the broker hold more than it expects.
 //! - [`describe`]: a transport error as one line for logs and errors, without the URL: reqwest's own text
 //!   names the URL, which may carry a path the caller chose to keep out of logs (a CR entity path, a
 //!   Secret's name); what failed and why is in its chain of causes.
@@ -153,6 +153,38 @@ pub async fn read_capped(
     })
 }
 
+/// Why [`read_whole`] has no body.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The answer could not be read; shown without its URL ([`describe`]).
+    Transport(reqwest::Error),
+    /// The answer is (or announces itself) larger than the cap.
+    TooLarge(usize),
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::Transport(error) => f.write_str(&describe(error)),
+            ReadError::TooLarge(cap) => write!(f, "the answer is larger than {cap} bytes"),
+        }
+    }
+}
+
+/// [`read_capped`] for a caller that wants all of the body or none: past the cap is an error.
+pub async fn read_whole(
+    response: &mut reqwest::Response,
+    cap: usize,
+) -> Result<Vec<u8>, ReadError> {
+    let body = read_capped(response, cap)
+        .await
+        .map_err(ReadError::Transport)?;
+    if body.truncated {
+        return Err(ReadError::TooLarge(cap));
+    }
+    Ok(body.bytes)
+}
+
 /// A transport error as one line, never with its URL: what failed (`timed out`, `connection failed`,
 /// `transport error`) and the chain of causes, control characters blanked, at most 200 characters.
 /// reqwest puts no request or answer body in its errors.
@@ -255,5 +287,18 @@ mod tests {
         let cut = capped(open_ended, vec![b'x'; 100_000], 1000).await;
         assert!(cut.truncated);
         assert!(cut.bytes.len() <= 1000, "{}", cut.bytes.len());
+    }
+
+    #[tokio::test]
+    async fn a_whole_body_past_its_cap_is_an_error_that_names_the_cap() {
+        let head = "HTTP/1.1 200 OK\r\ncontent-length: 10\r\nconnection: close\r\n\r\n";
+        let url = serve_once(head, b"0123456789".to_vec()).await;
+        let client = ClientSpec::new(Duration::from_secs(2), Duration::from_secs(2))
+            .direct()
+            .build()
+            .unwrap();
+        let mut response = client.get(&url).send().await.unwrap();
+        let error = read_whole(&mut response, 9).await.unwrap_err();
+        assert_eq!(error.to_string(), "the answer is larger than 9 bytes");
     }
 }

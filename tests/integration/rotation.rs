@@ -13,6 +13,7 @@ use crate::helpers::*;
 use aa_token_broker::entity::{EntityId, SecretSource};
 use aa_token_broker::iam::{Endpoint, IamClient, IamTimeouts};
 use aa_token_broker::secret::policy::DEFAULT_MIN_RESET_INTERVAL;
+use aa_token_broker::secret::sink::{KubeAccess, SecretSink};
 use aa_token_broker::secret::{AdminCredentials, Role, RotationSettings, SinkSpec};
 use base64::Engine;
 use secrecy::SecretString;
@@ -370,10 +371,9 @@ async fn the_rotate_command_writes_a_kubernetes_secret_and_resolves_a_conflict()
 }
 
 /// The API server's answer is read up to a cap (a Secret holds at most 1 MiB): a Secret answer of 3 MiB
-/// is refused before anything is reset, not read whole.
+/// is refused, not read whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_oversized_kubernetes_answer_is_refused_before_any_reset() {
-    let iam = iam_with_admin(10).await;
+async fn an_oversized_kubernetes_answer_is_refused() {
     let api: Api = Arc::new(Mutex::new(FakeApiServer::default()));
     {
         let mut api = api.lock().unwrap();
@@ -385,39 +385,22 @@ async fn an_oversized_kubernetes_answer_is_refused_before_any_reset() {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, KUBE_TOKEN).unwrap();
-    let password_file = dir.path().join("password");
-    write_secret(&password_file, PASSWORD);
-    let args: Vec<String> = [
-        "rotate",
-        "--iam-url",
-        &iam.url,
-        "--entity-id",
-        ENTITY,
-        "--admin-email",
-        ADMIN,
-        "--admin-password-file",
-        password_file.to_str().unwrap(),
-        "--secret-sink",
-        "kubernetes-secret:aa/broker",
-        "--kube-api-url",
-        &api_url,
-        "--kube-token-file",
-        token_file.to_str().unwrap(),
-        "--site",
-        "test-site",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || run(&args, NO_ENV))
-        .await
-        .unwrap();
-    assert_ne!(code, 0, "{stdout}{stderr}");
+    let access = KubeAccess {
+        api_url,
+        token_file,
+        ca_file: None,
+    };
+    let spec = SinkSpec::parse("kubernetes-secret:aa/broker").unwrap();
+    let sink = SecretSink::new(spec, Some(&access)).unwrap();
+    let Err(error) = sink.read().await else {
+        panic!("a 3 MiB answer was read");
+    };
+    let error = error.to_string();
     assert!(
-        stderr.contains("GET aa/broker: the answer is larger than"),
-        "{stderr}"
+        error.contains("GET aa/broker: the answer is larger than"),
+        "{error}"
     );
-    assert_eq!(iam.sim.calls(Endpoint::SecretReset), 0);
+    assert_eq!(api.lock().unwrap().log, ["GET"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

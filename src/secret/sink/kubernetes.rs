@@ -13,7 +13,7 @@ use secrecy::{ExposeSecret, SecretString};
 use super::{SinkError, SinkSetupError};
 use crate::iam::error::sanitize_excerpt;
 use crate::iam::url::with_segments;
-use crate::upstream::http::{ClientSpec, describe, read_capped};
+use crate::upstream::http::{ClientSpec, describe, read_whole};
 
 /// The in-cluster service account files.
 pub const SERVICE_ACCOUNT_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
@@ -55,15 +55,9 @@ pub(super) fn client(access: &KubeAccess) -> Result<reqwest::Client, SinkSetupEr
 /// An answer's body for `what` (`GET ns/name`): at most [`MAX_ANSWER_BYTES`], the transport error
 /// without its URL.
 async fn body_of(response: &mut reqwest::Response, what: &str) -> Result<Vec<u8>, SinkError> {
-    let body = read_capped(response, MAX_ANSWER_BYTES)
+    read_whole(response, MAX_ANSWER_BYTES)
         .await
-        .map_err(|e| SinkError::Kubernetes(format!("{what}: {}", describe(&e))))?;
-    if body.truncated {
-        return Err(SinkError::Kubernetes(format!(
-            "{what}: the answer is larger than {MAX_ANSWER_BYTES} bytes"
-        )));
-    }
-    Ok(body.bytes)
+        .map_err(|e| SinkError::Kubernetes(format!("{what}: {e}")))
 }
 
 /// The annotation on the Secret that holds the record of the last reset (see [`crate::secret::ledger`]):
