@@ -7,7 +7,8 @@
 //! Everything in a JWK is distrusted: only `kty: RSA` keys whose `use` is `sig` (or absent) and whose `alg`
 //! is `RS256` (or absent) are kept; moduli must be 2048 to 8192 bits and exponents small odd numbers, which
 //! is what `ring` accepts, so an absurd `n` or `e` is dropped here rather than met at verification time;
-//! `x5c`, `x5u` and anything else that points elsewhere is ignored.
+//! `x5c`, `x5u` and anything else that points elsewhere is never followed (a JWK whose `x5c`, `x5u` or
+//! `key_ops` is not of the type RFC 7517 gives is malformed, and skipped like any other).
 
 use std::collections::HashMap;
 

@@ -127,6 +127,7 @@ fn one_jwk_is_a_key_without_a_kid_and_only_when_it_is_an_rs256_signing_key() {
         serde_json::json!("text"),
         serde_json::json!({ "kty": "RSA", "n": modulus(256) }),
         serde_json::json!({ "kty": "RSA", "e": "AQAB", "n": modulus(256), "kid": 7 }),
+        serde_json::json!({ "kty": "RSA", "e": "AQAB", "n": modulus(256), "x5c": "not a list" }),
     ] {
         assert_eq!(RsaKey::from_jwk_value(&not_a_jwk), None, "{not_a_jwk}");
     }
