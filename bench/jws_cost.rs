@@ -7,7 +7,8 @@
 
 use std::time::{Duration, Instant};
 
-use aa_token_broker::jws::{SigningKey, parse, public_key_from_jwk, verify};
+use aa_token_broker::jws::{SigningKey, parse, verify};
+use aa_token_broker::keys::RsaKey;
 use aa_token_broker::simulator::{SimSettings, Simulator};
 
 /// Runs `f` for at least `at_least`; returns calls per second.
@@ -31,7 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     sim.cr_register("AA-COST", "AA")?;
     let pem = sim.cr_private_key_pem("AA-COST").ok_or("no key")?;
     let key = SigningKey::from_file_bytes(pem.as_bytes(), Some("cost"), "pool")?;
-    let public = public_key_from_jwk(&key.public_jwk()).ok_or("no public key")?;
+    let public = RsaKey::from_jwk_value(&key.public_jwk()).ok_or("no public key")?;
     let small = vec![b'x'; 1024];
     let small_sig = key.sign(&small)?;
     let parsed_small = parse(small_sig.as_bytes())?;

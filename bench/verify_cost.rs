@@ -8,9 +8,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aa_token_broker::inbound::keyset::parse_jwks;
 use aa_token_broker::inbound::verify::{check_signature, parse};
 use aa_token_broker::inbound::{Expectation, NoRecorder, Verifier, VerifySettings};
+use aa_token_broker::keys::parse_jwks;
 use aa_token_broker::simulator::{SimSettings, Simulator};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

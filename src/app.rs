@@ -401,7 +401,7 @@ fn log_start(settings: &BrokerSettings, addr: Option<SocketAddr>) {
     );
     if settings.iam_url.starts_with("http:")
         && !reqwest::Url::parse(&settings.iam_url)
-            .is_ok_and(|u| crate::iam::client::is_loopback_url(&u))
+            .is_ok_and(|u| crate::upstream::http::is_loopback_url(&u))
     {
         tracing::warn!(iam = %settings.iam_url, "plain http to a non-loopback IAM (--allow-plain-http): the entity secret crosses the network without TLS");
     }

@@ -1,8 +1,10 @@
-//! The entity id and the entity secret.
+//! The entity id, the roles of the network, and the entity secret.
 //!
 //! An [`EntityId`] can only hold a well-formed id, so everything downstream (cache keys, metric labels, log
 //! fields) can trust it. The secret is never a `String`: it is read fresh from its [`SecretSource`] on every
 //! fetch, held in a [`SecretString`] whose `Debug` redacts it, and only ever logged as a [`fingerprint`].
+//! A [`Role`] (AA, FIU, FIP) is parsed once, from a token's `roles`, a query or a body, and tables keyed by
+//! it are [`PerRole`]s.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -211,7 +213,8 @@ pub fn fingerprint(value: &SecretString) -> String {
     format!("sha256:{hex}")
 }
 
-/// An entity type of the AA network: what a token's `roles` claim names, and a Central Registry type.
+/// An entity type of the AA network: what a token's `roles` claim names, a Central Registry type (the
+/// `{type}` of its entity-info path) and a ReBIT notifier's `type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     Aa,
@@ -245,6 +248,40 @@ impl Role {
             Role::Fiu | Role::Fip => &[Role::Aa],
             Role::Aa => &[Role::Fiu, Role::Fip],
         }
+    }
+}
+
+/// One `T` for each role: what a table keyed by [`Role`] holds (the CR's senders by type, say), with no
+/// type strings or positions to get wrong.
+#[derive(Debug, Clone, Default)]
+pub struct PerRole<T> {
+    aa: T,
+    fiu: T,
+    fip: T,
+}
+
+impl<T> PerRole<T> {
+    pub fn get(&self, role: Role) -> &T {
+        match role {
+            Role::Aa => &self.aa,
+            Role::Fiu => &self.fiu,
+            Role::Fip => &self.fip,
+        }
+    }
+
+    pub fn get_mut(&mut self, role: Role) -> &mut T {
+        match role {
+            Role::Aa => &mut self.aa,
+            Role::Fiu => &mut self.fiu,
+            Role::Fip => &mut self.fip,
+        }
+    }
+
+    /// Each role with its value, in the order of [`Role::ALL`].
+    pub fn iter(&self) -> impl Iterator<Item = (Role, &T)> {
+        Role::ALL
+            .into_iter()
+            .map(move |role| (role, self.get(role)))
     }
 }
 

@@ -9,21 +9,22 @@
 //! | module | owns |
 //! |---|---|
 //! | [`config`] | the command line, the environment fallbacks and the TOML file, validated once into [`config::BrokerSettings`]; every setting's names in [`config::settings`] |
-//! | [`entity`] | the entity id newtype, the roles of the network (and who may call whom), and the entity secret: where it is read from, how it is fingerprinted |
+//! | [`entity`] | the entity id newtype, the roles of the network (who may call whom, [`entity::PerRole`] tables keyed by role), and the entity secret: where it is read from, how it is fingerprinted |
 //! | [`private_file`] | how the private files (secret, password, signing key) are read: regular files only, capped, errors in plain words, the warning on a loose mode |
 //! | [`iam`] | the HTTP client for the four IAM endpoints, their wire formats and their errors |
 //! | [`token`] | the token type, its pure refresh/backoff/caller policy, the broker handle, the one place that fetches, the background refresher |
 //! | [`secret`] | the secret's lifecycle: the cell the token path reads the secret from, admin login within its limits, the reset bound, rotation, sinks, the lock, the manager task |
-//! | [`inbound`] | verification of the entity tokens on incoming calls: the realm key set, its refetch policy, the checks |
-//! | [`jws`] | detached `x-jws-signature`s (RFC 7797): parse, sign, verify; our signing key |
+//! | [`keys`] | RS256 public keys ([`keys::RsaKey`], from one JWK) and key-set (JWKS) documents |
+//! | [`inbound`] | verification of the entity tokens on incoming calls: the realm key set's cache, its refetch policy, the checks |
+//! | [`jws`] | detached `x-jws-signature`s (RFC 7797): parse, sign, verify; our signing key, its formats and its file |
 //! | [`rebit`] | ReBIT's message rules a sidecar can decide: the envelope, the endpoints and who may notify them, bounded scans of a body |
-//! | [`registry`] | the Central Registry entity-info client, the cache of peers' signing keys and its refetch policy |
+//! | [`registry`] | the Central Registry entity-info client, the cache of peers' signing keys (keyed by role and id) and its refetch policy |
 //! | [`fi`] | FI data encryption (rahasya's scheme): BouncyCastle's Curve25519 on curve25519-dalek, `KeyMaterial`, the KEK and key handles, the routes' JSON worked in place; no HTTP |
 //! | [`http`] | the local HTTP surface: routes, the caller guard, the hot path, the accept loop with its limits |
 //! | [`metrics`] | the Prometheus registry; it implements the recorder traits of `token`, `secret`, `inbound` and `registry` |
 //! | [`simulator`] | a faithful, test-drivable stand-in for the IAM (real RS256 JWTs, JWKS, faults, counters) |
 //! | [`telemetry`] | tracing subscriber set-up (text or JSON) |
-//! | [`upstream`] | what every upstream cache shares: the one cancellation-safe single flight ([`upstream::Flight`]) |
+//! | [`upstream`] | what every upstream call shares: the one cancellation-safe single flight ([`upstream::Flight`]); the one HTTP client builder, capped body reader and URL-free error text ([`upstream::http`]) |
 //! | [`timefmt`] | the one checked conversion of upstream times, total formatters, the lenient IAM timestamp parser |
 //! | [`backoff`] | the exponential backoff with equal jitter that every retry loop uses |
 //! | [`certify`] | the certification cases a sidecar can decide, by case id, and the runner `certify` uses against an ingress |
@@ -36,12 +37,15 @@
 //!
 //! Dependencies point one way: `app` and `commands` wire everything; `http` uses `token`, `inbound` and
 //! `metrics`; `token` reads the secret from `secret` ([`secret::SecretCell`]) and both call `iam`; the
-//! foundations (`entity`, `timefmt`, `backoff`, `upstream`) use nothing above them; the token's cold
-//! fetch, the realm key set and the CR's records each fetch through one [`upstream::Flight`]. `metrics`
+//! foundations (`entity`, `keys`, `timefmt`, `backoff`, `upstream`) use nothing above them; the token's
+//! cold fetch, the realm key set and the CR's records each fetch through one [`upstream::Flight`], and
+//! every upstream HTTP client (`iam`, `inbound`, `registry`, `secret`'s Kubernetes sink, `certify`) is
+//! built and read through [`upstream::http`]. `keys` is the one place a JWK becomes a key: `inbound`,
+//! `registry` and `jws` use it and not each other's key types. `metrics`
 //! observes: `token`, `secret`, `inbound` and `registry` define what they report (recorder traits) and
 //! never import it; the body budget and the crypto pool it reads at scrape time. `jws` works on bytes (and
-//! its own key file); `registry` fetches CR keys with a token from `token` and follows
-//! [`registry::policy`]. `rebit` (envelope, endpoints, bounded scans) uses only `entity`; `http` follows
+//! its own key file); `registry` fetches CR keys with a token from `token`, keeps them by
+//! [`entity::Role`] and follows [`registry::policy`]. `rebit` (envelope, endpoints, bounded scans) uses only `entity`; `http` follows
 //! it for `/v1/authorize` and uses `fi` for `KeyMaterial`. `budget` and `crypto_pool` are foundations:
 //! `http` reads bodies through the one and runs RSA (and `inbound` its token signatures) on the other.
 //! `certify` is a client: it drives an ingress and the simulator over HTTP.
@@ -68,6 +72,7 @@ pub mod iam;
 pub mod inbound;
 pub mod inject;
 pub mod jws;
+pub mod keys;
 pub mod metrics;
 pub mod private_file;
 pub mod rebit;

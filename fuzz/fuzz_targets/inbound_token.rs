@@ -6,7 +6,7 @@
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
-use aa_token_broker::inbound::keyset::{KeySet, parse_jwks};
+use aa_token_broker::keys::{KeySet, parse_jwks};
 use aa_token_broker::inbound::verify::{check_claims, check_signature, parse};
 use aa_token_broker::inbound::Expectation;
 use aa_token_broker::simulator::jwt::SigningKey;

@@ -6,16 +6,16 @@
 
 use std::sync::OnceLock;
 
-use aa_token_broker::inbound::keyset::RsaKey;
 use aa_token_broker::jws::golden::{GOLDEN_BODY, GOLDEN_KID, GOLDEN_N, GOLDEN_SIGNATURE};
-use aa_token_broker::jws::{SigningKey, parse, public_key_from_jwk, verify};
+use aa_token_broker::jws::{SigningKey, parse, verify};
+use aa_token_broker::keys::RsaKey;
 use aa_token_broker::registry::record;
 use libfuzzer_sys::fuzz_target;
 
 fn golden_key() -> Option<&'static RsaKey> {
     static KEY: OnceLock<Option<RsaKey>> = OnceLock::new();
     KEY.get_or_init(|| {
-        public_key_from_jwk(&serde_json::json!({
+        RsaKey::from_jwk_value(&serde_json::json!({
             "kty": "RSA", "e": "AQAB", "kid": GOLDEN_KID, "n": GOLDEN_N
         }))
     })

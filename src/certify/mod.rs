@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::{Value, json};
 
 use crate::entity::Role;
+use crate::upstream::http::{ClientSpec, describe, read_whole};
 use cases::{Case, Change};
 
 /// Where the simulator and the ingress are, and which deployment is tested.
@@ -53,6 +54,16 @@ fn secret_of(id: &str) -> String {
     format!("{}-secret", id.to_ascii_lowercase())
 }
 
+/// Largest answer read from the simulator or the ingress: theirs are a few KiB.
+const MAX_ANSWER_BYTES: usize = 1024 * 1024;
+
+/// An answer's body, at most [`MAX_ANSWER_BYTES`].
+async fn answer_body(url: &str, mut response: reqwest::Response) -> Result<Vec<u8>, String> {
+    read_whole(&mut response, MAX_ANSWER_BYTES)
+        .await
+        .map_err(|e| format!("{url}: {e}"))
+}
+
 /// A small HTTP client over the simulator's control API and the ingress.
 struct Harness {
     http: reqwest::Client,
@@ -67,9 +78,10 @@ impl Harness {
             .json(body)
             .send()
             .await
-            .map_err(|e| format!("{url}: {e}"))?;
+            .map_err(|e| format!("{url}: {}", describe(&e)))?;
         let status = response.status();
-        let text = response.text().await.unwrap_or_default();
+        let text = String::from_utf8_lossy(&answer_body(url, response).await.unwrap_or_default())
+            .into_owned();
         if !status.is_success() {
             return Err(format!("{url}: HTTP {status}: {text}"));
         }
@@ -104,8 +116,9 @@ impl Harness {
             )
             .send()
             .await
-            .map_err(|e| format!("{url}: {e}"))?;
-        let body: Value = response.json().await.map_err(|e| format!("{url}: {e}"))?;
+            .map_err(|e| format!("{url}: {}", describe(&e)))?;
+        let body: Value = serde_json::from_slice(&answer_body(&url, response).await?)
+            .map_err(|e| format!("{url}: not JSON ({e})"))?;
         body["accessToken"]
             .as_str()
             .map(str::to_string)
@@ -120,8 +133,9 @@ impl Harness {
             .body(bytes.to_vec())
             .send()
             .await
-            .map_err(|e| format!("{url}: {e}"))?;
-        let body: Value = response.json().await.map_err(|e| format!("{url}: {e}"))?;
+            .map_err(|e| format!("{url}: {}", describe(&e)))?;
+        let body: Value = serde_json::from_slice(&answer_body(&url, response).await?)
+            .map_err(|e| format!("{url}: not JSON ({e})"))?;
         body["signature"]
             .as_str()
             .map(str::to_string)
@@ -232,10 +246,9 @@ pub async fn run(target: Target) -> Result<Vec<Outcome>, String> {
 
 /// Runs the cases named, in order (each must belong to the target's deployment).
 pub async fn run_ids(target: Target, ids: &[&str]) -> Result<Vec<Outcome>, String> {
-    crate::install_crypto_provider();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .no_proxy()
+    // A redirect from the ingress is its answer, to be checked, not followed.
+    let http = ClientSpec::new(Duration::from_secs(20), Duration::from_secs(20))
+        .direct()
         .build()
         .map_err(|e| e.to_string())?;
     let harness = Harness { http, target };
@@ -329,9 +342,13 @@ async fn run_case(
             .header("x-jws-signature", signature)
             .body(sent);
     }
-    let response = request.send().await.map_err(|e| format!("{url}: {e}"))?;
+    let response = request
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {}", describe(&e)))?;
     let status = response.status().as_u16();
-    let text = response.text().await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&answer_body(&url, response).await.unwrap_or_default())
+        .into_owned();
     let answer: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
     let mut problems = Vec::new();
     if status != case.status {

@@ -17,10 +17,11 @@ use crate::config::cli::{
 };
 use crate::config::settings::SIGNING_KEY_FILE as S_SIGNING_KEY_FILE;
 use crate::config::{self, BrokerArgs, ConfigError};
+use crate::entity::Role;
 use crate::http::jws::DEFAULT_MAX_BODY_BYTES;
 use crate::iam::IamClient;
 use crate::jws::SigningKeyFile;
-use crate::registry::{Found, Registry, TYPES};
+use crate::registry::{Found, Registry};
 use crate::secret::SecretCell;
 use crate::telemetry;
 use crate::token::broker::Broker;
@@ -69,10 +70,7 @@ pub fn verify_signature(args: &VerifySignatureArgs) -> ExitCode {
         Ok(log) => log,
         Err(code) => return code,
     };
-    let Some(kind) = TYPES
-        .into_iter()
-        .find(|t| t.eq_ignore_ascii_case(args.kind.trim()))
-    else {
+    let Some(role) = Role::parse(&args.kind) else {
         return config_error(&ConfigError::new("--type", "must be AA, FIU or FIP"));
     };
     let broker_args = BrokerArgs {
@@ -129,7 +127,7 @@ pub fn verify_signature(args: &VerifySignatureArgs) -> ExitCode {
         )
         .map_err(|e| e.to_string())?;
         let found = registry
-            .key_for(kind, args.sender.as_str(), detached.kid.as_deref())
+            .key_for(role, args.sender.as_str(), detached.kid.as_deref())
             .await
             .map_err(|e| e.to_string())?;
         match found {

@@ -177,7 +177,7 @@ pub(crate) fn common(iam: &IamArgs, entity: &EntityArgs) -> Result<Common, Confi
     )?;
     if iam_url.starts_with("http:")
         && !iam.allow_plain_http
-        && !reqwest::Url::parse(&iam_url).is_ok_and(|u| crate::iam::client::is_loopback_url(&u))
+        && !reqwest::Url::parse(&iam_url).is_ok_and(|u| crate::upstream::http::is_loopback_url(&u))
     {
         return Err(ConfigError::new(
             settings::IAM_URL,

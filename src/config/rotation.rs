@@ -252,7 +252,7 @@ fn kube_access(rotation: &RotationArgs) -> Result<KubeAccess, ConfigError> {
             format!("{api_url:?} is not a URL: {e}"),
         )
     })?;
-    let loopback = crate::iam::client::is_loopback_url(&parsed);
+    let loopback = crate::upstream::http::is_loopback_url(&parsed);
     if !(parsed.scheme() == "https" || (parsed.scheme() == "http" && loopback)) {
         return Err(ConfigError::new(
             settings::KUBE_API_URL,

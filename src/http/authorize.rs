@@ -212,8 +212,7 @@ pub async fn authorize(
             (true, _, _) => allowed(&state, sender, role),
         };
     }
-    let (checked, mut read, mut unread) =
-        check(&state, role.as_str(), sender, &headers, body).await;
+    let (checked, mut read, mut unread) = check(&state, role, sender, &headers, body).await;
     let refusal = match checked {
         Checked::Valid { .. } => {
             // The body is signed by the caller: now what the suite checks in it, on the path form.

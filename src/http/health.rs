@@ -71,7 +71,7 @@ pub async fn readyz(State(app): State<Arc<AppState>>) -> Response {
         // Each signing key's state: a broken key is an operator's problem to see here, never a reason
         // to stop serving tokens.
         if !jws.signers.is_empty() {
-            let signing: BTreeMap<String, crate::jws::key::KeyState> = jws
+            let signing: BTreeMap<String, crate::jws::KeyState> = jws
                 .signers
                 .iter()
                 .map(|(entity, file)| (entity.to_string(), file.state()))

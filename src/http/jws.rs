@@ -44,7 +44,7 @@ use crate::metrics::Metrics;
 use crate::metrics::edge::SignatureOutcome;
 use crate::metrics::signing::SignOutcome;
 use crate::rebit::envelope::EnvelopeRules;
-use crate::registry::{EntityKey, Found, Registry, RegistryError, TYPES};
+use crate::registry::{EntityKey, Found, Registry, RegistryError};
 use crate::token::broker::Broker;
 
 /// Default cap on a signed or verified body: FI data responses are large.
@@ -269,14 +269,14 @@ pub(super) fn parse_signature(headers: &HeaderMap) -> Result<Signature, Checked>
 /// What can be known before the body: the signature header parsed, and `sender`'s key for its `kid`.
 pub(super) async fn signature_and_key(
     state: &JwsState,
-    kind: &str,
+    role: Role,
     sender: &str,
     headers: &HeaderMap,
 ) -> Result<(Signature, Arc<EntityKey>), Checked> {
     let signature = parse_signature(headers)?;
     match state
         .registry
-        .key_for(kind, sender, signature.kid.as_deref())
+        .key_for(role, sender, signature.kid.as_deref())
         .await
     {
         Ok(Found::Key(key)) => Ok((signature, key)),
@@ -344,18 +344,18 @@ pub(super) async fn verifies_with(
 /// The whole check of one signed body by `sender`.
 pub(super) async fn check(
     state: &JwsState,
-    kind: &str,
+    role: Role,
     sender: &str,
     headers: &HeaderMap,
     body: Body,
 ) -> (Checked, Option<Buffered>, Option<Body>) {
-    let checked = match signature_and_key(state, kind, sender, headers).await {
+    let checked = match signature_and_key(state, role, sender, headers).await {
         Ok((signature, key)) => {
             let (checked, buffered) = verify_body(state, signature, key, body).await;
             if let Checked::Mismatch(e) = &checked {
                 tracing::debug!(
                     sender,
-                    kind,
+                    kind = role.as_str(),
                     reason = e.as_str(),
                     "incoming signature refused"
                 );
@@ -368,12 +368,6 @@ pub(super) async fn check(
         state.metrics.signature_check(outcome);
     }
     checked
-}
-
-fn sender_type(raw: &str) -> Option<&'static str> {
-    TYPES
-        .into_iter()
-        .find(|t| t.eq_ignore_ascii_case(raw.trim()))
 }
 
 pub(super) async fn verify_signature(
@@ -420,14 +414,14 @@ pub(super) async fn verify_signature(
             );
         }
     };
-    let Some(kind) = one("type").and_then(sender_type) else {
+    let Some(role) = one("type").and_then(Role::parse) else {
         return reply::error(
             StatusCode::BAD_REQUEST,
             "bad_request",
             "give the sender's type once: AA, FIU or FIP",
         );
     };
-    let (checked, _, _) = check(&state, kind, sender.as_str(), &headers, body).await;
+    let (checked, _, _) = check(&state, role, sender.as_str(), &headers, body).await;
     match checked {
         Checked::Valid { kid } => reply::no_store(
             axum::Json(serde_json::json!({ "sender": sender.as_str(), "kid": kid }))

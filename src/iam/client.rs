@@ -1,7 +1,7 @@
 //! The IAM HTTP client.
 //!
-//! One `reqwest::Client` (rustls, HTTP/1.1, no redirects, connect and request timeouts) shared by every
-//! entity. Each call returns a typed grant or an [`IamError`]; it never retries by itself, because when to
+//! One `reqwest::Client` (built by [`crate::upstream::http::ClientSpec`]: rustls, HTTP/1.1, no redirects,
+//! connect and request timeouts, direct to a loopback IAM) shared by every entity. Each call returns a typed grant or an [`IamError`]; it never retries by itself, because when to
 //! try again is the refresh policy's decision, not the transport's.
 
 use std::time::{Duration, Instant, SystemTime};
@@ -14,6 +14,8 @@ use super::wire::{ErrorBody, SecretAnswer, SecretRequestBody, TokenResponseBody}
 use super::{Endpoint, IamError};
 use crate::entity::EntityId;
 use crate::timefmt;
+pub use crate::upstream::http::ClientBuildError;
+use crate::upstream::http::{ClientSpec, describe, read_capped};
 
 /// Largest response body read from the IAM. Real answers are under 4 KiB; a bigger one is hostile or broken.
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
@@ -68,11 +70,6 @@ pub struct SecretGrant {
     pub txn_id: Option<String>,
 }
 
-/// The HTTP client could not be built (no TLS roots, a bad proxy variable).
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("cannot build the HTTP client: {0}")]
-pub struct ClientBuildError(String);
-
 /// The IAM client. Cheap to clone.
 #[derive(Clone)]
 pub struct IamClient {
@@ -86,23 +83,11 @@ pub struct IamClient {
 impl IamClient {
     /// `base` is the IAM base URL (e.g. `https://api.sandbox.sahamati.org.in/iam`); endpoints are `{base}/v1/…`.
     pub fn new(base: &str, timeouts: IamTimeouts) -> Result<Self, ClientBuildError> {
-        crate::install_crypto_provider();
         let base_url = reqwest::Url::parse(base.trim())
-            .map_err(|e| ClientBuildError(format!("the IAM URL is not a URL: {e}")))?;
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(timeouts.connect)
-            .timeout(timeouts.request)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("aa-token-broker/", env!("CARGO_PKG_VERSION")))
-            .pool_idle_timeout(Duration::from_secs(30));
-        // Banks route egress through proxies, so HTTP(S)_PROXY is honoured for the real IAM; a loopback
-        // IAM (the simulator) is never sent through one.
-        if is_loopback_url(&base_url) {
-            builder = builder.no_proxy();
-        }
-        let http = builder
-            .build()
-            .map_err(|e| ClientBuildError(e.to_string()))?;
+            .map_err(|e| ClientBuildError::new(format!("the IAM URL is not a URL: {e}")))?;
+        let http = ClientSpec::new(timeouts.connect, timeouts.request)
+            .direct_to_loopback([base_url.as_str()])
+            .build()?;
         Ok(Self {
             http,
             base: base.trim_end_matches('/').to_string(),
@@ -233,7 +218,7 @@ impl IamClient {
         let transport = |e: reqwest::Error| IamError::Transport {
             endpoint,
             timed_out: e.is_timeout(),
-            detail: describe_transport_error(&e),
+            detail: describe(&e),
         };
         let mut response = request.send().await.map_err(transport)?;
         let status = response.status().as_u16();
@@ -242,15 +227,10 @@ impl IamClient {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
-        let mut bytes = Vec::new();
-        let mut truncated = false;
-        while let Some(chunk) = response.chunk().await.map_err(transport)? {
-            if bytes.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                truncated = true;
-                break;
-            }
-            bytes.extend_from_slice(&chunk);
-        }
+        let body = read_capped(&mut response, MAX_RESPONSE_BYTES)
+            .await
+            .map_err(transport)?;
+        let (bytes, truncated) = (body.bytes, body.truncated);
         if (200..300).contains(&status) {
             if truncated {
                 return Err(IamError::Malformed {
@@ -392,21 +372,6 @@ fn parse_json<T: serde::de::DeserializeOwned>(
     })
 }
 
-/// Whether a URL names this host: `localhost`, `127.0.0.0/8` or `::1`.
-pub fn is_loopback_url(url: &reqwest::Url) -> bool {
-    let Some(host) = url.host_str() else {
-        return false;
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    match host.parse::<std::net::IpAddr>() {
-        Ok(ip) => ip.is_loopback(),
-        Err(_) => {
-            let host = host.to_ascii_lowercase();
-            host == "localhost" || host.ends_with(".localhost")
-        }
-    }
-}
-
 /// RFC 6750's `b64token`: the characters a bearer token may have (a JWT has a subset of them).
 pub fn is_token68(token: &str) -> bool {
     let body = token.trim_end_matches('=');
@@ -432,24 +397,6 @@ pub fn parse_retry_after(raw: &str) -> Option<Duration> {
 fn form_body(fields: &[(&str, &str)]) -> SecretString {
     // serde_urlencoded cannot fail on a slice of string pairs.
     SecretString::from(serde_urlencoded::to_string(fields).unwrap_or_default())
-}
-
-/// The reqwest error and its sources, one line. reqwest never puts request bodies in its errors.
-fn describe_transport_error(e: &reqwest::Error) -> String {
-    let mut text = if e.is_timeout() {
-        "timed out".to_string()
-    } else if e.is_connect() {
-        "connection failed".to_string()
-    } else {
-        "transport error".to_string()
-    };
-    let mut source = std::error::Error::source(e);
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    clip(&text)
 }
 
 /// Caps a server-supplied string for storage in errors and logs.

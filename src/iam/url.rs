@@ -10,7 +10,7 @@
 use reqwest::Url;
 
 use super::Endpoint;
-use crate::entity::EntityId;
+use crate::entity::{EntityId, Role};
 
 /// `base` with `segments` appended to its path (a trailing `/` of the base does not double), and no
 /// query or fragment.
@@ -33,8 +33,8 @@ pub fn endpoint_url(base: &Url, endpoint: Endpoint) -> Url {
 
 /// The Central Registry's record of one entity: `{base}/v2/entityInfo/{kind}/{id}`. `kind` is one of
 /// the registry's types (`AA`, `FIU`, `FIP`).
-pub fn entity_info_url(base: &Url, kind: &str, id: &EntityId) -> Url {
-    with_segments(base, ["v2", "entityInfo", kind, id.as_str()])
+pub fn entity_info_url(base: &Url, role: Role, id: &EntityId) -> Url {
+    with_segments(base, ["v2", "entityInfo", role.as_str(), id.as_str()])
 }
 
 #[cfg(test)]
@@ -50,16 +50,16 @@ mod tests {
         let id = EntityId::parse("AA-ONE").unwrap();
         for base in ["http://127.0.0.1:7380/cr", "http://127.0.0.1:7380/cr/"] {
             assert_eq!(
-                entity_info_url(&url(base), "AA", &id).as_str(),
+                entity_info_url(&url(base), Role::Aa, &id).as_str(),
                 "http://127.0.0.1:7380/cr/v2/entityInfo/AA/AA-ONE"
             );
         }
         assert_eq!(
-            entity_info_url(&url("https://cr.example"), "FIU", &id).as_str(),
+            entity_info_url(&url("https://cr.example"), Role::Fiu, &id).as_str(),
             "https://cr.example/v2/entityInfo/FIU/AA-ONE"
         );
         assert_eq!(
-            entity_info_url(&url("https://x.example/a/b/cr"), "FIP", &id).as_str(),
+            entity_info_url(&url("https://x.example/a/b/cr"), Role::Fip, &id).as_str(),
             "https://x.example/a/b/cr/v2/entityInfo/FIP/AA-ONE"
         );
         assert_eq!(
@@ -92,7 +92,7 @@ mod tests {
         // Ids with dots that are not only dots are kept as written.
         let dotted = EntityId::parse("fiu@acme.in").unwrap();
         assert_eq!(
-            entity_info_url(&url("http://h/cr"), "FIU", &dotted).as_str(),
+            entity_info_url(&url("http://h/cr"), Role::Fiu, &dotted).as_str(),
             "http://h/cr/v2/entityInfo/FIU/fiu@acme.in"
         );
     }
@@ -104,7 +104,7 @@ mod tests {
         #[test]
         fn an_accepted_id_is_exactly_one_segment(raw in "[./?#%a-zA-Z0-9_@:\\- \t\u{0}\u{7f}é]{0,12}") {
             if let Ok(id) = EntityId::parse(&raw) {
-                let built = entity_info_url(&url("http://127.0.0.1:7380/cr"), "AA", &id);
+                let built = entity_info_url(&url("http://127.0.0.1:7380/cr"), Role::Aa, &id);
                 let segments: Vec<&str> = built.path_segments().unwrap().collect();
                 proptest::prop_assert_eq!(segments, vec!["cr", "v2", "entityInfo", "AA", raw.as_str()]);
                 proptest::prop_assert_eq!(built.query(), None);

@@ -5,7 +5,7 @@
 //! it, bounded, and one that goes away leaves it to finish for the others), a rate limit on the refetches
 //! callers can trigger (an unknown `kid`, see [`super::policy`]), the last good value served through an
 //! outage, and its age reported (`/readyz`, metrics). The fetch is bounded: connect and request timeouts,
-//! no redirects, and a cap on the body size. The document itself is parsed by [`super::jwks`].
+//! no redirects, and a cap on the body size ([`crate::upstream::http`]). The document itself is parsed by [`crate::keys`].
 //!
 //! The first fetch happens at start with [`KeyPolicy::prefetch`], otherwise at the first verification,
 //! which waits for it; the periodic schedule starts after it.
@@ -17,10 +17,11 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::VerifyRecorder;
-pub use super::jwks::{JwksError, KeySet, MAX_JWKS_BYTES, RsaKey, parse_jwks};
 use super::policy::{FetchHistory, KeyPolicy, UnknownKid};
 use crate::iam::IamTimeouts;
+use crate::keys::{JwksError, KeySet, MAX_JWKS_BYTES, RsaKey, parse_jwks};
 use crate::upstream::Flight;
+use crate::upstream::http::{ReadError, describe, read_whole};
 /// Why a fetch failed; also the metric label.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FetchError {
@@ -281,19 +282,12 @@ impl KeySource {
         if !status.is_success() {
             return Err(FetchError::Status(status.as_u16()));
         }
-        if response
-            .content_length()
-            .is_some_and(|len| len > MAX_JWKS_BYTES as u64)
-        {
-            return Err(FetchError::TooLarge);
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
-            if body.len().saturating_add(chunk.len()) > MAX_JWKS_BYTES {
-                return Err(FetchError::TooLarge);
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = read_whole(&mut response, MAX_JWKS_BYTES)
+            .await
+            .map_err(|e| match e {
+                ReadError::Transport(e) => transport_error(e),
+                ReadError::TooLarge(_) => FetchError::TooLarge,
+            })?;
         Ok(parse_jwks(&body)?)
     }
 
@@ -357,26 +351,6 @@ fn transport_error(error: reqwest::Error) -> FetchError {
     if error.is_timeout() {
         return FetchError::Timeout;
     }
-    // The error and its sources on one line, clipped. The URL is configured, not secret, and reqwest
-    // puts no body in its errors.
-    let mut text = if error.is_connect() {
-        "connection failed".to_string()
-    } else {
-        "transport error".to_string()
-    };
-    let mut source = std::error::Error::source(&error);
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    FetchError::Transport(
-        text.chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .take(200)
-            .collect(),
-    )
+    // The URL is configured and reported on its own; the text says what failed.
+    FetchError::Transport(describe(&error))
 }
-
-#[cfg(test)]
-mod tests;

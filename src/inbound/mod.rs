@@ -5,9 +5,9 @@
 //! request says it is. This module does it once, for every service in the pod.
 //!
 //! - [`verify`]: the pure verification of one token (parse, algorithm, signature, claims, expectations).
-//! - [`keyset`]: the realm's key set — its parsing, and the cache that fetches it (one
-//!   [`crate::upstream::Flight`], last good keys through an outage, age reported), at start or at first
-//!   use.
+//! - [`keyset`]: the cache of the realm's key set (one [`crate::upstream::Flight`], last good keys
+//!   through an outage, age reported), fetched at start or at first use; the document itself is parsed
+//!   by [`crate::keys`].
 //! - [`policy`]: when to fetch keys, and the rate limit on refetches an unknown `kid` may trigger.
 //! - [`Verifier`] (this file): ties them together, with a cache of verified tokens by SHA-256 of the token
 //!   (never past the token's `exp`), so a peer presenting the same token on every call costs a hash and
@@ -19,7 +19,6 @@
 //! the metrics registry. Tokens are never logged: a rejection logs the token's `sha256:` fingerprint.
 
 pub mod callers;
-pub mod jwks;
 pub mod keyset;
 pub mod policy;
 pub mod verify;
@@ -34,7 +33,9 @@ use tokio::task::JoinSet;
 
 use crate::crypto_pool::{CryptoPool, PoolError};
 use crate::iam::{IamTimeouts, environment_base_url};
-use keyset::{FetchTrigger, KeySource, KeySourceStatus, RsaKey};
+use crate::keys::RsaKey;
+use crate::upstream::http::ClientSpec;
+use keyset::{FetchTrigger, KeySource, KeySourceStatus};
 use policy::KeyPolicy;
 pub use verify::{BadExpectation, Expectation, Mismatch, Rejection, Role, Verified};
 
@@ -271,26 +272,27 @@ impl Verifier {
         if settings.issuers.is_empty() {
             return Err(InboundError::NoIssuer);
         }
-        crate::install_crypto_provider();
-        let client = reqwest::Client::builder()
-            .connect_timeout(settings.timeouts.connect)
-            .timeout(settings.timeouts.request)
-            // The key URL is configured; a redirect would let the server pick another one.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("aa-token-broker/", env!("CARGO_PKG_VERSION")))
+        let key_urls: Vec<String> = settings
+            .issuers
+            .iter()
+            .map(|issuer| {
+                settings
+                    .jwks_url
+                    .clone()
+                    .unwrap_or_else(|| jwks_url_for(issuer))
+            })
+            .collect();
+        let client = ClientSpec::new(settings.timeouts.connect, settings.timeouts.request)
+            .direct_to_loopback(key_urls.iter().map(String::as_str))
             .build()
-            .map_err(|e| InboundError::Client(e.to_string()))?;
+            .map_err(|e| InboundError::Client(e.reason().to_string()))?;
         let verified: Cache<[u8; 32], Arc<Verified>> = Cache::builder()
             .max_capacity(RESULT_CACHE_CAPACITY)
             .expire_after(UntilExp)
             .build();
         let mut sources: Vec<Arc<KeySource>> = Vec::new();
         let mut issuers = Vec::new();
-        for issuer in &settings.issuers {
-            let url = settings
-                .jwks_url
-                .clone()
-                .unwrap_or_else(|| jwks_url_for(issuer));
+        for (issuer, url) in settings.issuers.iter().zip(key_urls) {
             let index = match sources.iter().position(|s| s.url() == url) {
                 Some(index) => index,
                 None => {

@@ -20,8 +20,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::keyset::RsaKey;
 use crate::entity::EntityId;
+use crate::keys::RsaKey;
 
 /// Longest token accepted. Keycloak entity tokens are 1–2 KiB; a request head is at most 8 KiB anyway.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;

@@ -3,8 +3,9 @@
 //!
 //! This module owns the bytes: [`parse`] reads a header value into its parts, [`verify`] checks one against
 //! a public key and a body, [`SigningKey::sign`](key::SigningKey::sign) makes one. They are pure functions
-//! over bytes; nothing here fetches a key, reads a clock or logs. Where keys come from is
-//! the `registry` module (the peers' public keys) and [`key`] (our own private key).
+//! over bytes; nothing here fetches a key, reads a clock or logs. The public key type is
+//! [`crate::keys::RsaKey`]; where keys come from is the `registry` module (the peers' public keys), [`key`]
+//! (our own private key and its formats) and [`key_file`] (its file, re-read when it changes).
 //!
 //! - The signing input is `BASE64URL(header) || "." || body`, the body exactly as received: no
 //!   canonicalisation, and the header segment exactly as sent (never re-serialised).
@@ -15,20 +16,20 @@
 //! - Every failure is a typed [`JwsError`] with a reason; none panics, whatever the bytes.
 
 pub mod key;
+pub mod key_file;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
 
-use crate::inbound::keyset::RsaKey;
-pub use key::{KeyError, SigningKey, SigningKeyFile};
+use crate::keys::{MAX_KID_LEN, RsaKey};
+pub use key::{KeyError, SigningKey};
+pub use key_file::{KeyState, SigningKeyFile};
 
 /// The header that carries the signature.
 pub const SIGNATURE_HEADER: &str = "x-jws-signature";
 /// Longest header value looked at: a header of a few hundred bytes and an 8192-bit signature fit easily.
 pub const MAX_SIGNATURE_LEN: usize = 8 * 1024;
-/// Longest `kid` accepted (the key set's limit).
-const MAX_KID_LEN: usize = 256;
 
 /// Why a signature was not accepted. Every variant is the sender's fault: a `4xx`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -168,24 +169,6 @@ pub fn header_segment(kid: &str) -> String {
     URL_SAFE_NO_PAD.encode(json)
 }
 
-/// A public key from a JWK (as the CR's `certificate`), with the checks of the realm's key set: RSA,
-/// 2048–8192 bits, a small odd exponent, `use` sig and `alg` RS256 when given.
-pub fn public_key_from_jwk(jwk: &serde_json::Value) -> Option<RsaKey> {
-    let mut jwk = jwk.as_object()?.clone();
-    // The key set's parser keys by `kid`; a certificate without one still has a key.
-    if jwk
-        .get("kid")
-        .and_then(|k| k.as_str())
-        .is_none_or(str::is_empty)
-    {
-        jwk.insert("kid".into(), serde_json::Value::String("-".into()));
-    }
-    let kid = jwk.get("kid")?.as_str()?.to_string();
-    let document = serde_json::json!({ "keys": [jwk] });
-    let set = crate::inbound::keyset::parse_jwks(document.to_string().as_bytes()).ok()?;
-    set.get(&kid).cloned()
-}
-
 /// The spec's golden vector (§2.4): a public key, a body and the signature over it, for tests, the fuzz
 /// target and the interop check.
 pub mod golden {
@@ -203,7 +186,7 @@ mod tests {
     use super::golden::*;
 
     fn golden_key() -> RsaKey {
-        public_key_from_jwk(&serde_json::json!({
+        RsaKey::from_jwk_value(&serde_json::json!({
             "kty": "RSA", "e": "AQAB", "use": "sig", "alg": "RS256", "kid": GOLDEN_KID, "n": GOLDEN_N
         }))
         .unwrap()

@@ -7,10 +7,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::inbound::keyset::RsaKey;
-
-/// Entity types of the CR.
-pub const TYPES: [&str; 3] = ["AA", "FIU", "FIP"];
+use crate::keys::RsaKey;
 
 /// The part of a CR record the broker uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,7 +114,7 @@ pub fn parse(body: &[u8], id: &str) -> Result<Certificate, RecordError> {
     let keys: Vec<Arc<EntityKey>> = jwks
         .into_iter()
         .filter_map(|jwk| {
-            let key = crate::jws::public_key_from_jwk(jwk)?;
+            let key = RsaKey::from_jwk_value(jwk)?;
             let kid = field(jwk, "kid")
                 .and_then(Value::as_str)
                 .filter(|k| !k.is_empty())

@@ -13,6 +13,7 @@ use crate::helpers::*;
 use aa_token_broker::entity::{EntityId, SecretSource};
 use aa_token_broker::iam::{Endpoint, IamClient, IamTimeouts};
 use aa_token_broker::secret::policy::DEFAULT_MIN_RESET_INTERVAL;
+use aa_token_broker::secret::sink::{KubeAccess, SecretSink};
 use aa_token_broker::secret::{AdminCredentials, Role, RotationSettings, SinkSpec};
 use base64::Engine;
 use secrecy::SecretString;
@@ -367,6 +368,39 @@ async fn the_rotate_command_writes_a_kubernetes_secret_and_resolves_a_conflict()
             "leaked in output:\n{stdout}\n{stderr}"
         );
     }
+}
+
+/// The API server's answer is read up to a cap (a Secret holds at most 1 MiB): a Secret answer of 3 MiB
+/// is refused, not read whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_kubernetes_answer_is_refused() {
+    let api: Api = Arc::new(Mutex::new(FakeApiServer::default()));
+    {
+        let mut api = api.lock().unwrap();
+        api.put_secret("secret", SECRET);
+        api.annotations
+            .insert("padding".into(), "x".repeat(3 << 20).into());
+    }
+    let api_url = start_api_server(Arc::clone(&api)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, KUBE_TOKEN).unwrap();
+    let access = KubeAccess {
+        api_url,
+        token_file,
+        ca_file: None,
+    };
+    let spec = SinkSpec::parse("kubernetes-secret:aa/broker").unwrap();
+    let sink = SecretSink::new(spec, Some(&access)).unwrap();
+    let Err(error) = sink.read().await else {
+        panic!("a 3 MiB answer was read");
+    };
+    let error = error.to_string();
+    assert!(
+        error.contains("GET aa/broker: the answer is larger than"),
+        "{error}"
+    );
+    assert_eq!(api.lock().unwrap().log, ["GET"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1475,3 +1475,50 @@ async fn token_signatures_are_checked_on_the_crypto_pool_and_a_full_pool_is_busy
         .unwrap();
     assert_eq!(pool.stats().completed, before + 1);
 }
+
+/// A proxy in the environment is for the bank's egress: a loopback realm's key set is fetched direct, as a
+/// loopback IAM is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_in_the_environment_is_not_used_for_a_loopback_key_set() {
+    use std::io::Write;
+    let iam = realm().await;
+    let token = entity_token(&iam.url, FIP, FIP_SECRET).await;
+    let url = iam.url.clone();
+    let (code, stderr) = tokio::task::spawn_blocking(move || {
+        // Port 9 (discard) on loopback: nothing listens, so a proxied request would fail.
+        let proxy = "http://127.0.0.1:9";
+        let mut child = process::broker_command()
+            .args([
+                "verify",
+                "--iam-url",
+                &url,
+                "--role",
+                "FIP",
+                "--entity-id",
+                FIP,
+            ])
+            .envs([
+                ("HTTP_PROXY", proxy),
+                ("http_proxy", proxy),
+                ("ALL_PROXY", proxy),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let _ = child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{token}\n").as_bytes());
+        let output = child.wait_with_output().unwrap();
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{stderr}");
+}

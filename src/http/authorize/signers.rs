@@ -28,7 +28,7 @@ pub(super) async fn signed_path(
     headers: &HeaderMap,
     path: &str,
 ) -> Result<(), Refusal> {
-    let (signature, key) = match signature_and_key(state, role.as_str(), sender, headers).await {
+    let (signature, key) = match signature_and_key(state, role, sender, headers).await {
         Ok(found) => found,
         Err(Checked::Unavailable(wait)) => {
             return Err(Refusal::new(
@@ -172,7 +172,7 @@ async fn signed_by_another(
     }
     if let Some((role, other)) = named.iter().find(|(_, id)| id != sender)
         && !candidates.iter().any(|(id, _)| id == other)
-        && let Ok(Found::Key(key)) = state.registry.key_for(role.as_str(), other, kid).await
+        && let Ok(Found::Key(key)) = state.registry.key_for(*role, other, kid).await
     {
         candidates.push((other.clone(), key));
     }

@@ -1,5 +1,5 @@
 use super::*;
-use crate::inbound::keyset::parse_jwks;
+use crate::keys::parse_jwks;
 use crate::simulator::jwt::SigningKey;
 use serde_json::json;
 

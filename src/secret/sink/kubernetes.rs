@@ -13,6 +13,7 @@ use secrecy::{ExposeSecret, SecretString};
 use super::{SinkError, SinkSetupError};
 use crate::iam::error::sanitize_excerpt;
 use crate::iam::url::with_segments;
+use crate::upstream::http::{ClientSpec, describe, read_whole};
 
 /// The in-cluster service account files.
 pub const SERVICE_ACCOUNT_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
@@ -29,13 +30,12 @@ pub struct KubeAccess {
     pub ca_file: Option<PathBuf>,
 }
 
+/// Largest answer read from the API server: a Secret holds at most 1 MiB of data, base64 in JSON.
+const MAX_ANSWER_BYTES: usize = 2 * 1024 * 1024;
+
 /// The client for the API server: its CA (or the system roots), short timeouts, no redirects.
 pub(super) fn client(access: &KubeAccess) -> Result<reqwest::Client, SinkSetupError> {
-    crate::install_crypto_provider();
-    let mut builder = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(15))
-        .redirect(reqwest::redirect::Policy::none());
+    let mut spec = ClientSpec::new(Duration::from_secs(5), Duration::from_secs(15));
     if let Some(ca) = &access.ca_file {
         let pem = std::fs::read(ca).map_err(|e| SinkSetupError::CaUnreadable {
             path: ca.clone(),
@@ -46,11 +46,18 @@ pub(super) fn client(access: &KubeAccess) -> Result<reqwest::Client, SinkSetupEr
                 path: ca.clone(),
                 reason: e.to_string(),
             })?;
-        builder = builder.tls_certs_only(certs);
+        spec = spec.only_roots(certs);
     }
-    builder
-        .build()
-        .map_err(|e| SinkSetupError::Client(e.to_string()))
+    spec.build()
+        .map_err(|e| SinkSetupError::Client(e.reason().to_string()))
+}
+
+/// An answer's body for `what` (`GET ns/name`): at most [`MAX_ANSWER_BYTES`], the transport error
+/// without its URL.
+async fn body_of(response: &mut reqwest::Response, what: &str) -> Result<Vec<u8>, SinkError> {
+    read_whole(response, MAX_ANSWER_BYTES)
+        .await
+        .map_err(|e| SinkError::Kubernetes(format!("{what}: {e}")))
 }
 
 /// The annotation on the Secret that holds the record of the last reset (see [`crate::secret::ledger`]):
@@ -105,33 +112,31 @@ impl SecretRef<'_> {
     /// `GET` the Secret.
     pub async fn get(&self) -> Result<SecretObject, SinkError> {
         let (namespace, name) = (self.namespace, self.name);
-        let current = self
+        let what = format!("GET {namespace}/{name}");
+        let mut current = self
             .client
             .get(self.url()?)
             .bearer_auth(self.token()?)
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await
-            .map_err(|e| SinkError::Kubernetes(format!("GET {namespace}/{name}: {e}")))?;
+            .map_err(|e| SinkError::Kubernetes(format!("{what}: {}", describe(&e))))?;
         let status = current.status();
-        let body = current.bytes().await.unwrap_or_default();
+        let body = body_of(&mut current, &what).await;
         if !status.is_success() {
+            // What the server says of a refusal is a detail: the status is the error.
+            let body = body.unwrap_or_default();
             return Err(SinkError::Kubernetes(format!(
-                "GET {namespace}/{name}: HTTP {}{}",
+                "{what}: HTTP {}{}",
                 status.as_u16(),
                 kube_reason(&body)
             )));
         }
-        let object: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
-            SinkError::Kubernetes(format!("GET {namespace}/{name}: not JSON ({e})"))
-        })?;
+        let object: serde_json::Value = serde_json::from_slice(&body?)
+            .map_err(|e| SinkError::Kubernetes(format!("{what}: not JSON ({e})")))?;
         let resource_version = object["metadata"]["resourceVersion"]
             .as_str()
-            .ok_or_else(|| {
-                SinkError::Kubernetes(format!(
-                    "GET {namespace}/{name}: no metadata.resourceVersion"
-                ))
-            })?
+            .ok_or_else(|| SinkError::Kubernetes(format!("{what}: no metadata.resourceVersion")))?
             .to_string();
         // A value that is not base64 or not UTF-8 is no secret of ours: the store is treated as holding none.
         let value = object["data"][self.key]
@@ -171,7 +176,8 @@ impl SecretRef<'_> {
         if let Some(note) = note {
             patch["metadata"]["annotations"] = serde_json::json!({ RESET_RECORD_ANNOTATION: note });
         }
-        let response = self
+        let what = format!("PATCH {namespace}/{name}");
+        let mut response = self
             .client
             .patch(self.url()?)
             .bearer_auth(self.token()?)
@@ -183,7 +189,7 @@ impl SecretRef<'_> {
             .body(patch.to_string())
             .send()
             .await
-            .map_err(|e| SinkError::Kubernetes(format!("PATCH {namespace}/{name}: {e}")))?;
+            .map_err(|e| SinkError::Kubernetes(format!("{what}: {}", describe(&e))))?;
         let status = response.status();
         if status.is_success() {
             return Ok(());
@@ -194,9 +200,9 @@ impl SecretRef<'_> {
                 name: name.into(),
             });
         }
-        let body = response.bytes().await.unwrap_or_default();
+        let body = body_of(&mut response, &what).await.unwrap_or_default();
         Err(SinkError::Kubernetes(format!(
-            "PATCH {namespace}/{name}: HTTP {}{}",
+            "{what}: HTTP {}{}",
             status.as_u16(),
             kube_reason(&body)
         )))

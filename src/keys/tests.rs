@@ -107,3 +107,28 @@ fn the_first_of_two_keys_with_one_kid_stays_and_lost_keys_are_seen() {
     .unwrap();
     assert!(second.lost_keys_in(&third));
 }
+
+#[test]
+fn one_jwk_is_a_key_without_a_kid_and_only_when_it_is_an_rs256_signing_key() {
+    let jwk = serde_json::json!({ "kty": "RSA", "e": "AQAB", "n": modulus(256) });
+    let key = RsaKey::from_jwk_value(&jwk).unwrap();
+    assert_eq!((key.n.len(), key.e.as_slice()), (256, &[1u8, 0, 1][..]));
+    for (field, value) in [
+        ("use", "enc"),
+        ("alg", "PS256"),
+        ("alg", "RSA-OAEP"),
+        ("kty", "EC"),
+    ] {
+        let mut other = jwk.clone();
+        other[field] = serde_json::json!(value);
+        assert_eq!(RsaKey::from_jwk_value(&other), None, "{field}: {value}");
+    }
+    for not_a_jwk in [
+        serde_json::json!("text"),
+        serde_json::json!({ "kty": "RSA", "n": modulus(256) }),
+        serde_json::json!({ "kty": "RSA", "e": "AQAB", "n": modulus(256), "kid": 7 }),
+        serde_json::json!({ "kty": "RSA", "e": "AQAB", "n": modulus(256), "x5c": "not a list" }),
+    ] {
+        assert_eq!(RsaKey::from_jwk_value(&not_a_jwk), None, "{not_a_jwk}");
+    }
+}

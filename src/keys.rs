@@ -1,31 +1,36 @@
-//! The realm's key set document (JWKS) and its parsing.
+//! RS256 verification keys and the key-set documents (JWKS) they come in: the one place that turns a JWK
+//! into a key. `inbound` (the realm's key set), `registry` (a peer's `certificate` in the Central Registry)
+//! and `jws` (a detached signature's check) use it; it uses none of them.
 //!
-//! [`parse_jwks`] is a pure function from the bytes the key endpoint sent to the RS256 signing keys they
-//! hold, by `kid`. Everything in the document is distrusted: only `kty: RSA` keys whose `use` is `sig` (or
-//! absent) and whose `alg` is `RS256` (or absent) are kept; moduli must be 2048 to 8192 bits and exponents
-//! small odd numbers, which is what `ring` accepts, so an absurd `n` or `e` is dropped here rather than
-//! met at verification time; `x5c`, `x5u` and anything else that points elsewhere is ignored.
+//! [`RsaKey::from_jwk`] reads one JWK (as [`jsonwebtoken::jwk::Jwk`] parses it) and [`parse_jwks`] is a
+//! pure function from the bytes a key endpoint sent to the RS256 signing keys they hold, by `kid`.
+//! Everything in a JWK is distrusted: only `kty: RSA` keys whose `use` is `sig` (or absent) and whose `alg`
+//! is `RS256` (or absent) are kept; moduli must be 2048 to 8192 bits and exponents small odd numbers, which
+//! is what `ring` accepts, so an absurd `n` or `e` is dropped here rather than met at verification time;
+//! `x5c`, `x5u` and anything else that points elsewhere is never followed (a JWK whose `x5c`, `x5u` or
+//! `key_ops` is not of the type RFC 7517 gives is malformed, and skipped like any other).
 
 use std::collections::HashMap;
 
 use base64::Engine;
 use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
+use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, KeyAlgorithm, PublicKeyUse};
 use serde::Deserialize;
 
 /// Largest key-set document read. Keycloak's is a few KiB (two or three keys with certificates).
 pub const MAX_JWKS_BYTES: usize = 256 * 1024;
 /// Keys looked at in one document; the rest are ignored.
 const MAX_KEYS: usize = 64;
-/// Longest `kid` kept.
-const MAX_KID_LEN: usize = 256;
+/// Longest `kid` kept (and accepted in a signature's header).
+pub const MAX_KID_LEN: usize = 256;
 /// RSA moduli accepted: 2048 to 8192 bits, as `ring`'s `RSA_PKCS1_2048_8192_SHA256` requires.
 const MODULUS_BYTES: std::ops::RangeInclusive<usize> = 256..=1024;
 
 /// One RS256 verification key.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RsaKey {
-    pub(super) n: Vec<u8>,
-    pub(super) e: Vec<u8>,
+    n: Vec<u8>,
+    e: Vec<u8>,
 }
 
 impl std::fmt::Debug for RsaKey {
@@ -35,6 +40,49 @@ impl std::fmt::Debug for RsaKey {
 }
 
 impl RsaKey {
+    /// The key of one JWK, when it is an RS256 signing key of a size and exponent `ring` accepts. The
+    /// `kid` is not looked at: a key set needs one, a CR `certificate` may go without.
+    pub fn from_jwk(jwk: &Jwk) -> Option<RsaKey> {
+        let AlgorithmParameters::RSA(rsa) = &jwk.algorithm else {
+            return None;
+        };
+        if jwk
+            .common
+            .public_key_use
+            .as_ref()
+            .is_some_and(|u| *u != PublicKeyUse::Signature)
+        {
+            return None;
+        }
+        if jwk
+            .common
+            .key_algorithm
+            .is_some_and(|a| a != KeyAlgorithm::RS256)
+        {
+            return None;
+        }
+        let n = strip_leading_zeros(decode_component(&rsa.n)?);
+        let e = strip_leading_zeros(decode_component(&rsa.e)?);
+        if !MODULUS_BYTES.contains(&n.len()) || n.last().is_none_or(|b| b & 1 == 0) {
+            return None;
+        }
+        // ring accepts 3 ≤ e < 2^33, odd; keep it to what fits in 32 bits (every real key uses 65537).
+        let exponent = match e.len() {
+            1..=4 => e.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)),
+            _ => return None,
+        };
+        if exponent < 3 || exponent % 2 == 0 {
+            return None;
+        }
+        Some(RsaKey { n, e })
+    }
+
+    /// [`from_jwk`](Self::from_jwk) of a JSON value (a CR record's `certificate`); `None` when it is not a
+    /// JWK at all.
+    pub fn from_jwk_value(jwk: &serde_json::Value) -> Option<RsaKey> {
+        Self::from_jwk(&Jwk::deserialize(jwk).ok()?)
+    }
+
     /// Checks an RS256 (RSASSA-PKCS1-v1_5 with SHA-256) signature over `message`.
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
         ring::signature::RsaPublicKeyComponents {
@@ -95,17 +143,6 @@ struct Document {
     keys: Vec<serde_json::Value>,
 }
 
-#[derive(Deserialize)]
-struct Jwk {
-    kty: Option<String>,
-    #[serde(rename = "use")]
-    use_: Option<String>,
-    alg: Option<String>,
-    kid: Option<String>,
-    n: Option<String>,
-    e: Option<String>,
-}
-
 /// Parses a JWKS document into the RS256 signing keys it holds. Unusable keys are skipped; a document
 /// with none is an error (so a broken endpoint answering `{"keys":[]}` does not replace a good key set).
 pub fn parse_jwks(body: &[u8]) -> Result<KeySet, JwksError> {
@@ -113,10 +150,10 @@ pub fn parse_jwks(body: &[u8]) -> Result<KeySet, JwksError> {
     let mut keys = HashMap::new();
     for value in document.keys.into_iter().take(MAX_KEYS) {
         // A key of an unexpected shape is skipped, not fatal: Keycloak publishes encryption keys too.
-        let Ok(jwk) = serde_json::from_value::<Jwk>(value) else {
+        let Ok(jwk) = Jwk::deserialize(&value) else {
             continue;
         };
-        if let Some((kid, key)) = usable_key(jwk) {
+        if let Some((kid, key)) = usable_key(&jwk) {
             // Two keys with one `kid` are ambiguous; the first stays, as a verifier must pick one.
             keys.entry(kid).or_insert(key);
         }
@@ -127,33 +164,14 @@ pub fn parse_jwks(body: &[u8]) -> Result<KeySet, JwksError> {
     Ok(KeySet { keys })
 }
 
-fn usable_key(jwk: Jwk) -> Option<(String, RsaKey)> {
-    if jwk.kty.as_deref() != Some("RSA") {
-        return None;
-    }
-    if jwk.use_.as_deref().is_some_and(|u| u != "sig") {
-        return None;
-    }
-    if jwk.alg.as_deref().is_some_and(|a| a != "RS256") {
-        return None;
-    }
+/// A key-set entry's `kid` and key: the key must be usable and the `kid` non-empty and short.
+fn usable_key(jwk: &Jwk) -> Option<(String, RsaKey)> {
     let kid = jwk
-        .kid
+        .common
+        .key_id
+        .as_ref()
         .filter(|k| !k.is_empty() && k.len() <= MAX_KID_LEN)?;
-    let n = strip_leading_zeros(decode_component(jwk.n.as_deref()?)?);
-    let e = strip_leading_zeros(decode_component(jwk.e.as_deref()?)?);
-    if !MODULUS_BYTES.contains(&n.len()) || n.last().is_none_or(|b| b & 1 == 0) {
-        return None;
-    }
-    // ring accepts 3 ≤ e < 2^33, odd; keep it to what fits in 32 bits (every real key uses 65537).
-    let exponent = match e.len() {
-        1..=4 => e.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)),
-        _ => return None,
-    };
-    if exponent < 3 || exponent % 2 == 0 {
-        return None;
-    }
-    Some((kid, RsaKey { n, e }))
+    Some((kid.clone(), RsaKey::from_jwk(jwk)?))
 }
 
 /// base64url, with or without padding (Keycloak sends none; some servers pad).
@@ -172,3 +190,6 @@ fn strip_leading_zeros(mut bytes: Vec<u8>) -> Vec<u8> {
     bytes.drain(..zeros);
     bytes
 }
+
+#[cfg(test)]
+mod tests;
