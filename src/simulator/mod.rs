@@ -15,6 +15,7 @@
 //! ([`Simulator::spawn_site`]): calls and resets counted per site, and a site that can be cut off.
 
 mod control;
+mod envelope;
 mod faults;
 mod iam_routes;
 pub mod jwt;
