@@ -73,6 +73,7 @@ pub mod private_file;
 pub mod rebit;
 pub mod registry;
 pub mod secret;
+#[cfg(feature = "simulator")]
 pub mod simulator;
 pub mod supervise;
 pub mod telemetry;

@@ -431,5 +431,6 @@ fn roles(value: Option<&Value>) -> Result<Vec<String>, Rejection> {
     }
 }
 
-#[cfg(test)]
+// The tests sign with the simulator's realm key.
+#[cfg(all(test, feature = "simulator"))]
 mod tests;

@@ -298,7 +298,8 @@ impl Token {
     }
 }
 
-#[cfg(test)]
+// The tests sign their tokens with the simulator's realm key.
+#[cfg(all(test, feature = "simulator"))]
 mod tests {
     use super::*;
     use crate::simulator::jwt::SigningKey;
