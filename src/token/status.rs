@@ -59,7 +59,7 @@ pub enum FetchError {
     Client(#[from] ClientBuildError),
     #[error("fetch task ended abnormally: {0}")]
     Internal(String),
-    /// The shared fetch gave no token in time, or ended abnormally (see [`Flight`]).
+    /// The shared fetch gave no token in time, or ended abnormally (see [`crate::upstream::Flight`]).
     #[error(transparent)]
     Flight(#[from] FlightError),
 }
