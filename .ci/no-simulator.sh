@@ -17,7 +17,10 @@ print(f"none of the {len(sys.argv) - 2} simulator keys is inside {sys.argv[1]}")
 PY
 
 # A PEM private key is its BEGIN line followed by base64; the parser's own "PRIVATE KEY" words are not one.
-if strings -n 8 "$binary" | grep -A1 -E -- '-----BEGIN ([A-Z]+ )?PRIVATE KEY-----' | grep -qE '^[A-Za-z0-9+/]{60,}={0,2}$'; then
+# (grep -c, not -q: an early exit would break the pipe, and pipefail would read that as "not found".)
+pem=$(strings -n 8 "$binary" | grep -A1 -E -- '-----BEGIN ([A-Z]+ )?PRIVATE KEY-----' |
+  grep -cE '^[A-Za-z0-9+/]{60,}={0,2}$' || true)
+if [ "$pem" != 0 ]; then
   echo "$binary holds a PEM private key" >&2
   exit 1
 fi
