@@ -252,9 +252,10 @@ def shipped_build(procs, sim, workdir, args, results):
         log(f"skipping the shipped (musl) build: {reason}")
         results["shipped"] = {"skipped": reason}
         return
-    log("building the shipped (static musl) binary")
-    subprocess.run(["cargo", "build", "--release", "--locked", "--target", MUSL_TARGET, "--bin", "aa-token-broker"],
-                   cwd=ROOT, check=True)
+    log("building the shipped (static musl, no simulator) binary")
+    # As the Dockerfile builds it: without the simulator. `sim` runs from the development build.
+    subprocess.run(["cargo", "build", "--release", "--locked", "--no-default-features", "--target", MUSL_TARGET,
+                    "--bin", "aa-token-broker"], cwd=ROOT, check=True)
     broker, broker_url = start_broker(procs, sim, workdir, binary=SHIPPED)
     wait_http(broker_url + "/readyz")
     http("GET", broker_url + "/v1/token", headers={"Metadata": "true"})

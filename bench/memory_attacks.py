@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """What hostile requests make the broker hold: peak and after-load RSS for each attack on the inbound half.
 
-    python3 bench/memory_attacks.py [--binary PATH] [--label NAME] [--smoke]
+    python3 bench/memory_attacks.py [--binary PATH] [--simulator PATH] [--label NAME] [--smoke]
 
-Starts the IAM simulator (from the same binary) and the broker with a signing key and a 16 MiB body cap on
+Starts the IAM simulator (from `--simulator`, the release build by default: a build made without the
+`simulator` feature, as the image is, has none) and the broker with a signing key and a 16 MiB body cap on
 loopback, then, one at a time, with RSS sampled every 5 ms from /proc:
 
 1. one 16 MiB `POST /v1/authorize` with no token;
@@ -96,12 +97,12 @@ def head(path, length, extra=b""):
             f"Content-Length: {length}\r\n").encode() + extra + b"\r\n"
 
 
-def measure(binary, smoke):
+def measure(binary, simulator, smoke):
     procs = b.Procs()
     workdir = tempfile.mkdtemp(prefix="aa-memory-")
     size = (2 if smoke else 16) * b.MIB
     try:
-        sim_proc = procs.start([binary, "iam-simulator", "--listen", f"127.0.0.1:{b.free_port()}",
+        sim_proc = procs.start([simulator, "iam-simulator", "--listen", f"127.0.0.1:{b.free_port()}",
                                 "--entity", f"{b.ENTITY}={b.SECRET}", "--log-level", "warn"])
         sim = b.Simulator.__new__(b.Simulator)
         sim.proc = sim_proc
@@ -200,10 +201,11 @@ def measure(binary, smoke):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--binary", default=b.BROKER)
+    parser.add_argument("--simulator", default=b.BROKER)
     parser.add_argument("--label", default="")
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
-    result = measure(args.binary, args.smoke)
+    result = measure(args.binary, args.simulator, args.smoke)
     result["label"] = args.label
     print(json.dumps(result))
 

@@ -12,7 +12,7 @@
 //! | [`entity`] | the entity id newtype, the roles of the network (who may call whom, [`entity::PerRole`] tables keyed by role), and the entity secret: where it is read from, how it is fingerprinted |
 //! | [`private_file`] | how the private files (secret, password, signing key) are read: regular files only, capped, errors in plain words, the warning on a loose mode |
 //! | [`iam`] | the HTTP client for the four IAM endpoints, their wire formats and their errors |
-//! | [`token`] | the token type, its pure refresh/backoff/caller policy, the broker handle, the one place that fetches, the background refresher |
+//! | [`token`] | the token type, its pure refresh/backoff/caller policy, the broker handle, the one place that fetches, the background refresher, what callers and `/readyz` get (with why a fetch failed), what it reports |
 //! | [`secret`] | the secret's lifecycle: the cell the token path reads the secret from, admin login within its limits, the reset bound, rotation, sinks, the lock, the manager task |
 //! | [`keys`] | RS256 public keys ([`keys::RsaKey`], from one JWK) and key-set (JWKS) documents |
 //! | [`inbound`] | verification of the entity tokens on incoming calls: the realm key set's cache, its refetch policy, the checks |
@@ -22,7 +22,7 @@
 //! | [`fi`] | FI data encryption (rahasya's scheme): BouncyCastle's Curve25519 on curve25519-dalek, `KeyMaterial`, the KEK and key handles, the routes' JSON worked in place; no HTTP |
 //! | [`http`] | the local HTTP surface: routes, the caller guard, the hot path, the accept loop with its limits |
 //! | [`metrics`] | the Prometheus registry; it implements the recorder traits of `token`, `secret`, `inbound` and `registry` |
-//! | [`simulator`] | a faithful, test-drivable stand-in for the IAM (real RS256 JWTs, JWKS, faults, counters) |
+//! | `simulator` | a faithful, test-drivable stand-in for the IAM and the Central Registry (real RS256 JWTs, JWKS, faults, counters); only in builds with the `simulator` feature (the default), not in the image |
 //! | [`telemetry`] | tracing subscriber set-up (text or JSON) |
 //! | [`upstream`] | what every upstream call shares: the one cancellation-safe single flight ([`upstream::Flight`]); the one HTTP client builder, capped body reader and URL-free error text ([`upstream::http`]) |
 //! | [`timefmt`] | the one checked conversion of upstream times, total formatters, the lenient IAM timestamp parser |
@@ -33,7 +33,7 @@
 //! | [`supervise`] | restarts a long-lived task that panicked, so refresh and rotation survive a bug |
 //! | [`app`] | the broker application: built on a bound listener, run until a shutdown future completes |
 //! | [`inject`] | `inject`: Kubernetes manifests in, the same with the sidecar in every pod template out (a pure function; never on the serving path) |
-//! | [`commands`] | one function per subcommand: `serve`, `token`, `iam-simulator`, `demo`, `secret`, `rotate`, `inject`, `verify`, `sign`, `verify-signature`, `fi`, `certify` |
+//! | [`commands`] | one function per subcommand: `serve`, `token`, `iam-simulator` and `demo` (with the `simulator` feature; without it they exit 2), `secret`, `rotate`, `inject`, `verify`, `sign`, `verify-signature`, `fi`, `certify` |
 //!
 //! Dependencies point one way: `app` and `commands` wire everything; `http` uses `token`, `inbound` and
 //! `metrics`; `token` reads the secret from `secret` ([`secret::SecretCell`]) and both call `iam`; the
@@ -48,7 +48,10 @@
 //! [`entity::Role`] and follows [`registry::policy`]. `rebit` (envelope, endpoints, bounded scans) uses only `entity`; `http` follows
 //! it for `/v1/authorize` and uses `fi` for `KeyMaterial`. `budget` and `crypto_pool` are foundations:
 //! `http` reads bodies through the one and runs RSA (and `inbound` its token signatures) on the other.
-//! `certify` is a client: it drives an ingress and the simulator over HTTP.
+//! `certify` is a client: it drives an ingress and the simulator over HTTP. `simulator` uses only `iam`
+//! (its endpoints and paths), `jws` and `timefmt`, and only `commands` (`iam-simulator`, `demo`), the tests
+//! and the benchmark helpers use it: nothing on the serving path does, which is what lets the image leave
+//! it out.
 //!
 //! Where is a decision made? In a `policy` module, as a pure function of times and outcomes:
 //! [`token::policy`] (refresh ahead, retry, when a caller may call the IAM), [`secret::policy`] (when to
@@ -78,6 +81,7 @@ pub mod private_file;
 pub mod rebit;
 pub mod registry;
 pub mod secret;
+#[cfg(feature = "simulator")]
 pub mod simulator;
 pub mod supervise;
 pub mod telemetry;

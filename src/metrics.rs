@@ -30,8 +30,7 @@ use crate::entity::EntityId;
 use crate::secret::SecretRecorder;
 use crate::secret::recorder::{ConvergenceTrigger, LoginOutcome, RotationLabel};
 use crate::timefmt;
-use crate::token::fetch::Trigger;
-use crate::token::recorder::{RequestTallies, Tally, TokenRecorder};
+use crate::token::recorder::{RequestTallies, Tally, TokenRecorder, Trigger};
 use crate::token::status::EntityStatus;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -111,7 +110,7 @@ pub struct Metrics {
     signing: signing::SigningMetrics,
 }
 
-/// Every `outcome` of an IAM token call ([`crate::token::fetch::FetchError::kind`], with `ok`), exported
+/// Every `outcome` of an IAM token call ([`crate::token::status::FetchError::kind`], with `ok`), exported
 /// at 0 per entity and trigger from start.
 pub const IAM_OUTCOMES: &[&str] = &[
     "ok",

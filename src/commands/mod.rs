@@ -2,7 +2,8 @@
 //! its runtime, and runs. Exit codes: 0 success, 1 runtime failure, 2 configuration error.
 //!
 //! - [`serve`]: `serve` and `token`;
-//! - [`local`]: `iam-simulator` and `demo`;
+//! - `local`: `iam-simulator` and `demo`, in builds with the `simulator` feature (without it, both exit 2
+//!   saying so);
 //! - [`secret`]: `secret read`, `secret reset` and `rotate`;
 //! - [`healthcheck`]: `healthcheck`, the probe for images without curl;
 //! - [`verify`]: `verify`, one incoming token checked from the command line;
@@ -15,6 +16,7 @@ pub mod fi;
 pub mod healthcheck;
 pub mod inject;
 pub mod jws;
+#[cfg(feature = "simulator")]
 pub mod local;
 pub mod secret;
 pub mod serve;
@@ -32,8 +34,14 @@ pub fn run(command: Command) -> ExitCode {
     match command {
         Command::Serve(args) => serve::serve_command(&args),
         Command::Token(args) => serve::token(&args),
+        #[cfg(feature = "simulator")]
         Command::IamSimulator(args) => local::iam_simulator(&args),
+        #[cfg(feature = "simulator")]
         Command::Demo(args) => local::demo(&args),
+        #[cfg(not(feature = "simulator"))]
+        Command::IamSimulator(_) => no_simulator("iam-simulator"),
+        #[cfg(not(feature = "simulator"))]
+        Command::Demo(_) => no_simulator("demo"),
         Command::Secret(SecretCommand::Read(args)) => secret::read(&args),
         Command::Secret(SecretCommand::Reset(args)) => secret::reset(&args),
         Command::Secret(SecretCommand::Fingerprint(args)) => secret::fingerprint_command(&args),
@@ -51,6 +59,16 @@ pub fn run(command: Command) -> ExitCode {
 /// Prints a configuration error as one line and returns exit code 2.
 pub fn config_error(error: &ConfigError) -> ExitCode {
     eprintln!("aa-token-broker: {error}");
+    ExitCode::from(2)
+}
+
+/// `command` needs the simulator, which this build leaves out (the image is built without it): one line,
+/// exit code 2, like any setting this build cannot honour.
+#[cfg(not(feature = "simulator"))]
+fn no_simulator(command: &str) -> ExitCode {
+    eprintln!(
+        "aa-token-broker: `{command}` needs the built-in simulator, and this build has none (built without the `simulator` feature)"
+    );
     ExitCode::from(2)
 }
 

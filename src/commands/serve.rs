@@ -13,8 +13,8 @@ use crate::config::{self, BrokerArgs, BrokerSettings, ConfigError, EntitySetting
 use crate::iam::{IamClient, IamTimeouts};
 use crate::telemetry;
 use crate::token::Token;
-use crate::token::fetch::FetchError;
 use crate::token::policy::RefreshPolicy;
+use crate::token::status::FetchError;
 
 pub fn serve_command(args: &ServeArgs) -> ExitCode {
     let broker_args = BrokerArgs {

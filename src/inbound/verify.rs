@@ -431,5 +431,7 @@ fn roles(value: Option<&Value>) -> Result<Vec<String>, Rejection> {
     }
 }
 
+// The tests sign with the simulator's realm key.
 #[cfg(test)]
+#[cfg(feature = "simulator")]
 mod tests;

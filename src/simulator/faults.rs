@@ -9,7 +9,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::Shared;
-use super::iam_routes::envelope_error;
+use super::envelope::envelope_error;
 use super::state::FaultKind;
 use crate::iam::Endpoint;
 

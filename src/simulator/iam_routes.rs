@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::Shared;
+use super::envelope::{envelope, envelope_error};
 use super::faults::{Prelude, prelude};
 use super::state::{
     ClientIdClaim, EpochUnit, FaultKind, GRACE_PERIOD, LocalZone, MAX_SECRET_DAYS, ResetMode,
@@ -26,23 +27,6 @@ const ENTITY_SCOPE: &str = "email microprofile-jwt profile address phone offline
 const USER_SCOPE: &str = "email secret-expiry-ts profile entityMetadata";
 const MISSING_ENTITY_CREDENTIALS: &str = "Entity Id/Secret is missing in the request";
 const BAD_ENTITY_CREDENTIALS: &str = "Invalid entity id/secret or secret is expired";
-
-pub(super) fn envelope(mut body: Value, txn_id: Option<String>) -> Value {
-    body["ver"] = json!("1.0.0");
-    body["timestamp"] = json!(timefmt::rfc3339_nanos(SystemTime::now()));
-    body["txnId"] = json!(txn_id.unwrap_or_else(new_txn_id));
-    body
-}
-
-pub(super) fn envelope_error(
-    status: StatusCode,
-    code: &str,
-    message: &str,
-    txn_id: Option<String>,
-) -> Response {
-    let body = envelope(json!({ "errorCode": code, "errorMsg": message }), txn_id);
-    (status, axum::Json(body)).into_response()
-}
 
 fn unauthorized(message: &str, txn_id: Option<String>) -> Response {
     envelope_error(StatusCode::UNAUTHORIZED, "Unauthorized", message, txn_id)

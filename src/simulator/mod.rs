@@ -12,9 +12,15 @@
 //! codes, delays, hung requests, malformed bodies) and call counters. The `registry` module serves the
 //! Central Registry's entity-info API (`/cr/v2/entityInfo/…`) with peers that hold real key pairs. The
 //! `sites` module gives each site of a multi-site deployment its own door to the one world
-//! ([`Simulator::spawn_site`]): calls and resets counted per site, and a site that can be cut off.
+//! ([`Simulator::spawn_site`]): calls and resets counted per site, and a site that can be cut off. The
+//! `faults` module turns a queued fault into the answer that replaces or spoils the IAM's, and `envelope`
+//! wraps every IAM answer, the routes', the faults' and the site doors' alike.
+//!
+//! It is compiled only with the cargo feature `simulator` (on by default): its keys are fixed and public,
+//! so the image, built without the feature, carries neither the simulator nor its keys.
 
 mod control;
+mod envelope;
 mod faults;
 mod iam_routes;
 pub mod jwt;

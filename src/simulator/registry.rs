@@ -18,7 +18,7 @@
 //! - Counters: `calls` counts entity-info calls; `requests` counts every request to a path under `/cr/`,
 //!   routed or not, so a test can tell that a client built no CR URL at all (a URL with `..` in it is
 //!   resolved by the client into a path no route serves).
-//!   A slow CR is [`Simulator::cr_set_delay`]: every entity-info answer waits, after the call is counted.
+//! - A slow CR: [`Simulator::cr_set_delay`] makes every entity-info answer wait, after the call is counted.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -13,7 +13,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use super::Shared;
-use super::iam_routes::envelope_error;
+use super::envelope::envelope_error;
 use crate::iam::Endpoint;
 
 /// What one site did and how its door behaves.

@@ -15,9 +15,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::fetch::{Fetcher, Trigger};
+use super::fetch::Fetcher;
 use super::policy::RefreshPolicy;
-use super::recorder::TokenRecorder;
+use super::recorder::{TokenRecorder, Trigger};
 use super::refresher;
 use super::slot::Slot;
 use super::status::{EntityStatus, RequestOutcome, Served, TokenError};

@@ -19,76 +19,15 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::Token;
 use super::policy::RefreshPolicy;
-use super::recorder::TokenRecorder;
+use super::recorder::{TokenRecorder, Trigger};
 use super::slot::Slot;
-use super::status::TokenError;
-use super::{Token, TokenRejected};
-use crate::entity::{EntityId, SecretError, fingerprint};
-use crate::iam::client::ClientBuildError;
-use crate::iam::{IamClient, IamError};
+use super::status::{FetchError, TokenError};
+use crate::entity::{EntityId, fingerprint};
+use crate::iam::IamClient;
 use crate::secret::SecretEvent;
-use crate::upstream::{Flight, FlightError};
-
-/// Why an upstream fetch produced no token. Cloneable so that one failure can be shared by every waiter
-/// and kept as the entity's "last error" for `/readyz` and 503 bodies. Never contains a secret.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum FetchError {
-    #[error(transparent)]
-    Secret(#[from] SecretError),
-    #[error(transparent)]
-    Iam(#[from] IamError),
-    #[error("IAM returned an unusable token: {0}")]
-    Rejected(#[from] TokenRejected),
-    #[error("IAM returned the token already held; treated as not refreshed")]
-    SameToken,
-    #[error(transparent)]
-    Client(#[from] ClientBuildError),
-    #[error("fetch task ended abnormally: {0}")]
-    Internal(String),
-    /// The shared fetch gave no token in time, or ended abnormally (see [`Flight`]).
-    #[error(transparent)]
-    Flight(#[from] FlightError),
-}
-
-impl FetchError {
-    /// Low-cardinality label for metrics.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            FetchError::Secret(_) => "secret_unreadable",
-            FetchError::Iam(e) => e.kind(),
-            FetchError::Rejected(_) => "rejected_token",
-            FetchError::SameToken => "same_token",
-            FetchError::Client(_) => "client",
-            FetchError::Internal(_) | FetchError::Flight(_) => "internal",
-        }
-    }
-
-    fn retry_after(&self) -> Option<Duration> {
-        match self {
-            FetchError::Iam(e) => e.retry_after(),
-            _ => None,
-        }
-    }
-}
-
-/// What started an upstream call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
-    Background,
-    Client,
-    Forced,
-}
-
-impl Trigger {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Background => "background",
-            Trigger::Client => "client",
-            Trigger::Forced => "forced",
-        }
-    }
-}
+use crate::upstream::Flight;
 
 /// Calls the IAM for entity tokens and records the outcomes in the slots.
 pub(super) struct Fetcher {

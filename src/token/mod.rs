@@ -8,9 +8,15 @@
 //! - `slot`: one entity's newest token, fetch gate and attempt bookkeeping.
 //! - [`fetch`]: the one place that calls the IAM, and what it records about each call.
 //! - [`refresher`]: the background task per entity that follows the policy.
-//! - [`status`]: what callers get ([`Served`](status::Served), [`TokenError`](status::TokenError)) and
-//!   what `/readyz` and `/metrics` read ([`EntityStatus`](status::EntityStatus)).
-//! - [`recorder`]: what the token path reports, implemented by the metrics registry.
+//! - [`status`]: what callers get ([`Served`](status::Served), [`TokenError`](status::TokenError)), why
+//!   a fetch failed ([`FetchError`](status::FetchError)) and what `/readyz` and `/metrics` read
+//!   ([`EntityStatus`](status::EntityStatus)).
+//! - [`recorder`]: what the token path reports ([`Trigger`](recorder::Trigger) and the counts), implemented
+//!   by the metrics registry.
+//!
+//! Inside the module the imports run one way, from `broker` down through `fetch`, `slot` and `status` to
+//! [`Token`] in this file; `refresher` uses `policy` alone, and `recorder` and `policy` use nothing of the
+//! module.
 //!
 //! The secret each fetch uses is read from the entity's [`crate::secret::SecretCell`], which the secret
 //! module owns; what the IAM says about the secret goes back to it as [`crate::secret::SecretEvent`]s.
@@ -292,7 +298,9 @@ impl Token {
     }
 }
 
+// The tests sign their tokens with the simulator's realm key.
 #[cfg(test)]
+#[cfg(feature = "simulator")]
 mod tests {
     use super::*;
     use crate::simulator::jwt::SigningKey;

@@ -1,12 +1,29 @@
 //! What the token path reports. Defined here, so the token module never depends on the metrics registry:
 //! the metrics registry (`Metrics`) implements [`TokenRecorder`] (the way rust-spiffe's `X509Source` takes a
-//! `MetricsRecorder`), and [`NoRecorder`] serves commands and tests that export nothing.
+//! `MetricsRecorder`), and [`NoRecorder`] serves commands and tests that export nothing. What a report
+//! names ([`Trigger`]) is defined here too, so the recorder needs nothing of the rest of the module.
 
 use std::time::Duration;
 
 use crate::entity::EntityId;
 
-use super::fetch::Trigger;
+/// What started an upstream call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Background,
+    Client,
+    Forced,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Background => "background",
+            Trigger::Client => "client",
+            Trigger::Forced => "forced",
+        }
+    }
+}
 
 /// One count that the hot path bumps: an atomic add behind a vtable, resolved once per entity.
 pub trait Tally: Send + Sync {

@@ -10,9 +10,9 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::Token;
-use super::fetch::FetchError;
 use super::policy::AttemptState;
 use super::recorder::RequestTallies;
+use super::status::FetchError;
 use crate::entity::EntityId;
 use crate::secret::SecretCell;
 

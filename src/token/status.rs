@@ -1,14 +1,18 @@
 //! What the token path hands to callers and reports about each entity: a [`Served`] token or a
-//! [`TokenError`], and the [`EntityStatus`] that `/readyz` and `/metrics` render.
+//! [`TokenError`], the [`FetchError`] an IAM call ended with (kept in the slot as the entity's last error),
+//! and the [`EntityStatus`] that `/readyz` and `/metrics` render.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use super::Token;
-use crate::entity::EntityId;
+use super::{Token, TokenRejected};
+use crate::entity::{EntityId, SecretError};
+use crate::iam::IamError;
+use crate::iam::client::ClientBuildError;
 use crate::secret::SecretStatus;
+use crate::upstream::FlightError;
 
 /// A token handed to a caller.
 #[derive(Debug, Clone)]
@@ -37,6 +41,49 @@ pub enum TokenError {
         reason: String,
         retry_after: Duration,
     },
+}
+
+/// Why an upstream fetch produced no token. Cloneable so that one failure can be shared by every waiter
+/// and kept as the entity's "last error" for `/readyz` and 503 bodies. Never contains a secret.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FetchError {
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error(transparent)]
+    Iam(#[from] IamError),
+    #[error("IAM returned an unusable token: {0}")]
+    Rejected(#[from] TokenRejected),
+    #[error("IAM returned the token already held; treated as not refreshed")]
+    SameToken,
+    #[error(transparent)]
+    Client(#[from] ClientBuildError),
+    #[error("fetch task ended abnormally: {0}")]
+    Internal(String),
+    /// The shared fetch gave no token in time, or ended abnormally (see [`crate::upstream::Flight`]).
+    #[error(transparent)]
+    Flight(#[from] FlightError),
+}
+
+impl FetchError {
+    /// Low-cardinality label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FetchError::Secret(_) => "secret_unreadable",
+            FetchError::Iam(e) => e.kind(),
+            FetchError::Rejected(_) => "rejected_token",
+            FetchError::SameToken => "same_token",
+            FetchError::Client(_) => "client",
+            FetchError::Internal(_) | FetchError::Flight(_) => "internal",
+        }
+    }
+
+    /// How long the IAM asked callers to wait, if it said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            FetchError::Iam(e) => e.retry_after(),
+            _ => None,
+        }
+    }
 }
 
 /// One entity's view for `/readyz` and `/metrics`.

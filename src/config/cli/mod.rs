@@ -36,8 +36,12 @@ pub enum Command {
     /// Fetch one entity token from the IAM, print it to stdout and exit (for scripts and init containers).
     Token(TokenArgs),
     /// Run the built-in IAM simulator as a server.
+    // Parsed in every build, so that a build without the simulator says so instead of "unrecognized
+    // subcommand"; left out of its help.
+    #[cfg_attr(not(feature = "simulator"), command(hide = true))]
     IamSimulator(SimulatorArgs),
     /// Run the simulator and the broker in one process with a demo entity; needs no credentials.
+    #[cfg_attr(not(feature = "simulator"), command(hide = true))]
     Demo(DemoArgs),
     /// Admin operations on the entity secret (needs the admin user's credentials).
     #[command(subcommand)]
