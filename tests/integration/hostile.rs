@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::helpers::*;
+use crate::common::*;
 use aa_token_broker::http::server::ServerLimits;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -104,20 +104,16 @@ async fn oversized_heads_and_bodies_are_refused_and_others_are_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slowloris_is_cut_off_and_idle_connections_cannot_pin_the_cap() {
     let iam = Iam::start(86_400).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut settings = settings(&iam.url, BrokerOptions::inline());
-    settings.limits = ServerLimits {
+    let mut options = BrokerOptions::inline();
+    options.limits = ServerLimits {
         max_connections: 8,
         header_read_timeout: Duration::from_secs(2),
         ..ServerLimits::default()
     };
-    let app =
-        aa_token_broker::app::Application::build(settings, listener, Default::default()).unwrap();
-    let addr = app.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until(async {
-        let _ = stopped.await;
-    }));
+    let broker = TestBroker::start(&iam.url, options).await;
+    let addr = broker.addr;
+    // Polled with a client of its own, dropped before the test: the harness's pooled connection would
+    // take one of the 8 slots.
     let client = http_client();
     let url = format!("http://{addr}/v1/token");
     let ready = Instant::now();
@@ -172,8 +168,7 @@ async fn a_slowloris_is_cut_off_and_idle_connections_cannot_pin_the_cap() {
         "the slowloris was never cut off"
     );
     drop(idle);
-    let _ = stop.send(());
-    server.await.unwrap();
+    broker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

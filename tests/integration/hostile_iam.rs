@@ -8,8 +8,8 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::helpers::process::*;
-use crate::helpers::*;
+use crate::common::process::*;
+use crate::common::*;
 use aa_token_broker::entity::{EntityId, SecretSource};
 use aa_token_broker::http::server::ServerLimits;
 use aa_token_broker::iam::{Endpoint, IamClient, IamTimeouts};

@@ -1,8 +1,9 @@
 //! The integration tests: one binary, one module per part of the broker, all talking to the real
-//! broker and the IAM simulator over loopback (and to the real binary where a process matters). The
-//! soak runs apart, in `tests/soak.rs`.
+//! broker and the IAM simulator over loopback (and to the real binary where a process matters), all
+//! through the harness in `common`. The soak (`soak`) is ignored by a plain `cargo test`; CI runs it on
+//! its own.
 
-mod helpers;
+mod common;
 
 mod api;
 mod cli;
@@ -18,4 +19,5 @@ mod real_peers;
 mod resilience;
 mod rotation;
 mod sites;
+mod soak;
 mod verify;
