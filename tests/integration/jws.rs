@@ -319,7 +319,11 @@ async fn lenient_headers_verify_without_crit_and_without_kid() {
         r#"{"alg":"RS256","kid":"KID","crit":["b64"],"b64":false}"#,
     ] {
         let header = header.replace("KID", &net.iam().sim.cr_kid(AA).unwrap());
-        let signature = net.iam().sim.cr_sign_with_header(AA, &header, BODY).unwrap();
+        let signature = net
+            .iam()
+            .sim
+            .cr_sign_with_header(AA, &header, BODY)
+            .unwrap();
         let ok = net.verify(AA, "AA", &signature, BODY).await;
         assert_eq!(ok.status, 200, "{header}: {}", ok.body);
     }
@@ -524,7 +528,12 @@ async fn a_peer_that_rotates_its_key_verifies_under_both_keys_and_forged_kids_ca
     let mut forged = Vec::new();
     for i in 0..40 {
         let header = format!(r#"{{"alg":"RS256","kid":"forged-{i}","b64":false}}"#);
-        forged.push(net.iam().sim.cr_sign_with_header(AA, &header, BODY).unwrap());
+        forged.push(
+            net.iam()
+                .sim
+                .cr_sign_with_header(AA, &header, BODY)
+                .unwrap(),
+        );
     }
     let answers = futures_join(&net, &forged).await;
     assert!(answers.iter().all(|s| *s == 400), "{answers:?}");
@@ -568,7 +577,11 @@ async fn a_caller_that_hangs_up_during_a_cr_lookup_leaves_it_to_finish_for_the_n
         "{:?}",
         started.elapsed()
     );
-    assert_eq!(net.iam().sim.cr_calls(), calls + 1, "one CR call served both");
+    assert_eq!(
+        net.iam().sim.cr_calls(),
+        calls + 1,
+        "one CR call served both"
+    );
     net.stop().await;
 }
 
@@ -984,7 +997,7 @@ async fn the_key_file_is_re_read_when_it_changes_and_never_appears_in_the_log() 
     // A new file in place of the old one, as a Secret volume update does.
     let staged = net.signing_key_path().with_extension("new");
     std::fs::write(&staged, &pem).unwrap();
-    std::fs::rename(&staged, &net.signing_key_path()).unwrap();
+    std::fs::rename(&staged, net.signing_key_path()).unwrap();
     let second = net.sign(BODY).await.body["signature"]
         .as_str()
         .unwrap()
@@ -1009,7 +1022,7 @@ async fn the_key_file_is_re_read_when_it_changes_and_never_appears_in_the_log() 
 async fn the_commands_sign_and_verify_a_body_on_stdin() {
     let net = start().await;
     let key = net.signing_key_path().to_str().unwrap().to_string();
-    let pem = std::fs::read_to_string(&net.signing_key_path()).unwrap();
+    let pem = std::fs::read_to_string(net.signing_key_path()).unwrap();
     let pem_line = pem.lines().nth(3).unwrap().to_string();
     let signed = run_with_stdin(
         &[
@@ -1185,7 +1198,7 @@ async fn a_broken_signing_key_shows_in_readyz_and_the_metrics_without_making_tok
 
     // An EC key where the RSA key was (a wrong file in the Secret).
     std::fs::write(
-        &net.signing_key_path(),
+        net.signing_key_path(),
         "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIA==\n-----END EC PRIVATE KEY-----\n",
     )
     .unwrap();

@@ -32,7 +32,12 @@ async fn start() -> TestBroker {
     net
 }
 
-async fn authorize(net: &TestBroker, path: &str, headers: &[(&str, String)], body: &[u8]) -> Answer {
+async fn authorize(
+    net: &TestBroker,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> Answer {
     let mut request = net
         .http
         .post(format!("http://{}{path}", net.addr))

@@ -14,9 +14,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aa_token_broker::simulator::FaultKind;
 use crate::common::process::*;
 use crate::common::*;
+use aa_token_broker::simulator::FaultKind;
 
 const LIFETIME_SECS: u64 = 6;
 /// A token is handed out until `exp - margin` (1.5 s for 6 s tokens); `exp` is in whole seconds.

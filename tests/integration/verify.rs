@@ -38,7 +38,10 @@ async fn realm() -> Iam {
 
 /// A broker for these tests, holding the realm's key set from the start (`--verify-prefetch-keys`; see
 /// `the_key_set_is_fetched_at_first_use_unless_prefetched` for the default), its settings tuned.
-async fn start_broker(iam: &Iam, tune: impl FnOnce(&mut BrokerSettings) + Send + 'static) -> TestBroker {
+async fn start_broker(
+    iam: &Iam,
+    tune: impl FnOnce(&mut BrokerSettings) + Send + 'static,
+) -> TestBroker {
     start_broker_with(iam, false, tune).await
 }
 
@@ -216,7 +219,9 @@ async fn a_valid_token_verifies_in_each_header_form_and_by_post() {
     );
     // The header names the sender's role: an AA's token in `fip_api_key` is the wrong sender, and two
     // ReBIT headers carrying different tokens are ambiguous.
-    let wrong = broker.verify_get("", &[("fip_api_key", token.as_str())]).await;
+    let wrong = broker
+        .verify_get("", &[("fip_api_key", token.as_str())])
+        .await;
     assert_eq!(wrong.status, 403, "{:?}", wrong.body);
     assert_eq!(wrong.body["error"], "wrong_role");
     let other = iam.entity_token(FIP, FIP_SECRET).await;
@@ -264,8 +269,12 @@ async fn a_repeated_token_gets_the_same_answer_from_the_hot_path_as_from_the_rou
     let broker = start_broker(&iam, |_| {}).await;
     let token = iam.entity_token(FIP, FIP_SECRET).await;
     // The first sight goes through the router (a cache miss); the second is answered in front of it.
-    let first = broker.verify_get("?role=FIP", &[("fip_api_key", &token)]).await;
-    let second = broker.verify_get("?role=FIP", &[("fip_api_key", &token)]).await;
+    let first = broker
+        .verify_get("?role=FIP", &[("fip_api_key", &token)])
+        .await;
+    let second = broker
+        .verify_get("?role=FIP", &[("fip_api_key", &token)])
+        .await;
     assert_eq!((first.status, second.status), (200, 200));
     let strip = |mut body: Value| {
         body.as_object_mut().unwrap().remove("expiresIn");
@@ -281,7 +290,9 @@ async fn a_repeated_token_gets_the_same_answer_from_the_hot_path_as_from_the_rou
         assert_eq!(first.headers.get(name), second.headers.get(name), "{name}");
     }
     // The same holds for a refusal from the cache.
-    let wrong = broker.verify_get("?role=AA", &[("fip_api_key", &token)]).await;
+    let wrong = broker
+        .verify_get("?role=AA", &[("fip_api_key", &token)])
+        .await;
     assert_eq!(wrong.status, 403);
     assert_eq!(wrong.body["error"], "wrong_role");
     assert_eq!(
@@ -299,12 +310,18 @@ async fn missing_empty_zero_and_tampered_tokens_are_refused_with_the_reason() {
     let broker = start_broker(&iam, |_| {}).await;
     let token = iam.entity_token(FIP, FIP_SECRET).await;
     assert_invalid(&broker.verify_get("", &[]).await, "missing");
-    assert_invalid(&broker.verify_get("", &[("client_api_key", "")]).await, "missing");
+    assert_invalid(
+        &broker.verify_get("", &[("client_api_key", "")]).await,
+        "missing",
+    );
     assert_invalid(
         &broker.verify_get("", &[("Authorization", "Bearer ")]).await,
         "missing",
     );
-    assert_invalid(&broker.verify_get("", &[("aa_api_key", "0")]).await, "malformed");
+    assert_invalid(
+        &broker.verify_get("", &[("aa_api_key", "0")]).await,
+        "malformed",
+    );
     assert_invalid(
         &broker.verify_get("", &[("fip_api_key", "null")]).await,
         "malformed",
@@ -318,7 +335,10 @@ async fn missing_empty_zero_and_tampered_tokens_are_refused_with_the_reason() {
         "missing",
     );
     assert_invalid(&broker.verify_post(json!({})).await, "missing");
-    assert_invalid(&broker.verify_post(json!({ "token": "0" })).await, "malformed");
+    assert_invalid(
+        &broker.verify_post(json!({ "token": "0" })).await,
+        "malformed",
+    );
 
     // Tampering: the claims (claiming to be someone else), the signature, the header.
     let parts: Vec<&str> = token.split('.').collect();
@@ -771,7 +791,9 @@ async fn a_valid_token_of_the_wrong_sender_is_forbidden() {
     assert_eq!(wrong_role.status, 403);
     assert_eq!(wrong_role.body["error"], "wrong_role");
     assert!(wrong_role.headers.get("x-aa-entity-id").is_none());
-    let wrong_entity = broker.verify_get(&format!("?entityId={FIP}"), &header).await;
+    let wrong_entity = broker
+        .verify_get(&format!("?entityId={FIP}"), &header)
+        .await;
     assert_eq!(wrong_entity.status, 403);
     assert_eq!(wrong_entity.body["error"], "wrong_entity");
     for query in [
@@ -780,10 +802,17 @@ async fn a_valid_token_of_the_wrong_sender_is_forbidden() {
         "?role=fiu%2Caa".to_string(),
         String::new(),
     ] {
-        assert_eq!(broker.verify_get(&query, &header).await.status, 200, "{query}");
+        assert_eq!(
+            broker.verify_get(&query, &header).await.status,
+            200,
+            "{query}"
+        );
     }
     // A second `role` or `entityId` (a caller's query appended to the proxy's) is refused, not merged.
-    assert_eq!(broker.verify_get("?role=AA&role=FIU", &header).await.status, 400);
+    assert_eq!(
+        broker.verify_get("?role=AA&role=FIU", &header).await.status,
+        400
+    );
     assert_eq!(
         broker
             .verify_get(&format!("?entityId={AA}&entityId={FIP}"), &header)
@@ -791,7 +820,9 @@ async fn a_valid_token_of_the_wrong_sender_is_forbidden() {
             .status,
         400
     );
-    let posted = broker.verify_post(json!({ "token": token, "role": "FIP" })).await;
+    let posted = broker
+        .verify_post(json!({ "token": token, "role": "FIP" }))
+        .await;
     assert_eq!(posted.status, 403);
     assert_eq!(posted.body["error"], "wrong_role");
     let posted = broker
@@ -898,7 +929,9 @@ async fn the_verify_listener_serves_verification_and_never_tokens() {
         ("X-Forwarded-For", "10.1.2.3".to_string()),
     ];
     let headers: Vec<(&str, &str)> = from_ingress.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let answer = broker.verify_get_at(verify_addr, "?role=FIP", &headers).await;
+    let answer = broker
+        .verify_get_at(verify_addr, "?role=FIP", &headers)
+        .await;
     assert_eq!(answer.status, 200, "{:?}", answer.body);
     assert_eq!(answer.headers["x-aa-entity-id"], FIP);
     // The token port keeps its loopback Host rule, on the verify route too.
