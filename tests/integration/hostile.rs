@@ -2,7 +2,7 @@
 //! cap, unknown methods and paths, path tricks, huge entity ids, forced-refresh storms. Each gets a bounded,
 //! correct answer, and the broker keeps serving everyone else meanwhile.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::*;
 use aa_token_broker::http::server::ServerLimits;
@@ -110,7 +110,8 @@ async fn oversized_heads_and_bodies_are_refused_and_others_are_served() {
     broker.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// On a paused clock: the header deadline and the slowloris's half-second pauses pass at once.
+#[tokio::test(start_paused = true)]
 async fn a_slowloris_is_cut_off_and_idle_connections_cannot_pin_the_cap() {
     let iam = Iam::start(86_400).await;
     let mut options = BrokerOptions::inline();
@@ -125,7 +126,7 @@ async fn a_slowloris_is_cut_off_and_idle_connections_cannot_pin_the_cap() {
     // take one of the 8 slots.
     let client = http_client();
     let url = format!("http://{addr}/v1/token");
-    let ready = Instant::now();
+    let ready = tokio::time::Instant::now();
     while client
         .get(&url)
         .guarded()
@@ -143,7 +144,7 @@ async fn a_slowloris_is_cut_off_and_idle_connections_cannot_pin_the_cap() {
     // A slowloris: one header byte a second. The header deadline closes the connection.
     let slow = tokio::spawn(async move {
         let mut stream = TcpStream::connect(addr).await.unwrap();
-        let started = Instant::now();
+        let started = tokio::time::Instant::now();
         for byte in b"GET /v1/token HTTP/1.1\r\nHost: 127.0.0.1\r\nMetadata: true\r\n".iter() {
             if stream.write_all(&[*byte]).await.is_err() {
                 return started.elapsed();
@@ -164,7 +165,7 @@ async fn a_slowloris_is_cut_off_and_idle_connections_cannot_pin_the_cap() {
         idle.push(TcpStream::connect(addr).await.unwrap());
     }
     // A well-behaved client still gets its token: idle connections are cut at the header deadline.
-    let started = Instant::now();
+    let started = tokio::time::Instant::now();
     let status = raw(addr, &get("/v1/token")).await;
     assert_eq!(
         status, 200,
