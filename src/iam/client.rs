@@ -169,7 +169,9 @@ impl IamClient {
             status,
             &bytes,
             credential,
-            Instant::now(),
+            // The runtime's clock, which the token's schedule is kept on (so a paused test clock governs
+            // it too).
+            tokio::time::Instant::now().into_std(),
             SystemTime::now(),
         )
     }

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::helpers::*;
+use crate::common::*;
 use aa_token_broker::http::GuardSettings;
 use aa_token_broker::simulator::FaultKind;
 use aa_token_broker::simulator::jwt::verify_with_jwks;

@@ -4,8 +4,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::helpers::process::*;
-use crate::helpers::*;
+use crate::common::process::*;
+use crate::common::*;
 use aa_token_broker::simulator::FaultKind;
 
 fn assert_config_error(args: &[&str], env: &[(&str, &str)], names: &str) {

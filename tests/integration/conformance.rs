@@ -6,91 +6,43 @@
 
 use std::time::Duration;
 
-use crate::helpers::*;
-use aa_token_broker::app::Application;
+use crate::common::*;
 use aa_token_broker::certify::{self, Target};
-use aa_token_broker::config::jws::JwsSettings;
 use aa_token_broker::entity::Role;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 
-/// A broker deployed for `role`'s entity, with the simulator as its IAM and CR.
-struct Deployment {
-    iam: Iam,
-    addr: std::net::SocketAddr,
-    entity: &'static str,
-    stop: Option<oneshot::Sender<()>>,
-    handle: Option<tokio::task::JoinHandle<()>>,
+/// The entity deployed for `role`, and its secret.
+fn deployed(role: Role) -> (&'static str, &'static str) {
+    match role {
+        Role::Fiu => ("FIU-DEPLOYED", "fiu-deployed-secret"),
+        Role::Fip => ("FIP-DEPLOYED", "fip-deployed-secret"),
+        Role::Aa => ("AA-DEPLOYED", "aa-deployed-secret"),
+    }
 }
 
-impl Deployment {
-    async fn start(role: Role) -> Deployment {
-        let (entity, secret) = match role {
-            Role::Fiu => ("FIU-DEPLOYED", "fiu-deployed-secret"),
-            Role::Fip => ("FIP-DEPLOYED", "fip-deployed-secret"),
-            Role::Aa => ("AA-DEPLOYED", "aa-deployed-secret"),
-        };
-        let iam = Iam::start(86_400).await;
-        iam.sim
-            .add_entity(entity, secret, Duration::from_secs(90 * 86_400));
-        iam.sim.cr_register(entity, role.as_str()).unwrap();
-        let mut options = BrokerOptions::one(inline_secret(secret));
-        options.entities = vec![(entity.to_string(), inline_secret(secret))];
-        let settings = settings(&iam.url, options);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let app = Application::build(settings, listener, Default::default())
-            .unwrap()
-            .with_jws(JwsSettings::for_iam_url(&iam.url));
-        let addr = app.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let handle = tokio::spawn(app.run_until(async {
-            let _ = stopped.await;
-        }));
-        let http = http_client();
-        eventually(
-            "the deployment is ready",
-            Duration::from_secs(10),
-            async || {
-                http.get(format!("http://{addr}/readyz"))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status() == 200)
-            },
-        )
-        .await;
-        Deployment {
-            iam,
-            addr,
-            entity,
-            stop: Some(stop),
-            handle: Some(handle),
-        }
-    }
-
-    fn simulator(&self) -> String {
-        self.iam.url.trim_end_matches("/iam").to_string()
-    }
-
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(handle) = self.handle.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(15), handle).await;
-        }
-    }
+/// A broker deployed for `role`'s entity, owning the simulator that is its IAM and CR; ready.
+async fn deploy(role: Role) -> TestBroker {
+    let (entity, secret) = deployed(role);
+    let iam = Iam::start(86_400).await;
+    iam.sim
+        .add_entity(entity, secret, Duration::from_secs(90 * 86_400));
+    iam.sim.cr_register(entity, role.as_str()).unwrap();
+    let mut options = BrokerOptions::one(inline_secret(secret));
+    options.entities = vec![(entity.to_string(), inline_secret(secret))];
+    let broker = TestBroker::owning(iam, options).await;
+    broker.wait_ready(Duration::from_secs(10)).await;
+    broker
 }
 
 /// Runs one case against a fresh deployment of its role.
 async fn conformance(id: &str) {
     let case = certify::cases::by_id(id).expect("a known case");
-    let deployment = Deployment::start(case.deployment).await;
+    let deployment = deploy(case.deployment).await;
     let outcomes = certify::run_ids(
         Target {
-            simulator: deployment.simulator(),
+            simulator: deployment.iam().root(),
             ingress: format!("http://{}/v1/authorize", deployment.addr),
             deployment: case.deployment,
-            entity_id: deployment.entity.to_string(),
+            entity_id: deployed(case.deployment).0.to_string(),
         },
         &[id],
     )
@@ -104,19 +56,19 @@ async fn conformance(id: &str) {
 /// ingress that checks nothing, the failures named and exit 1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_certify_command_prints_a_table_by_case_id() {
-    let deployment = Deployment::start(Role::Fiu).await;
+    let deployment = deploy(Role::Fiu).await;
     let run = |ingress: String, cases: &[&str]| {
-        let mut command = crate::helpers::process::broker_command();
+        let mut command = crate::common::process::broker_command();
         command.args([
             "certify",
             "--ingress",
             &ingress,
             "--simulator",
-            &deployment.simulator(),
+            &deployment.iam().root(),
             "--role",
             "FIU",
             "--entity-id",
-            deployment.entity,
+            deployed(Role::Fiu).0,
         ]);
         for case in cases {
             command.args(["--case", case]);
@@ -152,7 +104,7 @@ async fn the_certify_command_prints_a_table_by_case_id() {
     assert!(table.contains("0 passed, 2 failed"), "{table}");
     // A mistake in the arguments is one line and exit 2.
     let bad = tokio::task::spawn_blocking(|| {
-        crate::helpers::process::broker_command()
+        crate::common::process::broker_command()
             .args([
                 "certify",
                 "--ingress",

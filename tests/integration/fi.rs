@@ -3,32 +3,31 @@
 //! The peer (an FIP or an FIU) is made from the library's curve and session types; the independent
 //! implementation (Python `cryptography` and a pure-Python curve) is `tests/interop/fi_check.py`.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use aa_token_broker::app::Application;
 use aa_token_broker::config::fi::FiSettings;
-use aa_token_broker::entity::EntityId;
 use aa_token_broker::fi::curve::PrivateKey;
 use aa_token_broker::fi::kek::{HandleSecret, KekFile};
 use aa_token_broker::fi::{Session, fresh_nonce, keys};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 
-use crate::helpers::process::{BIN, run};
-use crate::helpers::*;
+use crate::common::process::{BIN, run};
+use crate::common::*;
 
 const MIB: usize = 1024 * 1024;
 
-/// A broker with (or without) a KEK, on loopback.
-struct FiNet {
-    broker: TestBroker,
-    kek: PathBuf,
-    _dir: tempfile::TempDir,
-    _iam: Iam,
+/// A broker with (or without) a KEK, on loopback, owning its simulator; ready.
+async fn start(with_kek: bool, mut options: BrokerOptions) -> TestBroker {
+    if with_kek {
+        options.kek = Some(format!("{}\n", STANDARD.encode([0x5au8; 32])));
+    }
+    options.fi = Some(FiSettings::default());
+    let broker = TestBroker::owning(Iam::start(86_400).await, options).await;
+    broker.wait_ready(Duration::from_secs(10)).await;
+    broker
 }
 
 fn write_kek(path: &Path, key: &[u8]) {
@@ -37,49 +36,22 @@ fn write_kek(path: &Path, key: &[u8]) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
-impl FiNet {
-    async fn start(with_kek: bool, options: BrokerOptions) -> FiNet {
-        let iam = Iam::start(86_400).await;
-        let dir = tempfile::tempdir().unwrap();
-        let kek = dir.path().join("kek");
-        write_kek(
-            &kek,
-            format!("{}\n", STANDARD.encode([0x5au8; 32])).as_bytes(),
-        );
-        let fi = if with_kek {
-            FiSettings {
-                keks: vec![(
-                    EntityId::parse(ENTITY).unwrap(),
-                    Arc::new(KekFile::open(&kek).unwrap()),
-                )],
-                ..FiSettings::default()
-            }
-        } else {
-            FiSettings::default()
-        };
-        let policy = options.policy.clone();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let app = Application::build(settings(&iam.url, options), listener, policy)
-            .unwrap()
-            .with_fi(fi);
-        let broker = TestBroker::spawn(app);
-        broker.wait_ready(Duration::from_secs(10)).await;
-        FiNet {
-            broker,
-            kek,
-            _dir: dir,
-            _iam: iam,
-        }
-    }
+/// The FI routes, called as a service calls them.
+trait FiCalls {
+    async fn fi_post(&self, path: &str, body: &Value, guarded: bool) -> (u16, Value);
+    async fn fi_post_raw(&self, path: &str, body: Vec<u8>, guarded: bool) -> (u16, Value);
+    async fn key_material(&self) -> (Value, String);
+}
 
+impl FiCalls for TestBroker {
     /// POST JSON; `guarded` adds `Metadata: true`.
-    async fn post(&self, path: &str, body: &Value, guarded: bool) -> (u16, Value) {
-        self.post_raw(path, serde_json::to_vec(body).unwrap(), guarded)
+    async fn fi_post(&self, path: &str, body: &Value, guarded: bool) -> (u16, Value) {
+        self.fi_post_raw(path, serde_json::to_vec(body).unwrap(), guarded)
             .await
     }
 
-    async fn post_raw(&self, path: &str, body: Vec<u8>, guarded: bool) -> (u16, Value) {
-        let mut request = self.broker.client().post(self.broker.url(path)).body(body);
+    async fn fi_post_raw(&self, path: &str, body: Vec<u8>, guarded: bool) -> (u16, Value) {
+        let mut request = self.client().post(self.url(path)).body(body);
         if guarded {
             request = request.guarded();
         }
@@ -93,7 +65,7 @@ impl FiNet {
     }
 
     async fn key_material(&self) -> (Value, String) {
-        let (status, body) = self.post("/v1/fi/key-material", &json!({}), true).await;
+        let (status, body) = self.fi_post("/v1/fi/key-material", &json!({}), true).await;
         assert_eq!(status, 200, "{body}");
         (
             body["KeyMaterial"].clone(),
@@ -162,7 +134,7 @@ fn unb64(value: &Value) -> Vec<u8> {
 
 #[tokio::test]
 async fn an_fiu_decrypts_what_fips_encrypt_single_batch_and_large() {
-    let net = FiNet::start(true, BrokerOptions::inline()).await;
+    let net = start(true, BrokerOptions::inline()).await;
     let (ours, handle) = net.key_material().await;
     assert_eq!(ours["cryptoAlg"], "ECDH");
     assert_eq!(ours["curve"], "Curve25519");
@@ -176,7 +148,7 @@ async fn an_fiu_decrypts_what_fips_encrypt_single_batch_and_large() {
         let fip = Peer::new();
         let plain = data(size);
         let body = json!({"keyHandle": handle, "KeyMaterial": fip.key_material(3600), "encryptedData": fip.encrypt_for(&ours, &plain)});
-        let (status, answer) = net.post("/v1/fi/decrypt", &body, true).await;
+        let (status, answer) = net.fi_post("/v1/fi/decrypt", &body, true).await;
         assert_eq!(status, 200, "{size}");
         assert_eq!(unb64(&answer["data"]), plain, "{size}");
     }
@@ -186,13 +158,13 @@ async fn an_fiu_decrypts_what_fips_encrypt_single_batch_and_large() {
         {"KeyMaterial": b.key_material(3600), "encryptedData": a.encrypt_for(&ours, b"made with a's key")},
         {"KeyMaterial": b.key_material(3600), "encryptedData": b.encrypt_for(&ours, b"account two")},
     ]});
-    let (status, answer) = net.post("/v1/fi/decrypt", &body, true).await;
+    let (status, answer) = net.fi_post("/v1/fi/decrypt", &body, true).await;
     assert_eq!(status, 200);
     let items = answer["items"].as_array().unwrap();
     assert_eq!(unb64(&items[0]["data"]), b"account one");
     assert_eq!(items[1]["error"], "decryption_failed");
     assert_eq!(unb64(&items[2]["data"]), b"account two");
-    let metrics = net.broker.metrics().await;
+    let metrics = net.metrics().await;
     assert!(
         metrics.contains("aa_broker_fi_batch_items_total{outcome=\"ok\"} 2"),
         "{metrics}"
@@ -213,18 +185,18 @@ async fn an_fiu_decrypts_what_fips_encrypt_single_batch_and_large() {
         peak < largest as f64 * 1.01,
         "peak {peak} for a body of {largest}"
     );
-    net.broker.stop().await;
+    net.stop().await;
 }
 
 /// FIP_3010: the FI the FIP sends decrypts correctly at the FIU.
 #[tokio::test]
 async fn certification_fip_3010_what_we_encrypt_the_fiu_decrypts() {
-    let net = FiNet::start(true, BrokerOptions::inline()).await;
+    let net = start(true, BrokerOptions::inline()).await;
     let fiu = Peer::new();
     for size in [0, 5, 70_000] {
         let plain = data(size);
         let body = json!({"KeyMaterial": fiu.key_material(3600), "data": STANDARD.encode(&plain)});
-        let (status, answer) = net.post("/v1/fi/encrypt", &body, true).await;
+        let (status, answer) = net.fi_post("/v1/fi/encrypt", &body, true).await;
         assert_eq!(status, 200, "{answer}");
         let ours = &answer["KeyMaterial"];
         assert!(ours.get("Nonce").is_some());
@@ -233,14 +205,14 @@ async fn certification_fip_3010_what_we_encrypt_the_fiu_decrypts() {
             Some(plain)
         );
     }
-    net.broker.stop().await;
+    net.stop().await;
 }
 
 /// FIU_2024 and FIU_2025: tampered data, a wrong nonce and an expired KeyMaterial are refused, never
 /// answered with data.
 #[tokio::test]
 async fn certification_fiu_2024_and_fiu_2025_tampered_data_wrong_nonce_expired_keys() {
-    let net = FiNet::start(true, BrokerOptions::inline()).await;
+    let net = start(true, BrokerOptions::inline()).await;
     let (ours, handle) = net.key_material().await;
     let fip = Peer::new();
     let good = fip.encrypt_for(&ours, b"statement");
@@ -269,7 +241,7 @@ async fn certification_fiu_2024_and_fiu_2025_tampered_data_wrong_nonce_expired_k
         ),
     ] {
         let body = json!({"keyHandle": handle, "KeyMaterial": km, "encryptedData": encrypted});
-        let (status, answer) = net.post("/v1/fi/decrypt", &body, true).await;
+        let (status, answer) = net.fi_post("/v1/fi/decrypt", &body, true).await;
         assert_eq!(
             (status, answer["error"].as_str()),
             (400, Some(code)),
@@ -277,13 +249,13 @@ async fn certification_fiu_2024_and_fiu_2025_tampered_data_wrong_nonce_expired_k
         );
         assert!(answer.get("data").is_none(), "{case}");
     }
-    net.broker.stop().await;
+    net.stop().await;
 }
 
 /// FIP_3008, AA_2011, AA_2045: key material that is not ECDH on Curve25519, or expired, is a 400.
 #[tokio::test]
 async fn certification_fip_3008_aa_2011_aa_2045_bad_key_material_is_refused() {
-    let net = FiNet::start(true, BrokerOptions::inline()).await;
+    let net = start(true, BrokerOptions::inline()).await;
     let fiu = Peer::new();
     let mut cases = Vec::new();
     for (field, value) in [
@@ -320,30 +292,30 @@ async fn certification_fip_3008_aa_2011_aa_2045_bad_key_material_is_refused() {
     ));
     for (case, km, code) in cases {
         let body = json!({"KeyMaterial": km, "data": STANDARD.encode(b"x")});
-        let (status, answer) = net.post("/v1/fi/encrypt", &body, true).await;
+        let (status, answer) = net.fi_post("/v1/fi/encrypt", &body, true).await;
         assert_eq!(
             (status, answer["error"].as_str()),
             (400, Some(code)),
             "{case}: {answer}"
         );
     }
-    let metrics = net.broker.metrics().await;
+    let metrics = net.metrics().await;
     assert!(
         metrics.contains("aa_broker_fi_keys_expired_total{key=\"remote\"} 1"),
         "{metrics}"
     );
-    net.broker.stop().await;
+    net.stop().await;
 }
 
 #[tokio::test]
 async fn every_error_code_of_the_handle_and_the_request() {
-    let net = FiNet::start(true, BrokerOptions::inline()).await;
+    let net = start(true, BrokerOptions::inline()).await;
     let (ours, handle) = net.key_material().await;
     let fip = Peer::new();
     let good = fip.encrypt_for(&ours, b"x");
     let body = |handle: &str| json!({"keyHandle": handle, "KeyMaterial": fip.key_material(3600), "encryptedData": good});
     // A handle sealed under this KEK, but past its expiry.
-    let kek = KekFile::open(&net.kek).unwrap();
+    let kek = KekFile::open(net.kek_path()).unwrap();
     let expired = kek
         .seal(&HandleSecret {
             key: PrivateKey::generate().unwrap(),
@@ -391,7 +363,7 @@ async fn every_error_code_of_the_handle_and_the_request() {
             "unsupported_key_material",
         ),
     ] {
-        let (status, answer) = net.post("/v1/fi/decrypt", &body, true).await;
+        let (status, answer) = net.fi_post("/v1/fi/decrypt", &body, true).await;
         assert_eq!(
             (status, answer["error"].as_str()),
             (400, Some(code)),
@@ -399,24 +371,24 @@ async fn every_error_code_of_the_handle_and_the_request() {
         );
     }
     let (status, answer) = net
-        .post_raw("/v1/fi/decrypt", b"{\"keyHandle\":".to_vec(), true)
+        .fi_post_raw("/v1/fi/decrypt", b"{\"keyHandle\":".to_vec(), true)
         .await;
     assert_eq!(
         (status, answer["error"].as_str()),
         (400, Some("bad_request"))
     );
     let (status, answer) = net
-        .post("/v1/fi/key-material", &json!({"expiryHours": 1000}), true)
+        .fi_post("/v1/fi/key-material", &json!({"expiryHours": 1000}), true)
         .await;
     assert_eq!(
         (status, answer["error"].as_str()),
         (400, Some("bad_request"))
     );
     let (status, answer) = net
-        .post("/v1/fi/key-material/FIU-NOBODY", &json!({}), true)
+        .fi_post("/v1/fi/key-material/FIU-NOBODY", &json!({}), true)
         .await;
     assert_eq!((status, answer["error"].as_str()), (404, Some("no_fi_key")));
-    let metrics = net.broker.metrics().await;
+    let metrics = net.metrics().await;
     assert!(
         metrics.contains("aa_broker_fi_keys_expired_total{key=\"handle\"} 1"),
         "{metrics}"
@@ -427,7 +399,7 @@ async fn every_error_code_of_the_handle_and_the_request() {
         )
     );
     // /readyz says the KEK is there, by id, never the key.
-    let (_, ready) = net.broker.readyz().await;
+    let (_, ready) = net.readyz().await;
     assert_eq!(ready["fi"]["enabled"], true);
     assert_eq!(
         ready["fi"]["entities"][ENTITY]["kekId"]
@@ -436,31 +408,29 @@ async fn every_error_code_of_the_handle_and_the_request() {
             .len(),
         8
     );
-    net.broker.stop().await;
+    net.stop().await;
 }
 
 #[tokio::test]
 async fn the_guard_comes_first_and_bodies_are_bounded() {
     let mut options = BrokerOptions::inline();
     options.inbound.max_buffered_bytes = 4 * MIB;
-    let net = FiNet::start(true, options).await;
+    let net = start(true, options).await;
     // The ReBIT routes want `Metadata: true`; rahasya's want only a loopback Host.
     for path in ["/v1/fi/key-material", "/v1/fi/decrypt", "/v1/fi/encrypt"] {
-        let (status, _) = net.post(path, &json!({}), false).await;
+        let (status, _) = net.fi_post(path, &json!({}), false).await;
         assert_eq!(status, 403, "{path}");
     }
     let response = net
-        .broker
         .client()
-        .get(net.broker.url("/ecc/v1/generateKey"))
+        .get(net.url("/ecc/v1/generateKey"))
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
     let response = net
-        .broker
         .client()
-        .post(net.broker.url("/ecc/v1/decrypt"))
+        .post(net.url("/ecc/v1/decrypt"))
         .header("Host", "rebound.example")
         .body("{}")
         .send()
@@ -469,43 +439,42 @@ async fn the_guard_comes_first_and_bodies_are_bounded() {
     assert_eq!(response.status(), 403);
     // A body over the FI cap is refused before it is read; one over the free budget is told to wait.
     let huge = vec![b' '; 23 * MIB];
-    let (status, answer) = net.post_raw("/v1/fi/decrypt", huge, true).await;
+    let (status, answer) = net.fi_post_raw("/v1/fi/decrypt", huge, true).await;
     assert_eq!(
         (status, answer["error"].as_str()),
         (413, Some("body_too_large"))
     );
     let big = vec![b' '; 5 * MIB];
-    let (status, answer) = net.post_raw("/v1/fi/decrypt", big, true).await;
+    let (status, answer) = net.fi_post_raw("/v1/fi/decrypt", big, true).await;
     assert_eq!((status, answer["error"].as_str()), (503, Some("busy")));
-    net.broker.stop().await;
+    net.stop().await;
 }
 
 #[tokio::test]
 async fn without_a_kek_every_fi_route_says_fi_disabled() {
-    let net = FiNet::start(false, BrokerOptions::inline()).await;
+    let net = start(false, BrokerOptions::inline()).await;
     for path in ["/v1/fi/key-material", "/v1/fi/decrypt", "/v1/fi/encrypt"] {
-        let (status, answer) = net.post(path, &json!({}), true).await;
+        let (status, answer) = net.fi_post(path, &json!({}), true).await;
         assert_eq!(
             (status, answer["error"].as_str()),
             (404, Some("fi_disabled")),
             "{path}"
         );
     }
-    let (status, answer) = net.post("/ecc/v1/decrypt", &json!({}), false).await;
+    let (status, answer) = net.fi_post("/ecc/v1/decrypt", &json!({}), false).await;
     assert_eq!(status, 404);
     assert_eq!(answer["errorInfo"]["errorCode"], "fi_disabled");
-    let (_, ready) = net.broker.readyz().await;
+    let (_, ready) = net.readyz().await;
     assert_eq!(ready["fi"]["enabled"], false);
-    net.broker.stop().await;
+    net.stop().await;
 }
 
 #[tokio::test]
 async fn rahasyas_routes_work_unchanged_with_handles_and_pkcs8_keys() {
-    let net = FiNet::start(true, BrokerOptions::inline()).await;
+    let net = start(true, BrokerOptions::inline()).await;
     let response = net
-        .broker
         .client()
-        .get(net.broker.url("/ecc/v1/generateKey"))
+        .get(net.url("/ecc/v1/generateKey"))
         .send()
         .await
         .unwrap();
@@ -528,7 +497,7 @@ async fn rahasyas_routes_work_unchanged_with_handles_and_pkcs8_keys() {
     };
     // Encrypt (rahasya's field is `data`) then the peer decrypts.
     let (status, answer) = net
-        .post(
+        .fi_post(
             "/ecc/v1/encrypt",
             &request(&handle, "data", STANDARD.encode(b"hello FIU")),
             false,
@@ -544,7 +513,7 @@ async fn rahasyas_routes_work_unchanged_with_handles_and_pkcs8_keys() {
     // The peer encrypts; we decrypt with the handle.
     let encrypted = peer.encrypt_for(&ours_with_nonce, b"hello FIP");
     let (status, answer) = net
-        .post(
+        .fi_post(
             "/ecc/v1/decrypt",
             &request(&handle, "base64Data", encrypted.clone()),
             false,
@@ -566,7 +535,7 @@ async fn rahasyas_routes_work_unchanged_with_handles_and_pkcs8_keys() {
     let encrypted_old = peer.encrypt_for(&old_km, b"in flight");
     let pem = keys::pkcs8_pem(&old);
     let (status, answer) = net
-        .post(
+        .fi_post(
             "/ecc/v1/decrypt",
             &request(&pem, "base64Data", encrypted_old),
             false,
@@ -580,7 +549,7 @@ async fn rahasyas_routes_work_unchanged_with_handles_and_pkcs8_keys() {
     let mut tampered = STANDARD.decode(&encrypted).unwrap();
     tampered[0] ^= 1;
     let (status, answer) = net
-        .post(
+        .fi_post(
             "/ecc/v1/decrypt",
             &request(&handle, "base64Data", STANDARD.encode(tampered)),
             false,
@@ -589,14 +558,14 @@ async fn rahasyas_routes_work_unchanged_with_handles_and_pkcs8_keys() {
     assert_eq!(status, 400);
     assert_eq!(answer["base64Data"], "");
     assert_eq!(answer["errorInfo"]["errorCode"], "decryption_failed");
-    net.broker.stop().await;
+    net.stop().await;
 }
 
 #[tokio::test]
 async fn a_rotated_kek_keeps_sessions_in_flight() {
-    let net = FiNet::start(true, BrokerOptions::inline()).await;
+    let net = start(true, BrokerOptions::inline()).await;
     let (ours, old_handle) = net.key_material().await;
-    let (_, before) = net.broker.readyz().await;
+    let (_, before) = net.readyz().await;
     // The Secret is updated: a new key first, the old one kept on the next line for the other pods.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let contents = format!(
@@ -604,21 +573,21 @@ async fn a_rotated_kek_keeps_sessions_in_flight() {
         STANDARD.encode([0x77u8; 32]),
         STANDARD.encode([0x5au8; 32])
     );
-    write_kek(&net.kek, contents.as_bytes());
+    write_kek(net.kek_path(), contents.as_bytes());
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let (_, after) = net.broker.readyz().await;
+    let (_, after) = net.readyz().await;
     assert_ne!(
         before["fi"]["entities"][ENTITY]["kekId"],
         after["fi"]["entities"][ENTITY]["kekId"]
     );
     let fip = Peer::new();
     let body = json!({"keyHandle": old_handle, "KeyMaterial": fip.key_material(3600), "encryptedData": fip.encrypt_for(&ours, b"late data")});
-    let (status, answer) = net.post("/v1/fi/decrypt", &body, true).await;
+    let (status, answer) = net.fi_post("/v1/fi/decrypt", &body, true).await;
     assert_eq!(
         (status, unb64(&answer["data"])),
         (200, b"late data".to_vec())
     );
-    net.broker.stop().await;
+    net.stop().await;
 }
 
 #[test]

@@ -8,8 +8,8 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::helpers::process::*;
-use crate::helpers::*;
+use crate::common::process::*;
+use crate::common::*;
 use aa_token_broker::entity::{EntityId, SecretSource};
 use aa_token_broker::http::server::ServerLimits;
 use aa_token_broker::iam::{Endpoint, IamClient, IamTimeouts};
@@ -364,7 +364,8 @@ async fn expires_on_in_seconds_does_not_start_a_reset_storm() {
     broker.stop().await;
 }
 
-#[tokio::test]
+/// On a paused clock: the seconds of quiet after the warning pass at once.
+#[tokio::test(start_paused = true)]
 async fn an_expiry_that_cannot_be_right_causes_one_reset_then_a_warning_not_a_loop() {
     // Every secret answer says the secret expired yesterday, in seconds: the reset storm of the review.
     let iam = iam_with_admin(10).await;
@@ -452,7 +453,8 @@ async fn the_reset_bound_holds_across_a_restart() {
     second.stop().await;
 }
 
-#[tokio::test]
+/// On a paused clock: the check intervals and the password watch pass at once.
+#[tokio::test(start_paused = true)]
 async fn a_rejected_admin_password_is_not_hammered_and_a_corrected_one_is_used() {
     let iam = iam_with_admin(100).await;
     // Keycloak's brute-force protection: three failures lock the only user who can reset.
@@ -499,7 +501,8 @@ async fn a_rejected_admin_password_is_not_hammered_and_a_corrected_one_is_used()
     broker.stop().await;
 }
 
-#[tokio::test]
+/// On a paused clock: the 3 s of polling pass at once.
+#[tokio::test(start_paused = true)]
 async fn retry_after_binds_clients_polling_for_a_token() {
     let iam = Iam::start(DAY).await;
     iam.sim.inject_token_fault(
@@ -511,7 +514,7 @@ async fn retry_after_binds_clients_polling_for_a_token() {
         None,
     );
     let broker = TestBroker::start(&iam.url, BrokerOptions::inline()).await;
-    let started = Instant::now();
+    let started = tokio::time::Instant::now();
     let mut waits = Vec::new();
     while started.elapsed() < Duration::from_secs(3) {
         let response = broker.get("/v1/token").await;

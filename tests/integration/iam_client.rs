@@ -4,7 +4,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::helpers::*;
+use crate::common::*;
 use aa_token_broker::entity::EntityId;
 use aa_token_broker::iam::{Endpoint, IamClient, IamError, IamTimeouts};
 use aa_token_broker::simulator::jwt::verify_with_jwks;

@@ -13,13 +13,13 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::*;
-use crate::jws::{AA, AA_SECRET, Net};
+use crate::common::*;
+use crate::jws::{AA, AA_SECRET, start, start_with};
 
 const MIB: usize = 1024 * 1024;
 
 /// One of the broker's own counters or gauges, read from `/metrics` on the token port.
-async fn metric(net: &Net, name: &str) -> u64 {
+async fn metric(net: &TestBroker, name: &str) -> u64 {
     let text = net
         .http
         .get(format!("http://{}/metrics", net.addr))
@@ -126,7 +126,7 @@ fn post_head(path: &str, length: usize, extra: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unauthenticated_16_mib_authorize_is_refused_after_reading_at_most_the_txnid_scan() {
-    let net = Net::start_with(|_, jws| jws.max_body_bytes = 16 * MIB).await;
+    let net = start_with(|_, jws| jws.max_body_bytes = 16 * MIB).await;
     let before = metric(&net, "aa_broker_body_bytes_read_total").await;
     // A body that starts with its txnid and goes on for 16 MiB.
     let txnid = "0b811819-9044-4856-b0ee-8c88035f8858";
@@ -153,7 +153,7 @@ async fn an_unauthenticated_16_mib_authorize_is_refused_after_reading_at_most_th
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_16_mib_sign_without_the_metadata_header_is_refused_without_reading_the_body() {
-    let net = Net::start_with(|_, jws| jws.max_body_bytes = 16 * MIB).await;
+    let net = start_with(|_, jws| jws.max_body_bytes = 16 * MIB).await;
     let before = metric(&net, "aa_broker_body_bytes_read_total").await;
     let answer = raw(
         net.addr,
@@ -189,7 +189,7 @@ async fn a_16_mib_sign_without_the_metadata_header_is_refused_without_reading_th
 async fn eight_concurrent_large_signature_checks_stay_within_the_body_budget() {
     const BODY: usize = 6 * MIB;
     const BUDGET: usize = 16 * MIB;
-    let net = Net::start_with(|settings, jws| {
+    let net = start_with(|settings, jws| {
         jws.max_body_bytes = BODY;
         settings.inbound.max_buffered_bytes = BUDGET;
     })
@@ -199,7 +199,7 @@ async fn eight_concurrent_large_signature_checks_stay_within_the_body_budget() {
     body.resize(BODY - 2, b'x');
     body.extend_from_slice(b"\"}");
     let body = bytes::Bytes::from(body);
-    let signature = net.iam.sim.cr_sign(AA, &body).unwrap();
+    let signature = net.iam().sim.cr_sign(AA, &body).unwrap();
     let checks: Vec<_> = (0..8)
         .map(|_| {
             let request = net
@@ -235,12 +235,12 @@ async fn eight_concurrent_large_signature_checks_stay_within_the_body_budget() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_that_stall_are_cut_at_the_deadline_with_408_and_hold_only_what_they_sent() {
-    let net = Net::start_with(|settings, jws| {
+    let net = start_with(|settings, jws| {
         jws.max_body_bytes = 2 * MIB;
         settings.inbound.body_timeout = Duration::from_secs(1);
     })
     .await;
-    let signature = net.iam.sim.cr_sign(AA, b"{}").unwrap();
+    let signature = net.iam().sim.cr_sign(AA, b"{}").unwrap();
     let started = Instant::now();
     let stalls: Vec<_> = (0..40)
         .map(|_| {
@@ -278,10 +278,13 @@ async fn bodies_that_stall_are_cut_at_the_deadline_with_408_and_hold_only_what_t
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_crypto_queue_answers_503_busy_and_tokens_keep_flowing() {
-    let net = Net::start_with(|settings, jws| {
+    let net = start_with(|settings, jws| {
         jws.max_body_bytes = 4 * MIB;
         settings.inbound.crypto_threads = 1;
         settings.inbound.crypto_queue = 1;
+        // Room for all twelve bodies at once, so the crypto queue is what turns them away (not the
+        // body budget, whose waits are the test above's).
+        settings.inbound.max_buffered_bytes = 64 * MIB;
     })
     .await;
     let body = bytes::Bytes::from(vec![b'x'; 4 * MIB]);
@@ -331,8 +334,8 @@ async fn a_full_crypto_queue_answers_503_busy_and_tokens_keep_flowing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_token_port_route_refuses_an_absolute_form_target_naming_another_host() {
-    let net = Net::start().await;
-    let token = net.peer_token(AA, AA_SECRET).await;
+    let net = start().await;
+    let token = net.iam().entity_token(AA, AA_SECRET).await;
     // Verified once, so the hot path holds it: the absolute-form check must hold there too.
     let verified = net
         .http

@@ -7,22 +7,15 @@
 //! outside the id grammar (refused before any CR request, over HTTP and on the command line).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use crate::helpers::process::run;
-use crate::helpers::*;
-use aa_token_broker::app::Application;
+use crate::common::process::run;
+use crate::common::*;
+use aa_token_broker::config::BrokerSettings;
 use aa_token_broker::config::jws::JwsSettings;
-use aa_token_broker::entity::EntityId;
-use aa_token_broker::jws::SigningKeyFile;
 use aa_token_broker::registry::default_cr_url;
 use aa_token_broker::registry::policy::RegistryPolicy;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 pub(crate) const AA: &str = "AA-PEER";
 pub(crate) const AA_SECRET: &str = "aa-peer-secret";
@@ -30,35 +23,6 @@ const AA_OTHER: &str = "AA-OTHER";
 const FIP: &str = "FIP-PEER";
 const BODY: &[u8] = br#"{"ver":"2.0.0","timestamp":"2026-11-25T10:00:00.000Z","txnid":"f1e2d3c4-0000-4000-8000-000000000001","Consent":{"id":"c-1"}}"#;
 const MAX_BODY: usize = 64 * 1024;
-
-pub(crate) struct Net {
-    pub(crate) iam: Iam,
-    pub(crate) addr: SocketAddr,
-    pub(crate) verify_addr: SocketAddr,
-    pub(crate) http: reqwest::Client,
-    key_path: PathBuf,
-    own_kid: String,
-    _dir: tempfile::TempDir,
-    stop: Option<oneshot::Sender<()>>,
-    handle: Option<JoinHandle<()>>,
-}
-
-pub(crate) struct Answer {
-    pub(crate) status: u16,
-    pub(crate) headers: reqwest::header::HeaderMap,
-    pub(crate) body: Value,
-}
-
-pub(crate) async fn answer(response: reqwest::Response) -> Answer {
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let body = response.json().await.unwrap_or(Value::Null);
-    Answer {
-        status,
-        headers,
-        body,
-    }
-}
 
 /// Short intervals, so the tests need not wait; the lookup budget and the grace are the defaults.
 fn test_policy() -> RegistryPolicy {
@@ -70,88 +34,64 @@ fn test_policy() -> RegistryPolicy {
     }
 }
 
-impl Net {
-    /// The simulator with the broker's FIU, two AAs and an FIP in the IAM and the CR; the broker signing
-    /// as its FIU with the key the CR holds for it.
-    pub(crate) async fn start() -> Net {
-        Self::start_with(|_, _| {}).await
-    }
+/// The simulator with the broker's FIU, two AAs and an FIP in the IAM and the CR; the broker signing
+/// as its FIU with the key the CR holds for it, with the verify-only listener too. Ready once the broker
+/// holds its own token (the realm's keys are fetched at first use).
+pub(crate) async fn start() -> TestBroker {
+    start_with(|_, _| {}).await
+}
 
-    /// [`Net::start`], with the broker's settings and the signature settings tuned first.
-    pub(crate) async fn start_with(
-        tune: impl FnOnce(&mut aa_token_broker::config::BrokerSettings, &mut JwsSettings),
-    ) -> Net {
-        let iam = Iam::start(86_400).await;
-        let long = Duration::from_secs(90 * 86_400);
-        iam.sim.add_entity(AA, AA_SECRET, long);
-        iam.sim.add_entity(AA_OTHER, "aa-other-secret", long);
-        let own_kid = iam.sim.cr_register(ENTITY, "FIU").unwrap();
-        iam.sim.cr_register(AA, "AA").unwrap();
-        iam.sim.cr_register(AA_OTHER, "AA").unwrap();
-        iam.sim.cr_register(FIP, "FIP").unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let key_path = dir.path().join("signing-key.pem");
-        std::fs::write(&key_path, iam.sim.cr_private_key_pem(ENTITY).unwrap()).unwrap();
-        let mut settings = settings(&iam.url, BrokerOptions::inline());
-        let mut jws = JwsSettings {
-            cr_url: default_cr_url(&iam.url),
-            signers: vec![(
-                EntityId::parse(ENTITY).unwrap(),
-                Arc::new(SigningKeyFile::open(&key_path, Some(&own_kid)).unwrap()),
-            )],
-            max_body_bytes: MAX_BODY,
-            policy: test_policy(),
-            authorize_roles: None,
-            envelope: Default::default(),
-            path_prefix: None,
-        };
-        tune(&mut settings, &mut jws);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let app = Application::build(settings, listener, Default::default())
-            .unwrap()
-            .with_jws(jws)
-            .with_verify_listener(TcpListener::bind("127.0.0.1:0").await.unwrap());
-        let addr = app.local_addr().unwrap();
-        let verify_addr = app.verify_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let handle = tokio::spawn(app.run_until(async {
-            let _ = stopped.await;
-        }));
-        let net = Net {
-            iam,
-            addr,
-            verify_addr,
-            http: http_client(),
-            key_path,
-            own_kid,
-            _dir: dir,
-            stop: Some(stop),
-            handle: Some(handle),
-        };
-        // Ready once the broker holds its own token (the realm's keys are fetched at first use).
-        eventually("the broker is ready", Duration::from_secs(10), async || {
-            net.http
-                .get(format!("http://{}/readyz", net.addr))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200)
-        })
-        .await;
-        net
-    }
+/// [`start`], with the broker's settings and the signature settings tuned first.
+pub(crate) async fn start_with(
+    tune: impl FnOnce(&mut BrokerSettings, &mut JwsSettings) + Send + 'static,
+) -> TestBroker {
+    let iam = Iam::start(86_400).await;
+    let long = Duration::from_secs(90 * 86_400);
+    iam.sim.add_entity(AA, AA_SECRET, long);
+    iam.sim.add_entity(AA_OTHER, "aa-other-secret", long);
+    let mut options = BrokerOptions::inline().tuned(tune);
+    options.signing_key = Some(iam.signing_key(ENTITY, "FIU"));
+    iam.sim.cr_register(AA, "AA").unwrap();
+    iam.sim.cr_register(AA_OTHER, "AA").unwrap();
+    iam.sim.cr_register(FIP, "FIP").unwrap();
+    options.verify_listener = true;
+    options.jws = Some(JwsSettings {
+        cr_url: default_cr_url(&iam.url),
+        signers: Vec::new(),
+        max_body_bytes: MAX_BODY,
+        policy: test_policy(),
+        authorize_roles: None,
+        envelope: Default::default(),
+        path_prefix: None,
+    });
+    let broker = TestBroker::owning(iam, options).await;
+    broker.wait_ready(Duration::from_secs(10)).await;
+    broker
+}
 
-    pub(crate) async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(handle) = self.handle.take() {
-            tokio::time::timeout(Duration::from_secs(15), handle)
-                .await
-                .expect("broker stops")
-                .unwrap();
-        }
-    }
+/// The signature routes, called as a service and a peer call them.
+pub(crate) trait Signatures {
+    async fn sign(&self, body: &[u8]) -> Answer;
+    async fn verify_at(
+        &self,
+        addr: SocketAddr,
+        sender: &str,
+        kind: &str,
+        signature: Option<&str>,
+        body: &[u8],
+    ) -> Answer;
+    async fn verify(&self, sender: &str, kind: &str, signature: &str, body: &[u8]) -> Answer;
+    async fn authorize_at(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Answer;
+    async fn authorize(&self, headers: &[(&str, &str)], body: &[u8]) -> Answer;
+}
 
+impl Signatures for TestBroker {
     async fn sign(&self, body: &[u8]) -> Answer {
         answer(
             self.http
@@ -211,34 +151,6 @@ impl Net {
         self.authorize_at(self.addr, "/v1/authorize", headers, body)
             .await
     }
-
-    /// The value of one sample in `/metrics` (`None` when absent).
-    async fn metric(&self, sample: &str) -> Option<f64> {
-        self.http
-            .get(format!("http://{}/metrics", self.addr))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-            .lines()
-            .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
-    }
-
-    pub(crate) async fn peer_token(&self, id: &str, secret: &str) -> String {
-        let response = self
-            .http
-            .post(format!("{}/v1/entity/token/generate", self.iam.url))
-            .header("Content-Type", "application/x-www-form-urlencoded")
-            .body(format!("id={id}&secret={secret}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        let body: Value = response.json().await.unwrap();
-        body["accessToken"].as_str().unwrap().to_string()
-    }
 }
 
 fn tampered(body: &[u8]) -> Vec<u8> {
@@ -250,11 +162,11 @@ fn tampered(body: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn the_broker_signs_with_its_key_and_what_it_signs_verifies_against_its_cr_record() {
-    let net = Net::start().await;
+    let net = start().await;
     let signed = net.sign(BODY).await;
     assert_eq!(signed.status, 200, "{}", signed.body);
     let signature = signed.body["signature"].as_str().unwrap().to_string();
-    assert_eq!(signed.body["kid"], net.own_kid.as_str());
+    assert_eq!(signed.body["kid"], net.signing_kid());
     assert_eq!(
         signed.headers["x-jws-signature"].to_str().unwrap(),
         signature
@@ -270,14 +182,14 @@ async fn the_broker_signs_with_its_key_and_what_it_signs_verifies_against_its_cr
     .unwrap();
     assert_eq!(
         header,
-        json!({"alg":"RS256","kid":net.own_kid,"b64":false,"crit":["b64"]})
+        json!({"alg":"RS256","kid":net.signing_kid(),"b64":false,"crit":["b64"]})
     );
     // RS256 is deterministic: the peer's own signature (the simulator's signer) is the same string.
-    assert_eq!(net.iam.sim.cr_sign(ENTITY, BODY).unwrap(), signature);
+    assert_eq!(net.iam().sim.cr_sign(ENTITY, BODY).unwrap(), signature);
     // Our FIU may read its own record in the CR: the signature verifies, and a changed body does not.
     let ok = net.verify(ENTITY, "FIU", &signature, BODY).await;
     assert_eq!(ok.status, 200, "{}", ok.body);
-    assert_eq!(ok.body, json!({"sender": ENTITY, "kid": net.own_kid}));
+    assert_eq!(ok.body, json!({"sender": ENTITY, "kid": net.signing_kid()}));
     let bad = net.verify(ENTITY, "FIU", &signature, &tampered(BODY)).await;
     assert_eq!(bad.status, 400);
     assert_eq!(bad.body["error"], "signature_mismatch");
@@ -291,7 +203,7 @@ async fn the_broker_signs_with_its_key_and_what_it_signs_verifies_against_its_cr
 
 #[tokio::test]
 async fn signing_is_behind_the_caller_guard_and_only_on_the_token_port() {
-    let net = Net::start().await;
+    let net = start().await;
     let url = format!("http://{}/v1/sign", net.addr);
     let bare = net.http.post(&url).body(BODY).send().await.unwrap();
     assert_eq!(bare.status(), 403);
@@ -335,7 +247,7 @@ async fn signing_is_behind_the_caller_guard_and_only_on_the_token_port() {
     assert_eq!(unknown.status(), 404);
     let elsewhere = net
         .http
-        .post(format!("http://{}/v1/sign", net.verify_addr))
+        .post(format!("http://{}/v1/sign", net.verify_addr()))
         .guarded()
         .body(BODY)
         .send()
@@ -347,28 +259,28 @@ async fn signing_is_behind_the_caller_guard_and_only_on_the_token_port() {
 
 #[tokio::test]
 async fn peer_signatures_verify_and_every_certification_failure_is_a_mismatch() {
-    let net = Net::start().await;
-    let signature = net.iam.sim.cr_sign(AA, BODY).unwrap();
+    let net = start().await;
+    let signature = net.iam().sim.cr_sign(AA, BODY).unwrap();
     let ok = net.verify(AA, "AA", &signature, BODY).await;
     assert_eq!(ok.status, 200, "{}", ok.body);
     assert_eq!(ok.body["sender"], AA);
     // On the verify-only listener too, with no header of any kind.
     let there = net
-        .verify_at(net.verify_addr, AA, "aa", Some(&signature), BODY)
+        .verify_at(net.verify_addr(), AA, "aa", Some(&signature), BODY)
         .await;
     assert_eq!(there.status, 200);
     let longer = format!("{signature}x");
     let shorter = &signature[..signature.len() - 1];
-    let other = net.iam.sim.cr_sign(AA_OTHER, BODY).unwrap();
+    let other = net.iam().sim.cr_sign(AA_OTHER, BODY).unwrap();
     // The other AA's key under the sender's kid: the signature is simply wrong.
     let other_under_kid = net
-        .iam
+        .iam()
         .sim
         .cr_sign_with_header(
             AA_OTHER,
             &format!(
                 r#"{{"alg":"RS256","kid":"{}","b64":false,"crit":["b64"]}}"#,
-                net.iam.sim.cr_kid(AA).unwrap()
+                net.iam().sim.cr_kid(AA).unwrap()
             ),
             BODY,
         )
@@ -400,19 +312,23 @@ async fn peer_signatures_verify_and_every_certification_failure_is_a_mismatch() 
 
 #[tokio::test]
 async fn lenient_headers_verify_without_crit_and_without_kid() {
-    let net = Net::start().await;
+    let net = start().await;
     for header in [
         r#"{"b64":false,"kid":"KID","alg":"RS256"}"#,
         r#"{"alg":"RS256","b64":false,"crit":["b64"]}"#,
         r#"{"alg":"RS256","kid":"KID","crit":["b64"],"b64":false}"#,
     ] {
-        let header = header.replace("KID", &net.iam.sim.cr_kid(AA).unwrap());
-        let signature = net.iam.sim.cr_sign_with_header(AA, &header, BODY).unwrap();
+        let header = header.replace("KID", &net.iam().sim.cr_kid(AA).unwrap());
+        let signature = net
+            .iam()
+            .sim
+            .cr_sign_with_header(AA, &header, BODY)
+            .unwrap();
         let ok = net.verify(AA, "AA", &signature, BODY).await;
         assert_eq!(ok.status, 200, "{header}: {}", ok.body);
     }
     let rs512 = net
-        .iam
+        .iam()
         .sim
         .cr_sign_with_header(AA, r#"{"alg":"RS512","b64":false}"#, BODY)
         .unwrap();
@@ -424,14 +340,14 @@ async fn lenient_headers_verify_without_crit_and_without_kid() {
 
 #[tokio::test]
 async fn unknown_senders_and_hidden_ones_are_unknown_senders() {
-    let net = Net::start().await;
-    let signature = net.iam.sim.cr_sign(AA, BODY).unwrap();
+    let net = start().await;
+    let signature = net.iam().sim.cr_sign(AA, BODY).unwrap();
     let nobody = net.verify("AA-NOBODY", "AA", &signature, BODY).await;
     assert_eq!(nobody.status, 400);
     assert_eq!(nobody.body["error"], "unknown_sender");
     // An FIU may not read other FIUs' records (spec §1.3): the CR answers 403.
-    net.iam.sim.cr_register("FIU-OTHER", "FIU").unwrap();
-    let hidden_sig = net.iam.sim.cr_sign("FIU-OTHER", BODY).unwrap();
+    net.iam().sim.cr_register("FIU-OTHER", "FIU").unwrap();
+    let hidden_sig = net.iam().sim.cr_sign("FIU-OTHER", BODY).unwrap();
     let hidden = net.verify("FIU-OTHER", "FIU", &hidden_sig, BODY).await;
     assert_eq!(hidden.status, 400);
     assert_eq!(hidden.body["error"], "unknown_sender");
@@ -482,9 +398,9 @@ async fn raw_post(addr: SocketAddr, path: &str) -> (u16, Value) {
 
 #[tokio::test]
 async fn senders_outside_the_id_grammar_are_refused_before_the_cr_is_asked() {
-    let net = Net::start().await;
-    let signature = net.iam.sim.cr_sign(AA, BODY).unwrap();
-    let before = net.iam.sim.cr_requests();
+    let net = start().await;
+    let signature = net.iam().sim.cr_sign(AA, BODY).unwrap();
+    let before = net.iam().sim.cr_requests();
     // As written in the query string: `..`, `.`, `...`, `../../x`, `%2E%2E` (itself `..` once
     // decoded), `AA-PEER?admin=1#`, `AA-PEER/..`, `a b`.
     for sender in [
@@ -497,7 +413,7 @@ async fn senders_outside_the_id_grammar_are_refused_before_the_cr_is_asked() {
         "AA-PEER%2F..",
         "a%20b",
     ] {
-        for addr in [net.addr, net.verify_addr] {
+        for addr in [net.addr, net.verify_addr()] {
             let refused = net
                 .verify_at(addr, sender, "AA", Some(&signature), BODY)
                 .await;
@@ -508,14 +424,14 @@ async fn senders_outside_the_id_grammar_are_refused_before_the_cr_is_asked() {
         }
     }
     assert_eq!(
-        net.iam.sim.cr_requests(),
+        net.iam().sim.cr_requests(),
         before,
         "an id outside the grammar made a CR request"
     );
     // The same request with a real sender does reach the CR: the counter counts.
     let valid = net.verify(AA, "AA", &signature, BODY).await;
     assert_eq!(valid.status, 200, "{}", valid.body);
-    assert!(net.iam.sim.cr_requests() > before);
+    assert!(net.iam().sim.cr_requests() > before);
     // A path that holds no id is 400 too, where an id without a key is 404.
     let (status, body) = raw_post(net.addr, "/v1/sign/%2E%2E").await;
     assert_eq!(
@@ -589,15 +505,15 @@ async fn the_verify_signature_command_refuses_a_bad_id_before_any_request() {
 #[tokio::test]
 async fn a_peer_that_rotates_its_key_verifies_under_both_keys_and_forged_kids_cannot_flood_the_cr()
 {
-    let net = Net::start().await;
-    let before = net.iam.sim.cr_sign(AA, BODY).unwrap();
+    let net = start().await;
+    let before = net.iam().sim.cr_sign(AA, BODY).unwrap();
     assert_eq!(net.verify(AA, "AA", &before, BODY).await.status, 200);
-    let calls = net.iam.sim.cr_calls();
+    let calls = net.iam().sim.cr_calls();
     // Held: no CR call for the same sender again.
     assert_eq!(net.verify(AA, "AA", &before, BODY).await.status, 200);
-    assert_eq!(net.iam.sim.cr_calls(), calls);
-    let new_kid = net.iam.sim.cr_rotate(AA).unwrap();
-    let after = net.iam.sim.cr_sign(AA, BODY).unwrap();
+    assert_eq!(net.iam().sim.cr_calls(), calls);
+    let new_kid = net.iam().sim.cr_rotate(AA).unwrap();
+    let after = net.iam().sim.cr_sign(AA, BODY).unwrap();
     assert!(after.len() > 10 && new_kid.ends_with("-2"));
     tokio::time::sleep(Duration::from_millis(350)).await;
     let rotated = net.verify(AA, "AA", &after, BODY).await;
@@ -607,17 +523,22 @@ async fn a_peer_that_rotates_its_key_verifies_under_both_keys_and_forged_kids_ca
     let old = net.verify(AA, "AA", &before, BODY).await;
     assert_eq!(old.status, 200, "{}", old.body);
     // Forged kids, many at once: a handful of CR calls at most, all coalesced.
-    let calls = net.iam.sim.cr_calls();
+    let calls = net.iam().sim.cr_calls();
     let started = std::time::Instant::now();
     let mut forged = Vec::new();
     for i in 0..40 {
         let header = format!(r#"{{"alg":"RS256","kid":"forged-{i}","b64":false}}"#);
-        forged.push(net.iam.sim.cr_sign_with_header(AA, &header, BODY).unwrap());
+        forged.push(
+            net.iam()
+                .sim
+                .cr_sign_with_header(AA, &header, BODY)
+                .unwrap(),
+        );
     }
     let answers = futures_join(&net, &forged).await;
     assert!(answers.iter().all(|s| *s == 400), "{answers:?}");
     let elapsed = started.elapsed().as_millis() as u64;
-    let made = net.iam.sim.cr_calls() - calls;
+    let made = net.iam().sim.cr_calls() - calls;
     assert!(
         made <= 1 + elapsed / 300,
         "{made} CR calls in {elapsed} ms for 40 forged kids"
@@ -627,10 +548,10 @@ async fn a_peer_that_rotates_its_key_verifies_under_both_keys_and_forged_kids_ca
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_that_hangs_up_during_a_cr_lookup_leaves_it_to_finish_for_the_next() {
-    let net = Net::start().await;
-    let signature = net.iam.sim.cr_sign(FIP, BODY).unwrap();
-    net.iam.sim.cr_set_delay(Duration::from_millis(1500));
-    let calls = net.iam.sim.cr_calls();
+    let net = start().await;
+    let signature = net.iam().sim.cr_sign(FIP, BODY).unwrap();
+    net.iam().sim.cr_set_delay(Duration::from_millis(1500));
+    let calls = net.iam().sim.cr_calls();
     let impatient = net
         .http
         .post(format!(
@@ -646,7 +567,7 @@ async fn a_caller_that_hangs_up_during_a_cr_lookup_leaves_it_to_finish_for_the_n
         impatient.as_ref().is_err_and(|e| e.is_timeout()),
         "{impatient:?}"
     );
-    assert_eq!(net.iam.sim.cr_calls(), calls + 1, "the lookup started");
+    assert_eq!(net.iam().sim.cr_calls(), calls + 1, "the lookup started");
     // The next caller is answered by the lookup the first one started, not by a second one.
     let started = std::time::Instant::now();
     let next = net.verify(FIP, "FIP", &signature, BODY).await;
@@ -656,20 +577,24 @@ async fn a_caller_that_hangs_up_during_a_cr_lookup_leaves_it_to_finish_for_the_n
         "{:?}",
         started.elapsed()
     );
-    assert_eq!(net.iam.sim.cr_calls(), calls + 1, "one CR call served both");
+    assert_eq!(
+        net.iam().sim.cr_calls(),
+        calls + 1,
+        "one CR call served both"
+    );
     net.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_unknown_senders_is_rate_limited_and_known_senders_keep_verifying() {
-    let net = Net::start().await;
+    let net = start().await;
     let cr = |outcome: &str| format!("aa_broker_cr_requests_total{{outcome=\"{outcome}\"}}");
     for outcome in ["ok", "unknown", "error", "rate_limited"] {
-        assert_eq!(net.metric(&cr(outcome)).await, Some(0.0), "{outcome}");
+        assert_eq!(net.sample(&cr(outcome)).await, Some(0.0), "{outcome}");
     }
-    let signature = net.iam.sim.cr_sign(AA, BODY).unwrap();
+    let signature = net.iam().sim.cr_sign(AA, BODY).unwrap();
     assert_eq!(net.verify(AA, "AA", &signature, BODY).await.status, 200);
-    let calls = net.iam.sim.cr_calls();
+    let calls = net.iam().sim.cr_calls();
     let started = std::time::Instant::now();
     let mut flood = tokio::task::JoinSet::new();
     for i in 0..300 {
@@ -702,37 +627,37 @@ async fn a_flood_of_unknown_senders_is_rate_limited_and_known_senders_keep_verif
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let made = net.iam.sim.cr_calls() - calls;
+    let made = net.iam().sim.cr_calls() - calls;
     eprintln!(
         "300 unknown senders: {made} CR calls in {elapsed:.2} s ({unknown} unknown_sender, {unavailable} registry_unavailable)"
     );
     // The default budget: a burst of 10, then 5 a second.
     let bound = 10 + (5.0 * elapsed).floor() as u64;
     assert!(made <= bound, "{made} CR calls in {elapsed:.2} s");
-    assert_eq!(net.metric(&cr("ok")).await, Some(1.0));
-    assert_eq!(net.metric(&cr("unknown")).await, Some(f64::from(unknown)));
+    assert_eq!(net.sample(&cr("ok")).await, Some(1.0));
+    assert_eq!(net.sample(&cr("unknown")).await, Some(f64::from(unknown)));
     assert_eq!(
-        net.metric(&cr("rate_limited")).await,
+        net.sample(&cr("rate_limited")).await,
         Some(f64::from(unavailable))
     );
     // The known sender was not pushed out: it verifies from the record held, without a CR call.
-    let calls = net.iam.sim.cr_calls();
+    let calls = net.iam().sim.cr_calls();
     let after = net.verify(AA, "AA", &signature, BODY).await;
     assert_eq!(after.status, 200, "{}", after.body);
-    assert_eq!(net.iam.sim.cr_calls(), calls);
+    assert_eq!(net.iam().sim.cr_calls(), calls);
     // An unknown sender, once answered, is remembered: asked about again, the CR is not.
     let answered = answered.expect("the burst was spent on some unknown senders");
     let again = net
         .verify(&format!("AA-UNKNOWN-{answered}"), "AA", &signature, BODY)
         .await;
     assert_eq!(again.body["error"], "unknown_sender");
-    assert_eq!(net.iam.sim.cr_calls(), calls);
+    assert_eq!(net.iam().sim.cr_calls(), calls);
     net.stop().await;
 }
 
 #[tokio::test]
 async fn with_the_lookup_budget_spent_a_stale_record_is_used_and_a_sender_not_held_waits() {
-    let net = Net::start_with(|_, jws| {
+    let net = start_with(|_, jws| {
         jws.policy = RegistryPolicy {
             ttl: Duration::from_millis(300),
             lookup_interval: Duration::from_secs(100),
@@ -741,15 +666,15 @@ async fn with_the_lookup_budget_spent_a_stale_record_is_used_and_a_sender_not_he
         }
     })
     .await;
-    let signature = net.iam.sim.cr_sign(AA, BODY).unwrap();
+    let signature = net.iam().sim.cr_sign(AA, BODY).unwrap();
     assert_eq!(net.verify(AA, "AA", &signature, BODY).await.status, 200);
-    let calls = net.iam.sim.cr_calls();
+    let calls = net.iam().sim.cr_calls();
     // The record is stale and the budget spent: the record held is used, the CR is not asked.
     tokio::time::sleep(Duration::from_millis(400)).await;
     let stale = net.verify(AA, "AA", &signature, BODY).await;
     assert_eq!(stale.status, 200, "{}", stale.body);
     // Nothing held for this one: retry when the budget allows.
-    let fip = net.iam.sim.cr_sign(FIP, BODY).unwrap();
+    let fip = net.iam().sim.cr_sign(FIP, BODY).unwrap();
     let refused = net.verify(FIP, "FIP", &fip, BODY).await;
     assert_eq!(refused.status, 503, "{}", refused.body);
     assert_eq!(refused.body["error"], "registry_unavailable");
@@ -759,9 +684,9 @@ async fn with_the_lookup_budget_spent_a_stale_record_is_used_and_a_sender_not_he
         .parse()
         .unwrap();
     assert!((90..=100).contains(&retry_after), "{retry_after}");
-    assert_eq!(net.iam.sim.cr_calls(), calls);
+    assert_eq!(net.iam().sim.cr_calls(), calls);
     assert_eq!(
-        net.metric("aa_broker_cr_requests_total{outcome=\"rate_limited\"}")
+        net.sample("aa_broker_cr_requests_total{outcome=\"rate_limited\"}")
             .await,
         Some(2.0)
     );
@@ -770,7 +695,7 @@ async fn with_the_lookup_budget_spent_a_stale_record_is_used_and_a_sender_not_he
 
 #[tokio::test]
 async fn the_grace_of_a_replaced_key_is_a_setting_and_zero_turns_it_off() {
-    let net = Net::start_with(|_, jws| {
+    let net = start_with(|_, jws| {
         jws.policy = RegistryPolicy {
             unknown_kid_interval: Duration::from_millis(300),
             previous_key_grace: Duration::ZERO,
@@ -778,10 +703,10 @@ async fn the_grace_of_a_replaced_key_is_a_setting_and_zero_turns_it_off() {
         }
     })
     .await;
-    let before = net.iam.sim.cr_sign(AA, BODY).unwrap();
+    let before = net.iam().sim.cr_sign(AA, BODY).unwrap();
     assert_eq!(net.verify(AA, "AA", &before, BODY).await.status, 200);
-    net.iam.sim.cr_rotate(AA).unwrap();
-    let after = net.iam.sim.cr_sign(AA, BODY).unwrap();
+    net.iam().sim.cr_rotate(AA).unwrap();
+    let after = net.iam().sim.cr_sign(AA, BODY).unwrap();
     tokio::time::sleep(Duration::from_millis(350)).await;
     assert_eq!(net.verify(AA, "AA", &after, BODY).await.status, 200);
     // With no grace, a message signed with the replaced key is refused at once.
@@ -791,7 +716,7 @@ async fn the_grace_of_a_replaced_key_is_a_setting_and_zero_turns_it_off() {
     net.stop().await;
 }
 
-async fn futures_join(net: &Net, signatures: &[String]) -> Vec<u16> {
+async fn futures_join(net: &TestBroker, signatures: &[String]) -> Vec<u16> {
     let mut tasks = tokio::task::JoinSet::new();
     for signature in signatures {
         let http = net.http.clone();
@@ -816,18 +741,18 @@ async fn futures_join(net: &Net, signatures: &[String]) -> Vec<u16> {
 
 #[tokio::test]
 async fn through_a_cr_outage_held_keys_verify_and_unknown_ones_ask_to_retry() {
-    let net = Net::start().await;
-    let signature = net.iam.sim.cr_sign(AA, BODY).unwrap();
+    let net = start().await;
+    let signature = net.iam().sim.cr_sign(AA, BODY).unwrap();
     assert_eq!(net.verify(AA, "AA", &signature, BODY).await.status, 200);
-    net.iam.sim.cr_set_status(Some(503));
+    net.iam().sim.cr_set_status(Some(503));
     let held = net.verify(AA, "AA", &signature, BODY).await;
     assert_eq!(held.status, 200);
-    let fip_sig = net.iam.sim.cr_sign(FIP, BODY).unwrap();
+    let fip_sig = net.iam().sim.cr_sign(FIP, BODY).unwrap();
     let down = net.verify(FIP, "FIP", &fip_sig, BODY).await;
     assert_eq!(down.status, 503, "{}", down.body);
     assert_eq!(down.body["error"], "registry_unavailable");
     assert!(down.headers.contains_key("retry-after"));
-    net.iam.sim.cr_set_status(None);
+    net.iam().sim.cr_set_status(None);
     tokio::time::sleep(Duration::from_millis(250)).await;
     assert_eq!(net.verify(FIP, "FIP", &fip_sig, BODY).await.status, 200);
     net.stop().await;
@@ -835,27 +760,27 @@ async fn through_a_cr_outage_held_keys_verify_and_unknown_ones_ask_to_retry() {
 
 #[tokio::test]
 async fn a_cr_that_refuses_our_token_gets_one_fresh_token_then_the_broker_gives_up() {
-    let net = Net::start().await;
-    let signature = net.iam.sim.cr_sign(AA, BODY).unwrap();
-    let tokens = net.iam.token_calls();
-    net.iam.sim.cr_queue_statuses(&[401]);
+    let net = start().await;
+    let signature = net.iam().sim.cr_sign(AA, BODY).unwrap();
+    let tokens = net.iam().token_calls();
+    net.iam().sim.cr_queue_statuses(&[401]);
     let ok = net.verify(AA, "AA", &signature, BODY).await;
     assert_eq!(ok.status, 200, "{}", ok.body);
-    assert_eq!(net.iam.token_calls(), tokens + 1, "one forced refresh");
-    let fip_sig = net.iam.sim.cr_sign(FIP, BODY).unwrap();
-    let calls = net.iam.sim.cr_calls();
-    net.iam.sim.cr_queue_statuses(&[401, 401, 401]);
+    assert_eq!(net.iam().token_calls(), tokens + 1, "one forced refresh");
+    let fip_sig = net.iam().sim.cr_sign(FIP, BODY).unwrap();
+    let calls = net.iam().sim.cr_calls();
+    net.iam().sim.cr_queue_statuses(&[401, 401, 401]);
     let refused = net.verify(FIP, "FIP", &fip_sig, BODY).await;
     assert_eq!(refused.status, 503);
-    assert_eq!(net.iam.sim.cr_calls(), calls + 2, "one retry, no loop");
+    assert_eq!(net.iam().sim.cr_calls(), calls + 2, "one retry, no loop");
     net.stop().await;
 }
 
 #[tokio::test]
 async fn authorize_checks_the_token_the_signature_and_that_the_signer_owns_the_token() {
-    let net = Net::start().await;
-    let token = net.peer_token(AA, AA_SECRET).await;
-    let signature = net.iam.sim.cr_sign(AA, BODY).unwrap();
+    let net = start().await;
+    let token = net.iam().entity_token(AA, AA_SECRET).await;
+    let signature = net.iam().sim.cr_sign(AA, BODY).unwrap();
     let ok = net
         .authorize(
             &[("aa_api_key", &token), ("x-jws-signature", &signature)],
@@ -884,7 +809,7 @@ async fn authorize_checks_the_token_the_signature_and_that_the_signer_owns_the_t
         tampered.body["txnid"],
         "f1e2d3c4-0000-4000-8000-000000000001"
     );
-    let other = net.iam.sim.cr_sign(AA_OTHER, BODY).unwrap();
+    let other = net.iam().sim.cr_sign(AA_OTHER, BODY).unwrap();
     // A kid nobody is known to hold is nobody's key: a mismatch.
     let unknown = net
         .authorize(&[("aa_api_key", &token), ("x-jws-signature", &other)], BODY)
@@ -935,10 +860,10 @@ async fn authorize_checks_the_token_the_signature_and_that_the_signer_owns_the_t
         r#"{{"ver":"2.0.0","timestamp":"{}","txnid":"f1e2d3c4-0000-4000-8000-000000000002","Consent":{{"id":"c-1"}}}}"#,
         humantime::format_rfc3339_millis(std::time::SystemTime::now())
     );
-    let fresh_signature = net.iam.sim.cr_sign(AA, fresh.as_bytes()).unwrap();
+    let fresh_signature = net.iam().sim.cr_sign(AA, fresh.as_bytes()).unwrap();
     let envoy = net
         .authorize_at(
-            net.verify_addr,
+            net.verify_addr(),
             "/v1/authorize/Consent?x=1",
             &[
                 ("authorization", &format!("Bearer {token}")),
@@ -951,7 +876,7 @@ async fn authorize_checks_the_token_the_signature_and_that_the_signer_owns_the_t
     // The same with the old stamp: the envelope is refused where the bare route would not look.
     let stale = net
         .authorize_at(
-            net.verify_addr,
+            net.verify_addr(),
             "/v1/authorize/Consent",
             &[
                 ("authorization", &format!("Bearer {token}")),
@@ -966,12 +891,12 @@ async fn authorize_checks_the_token_the_signature_and_that_the_signer_owns_the_t
 
 #[tokio::test]
 async fn bodies_over_the_cap_get_413_and_arbitrary_headers_never_a_500() {
-    let net = Net::start().await;
+    let net = start().await;
     let url = format!(
         "http://{}/v1/verify-signature?sender={AA}&type=AA",
         net.addr
     );
-    let signature = net.iam.sim.cr_sign(AA, BODY).unwrap();
+    let signature = net.iam().sim.cr_sign(AA, BODY).unwrap();
     let big = vec![b'x'; MAX_BODY + 1];
     let declared = net
         .http
@@ -1063,16 +988,16 @@ async fn chunked_status(addr: SocketAddr, signature: &str, total: usize) -> u16 
 
 #[tokio::test]
 async fn the_key_file_is_re_read_when_it_changes_and_never_appears_in_the_log() {
-    let net = Net::start().await;
+    let net = start().await;
     let first = net.sign(BODY).await.body["signature"]
         .as_str()
         .unwrap()
         .to_string();
-    let pem = net.iam.sim.cr_private_key_pem(AA_OTHER).unwrap();
+    let pem = net.iam().sim.cr_private_key_pem(AA_OTHER).unwrap();
     // A new file in place of the old one, as a Secret volume update does.
-    let staged = net.key_path.with_extension("new");
+    let staged = net.signing_key_path().with_extension("new");
     std::fs::write(&staged, &pem).unwrap();
-    std::fs::rename(&staged, &net.key_path).unwrap();
+    std::fs::rename(&staged, net.signing_key_path()).unwrap();
     let second = net.sign(BODY).await.body["signature"]
         .as_str()
         .unwrap()
@@ -1081,11 +1006,11 @@ async fn the_key_file_is_re_read_when_it_changes_and_never_appears_in_the_log() 
     // The other key, under the configured kid: the very bytes that key gives for that header.
     let header = format!(
         r#"{{"alg":"RS256","kid":"{}","b64":false,"crit":["b64"]}}"#,
-        net.own_kid
+        net.signing_kid()
     );
     assert_eq!(
         second,
-        net.iam
+        net.iam()
             .sim
             .cr_sign_with_header(AA_OTHER, &header, BODY)
             .unwrap()
@@ -1095,9 +1020,9 @@ async fn the_key_file_is_re_read_when_it_changes_and_never_appears_in_the_log() 
 
 #[tokio::test]
 async fn the_commands_sign_and_verify_a_body_on_stdin() {
-    let net = Net::start().await;
-    let key = net.key_path.to_str().unwrap().to_string();
-    let pem = std::fs::read_to_string(&net.key_path).unwrap();
+    let net = start().await;
+    let key = net.signing_key_path().to_str().unwrap().to_string();
+    let pem = std::fs::read_to_string(net.signing_key_path()).unwrap();
     let pem_line = pem.lines().nth(3).unwrap().to_string();
     let signed = run_with_stdin(
         &[
@@ -1105,7 +1030,7 @@ async fn the_commands_sign_and_verify_a_body_on_stdin() {
             "--signing-key-file",
             &key,
             "--signing-kid",
-            &net.own_kid,
+            net.signing_kid(),
         ],
         &[],
         BODY,
@@ -1113,12 +1038,12 @@ async fn the_commands_sign_and_verify_a_body_on_stdin() {
     .await;
     assert_eq!(signed.0, 0, "{}", signed.2);
     let signature = signed.1.trim().to_string();
-    assert_eq!(signature, net.iam.sim.cr_sign(ENTITY, BODY).unwrap());
+    assert_eq!(signature, net.iam().sim.cr_sign(ENTITY, BODY).unwrap());
     assert!(!signed.1.contains(&pem_line) && !signed.2.contains(&pem_line));
     let args = [
         "verify-signature",
         "--iam-url",
-        &net.iam.url,
+        &net.iam().url,
         "--entity-id",
         ENTITY,
         "--sender",
@@ -1131,7 +1056,7 @@ async fn the_commands_sign_and_verify_a_body_on_stdin() {
     let env = [("AA_BROKER_ENTITY_SECRET", SECRET)];
     let verified = run_with_stdin(&args, &env, BODY).await;
     assert_eq!(verified.0, 0, "{}", verified.2);
-    assert!(verified.1.contains(&net.own_kid));
+    assert!(verified.1.contains(net.signing_kid()));
     let refused = run_with_stdin(&args, &env, &tampered(BODY)).await;
     assert_eq!(refused.0, 1);
     assert!(refused.2.contains("signature_mismatch"), "{}", refused.2);
@@ -1162,7 +1087,7 @@ async fn run_with_stdin(
 
 fn run_blocking(args: &[String], env: &[(String, String)], stdin: &[u8]) -> (i32, String, String) {
     use std::io::Write;
-    let mut child = crate::helpers::process::broker_command()
+    let mut child = crate::common::process::broker_command()
         .args(args)
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(std::process::Stdio::piped())
@@ -1194,7 +1119,7 @@ async fn a_served_broker_logs_the_kid_and_the_path_never_the_key() {
     let url = iam.url.clone();
     let kid_arg = kid.clone();
     let mut served = tokio::task::spawn_blocking(move || {
-        crate::helpers::process::spawn_serve(
+        crate::common::process::spawn_serve(
             &[
                 "--listen",
                 "127.0.0.1:0",
@@ -1222,8 +1147,8 @@ async fn a_served_broker_logs_the_kid_and_the_path_never_the_key() {
         .await
         .unwrap();
     assert_eq!(signed.status(), 200);
-    crate::helpers::process::terminate(&served.child);
-    crate::helpers::process::wait_exit(&mut served.child, Duration::from_secs(15));
+    crate::common::process::terminate(&served.child);
+    crate::common::process::wait_exit(&mut served.child, Duration::from_secs(15));
     let log = served.log.lock().unwrap().clone();
     assert!(log.contains(&kid), "{log}");
     for line in pem
@@ -1241,21 +1166,21 @@ async fn a_served_broker_logs_the_kid_and_the_path_never_the_key() {
 /// tokens still flow), `/v1/sign`'s outcome and the key's state are metrics, exported at 0 from start.
 #[tokio::test]
 async fn a_broken_signing_key_shows_in_readyz_and_the_metrics_without_making_tokens_unready() {
-    let net = Net::start().await;
+    let net = start().await;
     let failed =
         format!(r#"aa_broker_sign_requests_total{{entity="{ENTITY}",outcome="key_unavailable"}}"#);
     let signed = format!(r#"aa_broker_sign_requests_total{{entity="{ENTITY}",outcome="signed"}}"#);
     let valid = format!(r#"aa_broker_signing_key_valid{{entity="{ENTITY}"}}"#);
     assert_eq!(
-        net.metric(&failed).await,
+        net.sample(&failed).await,
         Some(0.0),
         "exported at 0 from start"
     );
-    assert_eq!(net.metric(&signed).await, Some(0.0));
-    assert_eq!(net.metric(&valid).await, Some(1.0));
+    assert_eq!(net.sample(&signed).await, Some(0.0));
+    assert_eq!(net.sample(&valid).await, Some(1.0));
     assert_eq!(net.sign(BODY).await.status, 200);
-    assert_eq!(net.metric(&signed).await, Some(1.0));
-    let readyz = |net: &Net| {
+    assert_eq!(net.sample(&signed).await, Some(1.0));
+    let readyz = |net: &TestBroker| {
         let url = format!("http://{}/readyz", net.addr);
         let http = net.http.clone();
         async move {
@@ -1269,11 +1194,11 @@ async fn a_broken_signing_key_shows_in_readyz_and_the_metrics_without_making_tok
     let (status, body) = readyz(&net).await;
     assert_eq!(status, 200);
     assert_eq!(body["signing"][ENTITY]["state"], "ok", "{body}");
-    assert_eq!(body["signing"][ENTITY]["kid"], net.own_kid.as_str());
+    assert_eq!(body["signing"][ENTITY]["kid"], net.signing_kid());
 
     // An EC key where the RSA key was (a wrong file in the Secret).
     std::fs::write(
-        &net.key_path,
+        net.signing_key_path(),
         "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIA==\n-----END EC PRIVATE KEY-----\n",
     )
     .unwrap();
@@ -1292,7 +1217,7 @@ async fn a_broken_signing_key_shows_in_readyz_and_the_metrics_without_making_tok
             .contains("only RSA keys are supported"),
         "{signing}"
     );
-    assert_eq!(net.metric(&failed).await, Some(1.0));
-    assert_eq!(net.metric(&valid).await, Some(0.0));
+    assert_eq!(net.sample(&failed).await, Some(1.0));
+    assert_eq!(net.sample(&valid).await, Some(0.0));
     net.stop().await;
 }

@@ -1,10 +1,11 @@
 //! The integration tests: one binary, one module per part of the broker, all talking to the real
-//! broker and the IAM simulator over loopback (and to the real binary where a process matters). The
-//! soak runs apart, in `tests/soak.rs`.
+//! broker and the IAM simulator over loopback (and to the real binary where a process matters), all
+//! through the harness in `common`. The soak (`soak`) is ignored by a plain `cargo test`; CI runs it on
+//! its own.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
 
-mod helpers;
+mod common;
 
 mod api;
 mod cli;
@@ -20,4 +21,5 @@ mod real_peers;
 mod resilience;
 mod rotation;
 mod sites;
+mod soak;
 mod verify;

@@ -9,8 +9,8 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
 
-use crate::helpers::*;
-use crate::jws::{AA, AA_SECRET, Answer, Net, answer};
+use crate::common::*;
+use crate::jws::{AA, AA_SECRET};
 use aa_token_broker::simulator::state::ClientIdClaim;
 
 const FIP: &str = "FIP-PEER";
@@ -24,15 +24,20 @@ fn notification() -> Vec<u8> {
     .into_bytes()
 }
 
-async fn start() -> Net {
-    let net = Net::start().await;
-    net.iam
+async fn start() -> TestBroker {
+    let net = crate::jws::start().await;
+    net.iam()
         .sim
         .add_entity(FIP, FIP_SECRET, Duration::from_secs(90 * 86_400));
     net
 }
 
-async fn authorize(net: &Net, path: &str, headers: &[(&str, String)], body: &[u8]) -> Answer {
+async fn authorize(
+    net: &TestBroker,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> Answer {
     let mut request = net
         .http
         .post(format!("http://{}{path}", net.addr))
@@ -43,10 +48,10 @@ async fn authorize(net: &Net, path: &str, headers: &[(&str, String)], body: &[u8
     answer(request.send().await.unwrap()).await
 }
 
-fn signed(net: &Net, entity: &str, body: &[u8]) -> (&'static str, String) {
+fn signed(net: &TestBroker, entity: &str, body: &[u8]) -> (&'static str, String) {
     (
         "x-jws-signature",
-        net.iam.sim.cr_sign(entity, body).unwrap(),
+        net.iam().sim.cr_sign(entity, body).unwrap(),
     )
 }
 
@@ -54,7 +59,7 @@ fn signed(net: &Net, entity: &str, body: &[u8]) -> (&'static str, String) {
 async fn router_scripts_send_client_api_key_with_the_bearer_scheme() {
     let net = start().await;
     let note = notification();
-    let token = net.peer_token(AA, AA_SECRET).await;
+    let token = net.iam().entity_token(AA, AA_SECRET).await;
     for value in [
         format!("Bearer {token}"),
         format!("bearer {token}"),
@@ -78,9 +83,9 @@ async fn router_scripts_send_client_api_key_with_the_bearer_scheme() {
 async fn a_gateways_own_authorization_does_not_hide_the_rebit_credential() {
     let net = start().await;
     let note = notification();
-    let token = net.peer_token(AA, AA_SECRET).await;
+    let token = net.iam().entity_token(AA, AA_SECRET).await;
     // The gateway's own JWT, from an issuer we do not trust: ignored beside `aa_api_key`.
-    let gateway = net.peer_token(FIP, FIP_SECRET).await;
+    let gateway = net.iam().entity_token(FIP, FIP_SECRET).await;
     let ok = authorize(
         &net,
         "/v1/authorize",
@@ -122,8 +127,8 @@ async fn keycloak_tokens_with_azp_alone_or_client_id_are_accepted() {
     let net = start().await;
     let note = notification();
     for style in [ClientIdClaim::AzpOnly, ClientIdClaim::Snake] {
-        net.iam.sim.update_settings(|s| s.client_id_claim = style);
-        let token = net.peer_token(AA, AA_SECRET).await;
+        net.iam().sim.update_settings(|s| s.client_id_claim = style);
+        let token = net.iam().entity_token(AA, AA_SECRET).await;
         let payload: Value = serde_json::from_slice(
             &URL_SAFE_NO_PAD
                 .decode(token.split('.').nth(1).unwrap())
@@ -147,8 +152,8 @@ async fn keycloak_tokens_with_azp_alone_or_client_id_are_accepted() {
 async fn an_fius_endpoints_are_called_by_aas_only() {
     let net = start().await;
     let note = notification();
-    let fip = net.peer_token(FIP, FIP_SECRET).await;
-    let aa = net.peer_token(AA, AA_SECRET).await;
+    let fip = net.iam().entity_token(FIP, FIP_SECRET).await;
+    let aa = net.iam().entity_token(AA, AA_SECRET).await;
     // An FIP's token in `aa_api_key`, the body signed by that FIP, at an FIU's notification endpoint.
     let fip_as_aa = authorize(
         &net,
@@ -203,7 +208,7 @@ async fn an_fius_endpoints_are_called_by_aas_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_heartbeat_get_passes_on_the_token_alone() {
     let net = start().await;
-    let aa = net.peer_token(AA, AA_SECRET).await;
+    let aa = net.iam().entity_token(AA, AA_SECRET).await;
     let get = |token: &str| {
         net.http
             .get(format!("http://{}/v1/authorize/Heartbeat", net.addr))
@@ -221,14 +226,14 @@ async fn a_heartbeat_get_passes_on_the_token_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebit_errors_are_signed_by_us_and_echo_ver_and_txnid() {
     let net = start().await;
-    let aa = net.peer_token(AA, AA_SECRET).await;
+    let aa = net.iam().entity_token(AA, AA_SECRET).await;
     let body = br#"{"ver":"2.1.0","timestamp":"2026-12-06T10:00:00.000Z","txnid":"f1e2d3c4-0000-4000-8000-000000000009"}"#;
     let tampered = authorize(
         &net,
         "/v1/authorize",
         &[
             ("aa_api_key", aa.clone()),
-            ("x-jws-signature", net.iam.sim.cr_sign(AA, b"{}").unwrap()),
+            ("x-jws-signature", net.iam().sim.cr_sign(AA, b"{}").unwrap()),
         ],
         body,
     )
@@ -269,7 +274,7 @@ async fn rebit_errors_are_signed_by_us_and_echo_ver_and_txnid() {
 async fn unknown_query_parameters_are_named_not_ignored() {
     let net = start().await;
     let note = notification();
-    let aa = net.peer_token(AA, AA_SECRET).await;
+    let aa = net.iam().entity_token(AA, AA_SECRET).await;
     let typo = authorize(
         &net,
         "/v1/authorize?Role=AA",
@@ -292,7 +297,7 @@ async fn unknown_query_parameters_are_named_not_ignored() {
     )
     .await;
     assert_eq!(path_form.status, 200, "{}", path_form.body);
-    let signature = net.iam.sim.cr_sign(AA, b"{}").unwrap();
+    let signature = net.iam().sim.cr_sign(AA, b"{}").unwrap();
     let extra = net
         .http
         .post(format!(
@@ -311,12 +316,12 @@ async fn unknown_query_parameters_are_named_not_ignored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fip_3027_signed_by_another_entity_without_kid() {
     let net = start().await;
-    let aa = net.peer_token(AA, AA_SECRET).await;
+    let aa = net.iam().entity_token(AA, AA_SECRET).await;
     let no_kid = r#"{"alg":"RS256","b64":false,"crit":["b64"]}"#;
     // AA-PEER's token; the body names AA-OTHER as its notifier and AA-OTHER signed it, with no kid.
     let body = br#"{"ver":"2.0.0","timestamp":"2026-12-06T10:00:00.000Z","txnid":"0b811819-9044-4856-b0ee-8c88035f8858","Notifier":{"type":"AA","id":"AA-OTHER"}}"#;
     let other = net
-        .iam
+        .iam()
         .sim
         .cr_sign_with_header("AA-OTHER", no_kid, body)
         .unwrap();
@@ -338,7 +343,7 @@ async fn fip_3027_signed_by_another_entity_without_kid() {
         .unwrap()
         .replace("2026-12-06", "2026-12-07");
     let tampered = net
-        .iam
+        .iam()
         .sim
         .cr_sign_with_header("AA-OTHER", no_kid, body)
         .unwrap();
@@ -363,8 +368,8 @@ async fn a_cr_certificate_published_as_a_key_set_or_a_string_verifies_by_kid() {
         ("AA-OTHER", CertificateForm::KeySet),
         (AA, CertificateForm::String),
     ] {
-        net.iam.sim.cr_set_certificate_form(sender, form).unwrap();
-        let signature = net.iam.sim.cr_sign(sender, &note).unwrap();
+        net.iam().sim.cr_set_certificate_form(sender, form).unwrap();
+        let signature = net.iam().sim.cr_sign(sender, &note).unwrap();
         let checked = net
             .http
             .post(format!(
@@ -403,10 +408,10 @@ async fn a_cr_certificate_published_as_a_key_set_or_a_string_verifies_by_kid() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_simulators_cr_accepts_the_rebit_header_forms() {
     let net = start().await;
-    let fip = net.peer_token(FIP, FIP_SECRET).await;
+    let fip = net.iam().entity_token(FIP, FIP_SECRET).await;
     let url = format!(
         "{}/v2/entityInfo/AA/{AA}",
-        net.iam.url.replace("/iam", "/cr")
+        net.iam().url.replace("/iam", "/cr")
     );
     for (name, value) in [
         ("Authorization", format!("Bearer {fip}")),

@@ -1,12 +1,17 @@
 //! How the broker behaves when time passes and the IAM misbehaves: short-lived tokens roll over with no
 //! failed or slow request, an outage is ridden out and then reported honestly, malformed answers change
-//! nothing, and a rotated secret file is picked up.
+//! nothing, and a rotated secret file is picked up. The long runs are on a paused clock against the
+//! scripted IAM (`common::scripted`); one short run of each in real time against the simulator keeps the
+//! real timers honest.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::helpers::*;
+use tokio::time::Instant;
+
+use crate::common::scripted::{Script, ScriptedIam};
+use crate::common::*;
 use aa_token_broker::entity::SecretSource;
 use aa_token_broker::iam::{Endpoint, IamTimeouts};
 use aa_token_broker::simulator::FaultKind;
@@ -24,10 +29,14 @@ struct Observed {
     slowest_micros: AtomicU64,
 }
 
-/// Runs `clients` loops of `GET /v1/token` until `stop` is set.
+/// Runs `clients` loops of `GET /v1/token`, `pause` apart, until `stop` is set. `now_secs` is the wall
+/// clock the IAM stamps its tokens with (the runtime's clock for the scripted IAM); the time a request
+/// took is on the runtime's clock.
 fn hammer(
     broker: &TestBroker,
     clients: usize,
+    pause: Duration,
+    now_secs: impl Fn() -> f64 + Clone + Send + 'static,
     stop: Arc<AtomicBool>,
     seen: Arc<Observed>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
@@ -37,6 +46,7 @@ fn hammer(
             let url = broker.url("/v1/token");
             let stop = Arc::clone(&stop);
             let seen = Arc::clone(&seen);
+            let now_secs = now_secs.clone();
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
                     let started = Instant::now();
@@ -65,7 +75,7 @@ fn hammer(
                             seen.other.fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    tokio::time::sleep(pause).await;
                 }
             })
         })
@@ -79,24 +89,10 @@ async fn finish(handles: Vec<tokio::task::JoinHandle<()>>, stop: &AtomicBool) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn short_lived_tokens_roll_over_with_no_failed_or_slow_request() {
-    // 8 s tokens: handed out for 6.5 s, refreshed at ~5 s. The IAM takes 1 s per answer, so any request
-    // that waited on it would take over a second.
-    let iam = Iam::start(8).await;
-    let broker = TestBroker::start(&iam.url, BrokerOptions::inline()).await;
-    broker.wait_ready(Duration::from_secs(5)).await;
-    iam.sim.set_latency(Duration::from_millis(1000));
-    let calls_before = iam.token_calls();
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let seen = Arc::new(Observed::default());
-    let clients = hammer(&broker, 8, Arc::clone(&stop), Arc::clone(&seen));
-    tokio::time::sleep(Duration::from_secs(20)).await;
-    finish(clients, &stop).await;
-
-    let calls = iam.token_calls() - calls_before;
-    assert!(seen.ok.load(Ordering::Relaxed) > 500);
+/// What every rollover run must show: traffic served throughout, nothing failed, nothing expired, no
+/// request that waited on the IAM (which takes `latency` per answer).
+fn assert_rolled_over(seen: &Observed, least_ok: u64, latency: Duration) {
+    assert!(seen.ok.load(Ordering::Relaxed) > least_ok);
     assert_eq!(
         seen.unavailable.load(Ordering::Relaxed),
         0,
@@ -109,27 +105,94 @@ async fn short_lived_tokens_roll_over_with_no_failed_or_slow_request() {
         "no expired token was served"
     );
     assert!(
-        seen.slowest_micros.load(Ordering::Relaxed) < 1_000_000,
+        seen.slowest_micros.load(Ordering::Relaxed) < latency.as_micros() as u64,
         "a request waited on the IAM: {} µs",
         seen.slowest_micros.load(Ordering::Relaxed)
     );
+}
+
+/// On a paused clock, against the scripted IAM: 20 s of 8 s tokens pass in well under a second.
+#[tokio::test(start_paused = true)]
+async fn short_lived_tokens_roll_over_with_no_failed_or_slow_request() {
+    // 8 s tokens: handed out for 6.5 s, refreshed at ~5 s. The IAM takes 1 s per answer, so any request
+    // that waited on it would take over a second.
+    let iam = ScriptedIam::start(ENTITY, 8).await;
+    let broker = TestBroker::start(&iam.url, BrokerOptions::inline()).await;
+    broker.wait_ready(Duration::from_secs(5)).await;
+    let latency = Duration::from_millis(1000);
+    iam.set_latency(latency);
+    let calls_before = iam.token_calls();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Observed::default());
+    let clock = iam.clock;
+    let clients = hammer(
+        &broker,
+        8,
+        Duration::from_millis(100),
+        move || clock.now_secs(),
+        Arc::clone(&stop),
+        Arc::clone(&seen),
+    );
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    finish(clients, &stop).await;
+
+    assert_rolled_over(&seen, 1000, latency);
     // One refresh per ~5 s window: 20 s → 3 to 5 calls, never one per request.
+    let calls = iam.token_calls() - calls_before;
     assert!((3..=5).contains(&calls), "{calls} upstream calls");
     broker.stop().await;
 }
 
+/// The same in real time against the simulator, short: 5 s tokens (handed out for 3.5 s, refreshed at
+/// ~2.7 s) for 6 s, with an IAM that takes 400 ms per answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_outage_is_ridden_out_then_reported_then_recovered_from() {
-    // 6 s tokens: handed out for 4.5 s, refresh due at ~3.5 s.
-    let iam = Iam::start(6).await;
+async fn short_lived_tokens_roll_over_in_real_time() {
+    let iam = Iam::start(5).await;
     let broker = TestBroker::start(&iam.url, BrokerOptions::inline()).await;
     broker.wait_ready(Duration::from_secs(5)).await;
-    let held = broker.token().await;
-    iam.sim.inject_token_fault(FaultKind::status(503), None);
+    let latency = Duration::from_millis(400);
+    iam.sim.set_latency(latency);
     let calls_before = iam.token_calls();
     let stop = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(Observed::default());
-    let clients = hammer(&broker, 8, Arc::clone(&stop), Arc::clone(&seen));
+    let clients = hammer(
+        &broker,
+        4,
+        Duration::from_millis(5),
+        now_secs,
+        Arc::clone(&stop),
+        Arc::clone(&seen),
+    );
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    finish(clients, &stop).await;
+    assert_rolled_over(&seen, 100, latency);
+    let calls = iam.token_calls() - calls_before;
+    assert!((1..=3).contains(&calls), "{calls} upstream calls");
+    broker.stop().await;
+}
+
+/// On a paused clock, against the scripted IAM: 6 s tokens, an outage of 10 s under load, recovery.
+#[tokio::test(start_paused = true)]
+async fn an_outage_is_ridden_out_then_reported_then_recovered_from() {
+    // 6 s tokens: handed out for 4.5 s, refresh due at ~3.5 s.
+    let iam = ScriptedIam::start(ENTITY, 6).await;
+    let broker = TestBroker::start(&iam.url, BrokerOptions::inline()).await;
+    broker.wait_ready(Duration::from_secs(5)).await;
+    let held = broker.token().await;
+    iam.answer(Script::Status(503));
+    let calls_before = iam.token_calls();
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Observed::default());
+    let clock = iam.clock;
+    let clients = hammer(
+        &broker,
+        8,
+        Duration::from_millis(100),
+        move || clock.now_secs(),
+        Arc::clone(&stop),
+        Arc::clone(&seen),
+    );
 
     // While the held token is valid it keeps being served, marked stale once a refresh has failed.
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -161,7 +224,7 @@ async fn an_outage_is_ridden_out_then_reported_then_recovered_from() {
     );
 
     // The IAM comes back: clients get a token within a couple of seconds.
-    iam.sim.clear_faults();
+    iam.answer(Script::Tokens { lifetime_secs: 6 });
     let back = Instant::now();
     loop {
         if broker.get("/v1/token").await.status() == 200 {
@@ -185,7 +248,35 @@ async fn an_outage_is_ridden_out_then_reported_then_recovered_from() {
     broker.stop().await;
 }
 
-#[tokio::test]
+/// The same in real time against the simulator, short: 6 s tokens, stale at 4 s, 503 at 5 s, recovery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_is_ridden_out_in_real_time() {
+    let iam = Iam::start(6).await;
+    let broker = TestBroker::start(&iam.url, BrokerOptions::inline()).await;
+    broker.wait_ready(Duration::from_secs(5)).await;
+    let held = broker.token().await;
+    iam.sim.inject_token_fault(FaultKind::status(503), None);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let during = broker.get("/v1/token").await;
+    assert_eq!(during.status(), 200);
+    assert_eq!(during.headers()["x-token-stale"], "true");
+    assert_eq!(
+        during.json::<serde_json::Value>().await.unwrap()["accessToken"],
+        held.as_str()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = broker.get("/v1/token").await;
+    assert_eq!(after.status(), 503);
+    iam.sim.clear_faults();
+    eventually("recovery", Duration::from_secs(3), async || {
+        broker.get("/v1/token").await.status() == 200
+    })
+    .await;
+    broker.stop().await;
+}
+
+/// On a paused clock: the hang, the timeouts and the `Retry-After` pass at once.
+#[tokio::test(start_paused = true)]
 async fn malformed_and_hostile_answers_leave_the_held_token_in_place() {
     let iam = Iam::start(86_400).await;
     let mut options = BrokerOptions::inline();

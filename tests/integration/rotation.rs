@@ -7,9 +7,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::helpers::kube::*;
-use crate::helpers::process::*;
-use crate::helpers::*;
+use crate::common::kube::*;
+use crate::common::process::*;
+use crate::common::*;
 use aa_token_broker::entity::{EntityId, SecretSource};
 use aa_token_broker::iam::{Endpoint, IamClient, IamTimeouts};
 use aa_token_broker::secret::policy::DEFAULT_MIN_RESET_INTERVAL;

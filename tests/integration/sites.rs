@@ -14,9 +14,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::helpers::kube::*;
-use crate::helpers::process::*;
-use crate::helpers::*;
+use crate::common::kube::*;
+use crate::common::process::*;
+use crate::common::*;
 use aa_token_broker::entity::{SecretSource, fingerprint};
 use aa_token_broker::iam::Endpoint;
 use aa_token_broker::secret::policy::DEFAULT_MIN_RESET_INTERVAL;

@@ -7,10 +7,10 @@
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::helpers::*;
-use aa_token_broker::app::Application;
+use crate::common::*;
 use aa_token_broker::config::BrokerSettings;
 use aa_token_broker::inbound::{NoRecorder, Verifier, VerifySettings};
 use aa_token_broker::simulator::{SimSettings, Simulator};
@@ -18,9 +18,8 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 const AA: &str = "AA-ONE";
 const AA_SECRET: &str = "aa-one-secret";
@@ -37,111 +36,75 @@ async fn realm() -> Iam {
     iam
 }
 
-/// An entity token, the way a peer gets one: from the IAM, over HTTP.
-async fn entity_token(iam_url: &str, id: &str, secret: &str) -> String {
-    let response = http_client()
-        .post(format!("{iam_url}/v1/entity/token/generate"))
-        .header("Content-Type", "application/x-www-form-urlencoded")
-        .body(format!("id={id}&secret={secret}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let body: Value = response.json().await.unwrap();
-    body["accessToken"].as_str().unwrap().to_string()
+/// A broker for these tests, holding the realm's key set from the start (`--verify-prefetch-keys`; see
+/// `the_key_set_is_fetched_at_first_use_unless_prefetched` for the default), its settings tuned.
+async fn start_broker(
+    iam: &Iam,
+    tune: impl FnOnce(&mut BrokerSettings) + Send + 'static,
+) -> TestBroker {
+    start_broker_with(iam, false, tune).await
 }
 
-/// A broker built for these tests: its verify settings tunable, optionally with `--verify-listen`.
-struct Broker {
-    addr: SocketAddr,
-    verify_addr: Option<SocketAddr>,
-    http: reqwest::Client,
-    stop: Option<oneshot::Sender<()>>,
-    handle: Option<JoinHandle<()>>,
-}
-
-struct Answer {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: Value,
-}
-
-impl Broker {
-    async fn start(iam: &Iam, tune: impl FnOnce(&mut BrokerSettings)) -> Broker {
-        Self::start_with(iam, false, tune).await
-    }
-
-    async fn start_with(
-        iam: &Iam,
-        verify_listener: bool,
-        tune: impl FnOnce(&mut BrokerSettings),
-    ) -> Broker {
-        let mut settings = settings(&iam.url, BrokerOptions::inline());
-        // These tests start from a key set held, fetched at start (`--verify-prefetch-keys`); see
-        // `the_key_set_is_fetched_at_first_use_unless_prefetched` for the default.
+/// [`start_broker`], with the verify-only listener (`--verify-listen`) if asked.
+async fn start_broker_with(
+    iam: &Iam,
+    verify_listener: bool,
+    tune: impl FnOnce(&mut BrokerSettings) + Send + 'static,
+) -> TestBroker {
+    let prefetch = Arc::new(AtomicBool::new(true));
+    let prefetched = Arc::clone(&prefetch);
+    let mut options = BrokerOptions::inline().tuned(move |settings, _| {
         settings.verify.policy.prefetch = true;
-        tune(&mut settings);
-        let prefetch = settings.verify.policy.prefetch;
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let policy = Default::default();
-        let mut app = Application::build(settings, listener, policy).expect("broker builds");
-        if verify_listener {
-            app = app.with_verify_listener(TcpListener::bind("127.0.0.1:0").await.unwrap());
-        }
-        let addr = app.local_addr().unwrap();
-        let verify_addr = app.verify_addr();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let handle = tokio::spawn(app.run_until(async {
-            let _ = stopped.await;
-        }));
-        let broker = Broker {
-            addr,
-            verify_addr,
-            http: http_client(),
-            stop: Some(stop),
-            handle: Some(handle),
-        };
-        if prefetch {
-            broker.wait_for_keys().await;
-        }
-        broker
+        tune(settings);
+        prefetched.store(settings.verify.policy.prefetch, Ordering::SeqCst);
+    });
+    options.verify_listener = verify_listener;
+    let broker = TestBroker::start(&iam.url, options).await;
+    if prefetch.load(Ordering::SeqCst) {
+        broker.wait_keys().await;
     }
+    broker
+}
 
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
+/// `/v1/verify`, called as a forward-auth proxy and a service call it.
+trait Verification {
+    async fn verify_get(&self, query: &str, headers: &[(&str, &str)]) -> Answer;
+    async fn verify_get_at(
+        &self,
+        addr: SocketAddr,
+        query: &str,
+        headers: &[(&str, &str)],
+    ) -> Answer;
+    async fn bearer(&self, token: &str) -> Answer;
+    async fn verify_post(&self, body: Value) -> Answer;
+}
 
-    async fn answer(response: reqwest::Response) -> Answer {
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let body = response.json().await.unwrap_or(Value::Null);
-        Answer {
-            status,
-            headers,
-            body,
-        }
-    }
-
+impl Verification for TestBroker {
     /// `GET /v1/verify` with these headers (and no `Metadata` header: none is needed).
-    async fn get(&self, query: &str, headers: &[(&str, &str)]) -> Answer {
-        self.get_at(self.addr, query, headers).await
+    async fn verify_get(&self, query: &str, headers: &[(&str, &str)]) -> Answer {
+        self.verify_get_at(self.addr, query, headers).await
     }
 
-    async fn get_at(&self, addr: SocketAddr, query: &str, headers: &[(&str, &str)]) -> Answer {
+    async fn verify_get_at(
+        &self,
+        addr: SocketAddr,
+        query: &str,
+        headers: &[(&str, &str)],
+    ) -> Answer {
         let mut request = self.http.get(format!("http://{addr}/v1/verify{query}"));
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        Self::answer(request.send().await.unwrap()).await
+        answer(request.send().await.unwrap()).await
     }
 
     async fn bearer(&self, token: &str) -> Answer {
-        self.get("", &[("Authorization", &format!("Bearer {token}"))])
+        self.verify_get("", &[("Authorization", &format!("Bearer {token}"))])
             .await
     }
 
-    async fn post(&self, body: Value) -> Answer {
-        Self::answer(
+    async fn verify_post(&self, body: Value) -> Answer {
+        answer(
             self.http
                 .post(self.url("/v1/verify"))
                 .json(&body)
@@ -150,63 +113,6 @@ impl Broker {
                 .unwrap(),
         )
         .await
-    }
-
-    async fn readyz(&self) -> Value {
-        self.http
-            .get(self.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    async fn metrics(&self) -> String {
-        self.http
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    }
-
-    /// The value of one sample in `/metrics` (0 when absent).
-    async fn metric(&self, sample: &str) -> f64 {
-        self.metrics()
-            .await
-            .lines()
-            .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
-            .unwrap_or(0.0)
-    }
-
-    async fn key_set_state(&self) -> String {
-        self.readyz().await["verify"]["keySets"][0]["state"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
-    }
-
-    async fn wait_for_keys(&self) {
-        wait_until(Duration::from_secs(5), || async {
-            self.key_set_state().await == "fresh"
-        })
-        .await;
-    }
-
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(handle) = self.handle.take() {
-            tokio::time::timeout(Duration::from_secs(15), handle)
-                .await
-                .expect("broker stops")
-                .unwrap();
-        }
     }
 }
 
@@ -251,8 +157,8 @@ fn claims_for(id: &str, role: &str, issuer: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_valid_token_verifies_in_each_header_form_and_by_post() {
     let iam = realm().await;
-    let broker = Broker::start(&iam, |_| {}).await;
-    let token = entity_token(&iam.url, AA, AA_SECRET).await;
+    let broker = start_broker(&iam, |_| {}).await;
+    let token = iam.entity_token(AA, AA_SECRET).await;
     let forms = [
         ("Authorization", format!("Bearer {token}")),
         ("Authorization", format!("bearer  {token}")),
@@ -265,7 +171,7 @@ async fn a_valid_token_verifies_in_each_header_form_and_by_post() {
     for (name, value) in &forms {
         // No `Metadata` header, and the forwarding headers a proxy adds: neither matters here.
         let answer = broker
-            .get(
+            .verify_get(
                 "",
                 &[
                     (*name, value.as_str()),
@@ -293,7 +199,7 @@ async fn a_valid_token_verifies_in_each_header_form_and_by_post() {
         );
     }
     let posted = broker
-        .post(json!({ "token": token, "role": "AA", "entityId": AA }))
+        .verify_post(json!({ "token": token, "role": "AA", "entityId": AA }))
         .await;
     assert_eq!(posted.status, 200, "{:?}", posted.body);
     assert_eq!(posted.body["entityId"], AA);
@@ -313,12 +219,14 @@ async fn a_valid_token_verifies_in_each_header_form_and_by_post() {
     );
     // The header names the sender's role: an AA's token in `fip_api_key` is the wrong sender, and two
     // ReBIT headers carrying different tokens are ambiguous.
-    let wrong = broker.get("", &[("fip_api_key", token.as_str())]).await;
+    let wrong = broker
+        .verify_get("", &[("fip_api_key", token.as_str())])
+        .await;
     assert_eq!(wrong.status, 403, "{:?}", wrong.body);
     assert_eq!(wrong.body["error"], "wrong_role");
-    let other = entity_token(&iam.url, FIP, FIP_SECRET).await;
+    let other = iam.entity_token(FIP, FIP_SECRET).await;
     let ambiguous = broker
-        .get(
+        .verify_get(
             "",
             &[
                 ("aa_api_key", token.as_str()),
@@ -333,7 +241,7 @@ async fn a_valid_token_verifies_in_each_header_form_and_by_post() {
     );
     // A gateway's own token in Authorization beside the ReBIT header: the ReBIT header is the credential.
     let beside = broker
-        .get(
+        .verify_get(
             "",
             &[
                 ("Authorization", "Bearer not-even-a-jwt"),
@@ -344,7 +252,7 @@ async fn a_valid_token_verifies_in_each_header_form_and_by_post() {
     assert_eq!(beside.status, 200, "{:?}", beside.body);
     // A typo in the query is named, not ignored.
     let typo = broker
-        .get("?Role=FIU", &[("aa_api_key", token.as_str())])
+        .verify_get("?Role=FIU", &[("aa_api_key", token.as_str())])
         .await;
     assert_eq!(typo.status, 400);
     assert!(
@@ -358,11 +266,15 @@ async fn a_valid_token_verifies_in_each_header_form_and_by_post() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_token_gets_the_same_answer_from_the_hot_path_as_from_the_router() {
     let iam = realm().await;
-    let broker = Broker::start(&iam, |_| {}).await;
-    let token = entity_token(&iam.url, FIP, FIP_SECRET).await;
+    let broker = start_broker(&iam, |_| {}).await;
+    let token = iam.entity_token(FIP, FIP_SECRET).await;
     // The first sight goes through the router (a cache miss); the second is answered in front of it.
-    let first = broker.get("?role=FIP", &[("fip_api_key", &token)]).await;
-    let second = broker.get("?role=FIP", &[("fip_api_key", &token)]).await;
+    let first = broker
+        .verify_get("?role=FIP", &[("fip_api_key", &token)])
+        .await;
+    let second = broker
+        .verify_get("?role=FIP", &[("fip_api_key", &token)])
+        .await;
     assert_eq!((first.status, second.status), (200, 200));
     let strip = |mut body: Value| {
         body.as_object_mut().unwrap().remove("expiresIn");
@@ -378,7 +290,9 @@ async fn a_repeated_token_gets_the_same_answer_from_the_hot_path_as_from_the_rou
         assert_eq!(first.headers.get(name), second.headers.get(name), "{name}");
     }
     // The same holds for a refusal from the cache.
-    let wrong = broker.get("?role=AA", &[("fip_api_key", &token)]).await;
+    let wrong = broker
+        .verify_get("?role=AA", &[("fip_api_key", &token)])
+        .await;
     assert_eq!(wrong.status, 403);
     assert_eq!(wrong.body["error"], "wrong_role");
     assert_eq!(
@@ -393,29 +307,38 @@ async fn a_repeated_token_gets_the_same_answer_from_the_hot_path_as_from_the_rou
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_empty_zero_and_tampered_tokens_are_refused_with_the_reason() {
     let iam = realm().await;
-    let broker = Broker::start(&iam, |_| {}).await;
-    let token = entity_token(&iam.url, FIP, FIP_SECRET).await;
-    assert_invalid(&broker.get("", &[]).await, "missing");
-    assert_invalid(&broker.get("", &[("client_api_key", "")]).await, "missing");
+    let broker = start_broker(&iam, |_| {}).await;
+    let token = iam.entity_token(FIP, FIP_SECRET).await;
+    assert_invalid(&broker.verify_get("", &[]).await, "missing");
     assert_invalid(
-        &broker.get("", &[("Authorization", "Bearer ")]).await,
+        &broker.verify_get("", &[("client_api_key", "")]).await,
         "missing",
     );
-    assert_invalid(&broker.get("", &[("aa_api_key", "0")]).await, "malformed");
     assert_invalid(
-        &broker.get("", &[("fip_api_key", "null")]).await,
+        &broker.verify_get("", &[("Authorization", "Bearer ")]).await,
+        "missing",
+    );
+    assert_invalid(
+        &broker.verify_get("", &[("aa_api_key", "0")]).await,
+        "malformed",
+    );
+    assert_invalid(
+        &broker.verify_get("", &[("fip_api_key", "null")]).await,
         "malformed",
     );
     assert_invalid(&broker.bearer("a.b.c").await, "malformed");
     // Another scheme in Authorization is not a token; nothing else carries one.
     assert_invalid(
         &broker
-            .get("", &[("Authorization", "Basic Zm9vOmJhcg==")])
+            .verify_get("", &[("Authorization", "Basic Zm9vOmJhcg==")])
             .await,
         "missing",
     );
-    assert_invalid(&broker.post(json!({})).await, "missing");
-    assert_invalid(&broker.post(json!({ "token": "0" })).await, "malformed");
+    assert_invalid(&broker.verify_post(json!({})).await, "missing");
+    assert_invalid(
+        &broker.verify_post(json!({ "token": "0" })).await,
+        "malformed",
+    );
 
     // Tampering: the claims (claiming to be someone else), the signature, the header.
     let parts: Vec<&str> = token.split('.').collect();
@@ -456,21 +379,21 @@ async fn missing_empty_zero_and_tampered_tokens_are_refused_with_the_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_and_not_yet_valid_tokens_are_refused() {
     let iam = realm().await;
-    let broker = Broker::start(&iam, |_| {}).await;
+    let broker = start_broker(&iam, |_| {}).await;
     // The IAM's clock two days behind: its 24 h token expired a day ago.
     iam.sim
         .update_settings(|s| s.clock_offset_secs = -2 * 86_400);
-    let expired = entity_token(&iam.url, AA, AA_SECRET).await;
+    let expired = iam.entity_token(AA, AA_SECRET).await;
     assert_invalid(&broker.bearer(&expired).await, "expired");
     // An hour ahead: issued in the future, beyond the 60 s leeway.
     iam.sim.update_settings(|s| s.clock_offset_secs = 3600);
-    let early = entity_token(&iam.url, AA, AA_SECRET).await;
+    let early = iam.entity_token(AA, AA_SECRET).await;
     assert_invalid(&broker.bearer(&early).await, "not yet valid");
     // Within the leeway either way: accepted.
     iam.sim.update_settings(|s| s.clock_offset_secs = 30);
     assert_eq!(
         broker
-            .bearer(&entity_token(&iam.url, AA, AA_SECRET).await)
+            .bearer(&iam.entity_token(AA, AA_SECRET).await)
             .await
             .status,
         200
@@ -516,8 +439,8 @@ async fn expired_and_not_yet_valid_tokens_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cached_result_never_outlives_the_token() {
     let iam = Iam::start(3).await;
-    let broker = Broker::start(&iam, |s| s.verify.leeway = Duration::ZERO).await;
-    let token = entity_token(&iam.url, ENTITY, SECRET).await;
+    let broker = start_broker(&iam, |s| s.verify.leeway = Duration::ZERO).await;
+    let token = iam.entity_token(ENTITY, SECRET).await;
     let exp = claims(&token)["exp"].as_f64().unwrap();
     assert_eq!(broker.bearer(&token).await.status, 200);
     assert_eq!(broker.bearer(&token).await.status, 200);
@@ -529,7 +452,7 @@ async fn a_cached_result_never_outlives_the_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_of_a_foreign_realm_are_refused() {
     let iam = realm().await;
-    let broker = Broker::start(&iam, |_| {}).await;
+    let broker = start_broker(&iam, |_| {}).await;
     // Another realm: another key and, by default, another issuer (its own address).
     let foreign = Simulator::new(SimSettings::default()).unwrap();
     foreign.rotate_realm_key().unwrap();
@@ -562,7 +485,7 @@ async fn tokens_of_a_foreign_realm_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn none_and_hmac_tokens_are_refused_as_such() {
     let iam = realm().await;
-    let broker = Broker::start(&iam, |_| {}).await;
+    let broker = start_broker(&iam, |_| {}).await;
     let claims = claims_for(AA, "AA", &iam.sim.issuer());
     let payload = b64(&claims);
     let kid = iam.sim.realm_kid();
@@ -618,7 +541,7 @@ async fn none_and_hmac_tokens_are_refused_as_such() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_unknown_kids_costs_one_key_fetch() {
     let iam = realm().await;
-    let broker = Broker::start(&iam, |_| {}).await;
+    let broker = start_broker(&iam, |_| {}).await;
     let fetches = iam.sim.jwks_fetches();
     let issuer = iam.sim.issuer();
     let forged: Vec<String> = (0..300)
@@ -636,7 +559,7 @@ async fn a_flood_of_unknown_kids_costs_one_key_fetch() {
             .http
             .get(broker.url("/v1/verify"))
             .header("Authorization", format!("Bearer {token}"));
-        requests.spawn(async move { Broker::answer(request.send().await.unwrap()).await });
+        requests.spawn(async move { answer(request.send().await.unwrap()).await });
     }
     while let Some(answer) = requests.join_next().await {
         assert_invalid(&answer.unwrap(), "unknown key");
@@ -666,7 +589,7 @@ async fn a_flood_of_unknown_kids_costs_one_key_fetch() {
         1.0
     );
     // A genuine token keeps verifying meanwhile.
-    let token = entity_token(&iam.url, AA, AA_SECRET).await;
+    let token = iam.entity_token(AA, AA_SECRET).await;
     assert_eq!(broker.bearer(&token).await.status, 200);
     broker.stop().await;
 }
@@ -674,7 +597,7 @@ async fn a_flood_of_unknown_kids_costs_one_key_fetch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_key_set_is_fetched_at_first_use_unless_prefetched() {
     let iam = realm().await;
-    let broker = Broker::start(&iam, |s| {
+    let broker = start_broker(&iam, |s| {
         s.verify.policy.prefetch = false;
         s.verify.policy.refresh_interval = Duration::from_millis(300);
     })
@@ -682,7 +605,7 @@ async fn the_key_set_is_fetched_at_first_use_unless_prefetched() {
     // A pod that verifies nothing fetches nothing, and says so.
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(iam.sim.jwks_fetches(), 0);
-    let readyz = broker.readyz().await;
+    let readyz = broker.readyz().await.1;
     assert_eq!(
         readyz["ready"], true,
         "token readiness is not the key set's"
@@ -692,7 +615,7 @@ async fn the_key_set_is_fetched_at_first_use_unless_prefetched() {
     iam.sim.update_realm_settings(|s| s.jwks_delay_ms = 300);
     let mut first = tokio::task::JoinSet::new();
     for (id, secret) in [(AA, AA_SECRET), (FIP, FIP_SECRET), (ENTITY, SECRET)] {
-        let token = entity_token(&iam.url, id, secret).await;
+        let token = iam.entity_token(id, secret).await;
         let request = broker
             .http
             .get(broker.url("/v1/verify"))
@@ -721,7 +644,7 @@ async fn the_key_set_is_fetched_at_first_use_unless_prefetched() {
 
     // With --verify-prefetch-keys, the key set is fetched at start, with nothing to verify.
     let fetches = iam.sim.jwks_fetches();
-    let prefetched = Broker::start(&iam, |s| s.verify.policy.prefetch = true).await;
+    let prefetched = start_broker(&iam, |s| s.verify.policy.prefetch = true).await;
     assert_eq!(prefetched.key_set_state().await, "fresh");
     assert_eq!(iam.sim.jwks_fetches(), fetches + 1);
     prefetched.stop().await;
@@ -730,11 +653,11 @@ async fn the_key_set_is_fetched_at_first_use_unless_prefetched() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_that_hangs_up_during_a_key_refetch_leaves_nothing_stuck() {
     let iam = realm().await;
-    let broker = Broker::start(&iam, |_| {}).await;
+    let broker = start_broker(&iam, |_| {}).await;
     // The realm rotates its key, and its key endpoint is slow: a token with the new kid makes the broker
     // refetch, and the caller gives up while the refetch is under way.
     iam.sim.rotate_realm_key().unwrap();
-    let first = entity_token(&iam.url, AA, AA_SECRET).await;
+    let first = iam.entity_token(AA, AA_SECRET).await;
     iam.sim.update_realm_settings(|s| s.jwks_delay_ms = 1500);
     let fetches = iam.sim.jwks_fetches();
     let impatient = broker
@@ -751,7 +674,7 @@ async fn a_caller_that_hangs_up_during_a_key_refetch_leaves_nothing_stuck() {
     assert_eq!(iam.sim.jwks_fetches(), fetches + 1, "the refetch started");
     // Another genuine token signed with the rotated key is answered as soon as that refetch lands, by
     // that refetch: the caller who left took nothing with it.
-    let genuine = entity_token(&iam.url, FIP, FIP_SECRET).await;
+    let genuine = iam.entity_token(FIP, FIP_SECRET).await;
     let started = std::time::Instant::now();
     let answer = broker
         .http
@@ -781,17 +704,17 @@ async fn a_caller_that_hangs_up_during_a_key_refetch_leaves_nothing_stuck() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_key_is_fetched_once_and_a_withdrawn_one_stops_verifying() {
     let iam = realm().await;
-    let broker = Broker::start(&iam, |s| {
+    let broker = start_broker(&iam, |s| {
         s.verify.policy.refresh_interval = Duration::from_millis(300);
     })
     .await;
-    let before = entity_token(&iam.url, AA, AA_SECRET).await;
-    let before_unseen = entity_token(&iam.url, FIP, FIP_SECRET).await;
+    let before = iam.entity_token(AA, AA_SECRET).await;
+    let before_unseen = iam.entity_token(FIP, FIP_SECRET).await;
     assert_eq!(broker.bearer(&before).await.status, 200);
     let old_kid = iam.sim.realm_kid();
     let new_kid = iam.sim.rotate_realm_key().unwrap();
     assert_ne!(old_kid, new_kid);
-    let after = entity_token(&iam.url, AA, AA_SECRET).await;
+    let after = iam.entity_token(AA, AA_SECRET).await;
     let header: Value = serde_json::from_slice(
         &URL_SAFE_NO_PAD
             .decode(after.split('.').next().unwrap())
@@ -821,7 +744,7 @@ async fn a_rotated_key_is_fetched_once_and_a_withdrawn_one_stops_verifying() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn through_a_key_endpoint_outage_the_keys_held_keep_verifying() {
     let iam = realm().await;
-    let broker = Broker::start(&iam, |s| {
+    let broker = start_broker(&iam, |s| {
         s.verify.policy.refresh_interval = Duration::from_millis(200);
         s.verify.policy.retry_base = Duration::from_millis(100);
     })
@@ -833,11 +756,11 @@ async fn through_a_key_endpoint_outage_the_keys_held_keep_verifying() {
     .await;
     // Tokens never seen before: verified with the keys held, not from the result cache.
     for (id, secret) in [(AA, AA_SECRET), (FIP, FIP_SECRET), (ENTITY, SECRET)] {
-        let token = entity_token(&iam.url, id, secret).await;
+        let token = iam.entity_token(id, secret).await;
         let answer = broker.bearer(&token).await;
         assert_eq!(answer.status, 200, "{id}: {:?}", answer.body);
     }
-    let readyz = broker.readyz().await;
+    let readyz = broker.readyz().await.1;
     let key_set = &readyz["verify"]["keySets"][0];
     assert_eq!(key_set["state"], "stale");
     assert_eq!(key_set["keys"], 1);
@@ -861,14 +784,16 @@ async fn through_a_key_endpoint_outage_the_keys_held_keep_verifying() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_valid_token_of_the_wrong_sender_is_forbidden() {
     let iam = realm().await;
-    let broker = Broker::start(&iam, |_| {}).await;
-    let token = entity_token(&iam.url, AA, AA_SECRET).await;
+    let broker = start_broker(&iam, |_| {}).await;
+    let token = iam.entity_token(AA, AA_SECRET).await;
     let header = [("aa_api_key", token.as_str())];
-    let wrong_role = broker.get("?role=FIU", &header).await;
+    let wrong_role = broker.verify_get("?role=FIU", &header).await;
     assert_eq!(wrong_role.status, 403);
     assert_eq!(wrong_role.body["error"], "wrong_role");
     assert!(wrong_role.headers.get("x-aa-entity-id").is_none());
-    let wrong_entity = broker.get(&format!("?entityId={FIP}"), &header).await;
+    let wrong_entity = broker
+        .verify_get(&format!("?entityId={FIP}"), &header)
+        .await;
     assert_eq!(wrong_entity.status, 403);
     assert_eq!(wrong_entity.body["error"], "wrong_entity");
     for query in [
@@ -877,29 +802,38 @@ async fn a_valid_token_of_the_wrong_sender_is_forbidden() {
         "?role=fiu%2Caa".to_string(),
         String::new(),
     ] {
-        assert_eq!(broker.get(&query, &header).await.status, 200, "{query}");
+        assert_eq!(
+            broker.verify_get(&query, &header).await.status,
+            200,
+            "{query}"
+        );
     }
     // A second `role` or `entityId` (a caller's query appended to the proxy's) is refused, not merged.
-    assert_eq!(broker.get("?role=AA&role=FIU", &header).await.status, 400);
+    assert_eq!(
+        broker.verify_get("?role=AA&role=FIU", &header).await.status,
+        400
+    );
     assert_eq!(
         broker
-            .get(&format!("?entityId={AA}&entityId={FIP}"), &header)
+            .verify_get(&format!("?entityId={AA}&entityId={FIP}"), &header)
             .await
             .status,
         400
     );
-    let posted = broker.post(json!({ "token": token, "role": "FIP" })).await;
+    let posted = broker
+        .verify_post(json!({ "token": token, "role": "FIP" }))
+        .await;
     assert_eq!(posted.status, 403);
     assert_eq!(posted.body["error"], "wrong_role");
     let posted = broker
-        .post(json!({ "token": token, "entityId": FIP }))
+        .verify_post(json!({ "token": token, "entityId": FIP }))
         .await;
     assert_eq!(posted.body["error"], "wrong_entity");
     // A mistake in the expectation is the caller's: 400.
-    assert_eq!(broker.get("?role=CR", &header).await.status, 400);
+    assert_eq!(broker.verify_get("?role=CR", &header).await.status, 400);
     assert_eq!(
         broker
-            .post(json!({ "token": token, "role": "X" }))
+            .verify_post(json!({ "token": token, "role": "X" }))
             .await
             .status,
         400
@@ -924,9 +858,9 @@ async fn a_valid_token_of_the_wrong_sender_is_forbidden() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_forms_forward_auth_proxies_send_are_verified_from_the_headers() {
     let iam = realm().await;
-    let broker = Broker::start_with(&iam, true, |_| {}).await;
+    let broker = start_broker_with(&iam, true, |_| {}).await;
     let verify_addr = broker.verify_addr.expect("verify listener");
-    let token = entity_token(&iam.url, AA, AA_SECRET).await;
+    let token = iam.entity_token(AA, AA_SECRET).await;
     // nginx `auth_request` keeps the original method: a POST with no body reads the headers.
     let post = broker
         .http
@@ -985,9 +919,9 @@ async fn the_forms_forward_auth_proxies_send_are_verified_from_the_headers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_verify_listener_serves_verification_and_never_tokens() {
     let iam = realm().await;
-    let broker = Broker::start_with(&iam, true, |_| {}).await;
+    let broker = start_broker_with(&iam, true, |_| {}).await;
     let verify_addr = broker.verify_addr.expect("verify listener");
-    let token = entity_token(&iam.url, FIP, FIP_SECRET).await;
+    let token = iam.entity_token(FIP, FIP_SECRET).await;
     // From another pod: a non-loopback Host and forwarding headers, no Metadata header.
     let from_ingress = [
         ("Authorization", format!("Bearer {token}")),
@@ -995,11 +929,13 @@ async fn the_verify_listener_serves_verification_and_never_tokens() {
         ("X-Forwarded-For", "10.1.2.3".to_string()),
     ];
     let headers: Vec<(&str, &str)> = from_ingress.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let answer = broker.get_at(verify_addr, "?role=FIP", &headers).await;
+    let answer = broker
+        .verify_get_at(verify_addr, "?role=FIP", &headers)
+        .await;
     assert_eq!(answer.status, 200, "{:?}", answer.body);
     assert_eq!(answer.headers["x-aa-entity-id"], FIP);
     // The token port keeps its loopback Host rule, on the verify route too.
-    let answer = broker.get_at(broker.addr, "", &headers).await;
+    let answer = broker.verify_get_at(broker.addr, "", &headers).await;
     assert_eq!(answer.status, 403);
     assert_eq!(answer.body["error"], "forbidden");
     // Nothing but verification on the verify listener.
@@ -1050,7 +986,7 @@ async fn the_simulator_issuer_does_not_depend_on_the_host_and_its_discovery_docu
  {
     let iam = realm().await;
     let localhost_url = iam.url.replace("127.0.0.1", "localhost");
-    let via_ip = entity_token(&iam.url, AA, AA_SECRET).await;
+    let via_ip = iam.entity_token(AA, AA_SECRET).await;
     let via_name = entity_token(&localhost_url, AA, AA_SECRET).await;
     assert_eq!(claims(&via_ip)["iss"], claims(&via_name)["iss"]);
     let base = iam.url.trim_end_matches("/iam");
@@ -1127,8 +1063,8 @@ fn field_bytes(rng: &mut fastrand::Rng, len: usize) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn arbitrary_bytes_in_the_token_headers_are_401_over_http() {
     let iam = realm().await;
-    let broker = Broker::start(&iam, |_| {}).await;
-    let token = entity_token(&iam.url, AA, AA_SECRET).await;
+    let broker = start_broker(&iam, |_| {}).await;
+    let token = iam.entity_token(AA, AA_SECRET).await;
     let mut rng = fastrand::Rng::with_seed(12);
     let names = [
         "Authorization",
@@ -1266,7 +1202,7 @@ fn verify_command(args: &[&str], stdin: &str) -> (i32, String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_verify_command_exits_0_1_and_2() {
     let iam = realm().await;
-    let token = entity_token(&iam.url, FIP, FIP_SECRET).await;
+    let token = iam.entity_token(FIP, FIP_SECRET).await;
     let url = iam.url.clone();
     let (code, stdout, stderr) = tokio::task::spawn_blocking({
         let token = token.clone();
@@ -1428,7 +1364,7 @@ async fn token_signatures_are_checked_on_the_crypto_pool_and_a_full_pool_is_busy
     verifier.fetch_keys().await;
     let pool = Arc::new(CryptoPool::new(1, 1).unwrap());
     verifier.run_crypto_on(Arc::clone(&pool));
-    let token = entity_token(&iam.url, AA, AA_SECRET).await;
+    let token = iam.entity_token(AA, AA_SECRET).await;
     // Hold the thread, and fill the queue behind it.
     let gate = Arc::new(std::sync::Barrier::new(2));
     let (started, running) = oneshot::channel();
