@@ -13,7 +13,7 @@
 //! | [`private_file`] | how the private files (secret, password, signing key) are read: regular files only, capped, errors in plain words, the warning on a loose mode |
 //! | [`iam`] | the HTTP client for the four IAM endpoints, their wire formats and their errors |
 //! | [`token`] | the token type, its pure refresh/backoff/caller policy, the broker handle, the one place that fetches, the background refresher, what callers and `/readyz` get (with why a fetch failed), what it reports |
-//! | [`secret`] | the secret's lifecycle: the cell the token path reads the secret from, admin login within its limits, the reset bound, rotation, sinks, the lock, the manager task |
+//! | [`secret`] | the secret's lifecycle: the cell the token path reads the secret from, admin login within its limits, the reset bound, rotation, sinks, the lock; the manager's schedule as a value with a pure `next_step`, and the task that follows it; what it reports (its recorder trait and label enums) |
 //! | [`keys`] | RS256 public keys ([`keys::RsaKey`], from one JWK) and key-set (JWKS) documents |
 //! | [`inbound`] | verification of the entity tokens on incoming calls: the realm key set's cache, its refetch policy, the checks |
 //! | [`jws`] | detached `x-jws-signature`s (RFC 7797): parse, sign, verify; our signing key, its formats and its file |
@@ -55,7 +55,8 @@
 //!
 //! Where is a decision made? In a `policy` module, as a pure function of times and outcomes:
 //! [`token::policy`] (refresh ahead, retry, when a caller may call the IAM), [`secret::policy`] (when to
-//! rotate, which expiries to believe, the reset bound, the admin-login limits), [`inbound::policy`] (when
+//! rotate, which expiries to believe, the reset bound, the admin-login limits, and the manager's next step:
+//! [`secret::policy::schedule`]), [`inbound::policy`] (when
 //! to fetch keys), [`registry::policy`] (when to ask the CR for a peer's key, the global budget of CR
 //! lookups, and how long a replaced key verifies). The tasks that sleep and call upstream only follow them.
 
