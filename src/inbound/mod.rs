@@ -11,7 +11,7 @@
 //! - [`policy`]: when to fetch keys, and the rate limit on refetches an unknown `kid` may trigger.
 //! - [`Verifier`] (this file): ties them together, with a cache of verified tokens by SHA-256 of the token
 //!   (never past the token's `exp`), so a peer presenting the same token on every call costs a hash and
-//!   a lookup after the first.
+//!   a lookup after the first; [`recent`] answers those repeats first, by the token's bytes.
 //!
 //! The issuer is never trusted from the token: it must be on the allow-list, and the keys come from that
 //! issuer's configured key URL — never from a URL the token names (`jku`, `x5u`, or `iss` itself). Metrics
@@ -22,6 +22,7 @@ pub mod callers;
 pub mod jwks;
 pub mod keyset;
 pub mod policy;
+pub mod recent;
 pub mod verify;
 
 use std::sync::Arc;
@@ -36,6 +37,7 @@ use crate::crypto_pool::{CryptoPool, PoolError};
 use crate::iam::{IamTimeouts, environment_base_url};
 use keyset::{FetchTrigger, KeySource, KeySourceStatus, RsaKey};
 use policy::KeyPolicy;
+use recent::Recent;
 pub use verify::{BadExpectation, Expectation, Mismatch, Rejection, Role, Verified};
 
 pub use crate::iam::{CERTS_PATH, REALM_PATH};
@@ -256,6 +258,8 @@ pub struct Verifier {
     sources: Vec<Arc<KeySource>>,
     leeway: Duration,
     verified: Cache<[u8; 32], Arc<Verified>>,
+    /// The last tokens answered from `verified`, by their bytes (emptied with it).
+    recent: Arc<Recent>,
     recorder: Arc<dyn VerifyRecorder>,
     /// Where RSA checks run, once the application has started its crypto pool.
     pool: std::sync::OnceLock<Arc<CryptoPool>>,
@@ -272,7 +276,7 @@ impl Verifier {
             return Err(InboundError::NoIssuer);
         }
         crate::install_crypto_provider();
-        let client = reqwest::Client::builder()
+        let client = crate::tls::shared(reqwest::Client::builder())
             .connect_timeout(settings.timeouts.connect)
             .timeout(settings.timeouts.request)
             // The key URL is configured; a redirect would let the server pick another one.
@@ -284,6 +288,7 @@ impl Verifier {
             .max_capacity(RESULT_CACHE_CAPACITY)
             .expire_after(UntilExp)
             .build();
+        let recent = Arc::new(Recent::default());
         let mut sources: Vec<Arc<KeySource>> = Vec::new();
         let mut issuers = Vec::new();
         for issuer in &settings.issuers {
@@ -295,14 +300,19 @@ impl Verifier {
                 Some(index) => index,
                 None => {
                     let cache = verified.clone();
+                    let front = Arc::clone(&recent);
                     sources.push(Arc::new(KeySource::new(
                         url,
                         client.clone(),
                         settings.policy.clone(),
                         settings.timeouts,
                         Arc::clone(&recorder),
-                        // A key withdrawn from the set takes the results it verified with it.
-                        Box::new(move || cache.invalidate_all()),
+                        // A key withdrawn from the set takes the results it verified with it: the
+                        // cache first, then the table in front of it (see `recent`).
+                        Box::new(move || {
+                            cache.invalidate_all();
+                            front.invalidate();
+                        }),
                     )));
                     sources.len() - 1
                 }
@@ -316,6 +326,7 @@ impl Verifier {
             sources,
             leeway: settings.leeway,
             verified,
+            recent,
             recorder,
             pool: std::sync::OnceLock::new(),
         })
@@ -362,7 +373,18 @@ impl Verifier {
         if token.is_empty() || token.len() > verify::MAX_TOKEN_BYTES {
             return None;
         }
-        let hit = self.cached(&sha256(token), SystemTime::now())?;
+        let now = SystemTime::now();
+        let hit = match self.recent.get(token.as_bytes(), now) {
+            Some(hit) => hit,
+            None => {
+                // Read before the lookup: an invalidation in between leaves the entry stale.
+                let generation = self.recent.generation();
+                let hit = self.cached(&sha256(token), now)?;
+                self.recent
+                    .insert(token.as_bytes(), Arc::clone(&hit), generation);
+                hit
+            }
+        };
         Some(match expect.check(&hit) {
             Ok(()) => {
                 self.recorder.verification(Outcome::Valid { cached: true });
