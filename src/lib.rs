@@ -77,6 +77,7 @@ pub mod simulator;
 pub mod supervise;
 pub mod telemetry;
 pub mod timefmt;
+pub mod tls;
 pub mod token;
 pub mod upstream;
 

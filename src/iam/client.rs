@@ -89,7 +89,7 @@ impl IamClient {
         crate::install_crypto_provider();
         let base_url = reqwest::Url::parse(base.trim())
             .map_err(|e| ClientBuildError(format!("the IAM URL is not a URL: {e}")))?;
-        let mut builder = reqwest::Client::builder()
+        let mut builder = crate::tls::shared(reqwest::Client::builder())
             .connect_timeout(timeouts.connect)
             .timeout(timeouts.request)
             .redirect(reqwest::redirect::Policy::none())

@@ -201,7 +201,7 @@ impl Registry {
         recorder: Arc<dyn RegistryRecorder>,
     ) -> Result<Self, reqwest::Error> {
         crate::install_crypto_provider();
-        let client = reqwest::Client::builder()
+        let client = crate::tls::shared(reqwest::Client::builder())
             .connect_timeout(timeouts.connect)
             .timeout(timeouts.request)
             .redirect(reqwest::redirect::Policy::none())
