@@ -5,10 +5,12 @@
 //! - [`decode_in_place`] turns the base64 text at `[start, end)` into bytes at `[start, …)`: each decoded
 //!   block lands at or before the text it came from, so nothing not yet read is overwritten.
 //! - [`render_in_place`] lays out an answer made of literal pieces and base64 of byte ranges of the
-//!   buffer. The ranges are first packed to the front, in order; the answer is then written from its end
+//!   buffer. The ranges are first packed to the front, in order (a range already close enough to where its
+//!   text goes stays put: a large payload is not moved first); the answer is then written from its end
 //!   backwards. Every piece's output starts at or after the packed bytes it encodes (base64 is longer than
-//!   its input, literals only push it further), so writing backwards never overwrites a byte still to be
-//!   read; each chunk is copied to the stack before its own output is written over it.
+//!   its input, literals only push it further), or at most one chunk's growth before a range left in
+//!   place, and ends at or after them, so writing backwards never overwrites a byte still to be read;
+//!   each chunk is copied to the stack before its own output is written over it.
 //!
 //! Both directions run on `base64-simd` (AVX2/SSSE3 picked at run time, a scalar fallback elsewhere):
 //! base64 was most of a large decrypt's time, several times AES-GCM's.
@@ -19,8 +21,9 @@ use base64::Engine;
 use base64::engine::DecodePaddingMode;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 
-/// Bytes encoded per step (a multiple of 3, so only the last chunk is padded).
-const BYTES_CHUNK: usize = 3072;
+/// Bytes encoded per step (a multiple of 3, so only the last chunk is padded), and the text they make.
+const BYTES_CHUNK: usize = 12 * 1024;
+const TEXT_CHUNK: usize = BYTES_CHUNK / 3 * 4;
 
 /// The standard alphabet, padding optional, non-zero trailing bits tolerated (as Java's decoder does).
 /// It defines what [`decode_in_place`] accepts, and decodes the last group of the text.
@@ -81,23 +84,31 @@ pub enum Piece {
 /// Replaces `buf` with the answer `pieces` describe. Ranges must be in increasing order and disjoint.
 pub fn render_in_place(buf: &mut Vec<u8>, pieces: &mut [Piece]) {
     // 1. Pack the ranges to the front, in order (each moves towards the front, never past a later one).
+    //    A range that may be encoded where it lies stays there (a large payload is not moved first):
+    //    its text must start at most a chunk's growth before its bytes (each chunk's text then lands on
+    //    bytes already read) and end at or after them (the pieces after it, written first, then miss
+    //    them). The ranges before it end before its text starts, so its text overwrites none of them.
     let mut packed = 0;
+    let mut out = 0;
     for piece in pieces.iter_mut() {
-        if let Piece::Base64(range) = piece {
-            let len = range.len();
-            buf.copy_within(range.clone(), packed);
-            *range = packed..packed + len;
-            packed += len;
+        match piece {
+            Piece::Literal(bytes) => out += bytes.len(),
+            Piece::Base64(range) => {
+                let len = range.len();
+                let text_end = out + encoded_len(len);
+                if range.start <= out + (TEXT_CHUNK - BYTES_CHUNK) && range.end <= text_end {
+                    packed = range.end;
+                } else {
+                    buf.copy_within(range.clone(), packed);
+                    *range = packed..packed + len;
+                    packed += len;
+                }
+                out = text_end;
+            }
         }
     }
     // 2. Where each piece goes.
-    let total: usize = pieces
-        .iter()
-        .map(|p| match p {
-            Piece::Literal(bytes) => bytes.len(),
-            Piece::Base64(range) => encoded_len(range.len()),
-        })
-        .sum();
+    let total = out;
     if buf.len() < total {
         buf.resize(total, 0);
     }
@@ -119,7 +130,8 @@ pub fn render_in_place(buf: &mut Vec<u8>, pieces: &mut [Piece]) {
     buf.truncate(total);
 }
 
-/// Encodes `buf[from]` to `buf[to..]`, last chunk first; `to >= from.start`.
+/// Encodes `buf[from]` to `buf[to..]`, last chunk first; `to` is at most `TEXT_CHUNK - BYTES_CHUNK`
+/// before `from.start`, so each chunk's text lands on bytes already read (its own are copied out first).
 fn encode_backwards(buf: &mut [u8], from: Range<usize>, to: usize) {
     let len = from.len();
     let chunks = len.div_ceil(BYTES_CHUNK);
@@ -408,6 +420,29 @@ mod tests {
             change in change(),
         ) {
             check_against_engine(&apply(general_purpose::STANDARD.encode(&data).into_bytes(), &change))?;
+        }
+
+        #[test]
+        fn rendering_in_place_equals_rendering_anew_with_ranges_anywhere(
+            sizes in proptest::collection::vec((0usize..60_000, 0usize..9000, 0usize..6000), 1..4),
+            tail in 0usize..40,
+        ) {
+            // Large ranges far behind or just behind where their text goes: some are encoded where they
+            // lie, some are moved first, in any mix.
+            let mut buf = Vec::new();
+            let mut pieces = Vec::new();
+            for (n, (len, gap, lit)) in sizes.iter().enumerate() {
+                buf.extend(std::iter::repeat_n(b'.', *gap));
+                let start = buf.len();
+                buf.extend((0..*len).map(|i| (i * 13 + n) as u8));
+                pieces.push(Piece::Literal(vec![b'L'; *lit]));
+                pieces.push(Piece::Base64(start..buf.len()));
+            }
+            buf.extend(std::iter::repeat_n(b'.', tail));
+            pieces.push(Piece::Literal(b"\"}".to_vec()));
+            let expected = naive(&buf, &pieces);
+            render_in_place(&mut buf, &mut pieces);
+            prop_assert_eq!(buf, expected);
         }
 
         #[test]
