@@ -33,6 +33,9 @@ use serde::Deserialize;
 use super::body::{self, BodyLimits};
 use super::guard::{self, GuardSettings, Level};
 use super::reply;
+use bytes::Bytes;
+
+use crate::inbound::recent::Rendered;
 use crate::inbound::{Denied, Expectation, Mismatch, Rejection, Role, Verified, Verifier};
 
 /// The route.
@@ -77,10 +80,26 @@ pub fn answer_from_cache(
     let expect = expectation_from_query(query).ok()?;
     let credential = credential_from_headers(headers).ok()??;
     let expect = bind(expect, credential.source)?;
-    state
-        .verifier
-        .verify_cached(credential.token, &expect)
-        .map(answer)
+    Some(
+        match state.verifier.verify_cached(credential.token, &expect)? {
+            Ok(hit) => {
+                // The answer states the seconds left: within one second it is the same bytes.
+                let expires_in = hit.verified.expires_in(SystemTime::now());
+                let rendered = match hit.answer.get(expires_in) {
+                    Some(rendered) => rendered,
+                    None => {
+                        let Some(rendered) = render(&hit.verified, expires_in) else {
+                            return Some(cannot_render());
+                        };
+                        hit.answer.set(rendered.clone());
+                        rendered
+                    }
+                };
+                verified_response(rendered)
+            }
+            Err(denied) => answer(Err(denied)),
+        },
+    )
 }
 
 /// The expectation with the role the credential's header binds (`aa_api_key` ⇒ AA, `fip_api_key` ⇒ FIP).
@@ -210,6 +229,10 @@ async fn post_verify(
 }
 
 fn expectation_from_query(query: Option<&str>) -> Result<Expectation, String> {
+    if query.is_none_or(str::is_empty) {
+        // What the parse below gives for no pairs, without running it on every proxied call.
+        return Ok(Expectation::default());
+    }
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
         .map_err(|_| "the query string is not form-encoded".to_string())?;
     let mut role = None;
@@ -356,7 +379,10 @@ fn bearer(value: &HeaderValue) -> Result<Option<&str>, Rejection> {
 
 fn answer(result: Result<Arc<Verified>, Denied>) -> axum::response::Response {
     match result {
-        Ok(verified) => verified_response(&verified),
+        Ok(verified) => match render(&verified, verified.expires_in(SystemTime::now())) {
+            Some(rendered) => verified_response(rendered),
+            None => cannot_render(),
+        },
         Err(Denied::Invalid(rejection)) => unauthorized(rejection),
         Err(Denied::Forbidden(mismatch)) => forbidden(mismatch),
         Err(Denied::Busy) => reply::unavailable(
@@ -367,7 +393,8 @@ fn answer(result: Result<Arc<Verified>, Denied>) -> axum::response::Response {
     }
 }
 
-fn verified_response(verified: &Verified) -> axum::response::Response {
+/// The `200` answer's body and identity headers for `verified`, `expires_in` seconds before its `exp`.
+fn render(verified: &Verified, expires_in: u64) -> Option<Rendered> {
     let role = verified.role();
     let mut body = Vec::with_capacity(verified.claims_json.len() + 256);
     body.extend_from_slice(b"{\"entityId\":\"");
@@ -377,35 +404,43 @@ fn verified_response(verified: &Verified) -> axum::response::Response {
     body.extend_from_slice(role.as_bytes());
     body.extend_from_slice(b"\",\"issuer\":");
     // The issuer is configured, but written as JSON all the same.
-    if serde_json::to_writer(&mut body, &verified.issuer).is_err() {
-        return reply::error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "cannot render",
-        );
-    }
+    serde_json::to_writer(&mut body, &verified.issuer).ok()?;
     body.extend_from_slice(b",\"expiresAt\":\"");
     body.extend_from_slice(verified.expires_at_text.as_bytes());
     body.extend_from_slice(b"\",\"expiresIn\":");
-    body.extend_from_slice(
-        itoa::Buffer::new()
-            .format(verified.expires_in(SystemTime::now()))
-            .as_bytes(),
-    );
+    body.extend_from_slice(itoa::Buffer::new().format(expires_in).as_bytes());
     body.extend_from_slice(b",\"claims\":");
     body.extend_from_slice(verified.claims_json.as_bytes());
     body.push(b'}');
-    let mut response = Response::new(Body::from(body));
+    Some(Rendered {
+        expires_in,
+        body: Bytes::from(body),
+        entity: Bytes::copy_from_slice(verified.entity_id.as_str().as_bytes()),
+        role: Bytes::from(role),
+    })
+}
+
+fn cannot_render() -> axum::response::Response {
+    reply::error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "cannot render",
+    )
+}
+
+/// The `200` answer. Its bytes are shared with the memo they came from: nothing is copied.
+fn verified_response(rendered: Rendered) -> axum::response::Response {
+    let mut response = Response::new(Body::from(rendered.body));
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if let Ok(value) = HeaderValue::from_str(verified.entity_id.as_str()) {
+    if let Ok(value) = HeaderValue::from_maybe_shared(rendered.entity) {
         headers.insert(ENTITY_HEADER, value);
     }
-    if let Ok(value) = HeaderValue::from_str(&role) {
+    if let Ok(value) = HeaderValue::from_maybe_shared(rendered.role) {
         headers.insert(ROLE_HEADER, value);
     }
     response

@@ -37,7 +37,7 @@ use crate::crypto_pool::{CryptoPool, PoolError};
 use crate::iam::{IamTimeouts, environment_base_url};
 use keyset::{FetchTrigger, KeySource, KeySourceStatus, RsaKey};
 use policy::KeyPolicy;
-use recent::Recent;
+use recent::{Hit, Recent};
 pub use verify::{BadExpectation, Expectation, Mismatch, Rejection, Role, Verified};
 
 pub use crate::iam::{CERTS_PATH, REALM_PATH};
@@ -365,11 +365,7 @@ impl Verifier {
     /// The answer for a token verified before, without waiting on anything: `None` when it is not in the
     /// cache (the caller then takes the long way, [`Verifier::verify`]). Records the outcome when `Some`.
     /// The hot path answers repeated tokens with this, in front of the router.
-    pub fn verify_cached(
-        &self,
-        token: &str,
-        expect: &Expectation,
-    ) -> Option<Result<Arc<Verified>, Denied>> {
+    pub fn verify_cached(&self, token: &str, expect: &Expectation) -> Option<Result<Hit, Denied>> {
         if token.is_empty() || token.len() > verify::MAX_TOKEN_BYTES {
             return None;
         }
@@ -379,13 +375,14 @@ impl Verifier {
             None => {
                 // Read before the lookup: an invalidation in between leaves the entry stale.
                 let generation = self.recent.generation();
-                let hit = self.cached(&sha256(token), now)?;
-                self.recent
-                    .insert(token.as_bytes(), Arc::clone(&hit), generation);
-                hit
+                let verified = self.cached(&sha256(token), now)?;
+                let answer =
+                    self.recent
+                        .insert(token.as_bytes(), Arc::clone(&verified), generation);
+                Hit { verified, answer }
             }
         };
-        Some(match expect.check(&hit) {
+        Some(match expect.check(&hit.verified) {
             Ok(()) => {
                 self.recorder.verification(Outcome::Valid { cached: true });
                 Ok(hit)

@@ -7,6 +7,10 @@
 //! the whole token: a hit needs the very bytes of a token that verified, so it can be no weaker than the
 //! cache behind it. A collision or a stranger only costs a miss, which goes to the cache as before.
 //!
+//! Each entry also keeps the last answer rendered for its token ([`AnswerMemo`]): the answer states the
+//! seconds left (`expiresIn`), so it can be reused for the rest of that second. The HTTP layer renders it;
+//! this module only holds its bytes, for at most [`SLOTS`] tokens.
+//!
 //! It never outlives what it mirrors: a hit is re-checked against the token's `exp` at the time of the
 //! request, and [`Recent::invalidate`] (called when a key set withdraws a key, after the cache itself has
 //! been emptied) turns every entry stale at once by moving the generation on. An entry is stamped with
@@ -15,8 +19,10 @@
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
+
+use bytes::Bytes;
 
 use super::verify::Verified;
 
@@ -31,7 +37,45 @@ const HASHED_TAIL: usize = 32;
 struct Entry {
     token: Box<[u8]>,
     verified: Arc<Verified>,
+    answer: Arc<AnswerMemo>,
     generation: u64,
+}
+
+/// A hit: the result, and the memo of its last answer.
+pub struct Hit {
+    pub verified: Arc<Verified>,
+    pub answer: Arc<AnswerMemo>,
+}
+
+/// An answer's bytes as the HTTP layer rendered them, for the `expiresIn` they state.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    pub expires_in: u64,
+    pub body: Bytes,
+    /// The values of the identity headers.
+    pub entity: Bytes,
+    pub role: Bytes,
+}
+
+/// The last answer rendered for a remembered token.
+#[derive(Debug, Default)]
+pub struct AnswerMemo(Mutex<Option<Rendered>>);
+
+impl AnswerMemo {
+    /// The answer rendered for this `expiresIn`, if it is the last one rendered.
+    pub fn get(&self, expires_in: u64) -> Option<Rendered> {
+        let guard = self.0.lock().ok()?;
+        guard
+            .as_ref()
+            .filter(|r| r.expires_in == expires_in)
+            .cloned()
+    }
+
+    pub fn set(&self, rendered: Rendered) {
+        if let Ok(mut guard) = self.0.lock() {
+            *guard = Some(rendered);
+        }
+    }
 }
 
 /// The table. Shared by every connection; a slot is read under a read lock, so concurrent hits on the
@@ -59,30 +103,38 @@ impl Recent {
     }
 
     /// The result for exactly these token bytes, if it is current and the token has not expired at `now`.
-    pub fn get(&self, token: &[u8], now: SystemTime) -> Option<Arc<Verified>> {
+    pub fn get(&self, token: &[u8], now: SystemTime) -> Option<Hit> {
         let slot = self.slots.get(self.index(token))?;
         let guard = slot.read().ok()?;
         let entry = guard.as_ref()?;
         if entry.generation != self.generation() || *entry.token != *token {
             return None;
         }
-        (now < entry.verified.expires_at).then(|| Arc::clone(&entry.verified))
+        (now < entry.verified.expires_at).then(|| Hit {
+            verified: Arc::clone(&entry.verified),
+            answer: Arc::clone(&entry.answer),
+        })
     }
 
-    /// Remembers `verified` for these token bytes, stamped with `generation` (see [`Recent::generation`]).
-    /// Replaces whatever shared the slot.
-    pub fn insert(&self, token: &[u8], verified: Arc<Verified>, generation: u64) {
-        let Some(slot) = self.slots.get(self.index(token)) else {
-            return;
-        };
+    /// Remembers `verified` for these token bytes, stamped with `generation` (see [`Recent::generation`]),
+    /// with an empty answer memo, which it returns. Replaces whatever shared the slot.
+    pub fn insert(
+        &self,
+        token: &[u8],
+        verified: Arc<Verified>,
+        generation: u64,
+    ) -> Arc<AnswerMemo> {
+        let answer = Arc::new(AnswerMemo::default());
         // A poisoned slot (a panic while it was written) is simply left alone: it only ever misses.
-        if let Ok(mut guard) = slot.write() {
+        if let Some(Ok(mut guard)) = self.slots.get(self.index(token)).map(|slot| slot.write()) {
             *guard = Some(Entry {
                 token: token.into(),
                 verified,
+                answer: Arc::clone(&answer),
                 generation,
             });
         }
+        answer
     }
 
     /// Makes every entry stale (a key was withdrawn). Call it after the cache behind has been emptied.
@@ -130,6 +182,17 @@ mod tests {
             recent.generation(),
         );
         assert!(recent.get(&token, now).is_some());
+        // The memo is the entry's, and keeps one answer, by its `expiresIn`.
+        let memo = recent.get(&token, now).unwrap().answer;
+        let rendered = |expires_in| Rendered {
+            expires_in,
+            body: Bytes::from_static(b"{}"),
+            entity: Bytes::from_static(b"AA-1"),
+            role: Bytes::from_static(b"AA"),
+        };
+        memo.set(rendered(59));
+        assert!(recent.get(&token, now).unwrap().answer.get(59).is_some());
+        assert!(memo.get(58).is_none());
         // The same slot's hash but other bytes: a token differing before its hashed tail.
         let mut other = token.clone();
         other[0] ^= 1;
