@@ -78,28 +78,26 @@ pub fn answer_from_cache(
     }
     let query = uri.query();
     let expect = expectation_from_query(query).ok()?;
-    let credential = credential_from_headers(headers).ok()??;
-    let expect = bind(expect, credential.source)?;
-    Some(
-        match state.verifier.verify_cached(credential.token, &expect)? {
-            Ok(hit) => {
-                // The answer states the seconds left: within one second it is the same bytes.
-                let expires_in = hit.verified.expires_in(SystemTime::now());
-                let rendered = match hit.answer.get(expires_in) {
-                    Some(rendered) => rendered,
-                    None => {
-                        let Some(rendered) = render(&hit.verified, expires_in) else {
-                            return Some(cannot_render());
-                        };
-                        hit.answer.set(rendered.clone());
-                        rendered
-                    }
-                };
-                verified_response(rendered)
-            }
-            Err(denied) => answer(Err(denied)),
-        },
-    )
+    let (token, source) = plain_credential(headers)?;
+    let expect = bind(expect, source)?;
+    Some(match state.verifier.verify_cached(token, &expect)? {
+        Ok(hit) => {
+            // The answer states the seconds left: within one second it is the same bytes.
+            let expires_in = hit.verified.expires_in(SystemTime::now());
+            let rendered = match hit.answer.get(expires_in) {
+                Some(rendered) => rendered,
+                None => {
+                    let Some(rendered) = render(&hit.verified, expires_in) else {
+                        return Some(cannot_render());
+                    };
+                    hit.answer.set(rendered.clone());
+                    rendered
+                }
+            };
+            verified_response(rendered)
+        }
+        Err(denied) => answer(Err(denied)),
+    })
 }
 
 /// The expectation with the role the credential's header binds (`aa_api_key` ⇒ AA, `fip_api_key` ⇒ FIP).
@@ -326,6 +324,52 @@ pub fn credential_from_headers(headers: &HeaderMap) -> Result<Option<Credential<
     Ok(None)
 }
 
+/// The credential as the hot path reads it: only the plain cases — one ReBIT header, or else
+/// `Authorization: Bearer` — each header at most once, as bytes; `None` for anything else, which the
+/// router then reads with [`credential_from_headers`] (and says what is wrong with it).
+///
+/// It skips the visible-ASCII check and the UTF-8 conversion [`credential_from_headers`] makes over every
+/// byte of the token, and the four lookups by name: the hot path only uses the bytes to find a token
+/// verified before. The only bytes dropped around them are spaces, tabs and the `Bearer` scheme, so a
+/// value whose bytes find a verified token is visible ASCII and reads the same both ways; any other value
+/// finds none, and goes to the router.
+fn plain_credential(headers: &HeaderMap) -> Option<(&[u8], Source)> {
+    let mut api_key: Option<(&HeaderValue, Source)> = None;
+    let mut authorization = None;
+    for (name, value) in headers {
+        if let Some(index) = API_KEY_HEADERS.iter().position(|known| known == name) {
+            // Two ReBIT headers (the same token twice, or two) are for the router to judge.
+            let source = *API_KEY_SOURCES.get(index)?;
+            if api_key.replace((value, source)).is_some() {
+                return None;
+            }
+        } else if name == header::AUTHORIZATION && authorization.replace(value).is_some() {
+            return None;
+        }
+    }
+    match (api_key, authorization) {
+        (Some((value, source)), _) => {
+            let text = value.as_bytes().trim_ascii();
+            let token = match text.iter().position(|b| *b == b' ') {
+                Some(space) if text[..space].eq_ignore_ascii_case(b"bearer") => {
+                    text[space + 1..].trim_ascii()
+                }
+                _ => text,
+            };
+            Some((token, source))
+        }
+        (None, Some(value)) => {
+            let bytes = value.as_bytes();
+            let scheme_len = bytes.iter().position(|b| *b == b' ').unwrap_or(bytes.len());
+            if !bytes[..scheme_len].eq_ignore_ascii_case(b"bearer") {
+                return None;
+            }
+            Some((bytes[scheme_len..].trim_ascii(), Source::Authorization))
+        }
+        (None, None) => None,
+    }
+}
+
 /// The token of a request, wherever it came from ([`credential_from_headers`]).
 pub fn token_from_headers(headers: &HeaderMap) -> Result<Option<&str>, Rejection> {
     credential_from_headers(headers).map(|c| c.map(|c| c.token))
@@ -484,6 +528,63 @@ mod tests {
             );
         }
         map
+    }
+
+    /// Whatever [`plain_credential`] finds, [`credential_from_headers`] finds the same; where that one
+    /// refuses or finds nothing, the plain reading is absent or holds a byte no token has.
+    #[test]
+    fn the_plain_credential_is_the_credential_or_cannot_match_a_token() {
+        let names = [
+            "client_api_key",
+            "fip_api_key",
+            "aa_api_key",
+            "authorization",
+            "x-other",
+        ];
+        let pieces: [&[u8]; 12] = [
+            b"Bearer ",
+            b"bearer ",
+            b"BEARER\t",
+            b"Basic ",
+            b" ",
+            b"\t",
+            b"eyJ.a.b",
+            b"tok",
+            b"\xc2\xa0",
+            b"\xc2\x85",
+            b"\xff",
+            b"=",
+        ];
+        let mut rng = fastrand::Rng::with_seed(7);
+        let visible = |bytes: &[u8]| bytes.iter().all(|b| (33..127).contains(b));
+        let (mut found, mut agreed) = (0, 0);
+        for _ in 0..20_000 {
+            let mut pairs: Vec<(&str, Vec<u8>)> = Vec::new();
+            for _ in 0..rng.usize(1..4) {
+                let value: Vec<u8> = (0..rng.usize(0..5))
+                    .flat_map(|_| pieces[rng.usize(..pieces.len())].to_vec())
+                    .collect();
+                pairs.push((names[rng.usize(..names.len())], value));
+            }
+            let refs: Vec<(&str, &[u8])> = pairs.iter().map(|(n, v)| (*n, &v[..])).collect();
+            let map = headers(&refs);
+            let Some((token, source)) = plain_credential(&map) else {
+                continue;
+            };
+            found += 1;
+            match credential_from_headers(&map) {
+                Ok(Some(full)) if full.token.as_bytes() == token => {
+                    assert_eq!(full.source, source, "{pairs:?}");
+                    agreed += 1;
+                }
+                other => assert!(
+                    token.is_empty() || !visible(token),
+                    "{pairs:?}: plain {:?}, full {other:?}",
+                    String::from_utf8_lossy(token)
+                ),
+            }
+        }
+        assert!(found > 1000 && agreed > 1000, "{found} {agreed}");
     }
 
     #[test]
