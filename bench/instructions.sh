@@ -33,11 +33,11 @@ bearer="Authorization: Bearer $token"
 count() {
   local name=$1 vg=$2 port=$3 path=$4 header=$5
   wrk -t1 -c8 -d2s -H "$header" "http://127.0.0.1:$port$path" >/dev/null
-  callgrind_control -z "$vg" >/dev/null
+  callgrind_control -z "$vg" >/dev/null 2>&1
   local requests
   requests=$(wrk -t1 -c8 -d8s -H "$header" -s bench/report.lua "http://127.0.0.1:$port$path" |
     grep '^{' | python3 -c 'import json, sys; print(json.load(sys.stdin)["requests"])')
-  callgrind_control --dump="$name" "$vg" >/dev/null
+  callgrind_control --dump="$name" "$vg" >/dev/null 2>&1
   sleep 1
   local instructions
   instructions=$(awk '/^summary:/ {print $2}' "$(ls -t "$out/$port".[0-9]* | head -1)")
