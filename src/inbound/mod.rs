@@ -11,7 +11,7 @@
 //! - [`policy`]: when to fetch keys, and the rate limit on refetches an unknown `kid` may trigger.
 //! - [`Verifier`] (this file): ties them together, with a cache of verified tokens by SHA-256 of the token
 //!   (never past the token's `exp`), so a peer presenting the same token on every call costs a hash and
-//!   a lookup after the first.
+//!   a lookup after the first; [`recent`] answers those repeats first, by the token's bytes.
 //!
 //! The issuer is never trusted from the token: it must be on the allow-list, and the keys come from that
 //! issuer's configured key URL — never from a URL the token names (`jku`, `x5u`, or `iss` itself). Metrics
@@ -21,6 +21,7 @@
 pub mod callers;
 pub mod keyset;
 pub mod policy;
+pub mod recent;
 pub mod verify;
 
 use std::sync::Arc;
@@ -37,6 +38,7 @@ use crate::keys::RsaKey;
 use crate::upstream::http::ClientSpec;
 use keyset::{FetchTrigger, KeySource, KeySourceStatus};
 use policy::KeyPolicy;
+use recent::{Hit, Recent};
 pub use verify::{BadExpectation, Expectation, Mismatch, Rejection, Role, Verified};
 
 pub use crate::iam::{CERTS_PATH, REALM_PATH};
@@ -257,6 +259,8 @@ pub struct Verifier {
     sources: Vec<Arc<KeySource>>,
     leeway: Duration,
     verified: Cache<[u8; 32], Arc<Verified>>,
+    /// The last tokens answered from `verified`, by their bytes (emptied with it).
+    recent: Arc<Recent>,
     recorder: Arc<dyn VerifyRecorder>,
     /// Where RSA checks run, once the application has started its crypto pool.
     pool: std::sync::OnceLock<Arc<CryptoPool>>,
@@ -290,6 +294,7 @@ impl Verifier {
             .max_capacity(RESULT_CACHE_CAPACITY)
             .expire_after(UntilExp)
             .build();
+        let recent = Arc::new(Recent::default());
         let mut sources: Vec<Arc<KeySource>> = Vec::new();
         let mut issuers = Vec::new();
         for (issuer, url) in settings.issuers.iter().zip(key_urls) {
@@ -297,14 +302,19 @@ impl Verifier {
                 Some(index) => index,
                 None => {
                     let cache = verified.clone();
+                    let front = Arc::clone(&recent);
                     sources.push(Arc::new(KeySource::new(
                         url,
                         client.clone(),
                         settings.policy.clone(),
                         settings.timeouts,
                         Arc::clone(&recorder),
-                        // A key withdrawn from the set takes the results it verified with it.
-                        Box::new(move || cache.invalidate_all()),
+                        // A key withdrawn from the set takes the results it verified with it: the
+                        // cache first, then the table in front of it (see `recent`).
+                        Box::new(move || {
+                            cache.invalidate_all();
+                            front.invalidate();
+                        }),
                     )));
                     sources.len() - 1
                 }
@@ -318,6 +328,7 @@ impl Verifier {
             sources,
             leeway: settings.leeway,
             verified,
+            recent,
             recorder,
             pool: std::sync::OnceLock::new(),
         })
@@ -356,16 +367,23 @@ impl Verifier {
     /// The answer for a token verified before, without waiting on anything: `None` when it is not in the
     /// cache (the caller then takes the long way, [`Verifier::verify`]). Records the outcome when `Some`.
     /// The hot path answers repeated tokens with this, in front of the router.
-    pub fn verify_cached(
-        &self,
-        token: &str,
-        expect: &Expectation,
-    ) -> Option<Result<Arc<Verified>, Denied>> {
+    /// The token is taken as bytes, unchecked: only the bytes of a token that verified can be found.
+    pub fn verify_cached(&self, token: &[u8], expect: &Expectation) -> Option<Result<Hit, Denied>> {
         if token.is_empty() || token.len() > verify::MAX_TOKEN_BYTES {
             return None;
         }
-        let hit = self.cached(&sha256(token), SystemTime::now())?;
-        Some(match expect.check(&hit) {
+        let now = SystemTime::now();
+        let hit = match self.recent.get(token, now) {
+            Some(hit) => hit,
+            None => {
+                // Read before the lookup: an invalidation in between leaves the entry stale.
+                let generation = self.recent.generation();
+                let verified = self.cached(&sha256(token), now)?;
+                let answer = self.recent.insert(token, Arc::clone(&verified), generation);
+                Hit { verified, answer }
+            }
+        };
+        Some(match expect.check(&hit.verified) {
             Ok(()) => {
                 self.recorder.verification(Outcome::Valid { cached: true });
                 Ok(hit)
@@ -400,7 +418,7 @@ impl Verifier {
         if token.len() > verify::MAX_TOKEN_BYTES {
             return Err(Rejection::Malformed.into());
         }
-        let digest = sha256(token);
+        let digest = sha256(token.as_bytes());
         let now = SystemTime::now();
         if let Some(hit) = self.cached(&digest, now) {
             return Ok((hit, true));
@@ -499,8 +517,8 @@ impl Verifier {
     }
 }
 
-fn sha256(token: &str) -> [u8; 32] {
-    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+fn sha256(token: &[u8]) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, token);
     let mut out = [0u8; 32];
     out.copy_from_slice(digest.as_ref());
     out
@@ -509,7 +527,7 @@ fn sha256(token: &str) -> [u8; 32] {
 /// `sha256:` and 8 hex digits of the token: the same fingerprint [`crate::entity::fingerprint`] gives,
 /// so a token can be recognised across log lines without being written.
 pub fn fingerprint(token: &str) -> String {
-    let digest = sha256(token);
+    let digest = sha256(token.as_bytes());
     let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
     format!("sha256:{hex}")
 }

@@ -5,8 +5,8 @@
 //! from here (the owner keeps what it fetched, and its policy decides when to fetch again). What it
 //! guarantees:
 //! - **one fetch per key at a time**: concurrent callers join the fetch in flight; who starts one is
-//!   decided atomically by moka (`entry().or_optionally_insert_with`), and only when none is in flight is
-//!   the owner's `admit` asked (a rate limit sees the fetches that start, not the callers that join);
+//!   decided under the table's lock, and only when none is in flight is the owner's `admit` asked (a rate
+//!   limit sees the fetches that start, not the callers that join);
 //! - **nothing a caller can cancel**: the fetch runs on a task of its own, so a caller that goes away (a
 //!   client that hung up, a waiter that timed out) cancels nothing others wait on. The record of the
 //!   flight is removed by a drop guard in that task, which runs whether the fetch returns, panics or is
@@ -17,16 +17,18 @@
 //!
 //! Why not moka's `try_get_with` around the fetch itself: its loading caller *is* the fetch, so a caller
 //! that hangs up cancels it, and moka then lets the next waiter start another one (a second upstream
-//! call; after 200 such cancellations a waiter panics). Here the only thing done under moka's coalescing
-//! is creating the record of the flight, which cannot be interrupted.
+//! call; after 200 such cancellations a waiter panics). Here the only thing done under the lock is
+//! creating the record of the flight, which cannot be interrupted. The table is a plain map behind a
+//! mutex, not a moka cache: it holds a handful of records for a few seconds at most, and a moka cache
+//! allocates its logs up front (about 55 KiB each), which an idle sidecar with several flights kept for
+//! its whole life.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use moka::ops::compute::Op;
-use moka::sync::Cache;
 use tokio::sync::watch;
 
 /// Why a caller got no outcome from a flight.
@@ -46,10 +48,22 @@ pub enum FlightError {
 /// What waiters of one flight watch: `None` until the fetch lands.
 type Landing<V> = watch::Sender<Option<Result<V, FlightError>>>;
 
+/// The records of the fetches in flight, by key.
+type Running<K, V> = Arc<Mutex<HashMap<K, Arc<Landing<V>>>>>;
+
 /// The fetches in flight, by key. Cheap to share behind its owner; see the module documentation.
 pub struct Flight<K, V> {
-    running: Cache<K, Arc<Landing<V>>>,
+    running: Running<K, V>,
+    capacity: usize,
     bound: Duration,
+}
+
+/// The table, locked. Nothing panics while it is held (`admit` is the owner's and must not), but a
+/// poisoned lock would only mean a record left behind, which its guard removes: it is used as it is.
+fn lock<K, V>(running: &Running<K, V>) -> MutexGuard<'_, HashMap<K, Arc<Landing<V>>>> {
+    running
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl<K, V> Flight<K, V>
@@ -61,7 +75,8 @@ where
     /// first runs, never a stuck one), each waited for and run at most `bound`.
     pub fn new(capacity: u64, bound: Duration) -> Self {
         Self {
-            running: Cache::new(capacity.max(1)),
+            running: Arc::default(),
+            capacity: usize::try_from(capacity.max(1)).unwrap_or(usize::MAX),
             bound,
         }
     }
@@ -73,7 +88,7 @@ where
 
     /// Whether a fetch for `key` is in flight (an input of the owners' policies).
     pub fn in_flight(&self, key: &K) -> bool {
-        self.running.contains_key(key)
+        lock(&self.running).contains_key(key)
     }
 
     /// The outcome of the fetch in flight for `key`, joined; or, when none is in flight and `admit()`
@@ -89,15 +104,22 @@ where
     {
         // Synchronous from here to the spawn: a caller dropped at an `.await` can only be dropped
         // before the flight exists or after its task is running.
-        let entry = self
-            .running
-            .entry(key.clone())
-            .or_optionally_insert_with(|| admit().then(|| Arc::new(watch::Sender::new(None))));
-        let Some(entry) = entry else {
-            return Err(FlightError::NotAdmitted);
+        let (landing, started) = {
+            let mut running = lock(&self.running);
+            match running.get(&key) {
+                Some(landing) => (Arc::clone(landing), false),
+                None if !admit() => return Err(FlightError::NotAdmitted),
+                None => {
+                    let landing = Arc::new(watch::Sender::new(None));
+                    // Past the capacity the flight runs unrecorded: a later caller may start a second
+                    // one for the same key, but none can wait on a record that nobody removes.
+                    if running.len() < self.capacity {
+                        running.insert(key.clone(), Arc::clone(&landing));
+                    }
+                    (landing, true)
+                }
+            }
         };
-        let started = entry.is_fresh();
-        let landing = entry.into_value();
         if started {
             self.spawn(key, Arc::clone(&landing), fetch());
         }
@@ -106,7 +128,7 @@ where
 
     /// The outcome of the fetch in flight for `key`, if one is; never starts one.
     pub async fn join(&self, key: &K) -> Option<Result<V, FlightError>> {
-        let landing = self.running.get(key)?;
+        let landing = lock(&self.running).get(key).cloned()?;
         Some(self.wait(&landing).await)
     }
 
@@ -125,7 +147,7 @@ where
         Fut: Future<Output = V> + Send + 'static,
     {
         let mut guard = LandingGuard {
-            running: self.running.clone(),
+            running: Arc::clone(&self.running),
             key,
             landing,
             outcome: None,
@@ -151,7 +173,7 @@ where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
 {
-    running: Cache<K, Arc<Landing<V>>>,
+    running: Running<K, V>,
     key: K,
     landing: Arc<Landing<V>>,
     outcome: Option<Result<V, FlightError>>,
@@ -164,14 +186,17 @@ where
 {
     fn drop(&mut self) {
         // Forgotten first, so that a caller who comes once the outcome is out asks its owner afresh
-        // (in-flight only). Only this flight's record: a key evicted for capacity may hold a newer one.
-        let mine = &self.landing;
-        self.running
-            .entry(self.key.clone())
-            .and_compute_with(|held| match held {
-                Some(entry) if Arc::ptr_eq(entry.value(), mine) => Op::Remove,
-                _ => Op::Nop,
-            });
+        // (in-flight only). Only this flight's record: past the capacity a flight runs unrecorded, and
+        // its key may hold another one's.
+        {
+            let mut running = lock(&self.running);
+            if running
+                .get(&self.key)
+                .is_some_and(|held| Arc::ptr_eq(held, &self.landing))
+            {
+                running.remove(&self.key);
+            }
+        }
         let outcome = self.outcome.take().unwrap_or(Err(FlightError::Aborted));
         self.landing.send_replace(Some(outcome));
     }
@@ -300,6 +325,7 @@ mod tests {
         tokio::task::yield_now().await;
         let quick = Flight::<&str, u32> {
             running: slow.running.clone(),
+            capacity: 16,
             bound: BOUND,
         };
         let begun = Instant::now();
@@ -309,6 +335,31 @@ mod tests {
         );
         assert_eq!(begun.elapsed(), BOUND);
         assert!(slow.in_flight(&"k"), "the fetch goes on for those who wait");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn past_its_capacity_a_flight_runs_unrecorded_and_leaves_nothing_behind() {
+        let flight = Arc::new(Flight::<&str, u32>::new(1, BOUND));
+        let (a_starts, b_starts) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+        let a = {
+            let flight = Arc::clone(&flight);
+            let fetch = counted(&a_starts, Duration::from_secs(2));
+            tokio::spawn(async move { flight.run("a", || true, fetch).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(flight.in_flight(&"a"));
+        // The table is full: "b" is fetched all the same, with no record for others to join.
+        let b = {
+            let flight = Arc::clone(&flight);
+            let fetch = counted(&b_starts, Duration::from_secs(1));
+            tokio::spawn(async move { flight.run("b", || true, fetch).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!flight.in_flight(&"b"));
+        assert_eq!(b.await.unwrap(), Ok(1));
+        assert_eq!(a.await.unwrap(), Ok(1));
+        assert!(!flight.in_flight(&"a"));
+        assert!(lock(&flight.running).is_empty());
     }
 
     #[tokio::test(start_paused = true)]

@@ -92,9 +92,11 @@ impl ClientSpec {
         if self.direct {
             builder = builder.no_proxy();
         }
-        if let Some(roots) = self.roots {
-            builder = builder.tls_certs_only(roots);
-        }
+        builder = match self.roots {
+            Some(roots) => builder.tls_certs_only(roots),
+            // The system roots: one configuration for every such client (see `tls`).
+            None => super::tls::shared(builder),
+        };
         builder.build().map_err(|e| ClientBuildError(describe(&e)))
     }
 }

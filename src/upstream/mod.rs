@@ -4,9 +4,11 @@
 //! - [`flight`]: the one cancellation-safe single flight — concurrent callers for one key share one fetch,
 //!   which runs to completion on a task of its own, bounded in time, whoever stops waiting for it.
 //! - [`http`]: the one HTTP client builder, capped body reader and error describer of every upstream
-//!   call (the IAM, the realm key set, the Central Registry, the Kubernetes sink, `certify`).
+//!   call (the IAM, the realm key set, the Central Registry, the Kubernetes sink, `certify`);
+//!   [`tls`]: the one TLS configuration of those that trust the system roots, built once.
 
 pub mod flight;
 pub mod http;
+pub mod tls;
 
 pub use flight::{Flight, FlightError};

@@ -280,7 +280,7 @@ async fn a_repeated_token_gets_the_same_answer_from_the_hot_path_as_from_the_rou
         body.as_object_mut().unwrap().remove("expiresIn");
         body
     };
-    assert_eq!(strip(first.body), strip(second.body));
+    assert_eq!(strip(first.body), strip(second.body.clone()));
     for name in [
         "content-type",
         "cache-control",
@@ -300,6 +300,26 @@ async fn a_repeated_token_gets_the_same_answer_from_the_hot_path_as_from_the_rou
             .metric("aa_broker_verifications_total{outcome=\"valid\",reason=\"cached\"}")
             .await,
         1.0
+    );
+    // Within a second the hot path reuses the bytes it rendered; a later second states the seconds then
+    // left, never the ones rendered before.
+    let exp = claims(&token)["exp"].as_f64().unwrap();
+    let third = broker
+        .verify_get("?role=FIP", &[("fip_api_key", &token)])
+        .await;
+    assert_eq!(third.status, 200);
+    assert_eq!(strip(third.body.clone()), strip(second.body.clone()));
+    let before = third.body["expiresIn"].as_u64().unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let later = broker
+        .verify_get("?role=FIP", &[("fip_api_key", &token)])
+        .await;
+    let left = later.body["expiresIn"].as_u64().unwrap();
+    assert!(left < before, "{left} after {before}");
+    assert!((left as f64 - (exp - now_secs())).abs() <= 1.0, "{left}");
+    assert_eq!(
+        later.headers.get("x-aa-role"),
+        second.headers.get("x-aa-role")
     );
     broker.stop().await;
 }
