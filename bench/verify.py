@@ -23,7 +23,7 @@ import bench as b
 AA, AA_SECRET = "AA-BENCH", "aa-bench-secret"
 COST = os.path.join(b.RELEASE, "examples", "bench-verify-cost")
 SECTION = "## Verifying incoming tokens (`GET /v1/verify`)"
-TARGET_RATIO = 0.8
+TARGET_RATIO = 0.9
 
 
 def wrk(url, connections, duration, headers):

@@ -149,12 +149,14 @@ pub fn log_settings(args: &LogArgs) -> Result<LogSettings, ConfigError> {
         }
     };
     let filter = args.log_level.clone().unwrap_or_else(|| "info".into());
-    tracing_subscriber::EnvFilter::try_new(&filter).map_err(|e| {
-        ConfigError::new(
-            settings::LOG_LEVEL,
-            format!("{filter:?} is not a log filter: {e}"),
-        )
-    })?;
+    filter
+        .parse::<tracing_subscriber::filter::Targets>()
+        .map_err(|e| {
+            ConfigError::new(
+                settings::LOG_LEVEL,
+                format!("{filter:?} is not a log filter: {e}"),
+            )
+        })?;
     Ok(LogSettings { json, filter })
 }
 
