@@ -9,7 +9,7 @@
 //!
 //! Each entry also keeps the last answer rendered for its token ([`AnswerMemo`]): the answer states the
 //! seconds left (`expiresIn`), so it can be reused for the rest of that second. The HTTP layer renders it;
-//! this module only holds its bytes, for at most [`SLOTS`] tokens.
+//! this module only holds its bytes, for at most `SLOTS` (64) tokens.
 //!
 //! It never outlives what it mirrors: a hit is re-checked against the token's `exp` at the time of the
 //! request, and [`Recent::invalidate`] (called when a key set withdraws a key, after the cache itself has
