@@ -68,7 +68,8 @@ start 17474 "$floor" 127.0.0.1:17474 "$out/token.answer"
 wait_for 17474
 count "floor /v1/token" "$vg" 17474 /v1/token 'Metadata: true'
 stop "$vg"
-start 17475 "$floor" 127.0.0.1:17475 "$out/verify.answer"
+identity=$(python3 -c 'import json, sys; a = json.load(open(sys.argv[1])); print(a["entityId"], a["role"])' "$out/verify.answer")
+start 17475 "$floor" 127.0.0.1:17475 "$out/verify.answer" "x-aa-entity-id:${identity% *}" "x-aa-role:${identity#* }"
 wait_for 17475
 count "floor /v1/verify" "$vg" 17475 /v1/verify "$bearer"
 stop "$vg"

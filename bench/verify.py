@@ -78,7 +78,10 @@ def load(procs, workdir, args):
     with open(body_file, "wb") as f:
         f.write(body)
     floor_port = b.free_port()
-    procs.start([b.FLOOR, f"127.0.0.1:{floor_port}", body_file])
+    # The floor sends the same answer: the body and the identity headers a proxy passes upstream.
+    identity = json.loads(body)
+    procs.start([b.FLOOR, f"127.0.0.1:{floor_port}", body_file,
+                 f"x-aa-entity-id:{identity['entityId']}", f"x-aa-role:{identity['role']}"])
     floor_url = f"http://127.0.0.1:{floor_port}"
     b.wait_http(floor_url + "/v1/verify")
     targets = {"broker": broker_url + "/v1/verify", "floor": floor_url + "/v1/verify"}
@@ -118,7 +121,8 @@ def markdown(verify, command, date):
              f"Produced by `{command}` (bench/verify.py) on {date}. An AA entity token in `Authorization: Bearer` on every"
              f" request: the token was verified once ({verify['signature_checks']:.0f} signature check), every later"
              f" answer ({verify['cached_answers']:.0f}) came from the result cache. The floor answers the broker's own"
-             f" {verify['answer_bytes']}-byte 200 body from memory; interleaved runs, medians.", "",
+             f" {verify['answer_bytes']}-byte 200 body from memory, with the same `X-AA-Entity-Id` and `X-AA-Role`"
+             f" headers; interleaved runs, medians.", "",
              "| conns | server | req/s | p50 µs | p99 µs | p99.9 µs | max µs | errors |", "|---|---|---|---|---|---|---|---|"]
     for conns, row in t.items():
         for name in ("broker", "floor"):
