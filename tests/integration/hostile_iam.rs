@@ -443,7 +443,7 @@ async fn the_reset_bound_holds_across_a_restart() {
                 &second.metrics().await,
                 r#"aa_broker_secret_rotations_total{entity="FIU-TEST",outcome="reset_deferred"}"#,
             )
-            .is_some()
+            .is_some_and(|deferred| deferred >= 1.0)
         },
     )
     .await;
