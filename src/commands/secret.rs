@@ -15,7 +15,8 @@ use secrecy::{ExposeSecret, SecretString};
 use super::{config_error, current_thread_runtime, failure};
 use crate::config::ConfigError;
 use crate::config::cli::{
-    RotateArgs, RotationArgs, SecretFingerprintArgs, SecretReadArgs, SecretResetArgs,
+    AdminArgs, EntityArgs, IamArgs, LogArgs, RotateArgs, RotationArgs, SecretFingerprintArgs,
+    SecretReadArgs, SecretResetArgs,
 };
 use crate::config::rotation::{AdminContext, admin_context, env_secrets};
 use crate::entity::{MAX_SECRET_FILE_BYTES, fingerprint, read_secret_file, secret_from_bytes};
@@ -32,11 +33,24 @@ use crate::timefmt;
 /// Attempts to store a reset secret before giving up.
 const PERSIST_ATTEMPTS: u32 = 3;
 
-/// The start every admin command shares: settings validated (exit 2 on a mistake), logging, a runtime.
+/// The start every admin command shares: settings validated (exit 2 on a mistake), logging (warnings and
+/// worse unless `--log-level` says otherwise), a runtime.
 fn prepare(
-    settings: Result<AdminContext, ConfigError>,
+    iam: &IamArgs,
+    entity: &EntityArgs,
+    admin: &AdminArgs,
+    rotation: &RotationArgs,
+    log: &LogArgs,
 ) -> Result<(AdminContext, tokio::runtime::Runtime), ExitCode> {
-    let ctx = settings.map_err(|e| config_error(&e))?;
+    let ctx = admin_context(
+        iam,
+        entity,
+        admin,
+        rotation,
+        &log.with_default_level("warn"),
+        &env_secrets(),
+    )
+    .map_err(|e| config_error(&e))?;
     telemetry::init(&ctx.log);
     let rt = current_thread_runtime()?;
     Ok((ctx, rt))
@@ -113,14 +127,13 @@ pub fn fingerprint_command(args: &SecretFingerprintArgs) -> ExitCode {
 
 /// `secret read [--show-secret] [--output FILE]`.
 pub fn read(args: &SecretReadArgs) -> ExitCode {
-    let (ctx, rt) = match prepare(admin_context(
+    let (ctx, rt) = match prepare(
         &args.iam,
         &args.entity,
         &args.admin,
         &RotationArgs::default(),
-        &args.log.with_default_level("warn"),
-        &env_secrets(),
-    )) {
+        &args.log,
+    ) {
         Ok(prepared) => prepared,
         Err(code) => return code,
     };
@@ -170,14 +183,13 @@ pub fn reset(args: &SecretResetArgs) -> ExitCode {
         }
         days => days,
     };
-    let (ctx, rt) = match prepare(admin_context(
+    let (ctx, rt) = match prepare(
         &args.iam,
         &args.entity,
         &args.admin,
         &args.rotation,
-        &args.log.with_default_level("warn"),
-        &env_secrets(),
-    )) {
+        &args.log,
+    ) {
         Ok(prepared) => prepared,
         Err(code) => return code,
     };
@@ -202,14 +214,13 @@ pub fn reset(args: &SecretResetArgs) -> ExitCode {
 /// only as its role allows ([`site_action`]); and it reads the IAM again immediately before a reset, so a
 /// reset another site made moments ago is adopted, not repeated ([`recheck`]).
 pub fn rotate(args: &RotateArgs) -> ExitCode {
-    let (ctx, rt) = match prepare(admin_context(
+    let (ctx, rt) = match prepare(
         &args.iam,
         &args.entity,
         &args.admin,
         &args.rotation,
-        &args.log.with_default_level("warn"),
-        &env_secrets(),
-    )) {
+        &args.log,
+    ) {
         Ok(prepared) => prepared,
         Err(code) => return code,
     };
