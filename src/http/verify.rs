@@ -84,22 +84,23 @@ pub fn answer_from_cache(
     let expect = expectation_from_query(query).ok()?;
     let (token, source) = plain_credential(headers)?;
     let expect = bind(expect, source)?;
-    Some(match state.verifier.verify_cached(token, &expect)? {
-        Ok(hit) => {
+    let now = SystemTime::now();
+    let answered = state
+        .verifier
+        .verify_cached(token, &expect, now, |verified, memo| {
             // The answer states the seconds left: within one second it is the same bytes.
-            let expires_in = hit.verified.expires_in(SystemTime::now());
-            let rendered = match hit.answer.get(expires_in) {
-                Some(rendered) => rendered,
-                None => {
-                    let Some(rendered) = render(&hit.verified, expires_in) else {
-                        return Some(cannot_render());
-                    };
-                    hit.answer.set(rendered.clone());
-                    rendered
+            let expires_in = verified.expires_in(now);
+            match memo {
+                Some(rendered) if rendered.expires_in == expires_in => Some(rendered.clone()),
+                _ => {
+                    *memo = render(verified, expires_in);
+                    memo.clone()
                 }
-            };
-            verified_response(rendered)
-        }
+            }
+        })?;
+    Some(match answered {
+        Ok(Some(rendered)) => verified_response(rendered),
+        Ok(None) => cannot_render(),
         Err(denied) => answer(Err(denied)),
     })
 }

@@ -39,7 +39,7 @@ use crate::crypto_pool::{CryptoPool, PoolError};
 use crate::keys::RsaKey;
 use crate::upstream::http::ClientSpec;
 use keyset::{FetchTrigger, KeySource, KeySourceStatus};
-use recent::{Hit, Recent};
+use recent::{Recent, Rendered};
 pub use verify::{BadExpectation, Expectation, Mismatch, Rejection, Role, Verified};
 
 pub use crate::iam::{CERTS_PATH, REALM_PATH};
@@ -286,29 +286,43 @@ impl Verifier {
         }
     }
 
-    /// The answer for a token verified before, without waiting on anything: `None` when it is not in the
-    /// cache (the caller then takes the long way, [`Verifier::verify`]). Records the outcome when `Some`.
-    /// The hot path answers repeated tokens with this, in front of the router.
-    /// The token is taken as bytes, unchecked: only the bytes of a token that verified can be found.
-    pub fn verify_cached(&self, token: &[u8], expect: &Expectation) -> Option<Result<Hit, Denied>> {
+    /// The answer for a token verified before, from [`recent`] or the result cache, without waiting:
+    /// `answer` gets the result and this thread's memo of the answer last rendered for the token (see
+    /// [`recent::Recent::with_hit`]) when the token is current at `now` and meets `expect`. `None` when
+    /// the token must be verified in full ([`Verifier::verify`]). Records the outcome as `verify` does.
+    /// The hot path answers repeated tokens with this, in front of the router. The token is taken as
+    /// bytes, unchecked: only the bytes of a token that verified can be found.
+    pub fn verify_cached<R>(
+        &self,
+        token: &[u8],
+        expect: &Expectation,
+        now: SystemTime,
+        mut answer: impl FnMut(&Arc<Verified>, &mut Option<Rendered>) -> R,
+    ) -> Option<Result<R, Denied>> {
         if token.is_empty() || token.len() > verify::MAX_TOKEN_BYTES {
             return None;
         }
-        let now = SystemTime::now();
-        let hit = match self.recent.get(token, now) {
-            Some(hit) => hit,
+        let mut decide = |verified: &Arc<Verified>, memo: &mut Option<Rendered>| {
+            expect.check(verified).map(|()| answer(verified, memo))
+        };
+        let decided = match self.recent.with_hit(token, now, &mut decide) {
+            Some(decided) => decided,
             None => {
                 // Read before the lookup: an invalidation in between leaves the entry stale.
                 let generation = self.recent.generation();
                 let verified = self.cached(&sha256(token), now)?;
-                let answer = self.recent.insert(token, Arc::clone(&verified), generation);
-                Hit { verified, answer }
+                let valid_until = verified.expires_at.checked_add(self.leeway)?;
+                self.recent
+                    .insert(token, Arc::clone(&verified), valid_until, generation);
+                self.recent
+                    .with_hit(token, now, &mut decide)
+                    .unwrap_or_else(|| decide(&verified, &mut None))
             }
         };
-        Some(match expect.check(&hit.verified) {
-            Ok(()) => {
+        Some(match decided {
+            Ok(answered) => {
                 self.recorder.verification(Outcome::Valid { cached: true });
-                Ok(hit)
+                Ok(answered)
             }
             Err(mismatch) => {
                 self.recorder.verification(Outcome::Forbidden(mismatch));
