@@ -35,6 +35,7 @@ RUN mkdir -p src bench \
  && cargo build --release --locked --no-default-features --target "$(cat /rust-target)" --bin aa-token-broker \
  && rm -rf src bench
 
+COPY build.rs ./
 COPY src ./src
 COPY bench ./bench
 RUN touch src/main.rs src/lib.rs \
