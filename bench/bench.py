@@ -188,6 +188,25 @@ http {{
     return proc, f"http://127.0.0.1:{port}"
 
 
+def kept_sections(path, fresh):
+    """The sections of the RESULTS file at `path` that this run does not write (those other bench scripts
+    add, run on their own or later), to carry over after it: a full run must not erase their figures."""
+    if not os.path.exists(path):
+        return ""
+    with open(path) as f:
+        old = f.read()
+    ours = {line for line in fresh.splitlines() if line.startswith("## ")}
+    kept, current = [], None
+    for line in old.splitlines(keepends=True):
+        if line.startswith("## "):
+            current = None if line.rstrip("\n") in ours else []
+            if current is not None:
+                kept.append(current)
+        if current is not None:
+            current.append(line)
+    return "".join("\n" + "".join(section).strip("\n") + "\n" for section in kept)
+
+
 def median_of(runs, key):
     return statistics.median(r[key] for r in runs)
 
@@ -554,8 +573,9 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, f"results{suffix}.json"), "w") as f:
         json.dump(results, f, indent=2)
-    with open(os.path.join(args.out, f"RESULTS{suffix}.md"), "w") as f:
-        f.write(markdown(results))
+    path = os.path.join(args.out, f"RESULTS{suffix}.md")
+    with open(path, "w") as f:
+        f.write(markdown(results) + kept_sections(path, markdown(results)))
     print(markdown(results))
     failures = [c for c in results["targets"] if not c["met"]]
     for c in failures:
