@@ -1,9 +1,10 @@
 //! Every metric the broker exports, in one Prometheus registry.
 //!
 //! The registry observes; nothing it observes depends on it. The token and secret modules define what
-//! they report ([`TokenRecorder`], [`SecretRecorder`]) and [`Metrics`] implements both (and, in
-//! [`inbound`] and [`registry`](mod@registry), the recorders of incoming-token verification and of the
-//! CR key cache); the guard's refusals come from the HTTP layer, which owns this registry and renders it.
+//! they report ([`TokenRecorder`], [`crate::secret::SecretRecorder`]) and [`Metrics`] implements both:
+//! the token's here, the secret lifecycle's in [`secret`] (as the recorders of incoming-token
+//! verification and of the CR key cache are, in [`inbound`] and [`registry`](mod@registry)); the guard's
+//! refusals come from the HTTP layer, which owns this registry and renders it.
 //!
 //! Counters are bumped where events happen; per-entity gauges (token validity, staleness, seconds left,
 //! clock skew, secret expiry, grace period) are computed from the broker's state when `/metrics` is scraped,
@@ -14,10 +15,11 @@ pub mod edge;
 pub mod fi;
 pub mod inbound;
 pub mod registry;
+pub mod secret;
 pub mod signing;
 
 use std::sync::atomic::AtomicU64;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -27,9 +29,6 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::entity::EntityId;
-use crate::secret::SecretRecorder;
-use crate::secret::recorder::{ConvergenceTrigger, LoginOutcome, RotationLabel};
-use crate::timefmt;
 use crate::token::recorder::{RequestTallies, Tally, TokenRecorder, Trigger};
 use crate::token::status::EntityStatus;
 
@@ -45,12 +44,6 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct TriggerLabels {
-    entity: String,
-    trigger: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct IamLabels {
     entity: String,
     trigger: String,
@@ -60,11 +53,6 @@ struct IamLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct LoginLabels {
-    outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -92,17 +80,7 @@ pub struct Metrics {
     token_expires_in: Family<EntityLabels, Gauge>,
     refresh_failures: Family<EntityLabels, Gauge>,
     clock_skew: Family<EntityLabels, FloatGauge>,
-    secret_expiry: Family<EntityLabels, FloatGauge>,
-    secret_in_grace: Family<EntityLabels, Gauge>,
-    secret_expires_in: Family<EntityLabels, FloatGauge>,
-    secret_alert: Family<EntityLabels, Gauge>,
-    secret_warning: Family<EntityLabels, Gauge>,
-    admin_logins: Family<LoginLabels, Counter>,
-    rotations: Family<OutcomeLabels, Counter>,
-    last_rotation: Family<EntityLabels, FloatGauge>,
-    convergences: Family<TriggerLabels, Counter>,
-    store_diverged: Family<EntityLabels, FloatGauge>,
-    check_interval: Family<EntityLabels, FloatGauge>,
+    secret: secret::SecretMetrics,
     inbound: inbound::InboundMetrics,
     edge: edge::EdgeMetrics,
     cr: registry::RegistryMetrics,
@@ -155,17 +133,7 @@ impl Metrics {
             token_expires_in: Family::default(),
             refresh_failures: Family::default(),
             clock_skew: Family::default(),
-            secret_expiry: Family::default(),
-            secret_in_grace: Family::default(),
-            secret_expires_in: Family::default(),
-            secret_alert: Family::default(),
-            secret_warning: Family::default(),
-            admin_logins: Family::default(),
-            rotations: Family::default(),
-            last_rotation: Family::default(),
-            convergences: Family::default(),
-            store_diverged: Family::default(),
-            check_interval: Family::default(),
+            secret: secret::SecretMetrics::default(),
             inbound: inbound::InboundMetrics::default(),
             edge: edge::EdgeMetrics::default(),
             cr: registry::RegistryMetrics::default(),
@@ -236,71 +204,12 @@ impl Metrics {
             "Local wall clock minus the token's iat when it arrived",
             m.clock_skew.clone(),
         );
-        r.register(
-            "secret_expiry_timestamp_seconds",
-            "When the entity secret expires (secret-expiry-ts claim), Unix seconds",
-            m.secret_expiry.clone(),
-        );
-        r.register(
-            "secret_in_grace",
-            "1 when the IAM said the entity secret has expired and is in its grace period",
-            m.secret_in_grace.clone(),
-        );
-        r.register(
-            "secret_expires_in_seconds",
-            "Seconds until the entity secret expires (negative once expired)",
-            m.secret_expires_in.clone(),
-        );
-        r.register(
-            "secret_alert",
-            "1 when a secret-lifecycle problem (e.g. a rotated secret not yet stored) makes the entity not ready",
-            m.secret_alert.clone(),
-        );
-        r.register(
-            "secret_warning",
-            "1 when the IAM sent something about the secret that cannot be right (e.g. an impossible expiry); tokens still flow",
-            m.secret_warning.clone(),
-        );
-        r.register(
-            "admin_logins",
-            "Admin user logins, by outcome (ok, rejected, failed, held: not sent because of the backoff or the hourly limit)",
-            m.admin_logins.clone(),
-        );
-        r.register(
-            "secret_rotations",
-            "Secret rotations, by outcome",
-            m.rotations.clone(),
-        );
-        r.register(
-            "secret_last_rotation_timestamp_seconds",
-            "When the last successful rotation finished, Unix seconds",
-            m.last_rotation.clone(),
-        );
-        r.register(
-            "secret_convergences",
-            "Times the store was given the IAM's current secret without a reset (reset elsewhere, or restored from a backup), by what found it: check, rejected, before_reset",
-            m.convergences.clone(),
-        );
-        r.register(
-            "secret_store_diverged_seconds",
-            "How long the store's secret has differed from the IAM's current one (0 when they agree, or when this broker does not rotate)",
-            m.store_diverged.clone(),
-        );
-        r.register(
-            "secret_check_interval_seconds",
-            "How often the store is compared with the IAM (0 when this broker does not rotate)",
-            m.check_interval.clone(),
-        );
+        m.secret.register(r);
         m.inbound.register(&mut m.registry);
         m.edge.register(&mut m.registry);
         m.cr.register(&mut m.registry);
         m.fi.register(&mut m.registry);
         m.signing.register(&mut m.registry);
-        for outcome in LoginOutcome::ALL {
-            let _ = m.admin_logins.get_or_create(&LoginLabels {
-                outcome: outcome.as_str().into(),
-            });
-        }
         m
     }
 
@@ -320,9 +229,7 @@ impl Metrics {
             for forced in ["refreshed", "rate_limited"] {
                 let _ = self.forced_refreshes.get_or_create(&outcome(forced));
             }
-            for rotation in RotationLabel::ALL {
-                let _ = self.rotations.get_or_create(&outcome(rotation.as_str()));
-            }
+            self.secret.known_entity(&entity);
             for trigger in IAM_TRIGGERS {
                 for result in IAM_OUTCOMES {
                     let _ = self.iam_requests.get_or_create(&IamLabels {
@@ -421,43 +328,7 @@ impl Metrics {
             if let Some(skew) = entity.clock_skew_seconds {
                 self.clock_skew.get_or_create(&labels).set(skew);
             }
-            if let Some(at) = entity.secret_expires_at {
-                self.secret_expiry
-                    .get_or_create(&labels)
-                    .set(timefmt::unix_seconds(at));
-                self.secret_expires_in
-                    .get_or_create(&labels)
-                    .set(timefmt::unix_seconds(at) - timefmt::unix_seconds(SystemTime::now()));
-            }
-            if let Some(at) = entity.secret.last_rotation {
-                self.last_rotation
-                    .get_or_create(&labels)
-                    .set(timefmt::unix_seconds(at));
-            }
-            self.secret_alert
-                .get_or_create(&labels)
-                .set(i64::from(entity.secret.alert.is_some()));
-            self.secret_in_grace
-                .get_or_create(&labels)
-                .set(i64::from(entity.secret_in_grace));
-            self.secret_warning
-                .get_or_create(&labels)
-                .set(i64::from(entity.secret.warning.is_some()));
-            // Both always present (0 when this broker does not rotate), so an alert on them can tell "no
-            // divergence" from "no such metric".
-            self.check_interval.get_or_create(&labels).set(
-                entity
-                    .secret
-                    .check_interval
-                    .map_or(0.0, |interval| interval.as_secs_f64()),
-            );
-            let diverged = entity.secret.store_diverged_since.map_or(0.0, |since| {
-                SystemTime::now()
-                    .duration_since(since)
-                    .unwrap_or_default()
-                    .as_secs_f64()
-            });
-            self.store_diverged.get_or_create(&labels).set(diverged);
+            self.secret.observe(&labels, entity);
         }
         let mut out = String::with_capacity(4096);
         // Writing to a String cannot fail.
@@ -526,34 +397,6 @@ impl TokenRecorder for Metrics {
             .get_or_create(&OutcomeLabels {
                 entity: entity.to_string(),
                 outcome: outcome.into(),
-            })
-            .inc();
-    }
-}
-
-impl SecretRecorder for Metrics {
-    fn admin_login(&self, outcome: LoginOutcome) {
-        self.admin_logins
-            .get_or_create(&LoginLabels {
-                outcome: outcome.as_str().into(),
-            })
-            .inc();
-    }
-
-    fn rotation(&self, entity: &EntityId, outcome: RotationLabel) {
-        self.rotations
-            .get_or_create(&OutcomeLabels {
-                entity: entity.to_string(),
-                outcome: outcome.as_str().into(),
-            })
-            .inc();
-    }
-
-    fn convergence(&self, entity: &EntityId, trigger: ConvergenceTrigger) {
-        self.convergences
-            .get_or_create(&TriggerLabels {
-                entity: entity.to_string(),
-                trigger: trigger.as_str().into(),
             })
             .inc();
     }
