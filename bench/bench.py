@@ -574,9 +574,11 @@ def main():
     with open(os.path.join(args.out, f"results{suffix}.json"), "w") as f:
         json.dump(results, f, indent=2)
     path = os.path.join(args.out, f"RESULTS{suffix}.md")
+    text = markdown(results)
+    kept = kept_sections(path, text)
     with open(path, "w") as f:
-        f.write(markdown(results) + kept_sections(path, markdown(results)))
-    print(markdown(results))
+        f.write(text + kept)
+    print(text)
     failures = [c for c in results["targets"] if not c["met"]]
     for c in failures:
         log(f"target missed: {c['target']}: {c['value']} (limit {c['limit']})")
